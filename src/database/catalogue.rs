@@ -1,0 +1,76 @@
+//! The one list of tables (RocksDB column families). Each table documents its
+//! key and value encoding here; keys are built only with [`super::keys`].
+//! A table's typed accessors live in the module named beside it, and only the
+//! service that owns that module reads or writes the table.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Server-wide singletons (`meta.rs`).
+    /// Key: `(name: str)`. Values: `conduit.schema_version` and `conduit.counter`
+    /// are `u64` big-endian.
+    Global,
+    /// Accounts (`users.rs`).
+    /// Key: `(user_id: str)`. Value: bincode `UserRecord`.
+    Users,
+    /// Profile fields (`users.rs`).
+    /// Key: `(user_id: str, field: str)` with field `displayname` or
+    /// `avatar_url`. Value: the field's UTF-8 text.
+    Profiles,
+    /// Devices (`devices.rs`).
+    /// Key: `(user_id: str, device_id: str)`. Value: bincode `DeviceRecord`.
+    Devices,
+    /// Access tokens (`devices.rs`). Only the SHA-256 of a token is stored, so
+    /// a copy of the database hands out no live token.
+    /// Key: `(sha256(token): [u8; 32])`. Value: key-encoded
+    /// `(user_id: str, device_id: str)`.
+    AccessTokens,
+    /// User-interactive auth sessions (`uiaa.rs`).
+    /// Key: `(session_id: str)`. Value: bincode `UiaaSessionRecord`.
+    UiaaSessions,
+    /// Account data (`account_data.rs`).
+    /// Key: `(user_id: str, room_id: str, event_type: str)`, room_id empty for
+    /// global data. Value: the event content as JSON.
+    AccountData,
+    /// Filters (`filters.rs`).
+    /// Key: `(user_id: str, filter_id: u64)`. Value: the filter as JSON.
+    Filters,
+}
+
+impl Table {
+    pub const ALL: [Table; 8] = [
+        Table::Global,
+        Table::Users,
+        Table::Profiles,
+        Table::Devices,
+        Table::AccessTokens,
+        Table::UiaaSessions,
+        Table::AccountData,
+        Table::Filters,
+    ];
+
+    /// The column family name; never change one, data lives under it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::Global => "global",
+            Table::Users => "users",
+            Table::Profiles => "profiles",
+            Table::Devices => "devices",
+            Table::AccessTokens => "access_tokens",
+            Table::UiaaSessions => "uiaa_sessions",
+            Table::AccountData => "account_data",
+            Table::Filters => "filters",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Table;
+    use std::collections::HashSet;
+
+    #[test]
+    fn table_names_are_unique() {
+        let names: HashSet<_> = Table::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names.len(), Table::ALL.len());
+    }
+}

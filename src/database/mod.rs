@@ -1,0 +1,45 @@
+//! Storage: the key-value trait ([`KvStore`]), its RocksDB engine, the table
+//! catalogue, typed key codecs, and the typed tables each service owns.
+
+pub mod account_data;
+pub mod catalogue;
+pub mod devices;
+pub mod engine;
+pub mod filters;
+pub mod keys;
+pub mod meta;
+pub mod rocksdb;
+pub mod uiaa;
+pub mod users;
+
+use std::sync::Arc;
+
+pub use catalogue::Table;
+pub use engine::{Batch, DbError, DbResult, Direction, KvStore};
+
+/// A shared handle on the engine.
+pub type Db = Arc<dyn KvStore>;
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Serializes a record value.
+pub(crate) fn to_record<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode_config()).expect("records always serialize")
+}
+
+/// Reads a record value; a value that does not decode is corruption.
+pub(crate) fn from_record<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> DbResult<T> {
+    bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map(|(v, _)| v)
+        .map_err(|e| DbError::corrupt(table, e))
+}
+
+pub(crate) fn decode_key<K: keys::KeyDecode>(table: Table, bytes: &[u8]) -> DbResult<K> {
+    keys::decode(bytes).map_err(|e| DbError::corrupt(table, e))
+}
+
+pub(crate) fn utf8(table: Table, bytes: Vec<u8>) -> DbResult<String> {
+    String::from_utf8(bytes).map_err(|e| DbError::corrupt(table, e))
+}

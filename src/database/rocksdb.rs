@@ -1,0 +1,230 @@
+//! The RocksDB engine behind [`KvStore`], tuned for small machines.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
+
+use super::catalogue::Table;
+use super::engine::{Batch, BatchOp, DbError, DbResult, Direction, KvIter, KvStore};
+
+/// What the operator can tune (from the `[global]` config).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub cache_bytes: usize,
+    pub max_open_files: i32,
+    /// fsync the write-ahead log before acknowledging a write.
+    pub sync_writes: bool,
+}
+
+pub struct RocksDb {
+    db: DB,
+    sync_writes: bool,
+    counter: Mutex<u64>,
+}
+
+const COUNTER_KEY: &str = "conduit.counter";
+
+fn engine_err(e: rocksdb::Error) -> DbError {
+    DbError::Engine(e.into_string())
+}
+
+impl RocksDb {
+    pub fn open(path: &Path, opts: &EngineOptions) -> DbResult<Self> {
+        let cache = Cache::new_lru_cache(opts.cache_bytes);
+        let mut table_opts = BlockBasedOptions::default();
+        table_opts.set_block_cache(&cache);
+        table_opts.set_bloom_filter(10.0, false);
+        table_opts.set_cache_index_and_filter_blocks(true);
+
+        let mut cf_opts = Options::default();
+        cf_opts.set_block_based_table_factory(&table_opts);
+        cf_opts.set_compression_type(DBCompressionType::Lz4);
+        cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+        // Bounded memtables: at most 2 × 4 MiB per table.
+        cf_opts.set_write_buffer_size(4 << 20);
+        cf_opts.set_max_write_buffer_number(2);
+        cf_opts.set_level_compaction_dynamic_level_bytes(true);
+
+        let mut db_opts = cf_opts.clone();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_open_files(opts.max_open_files);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(2);
+        db_opts.set_max_total_wal_size(64 << 20);
+
+        // RocksDB must open every family the database has, including ones a
+        // newer build created; the schema check below then refuses the open.
+        let mut names: Vec<String> = Table::ALL.iter().map(|t| t.name().to_owned()).collect();
+        if let Ok(existing) = DB::list_cf(&db_opts, path) {
+            for name in existing {
+                if name != "default" && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        let descriptors = names
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_opts.clone()));
+        let db = DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(engine_err)?;
+
+        let engine = RocksDb {
+            db,
+            sync_writes: opts.sync_writes,
+            counter: Mutex::new(0),
+        };
+        let counter = match engine.get(Table::Global, COUNTER_KEY.as_bytes())? {
+            Some(bytes) => decode_u64(&bytes)?,
+            None => 0,
+        };
+        *engine.counter.lock().expect("counter lock") = counter;
+        Ok(engine)
+    }
+
+    fn cf(&self, table: Table) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(table.name())
+            .expect("every catalogue table is opened at start")
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        wo
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> DbResult<u64> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| DbError::corrupt(Table::Global, "counter is not 8 bytes"))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+impl KvStore for RocksDb {
+    fn get(&self, table: Table, key: &[u8]) -> DbResult<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(table), key).map_err(engine_err)
+    }
+
+    fn write(&self, batch: Batch) -> DbResult<()> {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                BatchOp::Put(t, k, v) => wb.put_cf(self.cf(t), k, v),
+                BatchOp::Delete(t, k) => wb.delete_cf(self.cf(t), k),
+            }
+        }
+        self.db.write_opt(wb, &self.write_options()).map_err(engine_err)
+    }
+
+    fn iter(&self, table: Table, from: Option<&[u8]>, direction: Direction) -> KvIter<'_> {
+        let mode = match (from, direction) {
+            (Some(k), Direction::Forward) => IteratorMode::From(k, rocksdb::Direction::Forward),
+            (Some(k), Direction::Backward) => IteratorMode::From(k, rocksdb::Direction::Reverse),
+            (None, Direction::Forward) => IteratorMode::Start,
+            (None, Direction::Backward) => IteratorMode::End,
+        };
+        Box::new(
+            self.db
+                .iterator_cf(self.cf(table), mode)
+                .map(|r| r.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(engine_err)),
+        )
+    }
+
+    fn next_count(&self) -> DbResult<u64> {
+        // The lock orders increments; the value is durable before it is used.
+        let mut counter = self.counter.lock().expect("counter lock");
+        let next = *counter + 1;
+        self.db
+            .put_cf_opt(
+                self.cf(Table::Global),
+                COUNTER_KEY,
+                next.to_be_bytes(),
+                &self.write_options(),
+            )
+            .map_err(engine_err)?;
+        *counter = next;
+        Ok(next)
+    }
+
+    fn flush(&self) -> DbResult<()> {
+        self.db.flush_wal(true).map_err(engine_err)?;
+        for table in Table::ALL {
+            self.db.flush_cf(self.cf(table)).map_err(engine_err)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::database::keys::encode;
+
+    fn open(dir: &Path) -> RocksDb {
+        RocksDb::open(
+            dir,
+            &EngineOptions {
+                cache_bytes: 1 << 20,
+                max_open_files: 64,
+                sync_writes: true,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn batch_is_atomic_across_tables_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = open(dir.path());
+            let mut batch = Batch::new();
+            batch.put(Table::Users, encode("@a:x"), b"user".to_vec());
+            batch.put(Table::Profiles, encode(&("@a:x", "displayname")), b"A".to_vec());
+            batch.delete(Table::Filters, encode(&("@a:x", 1u64)));
+            db.write(batch).unwrap();
+            assert_eq!(db.next_count().unwrap(), 1);
+            assert_eq!(db.next_count().unwrap(), 2);
+        }
+        let db = open(dir.path());
+        assert_eq!(db.get(Table::Users, &encode("@a:x")).unwrap().unwrap(), b"user");
+        assert_eq!(
+            db.get(Table::Profiles, &encode(&("@a:x", "displayname")))
+                .unwrap()
+                .unwrap(),
+            b"A"
+        );
+        assert_eq!(db.next_count().unwrap(), 3, "the counter is durable");
+    }
+
+    #[test]
+    fn prefix_scans_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        for (user, n) in [("@a:x", 1u64), ("@a:x", 2), ("@a:x", 3), ("@a:xy", 1), ("@b:x", 1)] {
+            db.put(Table::Filters, encode(&(user, n)), n.to_be_bytes().to_vec())
+                .unwrap();
+        }
+        let prefix = encode(&("@a:x",));
+        let fwd: Vec<u64> = db
+            .scan_prefix(Table::Filters, prefix.clone(), Direction::Forward)
+            .map(|r| crate::database::keys::decode::<(String, u64)>(&r.unwrap().0).unwrap().1)
+            .collect();
+        assert_eq!(fwd, vec![1, 2, 3]);
+        let back: Vec<u64> = db
+            .scan_prefix(Table::Filters, prefix, Direction::Backward)
+            .map(|r| crate::database::keys::decode::<(String, u64)>(&r.unwrap().0).unwrap().1)
+            .collect();
+        assert_eq!(back, vec![3, 2, 1]);
+        let last_table_prefix = encode(&("@b:x",));
+        assert_eq!(
+            db.scan_prefix(Table::Filters, last_table_prefix, Direction::Backward)
+                .count(),
+            1
+        );
+    }
+}
