@@ -1,0 +1,422 @@
+//! The server's configuration: a TOML file with a `[global]` table whose keys
+//! mean what upstream Conduit's keys mean, each overridable by `CONDUIT_<KEY>`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ruma::{OwnedServerName, RoomVersionId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The name in every user ID (`@alice:<server_name>`); never change it later.
+    #[serde(default = "defaults::server_name")]
+    pub server_name: OwnedServerName,
+    #[serde(default = "defaults::database_backend")]
+    pub database_backend: String,
+    #[serde(default = "defaults::database_path")]
+    pub database_path: PathBuf,
+    #[serde(default = "defaults::address")]
+    pub address: IpAddr,
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default = "defaults::max_request_size")]
+    pub max_request_size: u32,
+    #[serde(default = "defaults::yes")]
+    pub allow_registration: bool,
+    #[serde(default)]
+    pub registration_token: Option<String>,
+    #[serde(default)]
+    pub allow_federation: bool,
+    #[serde(default = "defaults::trusted_servers")]
+    pub trusted_servers: Vec<OwnedServerName>,
+    #[serde(default = "defaults::log")]
+    pub log: String,
+    #[serde(default)]
+    pub well_known: WellKnown,
+    #[serde(default = "defaults::db_cache_capacity_mb")]
+    pub db_cache_capacity_mb: f64,
+    #[serde(default = "defaults::rocksdb_max_open_files")]
+    pub rocksdb_max_open_files: i32,
+    /// fsync every acknowledged write (turning it off trades durability of the
+    /// last moments before a power cut for write speed).
+    #[serde(default = "defaults::yes")]
+    pub sync_writes: bool,
+    #[serde(default = "defaults::argon2_memory_kib")]
+    pub argon2_memory_kib: u32,
+    #[serde(default = "defaults::argon2_iterations")]
+    pub argon2_iterations: u32,
+    #[serde(default = "defaults::argon2_parallelism")]
+    pub argon2_parallelism: u32,
+    #[serde(default = "defaults::yes")]
+    pub allow_encryption: bool,
+    #[serde(default = "defaults::yes")]
+    pub allow_room_creation: bool,
+    #[serde(default = "defaults::yes")]
+    pub allow_unstable_room_versions: bool,
+    #[serde(default = "defaults::default_room_version")]
+    pub default_room_version: RoomVersionId,
+
+    // Keys of upstream Conduit's file that this build accepts, so an
+    // operator's file keeps working, but does not act on (yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_check_for_updates: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_lightning_bolt: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conduit_cache_capacity_modifier: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pdu_cache_capacity: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_second_interval: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fetch_prev_events: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openid_token_ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_uris: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency_password: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain.
+    pub certs: PathBuf,
+    /// PEM file with the private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WellKnown {
+    /// Base URL clients should use, served at `/.well-known/matrix/client`.
+    pub client: Option<String>,
+    /// `host:port` other servers should use, served at `/.well-known/matrix/server`.
+    pub server: Option<String>,
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn server_name() -> OwnedServerName {
+        "localhost".try_into().expect("valid server name")
+    }
+    pub fn database_backend() -> String {
+        "rocksdb".to_owned()
+    }
+    pub fn database_path() -> PathBuf {
+        PathBuf::from("./conduit-data")
+    }
+    pub fn address() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+    pub fn port() -> u16 {
+        6167
+    }
+    pub fn max_request_size() -> u32 {
+        20 * 1024 * 1024
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn trusted_servers() -> Vec<OwnedServerName> {
+        vec!["matrix.org".try_into().expect("valid server name")]
+    }
+    pub fn log() -> String {
+        "warn,conduit=info".to_owned()
+    }
+    pub fn db_cache_capacity_mb() -> f64 {
+        16.0
+    }
+    pub fn rocksdb_max_open_files() -> i32 {
+        256
+    }
+    pub fn argon2_memory_kib() -> u32 {
+        19 * 1024
+    }
+    pub fn argon2_iterations() -> u32 {
+        2
+    }
+    pub fn argon2_parallelism() -> u32 {
+        1
+    }
+    pub fn default_room_version() -> RoomVersionId {
+        RoomVersionId::V11
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_table(toml::Table::new()).expect("the defaults are a valid config")
+    }
+}
+
+impl Config {
+    /// Reads `path` (or nothing: all defaults), then applies `CONDUIT_*`
+    /// overrides from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut global = match path {
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: shown.clone(),
+                    source,
+                })?;
+                let mut file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: shown,
+                    message: one_line(e.message()),
+                })?;
+                let global = match file.remove("global") {
+                    Some(toml::Value::Table(t)) => t,
+                    Some(_) => return Err(key_error("global", "must be a table")),
+                    None => toml::Table::new(),
+                };
+                if let Some(other) = file.keys().next() {
+                    return Err(key_error(other, "unknown top-level key (settings belong in [global])"));
+                }
+                global
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut global, env);
+        Self::from_table(global)
+    }
+
+    fn from_table(global: toml::Table) -> Result<Self, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(global)).map_err(|e| {
+            let path = e.path().to_string();
+            let full = one_line(&e.inner().to_string());
+            // serde lists every valid key after this; the key itself is enough.
+            let message = full.split(", expected one of").next().unwrap_or(&full).to_owned();
+            // The path names the key; at the top level only the message does.
+            let key = match (path.as_str(), unknown_field_name(&message)) {
+                (".", Some(field)) => field.to_owned(),
+                _ => path,
+            };
+            key_error(&key, &message)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_backend != "rocksdb" {
+            return Err(key_error("database_backend", "only \"rocksdb\" is supported"));
+        }
+        if self.db_cache_capacity_mb.is_nan() || self.db_cache_capacity_mb <= 0.0 {
+            return Err(key_error("db_cache_capacity_mb", "must be greater than 0"));
+        }
+        if self.max_request_size < 1024 {
+            return Err(key_error("max_request_size", "must be at least 1024 bytes"));
+        }
+        if argon2::Params::new(
+            self.argon2_memory_kib,
+            self.argon2_iterations,
+            self.argon2_parallelism,
+            None,
+        )
+        .is_err()
+        {
+            return Err(key_error(
+                "argon2_memory_kib",
+                "argon2 parameters out of range (memory ≥ 8 × parallelism KiB, iterations ≥ 1)",
+            ));
+        }
+        if matches!(&self.registration_token, Some(t) if t.is_empty()) {
+            return Err(key_error(
+                "registration_token",
+                "must not be empty (leave it out to need no token)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective config as a TOML document.
+    pub fn to_toml(&self) -> String {
+        let mut doc = BTreeMap::new();
+        doc.insert("global", self);
+        toml::to_string_pretty(&doc).expect("config serializes")
+    }
+}
+
+fn key_error(key: &str, message: &str) -> ConfigError {
+    ConfigError::Key {
+        key: key.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// `CONDUIT_PORT=8008` sets `port`; `CONDUIT_WELL_KNOWN__CLIENT=...` sets
+/// `well_known.client`. A value that parses as TOML (number, bool, array) is
+/// taken as such, anything else as a string.
+fn apply_env(global: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
+    for (name, raw) in env {
+        let Some(key) = name.strip_prefix("CONDUIT_") else {
+            continue;
+        };
+        if key == "CONFIG" {
+            continue;
+        }
+        let path: Vec<String> = key.to_ascii_lowercase().split("__").map(str::to_owned).collect();
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw));
+        let mut table = &mut *global;
+        for part in &path[..path.len() - 1] {
+            let entry = table
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            table = entry.as_table_mut().expect("just made a table");
+        }
+        table.insert(path[path.len() - 1].clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conduit.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    fn key_of(err: ConfigError) -> String {
+        match err {
+            ConfigError::Key { key, .. } => key,
+            other => panic!("expected a key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_work_without_a_file() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.server_name.as_str(), "localhost");
+        assert_eq!(c.port, 6167);
+        assert_eq!(c.address.to_string(), "127.0.0.1");
+        assert!(c.allow_registration);
+        assert_eq!(c.database_path, PathBuf::from("./conduit-data"));
+    }
+
+    #[test]
+    fn upstream_style_file_is_read() {
+        let c = load_str(
+            "[global]\nserver_name = \"example.org\"\ndatabase_path = \"/var/lib/matrix-conduit/\"\ndatabase_backend = \"rocksdb\"\nport = 6167\nmax_request_size = 20_000_000\nallow_registration = false\nallow_federation = true\nallow_check_for_updates = true\ntrusted_servers = [\"matrix.org\"]\naddress = \"127.0.0.1\"\n[global.well_known]\nclient = \"https://matrix.example.org\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server_name.as_str(), "example.org");
+        assert!(!c.allow_registration);
+        assert_eq!(c.well_known.client.as_deref(), Some("https://matrix.example.org"));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = load_str(
+            "[global]\nport = 1\n",
+            &[
+                ("CONDUIT_PORT", "8008"),
+                ("CONDUIT_SERVER_NAME", "env.example"),
+                ("CONDUIT_WELL_KNOWN__SERVER", "m.env.example:443"),
+                ("CONDUIT_CONFIG", "ignored"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.port, 8008);
+        assert_eq!(c.server_name.as_str(), "env.example");
+        assert_eq!(c.well_known.server.as_deref(), Some("m.env.example:443"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        assert_eq!(key_of(load_str("[global]\nprot = 8008\n", &[]).unwrap_err()), "prot");
+        assert_eq!(
+            key_of(load_str("[global.well_known]\nclinet = \"x\"\n", &[]).unwrap_err()),
+            "well_known.clinet"
+        );
+        assert_eq!(key_of(load_str("[other]\nx = 1\n", &[]).unwrap_err()), "other");
+        assert_eq!(
+            key_of(load_str("", &[("CONDUIT_NOT_A_KEY", "1")]).unwrap_err()),
+            "not_a_key"
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        assert_eq!(
+            key_of(load_str("[global]\nport = \"eighty\"\n", &[]).unwrap_err()),
+            "port"
+        );
+        assert_eq!(
+            key_of(load_str("[global]\nallow_registration = 3\n", &[]).unwrap_err()),
+            "allow_registration"
+        );
+        assert_eq!(key_of(load_str("", &[("CONDUIT_PORT", "99999")]).unwrap_err()), "port");
+    }
+
+    #[test]
+    fn invalid_server_name_is_named() {
+        assert_eq!(
+            key_of(load_str("[global]\nserver_name = \"not a name!\"\n", &[]).unwrap_err()),
+            "server_name"
+        );
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = load_str(
+            "[global]\nserver_name = \"example.org\"\nregistration_token = \"t\"\n",
+            &[],
+        )
+        .unwrap();
+        let text = c.to_toml();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("again.toml");
+        std::fs::write(&path, &text).unwrap();
+        let again = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(again.to_toml(), text);
+    }
+}
