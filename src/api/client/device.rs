@@ -1,0 +1,84 @@
+//! Devices: list, get, rename, delete (with user-interactive auth).
+
+use std::sync::Arc;
+
+use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
+
+use crate::api::{ApiError, Router, Ruma};
+use crate::service::uiaa::Purpose;
+use crate::service::Services;
+
+pub fn register_routes(router: &mut Router) {
+    router.add(list);
+    router.add(get);
+    router.add(rename);
+    router.add(delete_one);
+    router.add(delete_many);
+}
+
+async fn list(
+    services: Arc<Services>,
+    req: Ruma<get_devices::v3::Request>,
+) -> Result<get_devices::v3::Response, ApiError> {
+    let user_id = req.user()?.to_owned();
+    let devices = services.run(move |s| s.devices.list(&user_id)).await?;
+    Ok(get_devices::v3::Response::new(devices))
+}
+
+async fn get(
+    services: Arc<Services>,
+    req: Ruma<get_device::v3::Request>,
+) -> Result<get_device::v3::Response, ApiError> {
+    let user_id = req.user()?.to_owned();
+    let device_id = req.body.device_id;
+    let device = services
+        .run(move |s| s.devices.get(&user_id, device_id.as_str()))
+        .await?;
+    Ok(get_device::v3::Response::new(device))
+}
+
+async fn rename(
+    services: Arc<Services>,
+    req: Ruma<update_device::v3::Request>,
+) -> Result<update_device::v3::Response, ApiError> {
+    let user_id = req.user()?.to_owned();
+    let body = req.body;
+    services
+        .run(move |s| s.devices.rename(&user_id, body.device_id.as_str(), body.display_name))
+        .await?;
+    Ok(update_device::v3::Response::new())
+}
+
+async fn delete_one(
+    services: Arc<Services>,
+    req: Ruma<delete_device::v3::Request>,
+) -> Result<delete_device::v3::Response, ApiError> {
+    let user_id = req.user()?.to_owned();
+    let body = req.body;
+    services
+        .run(move |s| {
+            // 404 for an unknown device before asking for a password.
+            s.devices.get(&user_id, body.device_id.as_str())?;
+            s.uiaa
+                .authenticate(&s.users, Some(&user_id), Purpose::DeleteDevices, body.auth.as_ref())?;
+            s.devices.delete(&user_id, &[body.device_id])
+        })
+        .await?;
+    Ok(delete_device::v3::Response::new())
+}
+
+async fn delete_many(
+    services: Arc<Services>,
+    req: Ruma<delete_devices::v3::Request>,
+) -> Result<delete_devices::v3::Response, ApiError> {
+    let user_id = req.user()?.to_owned();
+    let body = req.body;
+    services
+        .run(move |s| {
+            s.uiaa
+                .authenticate(&s.users, Some(&user_id), Purpose::DeleteDevices, body.auth.as_ref())?;
+            s.devices.delete(&user_id, &body.devices)
+        })
+        .await?;
+    Ok(delete_devices::v3::Response::new())
+}

@@ -1,0 +1,23 @@
+//! Client-Server API handlers, one module per endpoint group.
+
+mod account;
+mod account_data;
+mod device;
+mod discovery;
+mod filter;
+mod profile;
+mod session;
+mod user_directory;
+
+use super::Router;
+
+pub fn register_routes(router: &mut Router) {
+    discovery::register_routes(router);
+    account::register_routes(router);
+    session::register_routes(router);
+    device::register_routes(router);
+    profile::register_routes(router);
+    account_data::register_routes(router);
+    filter::register_routes(router);
+    user_directory::register_routes(router);
+}

@@ -1,0 +1,104 @@
+//! Profiles: display name, avatar URL, the whole profile.
+
+use std::sync::Arc;
+
+use ruma::api::client::profile::{get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name};
+use ruma::{OwnedMxcUri, UserId};
+
+use crate::api::{ApiError, Router, Ruma};
+use crate::service::users::{AVATAR_URL, DISPLAYNAME};
+use crate::service::Services;
+
+pub fn register_routes(router: &mut Router) {
+    router.add(profile);
+    router.add(display_name);
+    router.add(set_display_name);
+    router.add(avatar_url);
+    router.add(set_avatar_url);
+}
+
+fn own_profile_only(sender: &UserId, target: &UserId) -> Result<(), ApiError> {
+    if sender == target {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("you can only change your own profile".to_owned()))
+    }
+}
+
+async fn profile(
+    services: Arc<Services>,
+    req: Ruma<get_profile::v3::Request>,
+) -> Result<get_profile::v3::Response, ApiError> {
+    let user_id = req.body.user_id;
+    let (name, avatar) = services
+        .run(move |s| {
+            Ok((
+                s.users.profile_field(&user_id, DISPLAYNAME)?,
+                s.users.profile_field(&user_id, AVATAR_URL)?,
+            ))
+        })
+        .await?;
+    let mut response = get_profile::v3::Response::new();
+    if let Some(name) = name {
+        response.set(DISPLAYNAME.to_owned(), name.into());
+    }
+    if let Some(avatar) = avatar {
+        response.set(AVATAR_URL.to_owned(), avatar.into());
+    }
+    Ok(response)
+}
+
+async fn display_name(
+    services: Arc<Services>,
+    req: Ruma<get_display_name::v3::Request>,
+) -> Result<get_display_name::v3::Response, ApiError> {
+    let user_id = req.body.user_id;
+    let name = services
+        .run(move |s| s.users.profile_field(&user_id, DISPLAYNAME))
+        .await?;
+    Ok(get_display_name::v3::Response::new(name))
+}
+
+async fn set_display_name(
+    services: Arc<Services>,
+    req: Ruma<set_display_name::v3::Request>,
+) -> Result<set_display_name::v3::Response, ApiError> {
+    own_profile_only(req.user()?, &req.body.user_id)?;
+    let body = req.body;
+    services
+        .run(move |s| {
+            s.users
+                .set_profile_field(&body.user_id, DISPLAYNAME, body.displayname.as_deref())
+        })
+        .await?;
+    Ok(set_display_name::v3::Response::new())
+}
+
+async fn avatar_url(
+    services: Arc<Services>,
+    req: Ruma<get_avatar_url::v3::Request>,
+) -> Result<get_avatar_url::v3::Response, ApiError> {
+    let user_id = req.body.user_id;
+    let url = services
+        .run(move |s| s.users.profile_field(&user_id, AVATAR_URL))
+        .await?;
+    Ok(get_avatar_url::v3::Response::new(url.map(OwnedMxcUri::from)))
+}
+
+async fn set_avatar_url(
+    services: Arc<Services>,
+    req: Ruma<set_avatar_url::v3::Request>,
+) -> Result<set_avatar_url::v3::Response, ApiError> {
+    own_profile_only(req.user()?, &req.body.user_id)?;
+    let body = req.body;
+    if let Some(url) = &body.avatar_url {
+        if !url.as_str().is_empty() && !url.is_valid() {
+            return Err(ApiError::InvalidParam("avatar_url is not an mxc:// URI".to_owned()));
+        }
+    }
+    let url = body.avatar_url.map(|u| u.to_string());
+    services
+        .run(move |s| s.users.set_profile_field(&body.user_id, AVATAR_URL, url.as_deref()))
+        .await?;
+    Ok(set_avatar_url::v3::Response::new())
+}

@@ -1,0 +1,97 @@
+//! Login and logout.
+
+use std::sync::Arc;
+
+use ruma::api::client::session::login::v3::LoginInfo;
+use ruma::api::client::session::{get_login_types, login, logout, logout_all};
+use ruma::api::client::uiaa::UserIdentifier;
+use ruma::{OwnedUserId, UserId};
+
+use crate::api::{ApiError, Router, Ruma};
+use crate::service::{ServiceError, Services};
+
+pub fn register_routes(router: &mut Router) {
+    router.add(login_types);
+    router.add(login);
+    router.add(logout);
+    router.add(logout_all);
+}
+
+async fn login_types(
+    _: Arc<Services>,
+    _: Ruma<get_login_types::v3::Request>,
+) -> Result<get_login_types::v3::Response, ApiError> {
+    use get_login_types::v3::{LoginType, PasswordLoginType};
+    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(
+        PasswordLoginType::new(),
+    )]))
+}
+
+async fn login(services: Arc<Services>, req: Ruma<login::v3::Request>) -> Result<login::v3::Response, ApiError> {
+    let body = req.body;
+    let LoginInfo::Password(password) = body.login_info else {
+        return Err(ApiError::BadJson("unsupported login type".to_owned()));
+    };
+    // `identifier` is current; the top-level `user` field is what old clients send.
+    #[allow(deprecated)]
+    let named = match (password.identifier, password.user) {
+        (Some(UserIdentifier::Matrix(m)), _) => m.user,
+        (None, Some(user)) => user,
+        (Some(_), _) => {
+            return Err(ApiError::Forbidden(
+                "only m.id.user identifiers are supported".to_owned(),
+            ))
+        }
+        (None, None) => return Err(ApiError::BadJson("no user identifier given".to_owned())),
+    };
+    let user_id = parse_login_name(&services, &named)?;
+    let client_ip = req.client_ip;
+    let device_id = body.device_id.map(|d| d.to_string());
+    let display_name = body.initial_device_display_name;
+    let server_name = services.config.server_name.clone();
+    services
+        .run(move |s| {
+            s.users.verify_password(&user_id, &password.password)?;
+            let (device_id, token) = s
+                .devices
+                .login(&user_id, device_id.as_deref(), display_name, client_ip)?;
+            let mut response = login::v3::Response::new(user_id, token, device_id.into());
+            #[allow(deprecated)]
+            {
+                response.home_server = Some(server_name);
+            }
+            Ok(response)
+        })
+        .await
+        .map_err(Into::into)
+}
+
+/// A full user ID, or a localpart on this server (matched case-insensitively).
+fn parse_login_name(services: &Services, name: &str) -> Result<OwnedUserId, ApiError> {
+    let wrong = || ServiceError::Forbidden("wrong user name or password".to_owned());
+    let user_id = if name.starts_with('@') {
+        UserId::parse(name.to_lowercase()).map_err(|_| wrong())?
+    } else {
+        UserId::parse_with_server_name(name.to_lowercase(), &services.config.server_name).map_err(|_| wrong())?
+    };
+    if user_id.server_name() != services.config.server_name {
+        return Err(wrong().into());
+    }
+    Ok(user_id)
+}
+
+async fn logout(services: Arc<Services>, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response, ApiError> {
+    let user_id = req.user()?.to_owned();
+    let device_id = req.sender_device.clone().ok_or(ApiError::MissingToken)?;
+    services.run(move |s| s.devices.delete(&user_id, &[device_id])).await?;
+    Ok(logout::v3::Response::new())
+}
+
+async fn logout_all(
+    services: Arc<Services>,
+    req: Ruma<logout_all::v3::Request>,
+) -> Result<logout_all::v3::Response, ApiError> {
+    let user_id = req.user()?.to_owned();
+    services.run(move |s| s.devices.delete_all(&user_id)).await?;
+    Ok(logout_all::v3::Response::new())
+}

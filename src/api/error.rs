@@ -1,0 +1,158 @@
+//! The HTTP layer's one error type and its one mapping to Matrix errors.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::service::ServiceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("unrecognized request")]
+    Unrecognized,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    NotJson(String),
+    #[error("{0}")]
+    BadJson(String),
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    MissingParam(String),
+    #[error("request body is larger than the server accepts ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error("missing access token")]
+    MissingToken,
+    #[error("unknown access token")]
+    UnknownToken,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("internal server error")]
+    Internal(String),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl ApiError {
+    /// The HTTP status and Matrix `errcode` for this error.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ServiceError as S;
+        match self {
+            ApiError::Unrecognized => (StatusCode::NOT_FOUND, "M_UNRECOGNIZED"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED"),
+            ApiError::NotJson(_) => (StatusCode::BAD_REQUEST, "M_NOT_JSON"),
+            ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+            ApiError::InvalidParam(_) => (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+            ApiError::MissingParam(_) => (StatusCode::BAD_REQUEST, "M_MISSING_PARAM"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+            ApiError::MissingToken => (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
+            ApiError::UnknownToken => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
+            ApiError::Service(e) => match e {
+                S::Database(_) | S::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
+                S::Forbidden(_) => (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
+                S::NotFound(_) => (StatusCode::NOT_FOUND, "M_NOT_FOUND"),
+                S::InvalidParam(_) => (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+                S::BadJson(_) => (StatusCode::BAD_REQUEST, "M_BAD_JSON"),
+                S::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+                S::InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
+                S::UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
+                S::UserDeactivated => (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED"),
+                S::GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
+                S::AuthRequired(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, errcode) = self.status_and_code();
+        let body = match self {
+            // The UIA body carries the flows; its errcode, if any, is inside.
+            ApiError::Service(ServiceError::AuthRequired(info)) => {
+                serde_json::to_value(info).unwrap_or_else(|_| json!({}))
+            }
+            ApiError::UnknownToken => json!({"errcode": errcode, "error": self.to_string(), "soft_logout": false}),
+            ApiError::Internal(detail) | ApiError::Service(ServiceError::Internal(detail)) => {
+                tracing::error!(%detail, "internal error");
+                json!({"errcode": errcode, "error": "internal server error"})
+            }
+            ApiError::Service(ServiceError::Database(e)) => {
+                tracing::error!(error = %e, "database error");
+                json!({"errcode": errcode, "error": "internal server error"})
+            }
+            _ => json!({"errcode": errcode, "error": self.to_string()}),
+        };
+        HttpResponse::build(status).json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn body_of(e: ApiError) -> (u16, serde_json::Value) {
+        let resp = e.error_response();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().try_into_bytes().unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[test]
+    fn each_error_maps_to_its_status_and_code() {
+        let cases = [
+            (ApiError::Unrecognized, 404, "M_UNRECOGNIZED"),
+            (ApiError::MethodNotAllowed, 405, "M_UNRECOGNIZED"),
+            (ApiError::NotJson("x".into()), 400, "M_NOT_JSON"),
+            (ApiError::BadJson("x".into()), 400, "M_BAD_JSON"),
+            (ApiError::TooLarge { limit: 1 }, 413, "M_TOO_LARGE"),
+            (ApiError::MissingToken, 401, "M_MISSING_TOKEN"),
+            (ApiError::UnknownToken, 401, "M_UNKNOWN_TOKEN"),
+            (ServiceError::UserInUse.into(), 400, "M_USER_IN_USE"),
+            (ServiceError::NotFound("x".into()).into(), 404, "M_NOT_FOUND"),
+            (ServiceError::UserDeactivated.into(), 403, "M_USER_DEACTIVATED"),
+            (
+                ServiceError::GuestAccessForbidden.into(),
+                403,
+                "M_GUEST_ACCESS_FORBIDDEN",
+            ),
+            (
+                ServiceError::InvalidUsername("x".into()).into(),
+                400,
+                "M_INVALID_USERNAME",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let (got_status, body) = body_of(error);
+            assert_eq!((got_status, body["errcode"].as_str().unwrap()), (status, code));
+            assert!(body["error"].is_string());
+        }
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_log() {
+        let (status, body) = body_of(ServiceError::Internal("secret path /x".into()).into());
+        assert_eq!(status, 500);
+        assert_eq!(body["errcode"], "M_UNKNOWN");
+        assert!(!body["error"].as_str().unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn uia_error_carries_flows() {
+        use ruma::api::client::uiaa::{AuthFlow, AuthType, UiaaInfo};
+        let mut info = UiaaInfo::new(vec![AuthFlow::new(vec![AuthType::Dummy])]);
+        info.session = Some("s".into());
+        let (status, body) = body_of(ServiceError::AuthRequired(Box::new(info)).into());
+        assert_eq!(status, 401);
+        assert_eq!(body["flows"][0]["stages"][0], "m.login.dummy");
+        assert_eq!(body["session"], "s");
+    }
+}

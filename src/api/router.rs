@@ -1,0 +1,356 @@
+//! The generic bridge between actix and ruma: one extractor for any ruma
+//! `IncomingRequest`, and routes registered from each endpoint's metadata.
+
+use std::cmp::Ordering;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use bytes::BytesMut;
+use futures_util::{FutureExt, StreamExt};
+use percent_encoding::percent_decode_str;
+use ruma::api::auth_scheme::{
+    extract_bearer_or_query_token, AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional,
+    NoAccessToken, NoAuthentication,
+};
+use ruma::api::error::{DeserializationError, FromHttpRequestError};
+use ruma::api::path_builder::PathBuilder;
+use ruma::api::{IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponseExt};
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+
+use super::error::ApiError;
+use crate::service::Services;
+
+/// A parsed, authenticated request for endpoint `T`.
+pub struct Ruma<T> {
+    pub body: T,
+    pub sender_user: Option<OwnedUserId>,
+    pub sender_device: Option<OwnedDeviceId>,
+    pub client_ip: Option<String>,
+}
+
+impl<T> Ruma<T> {
+    /// The authenticated user; endpoints that require a token always have one.
+    pub fn user(&self) -> Result<&UserId, ApiError> {
+        self.sender_user.as_deref().ok_or(ApiError::MissingToken)
+    }
+
+    pub fn device(&self) -> Result<&str, ApiError> {
+        self.sender_device
+            .as_deref()
+            .map(|d| d.as_str())
+            .ok_or(ApiError::MissingToken)
+    }
+}
+
+/// How an endpoint authenticates, read off its ruma auth scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRequirement {
+    None,
+    Optional,
+    Required,
+}
+
+pub trait AuthKind {
+    const REQUIREMENT: AuthRequirement;
+}
+
+impl AuthKind for NoAuthentication {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+}
+impl AuthKind for NoAccessToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+}
+impl AuthKind for AccessToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Required;
+}
+impl AuthKind for AccessTokenOptional {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
+}
+impl AuthKind for AppserviceToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Required;
+}
+impl AuthKind for AppserviceTokenOptional {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
+}
+
+/// Collects routes, then registers them on actix grouped by path.
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<(&'static str, Method, actix_web::Route)>,
+}
+
+impl Router {
+    /// Registers `handler` under every path ruma knows for `R` (stable,
+    /// legacy `r0` and unstable), for its method (and HEAD for GET).
+    pub fn add<R, F, Fut>(&mut self, handler: F)
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        F: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, ApiError>> + 'static,
+    {
+        let method = Method::from_bytes(R::METHOD.as_str().as_bytes()).expect("ruma methods are valid");
+        let mut methods = vec![method.clone()];
+        if method == Method::GET {
+            methods.push(Method::HEAD);
+        }
+        for path in R::PATH_BUILDER.all_paths() {
+            for method in &methods {
+                let handler = handler.clone();
+                let route = web::route().method(method.clone()).to(
+                    move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
+                        let handler = handler.clone();
+                        async move {
+                            let work = handle::<R, F, Fut>(handler, services.into_inner(), req, payload, path);
+                            match AssertUnwindSafe(work).catch_unwind().await {
+                                Ok(Ok(response)) => response,
+                                Ok(Err(error)) => error.error_response(),
+                                Err(_) => {
+                                    tracing::error!(path, "request handler panicked");
+                                    ApiError::Internal("handler panicked".to_owned()).error_response()
+                                }
+                            }
+                        }
+                    },
+                );
+                self.routes.push((path, method.clone(), route));
+            }
+        }
+    }
+
+    pub fn configure(self, cfg: &mut web::ServiceConfig) {
+        let mut routes = self.routes;
+        // actix tries resources in order: literal segments must win over
+        // variables (`/devices/list` before `/devices/{id}`).
+        routes.sort_by(|a, b| compare_paths(a.0, b.0));
+        let mut current: Option<(&'static str, actix_web::Resource)> = None;
+        for (path, _method, route) in routes {
+            match &mut current {
+                Some((p, resource)) if *p == path => {
+                    let r = std::mem::replace(resource, web::resource(path));
+                    *resource = r.route(route);
+                }
+                _ => {
+                    if let Some((_, resource)) = current.take() {
+                        cfg.service(resource);
+                    }
+                    let resource = web::resource(path)
+                        .default_service(web::to(|| async { ApiError::MethodNotAllowed.error_response() }))
+                        .route(route);
+                    current = Some((path, resource));
+                }
+            }
+        }
+        if let Some((_, resource)) = current {
+            cfg.service(resource);
+        }
+    }
+}
+
+fn compare_paths(a: &str, b: &str) -> Ordering {
+    fn key(path: &str) -> Vec<(bool, &str)> {
+        path.split('/').map(|s| (s.starts_with('{'), s)).collect()
+    }
+    key(a).cmp(&key(b))
+}
+
+async fn handle<R, F, Fut>(
+    handler: F,
+    services: Arc<Services>,
+    req: HttpRequest,
+    payload: web::Payload,
+    pattern: &'static str,
+) -> Result<HttpResponse, ApiError>
+where
+    R: IncomingRequest + Send + 'static,
+    R::Authentication: AuthKind,
+    F: Fn(Arc<Services>, Ruma<R>) -> Fut,
+    Fut: Future<Output = Result<R::OutgoingResponse, ApiError>>,
+{
+    let limit = services.config.max_request_size as usize;
+    let body = read_body(&req, payload, limit).await?;
+
+    let mut builder = http::Request::builder()
+        .method(req.method().as_str())
+        .uri(req.uri().to_string());
+    for (name, value) in req.headers() {
+        builder = builder.header(name.as_str(), value.as_bytes());
+    }
+    let request = builder
+        .body(body)
+        .map_err(|e| ApiError::InvalidParam(format!("malformed request: {e}")))?;
+    let path_args = path_arguments(pattern, req.uri().path())?;
+
+    let client_ip = req.connection_info().realip_remote_addr().map(strip_port);
+    let (sender_user, sender_device) = authenticate::<R>(&services, &request, client_ip.clone()).await?;
+
+    let (parts, body) = request.into_parts();
+    let request = http::Request::from_parts(parts, body.as_slice());
+    let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+    // Some of ruma's deserializers panic on malformed input (LoginInfo indexes
+    // a missing "type"); a panic while parsing is the client's bad input.
+    let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| R::try_from_http_request(request, &args)))
+        .map_err(|_| {
+            tracing::warn!(path = pattern, "request parsing panicked; answering as bad input");
+            malformed_body(&body, "the request body does not fit this endpoint".to_owned())
+        })?
+        .map_err(|e| request_error(e, &body))?;
+
+    let response = handler(
+        services,
+        Ruma {
+            body: parsed,
+            sender_user,
+            sender_device,
+            client_ip,
+        },
+    )
+    .await?;
+    let response = response
+        .try_into_http_response::<BytesMut>()
+        .map_err(|e| ApiError::Internal(format!("response serialization: {e}")))?;
+    let (parts, body) = response.into_parts();
+    let status = StatusCode::from_u16(parts.status.as_u16()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut out = HttpResponse::build(status);
+    for (name, value) in &parts.headers {
+        out.append_header((name.as_str(), value.as_bytes()));
+    }
+    Ok(out.body(body.freeze()))
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (as announced by
+/// Content-Length or as it streams in).
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::TooLarge { limit: limit as u64 };
+    let announced = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(announced.unwrap_or(0) as usize);
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadJson(format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The values of the pattern's `{variables}` in the raw path, fully
+/// percent-decoded.
+fn path_arguments(pattern: &str, raw_path: &str) -> Result<Vec<String>, ApiError> {
+    pattern
+        .split('/')
+        .zip(raw_path.split('/'))
+        .filter(|(p, _)| p.starts_with('{'))
+        .map(|(_, value)| {
+            percent_decode_str(value)
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|_| ApiError::InvalidParam("path parameter is not UTF-8".to_owned()))
+        })
+        .collect()
+}
+
+fn strip_port(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(sock) => sock.ip().to_string(),
+        Err(_) => addr.to_owned(),
+    }
+}
+
+async fn authenticate<R>(
+    services: &Arc<Services>,
+    request: &http::Request<Vec<u8>>,
+    client_ip: Option<String>,
+) -> Result<(Option<OwnedUserId>, Option<OwnedDeviceId>), ApiError>
+where
+    R: Metadata,
+    R::Authentication: AuthKind,
+{
+    let requirement = <R::Authentication as AuthKind>::REQUIREMENT;
+    if requirement == AuthRequirement::None {
+        return Ok((None, None));
+    }
+    let token = match extract_bearer_or_query_token(request) {
+        Ok(Some(token)) => token,
+        Ok(None) if requirement == AuthRequirement::Optional => return Ok((None, None)),
+        Ok(None) | Err(_) => return Err(ApiError::MissingToken),
+    };
+    let owner = services
+        .run(move |s| s.devices.authenticate(&token, client_ip.as_deref()))
+        .await?;
+    match owner {
+        Some((user, device)) => Ok((Some(user), Some(device))),
+        None => Err(ApiError::UnknownToken),
+    }
+}
+
+/// Bad JSON syntax (or no body at all) is `M_NOT_JSON`; well-formed JSON of
+/// the wrong shape is `M_BAD_JSON`; a bad path or query value `M_INVALID_PARAM`.
+fn request_error(error: FromHttpRequestError, body: &[u8]) -> ApiError {
+    match error {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => malformed_body(body, e.to_string()),
+        FromHttpRequestError::Deserialization(DeserializationError::Utf8(_)) => {
+            ApiError::NotJson("the request body is not UTF-8".to_owned())
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e))
+            if e.to_string().contains("missing field") =>
+        {
+            ApiError::MissingParam(e.to_string())
+        }
+        FromHttpRequestError::Deserialization(e) => ApiError::InvalidParam(e.to_string()),
+        other => ApiError::BadJson(other.to_string()),
+    }
+}
+
+fn malformed_body(body: &[u8], detail: String) -> ApiError {
+    if body.is_empty() || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        ApiError::NotJson("the request body is not valid JSON".to_owned())
+    } else {
+        ApiError::BadJson(detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_arguments_are_fully_decoded() {
+        let args = path_arguments(
+            "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}",
+            "/_matrix/client/v3/rooms/%21room%3Aexample.org/state/m.room.member/%40a%2Fb%3Ax",
+        )
+        .unwrap();
+        assert_eq!(args, vec!["!room:example.org", "m.room.member", "@a/b:x"]);
+        assert!(path_arguments("/p/{x}", "/p/%FF").is_err());
+    }
+
+    #[test]
+    fn literal_segments_sort_before_variables() {
+        let mut paths = vec!["/a/{id}", "/a/list", "/a/{id}/x", "/b"];
+        paths.sort_by(|a, b| compare_paths(a, b));
+        assert_eq!(paths, vec!["/a/list", "/a/{id}", "/a/{id}/x", "/b"]);
+    }
+
+    #[test]
+    fn body_errors_are_classified() {
+        let json_err = || {
+            FromHttpRequestError::Deserialization(DeserializationError::Json(
+                serde_json::from_slice::<u8>(b"x").unwrap_err(),
+            ))
+        };
+        assert!(matches!(request_error(json_err(), b""), ApiError::NotJson(_)));
+        assert!(matches!(request_error(json_err(), b"{nope"), ApiError::NotJson(_)));
+        assert!(matches!(request_error(json_err(), b"[1,2]"), ApiError::BadJson(_)));
+    }
+}

@@ -1,0 +1,10 @@
+//! Conduit: a Matrix homeserver in one binary with one embedded RocksDB.
+//!
+//! Layers, top to bottom: [`api`] (HTTP) → [`service`] (Matrix logic) →
+//! [`database`] (key-value storage). Each layer only calls the one below.
+
+pub mod api;
+pub mod config;
+pub mod database;
+pub mod server;
+pub mod service;

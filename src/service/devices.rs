@@ -1,0 +1,186 @@
+//! Devices and their access tokens; per-device last-seen time and address.
+
+use ruma::api::client::device::Device;
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedUserId, UInt, UserId};
+use sha2::{Digest, Sha256};
+
+use super::{now_ms, random_string, ServiceError, ServiceResult};
+use crate::database::devices::{DeviceRecord, DevicesTables};
+use crate::database::{Batch, Db};
+
+/// How stale a device's stored last-seen time may get before a request
+/// refreshes it; keeps a write off nearly every request.
+const LAST_SEEN_GRANULARITY_MS: u64 = 60_000;
+/// Longest device display name accepted.
+const MAX_DISPLAY_NAME: usize = 256;
+
+pub struct DevicesService {
+    tables: DevicesTables,
+}
+
+/// 256 random bits as 43 letters and digits (62^43 > 2^256).
+fn new_access_token() -> String {
+    random_string(43)
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn to_device(device_id: &str, record: DeviceRecord) -> ServiceResult<Device> {
+    let device_id: OwnedDeviceId = device_id.into();
+    let mut device = Device::new(device_id);
+    device.display_name = record.display_name;
+    device.last_seen_ip = record.last_seen_ip;
+    device.last_seen_ts = record
+        .last_seen_ms
+        .and_then(UInt::new)
+        .map(MilliSecondsSinceUnixEpoch);
+    Ok(device)
+}
+
+impl DevicesService {
+    pub fn new(db: Db) -> Self {
+        Self {
+            tables: DevicesTables::new(db),
+        }
+    }
+
+    /// Adds a device with a fresh token to `batch`. An existing device ID gets
+    /// a new token and its old one stops working.
+    pub fn create_in(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        display_name: Option<String>,
+        ip: Option<String>,
+    ) -> ServiceResult<(String, String)> {
+        if display_name.as_ref().is_some_and(|n| n.len() > MAX_DISPLAY_NAME) {
+            return Err(ServiceError::InvalidParam("device display name is too long".to_owned()));
+        }
+        let device_id = match device_id {
+            Some(id) if id.is_empty() || id.len() > 255 => {
+                return Err(ServiceError::InvalidParam(
+                    "device ID must be 1 to 255 bytes".to_owned(),
+                ))
+            }
+            Some(id) => id.to_owned(),
+            None => random_string(10).to_ascii_uppercase(),
+        };
+        let token = new_access_token();
+        let now = now_ms();
+        let existing = self.tables.get(user_id.as_str(), &device_id)?;
+        let record = DeviceRecord {
+            display_name: display_name.or_else(|| existing.as_ref().and_then(|e| e.display_name.clone())),
+            token_hash: token_hash(&token),
+            created_ms: existing.as_ref().map_or(now, |e| e.created_ms),
+            last_seen_ms: Some(now),
+            last_seen_ip: ip,
+        };
+        match existing {
+            Some(old) => self
+                .tables
+                .replace_token(batch, user_id.as_str(), &device_id, &old, &record),
+            None => self.tables.put(batch, user_id.as_str(), &device_id, &record),
+        }
+        Ok((device_id, token))
+    }
+
+    /// A login: a new (or refreshed) device and its token.
+    pub fn login(
+        &self,
+        user_id: &UserId,
+        device_id: Option<&str>,
+        display_name: Option<String>,
+        ip: Option<String>,
+    ) -> ServiceResult<(String, String)> {
+        let mut batch = Batch::new();
+        let created = self.create_in(&mut batch, user_id, device_id, display_name, ip)?;
+        self.tables.write(batch)?;
+        Ok(created)
+    }
+
+    /// The user and device an access token belongs to; records the device as
+    /// seen now from `ip`.
+    pub fn authenticate(&self, token: &str, ip: Option<&str>) -> ServiceResult<Option<(OwnedUserId, OwnedDeviceId)>> {
+        let Some((user_id, device_id)) = self.tables.owner_of_token(&token_hash(token))? else {
+            return Ok(None);
+        };
+        if let Some(mut record) = self.tables.get(&user_id, &device_id)? {
+            let now = now_ms();
+            let stale = record
+                .last_seen_ms
+                .is_none_or(|t| now.saturating_sub(t) >= LAST_SEEN_GRANULARITY_MS);
+            if stale || record.last_seen_ip.as_deref() != ip {
+                record.last_seen_ms = Some(now);
+                record.last_seen_ip = ip.map(str::to_owned);
+                let mut batch = Batch::new();
+                self.tables.put(&mut batch, &user_id, &device_id, &record);
+                self.tables.write(batch)?;
+            }
+        }
+        let user_id = OwnedUserId::try_from(user_id)
+            .map_err(|e| ServiceError::Internal(format!("stored user ID is invalid: {e}")))?;
+        Ok(Some((user_id, device_id.into())))
+    }
+
+    pub fn list(&self, user_id: &UserId) -> ServiceResult<Vec<Device>> {
+        self.tables
+            .list(user_id.as_str())?
+            .into_iter()
+            .map(|(id, r)| to_device(&id, r))
+            .collect()
+    }
+
+    pub fn get(&self, user_id: &UserId, device_id: &str) -> ServiceResult<Device> {
+        let record = self
+            .tables
+            .get(user_id.as_str(), device_id)?
+            .ok_or_else(|| ServiceError::NotFound("unknown device".to_owned()))?;
+        to_device(device_id, record)
+    }
+
+    pub fn rename(&self, user_id: &UserId, device_id: &str, display_name: Option<String>) -> ServiceResult<()> {
+        if display_name.as_ref().is_some_and(|n| n.len() > MAX_DISPLAY_NAME) {
+            return Err(ServiceError::InvalidParam("device display name is too long".to_owned()));
+        }
+        let mut record = self
+            .tables
+            .get(user_id.as_str(), device_id)?
+            .ok_or_else(|| ServiceError::NotFound("unknown device".to_owned()))?;
+        record.display_name = display_name;
+        let mut batch = Batch::new();
+        self.tables.put(&mut batch, user_id.as_str(), device_id, &record);
+        Ok(self.tables.write(batch)?)
+    }
+
+    /// Deletes these devices (unknown IDs are skipped, as the spec allows) and
+    /// their tokens, in one write.
+    pub fn delete(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> ServiceResult<()> {
+        let mut batch = Batch::new();
+        for device_id in device_ids {
+            if let Some(record) = self.tables.get(user_id.as_str(), device_id.as_str())? {
+                self.tables
+                    .delete(&mut batch, user_id.as_str(), device_id.as_str(), &record);
+            }
+        }
+        Ok(self.tables.write(batch)?)
+    }
+
+    /// Adds deletes of every device of the user but `keep` to `batch`.
+    pub fn delete_all_in(&self, batch: &mut Batch, user_id: &UserId, keep: Option<&str>) -> ServiceResult<()> {
+        for (device_id, record) in self.tables.list(user_id.as_str())? {
+            if Some(device_id.as_str()) != keep {
+                self.tables.delete(batch, user_id.as_str(), &device_id, &record);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn delete_all(&self, user_id: &UserId) -> ServiceResult<()> {
+        let mut batch = Batch::new();
+        self.delete_all_in(&mut batch, user_id, None)?;
+        Ok(self.tables.write(batch)?)
+    }
+}

@@ -1,0 +1,128 @@
+//! The Matrix logic, one module per concern. Each service owns its typed
+//! tables and reaches storage only through them.
+
+pub mod account_data;
+pub mod devices;
+pub mod filters;
+pub mod uiaa;
+pub mod users;
+
+use std::sync::Arc;
+
+use ruma::api::client::uiaa::UiaaInfo;
+
+use crate::config::Config;
+use crate::database::meta::MetaTables;
+use crate::database::rocksdb::{EngineOptions, RocksDb};
+use crate::database::{Db, DbError};
+
+/// What can go wrong in the Matrix logic. The API layer maps each variant to
+/// a Matrix error in one place (`api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    BadJson(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    InvalidUsername(String),
+    #[error("this user ID is already taken")]
+    UserInUse,
+    #[error("this account has been deactivated")]
+    UserDeactivated,
+    #[error("guest accounts are not supported on this server")]
+    GuestAccessForbidden,
+    /// More user-interactive authentication is needed (HTTP 401 with the flows).
+    #[error("additional authentication is required")]
+    AuthRequired(Box<UiaaInfo>),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Every service, built once at start-up and handed to the HTTP layer.
+pub struct Services {
+    pub config: Config,
+    db: Db,
+    pub users: users::UsersService,
+    pub devices: devices::DevicesService,
+    pub uiaa: uiaa::UiaaService,
+    pub account_data: account_data::AccountDataService,
+    pub filters: filters::FiltersService,
+}
+
+impl Services {
+    /// Opens (or creates) the database at `config.database_path`.
+    pub fn open(config: Config) -> ServiceResult<Arc<Self>> {
+        std::fs::create_dir_all(&config.database_path)
+            .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", config.database_path.display())))?;
+        let engine = RocksDb::open(
+            &config.database_path,
+            &EngineOptions {
+                cache_bytes: (config.db_cache_capacity_mb * 1024.0 * 1024.0) as usize,
+                max_open_files: config.rocksdb_max_open_files,
+                sync_writes: config.sync_writes,
+            },
+        )?;
+        let db: Db = Arc::new(engine);
+        MetaTables::new(db.clone()).check_schema()?;
+        Ok(Arc::new(Self::build(config, db)))
+    }
+
+    fn build(config: Config, db: Db) -> Self {
+        Services {
+            users: users::UsersService::new(db.clone(), &config),
+            devices: devices::DevicesService::new(db.clone()),
+            uiaa: uiaa::UiaaService::new(db.clone(), config.registration_token.clone()),
+            account_data: account_data::AccountDataService::new(db.clone()),
+            filters: filters::FiltersService::new(db.clone()),
+            config,
+            db,
+        }
+    }
+
+    /// Runs blocking work (storage, password hashing) off the async workers.
+    pub async fn run<T, F>(self: &Arc<Self>, f: F) -> ServiceResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Services) -> ServiceResult<T> + Send + 'static,
+    {
+        let services = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&services)).await.map_err(|e| {
+            if e.is_panic() {
+                ServiceError::Internal("a request handler panicked".to_owned())
+            } else {
+                ServiceError::Internal("a request handler was cancelled".to_owned())
+            }
+        })?
+    }
+
+    /// Flushes everything to disk (at shutdown).
+    pub fn flush(&self) -> ServiceResult<()> {
+        Ok(self.db.flush()?)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    ruma::MilliSecondsSinceUnixEpoch::now().get().into()
+}
+
+/// A random string of ASCII letters and digits.
+pub(crate) fn random_string(len: usize) -> String {
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}

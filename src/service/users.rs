@@ -1,0 +1,280 @@
+//! Accounts: registration, passwords, deactivation, profiles, the user directory.
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::Mutex;
+
+use ruma::{OwnedServerName, OwnedUserId, UserId};
+
+use super::devices::DevicesService;
+use super::{now_ms, random_string, ServiceError, ServiceResult};
+use crate::config::Config;
+use crate::database::users::{UserRecord, UsersTables};
+use crate::database::{Batch, Db};
+
+pub const DISPLAYNAME: &str = "displayname";
+pub const AVATAR_URL: &str = "avatar_url";
+
+/// Longest profile value accepted (Synapse uses the same bound for names).
+const MAX_PROFILE_VALUE: usize = 1000;
+
+pub struct UsersService {
+    tables: UsersTables,
+    /// Serialises account creation so two requests cannot take one ID.
+    registration: Mutex<()>,
+    server_name: OwnedServerName,
+    argon2_params: Params,
+}
+
+/// A new account's session, when one was asked for.
+pub struct NewLogin {
+    pub device_id: String,
+    pub access_token: String,
+}
+
+pub struct DirectoryEntry {
+    pub user_id: OwnedUserId,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+impl UsersService {
+    pub fn new(db: Db, config: &Config) -> Self {
+        let argon2_params = Params::new(
+            config.argon2_memory_kib,
+            config.argon2_iterations,
+            config.argon2_parallelism,
+            None,
+        )
+        .expect("argon2 parameters are validated with the config");
+        Self {
+            tables: UsersTables::new(db),
+            registration: Mutex::new(()),
+            server_name: config.server_name.clone(),
+            argon2_params,
+        }
+    }
+
+    fn argon2(&self) -> Argon2<'_> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.argon2_params.clone())
+    }
+
+    pub fn is_local(&self, user_id: &UserId) -> bool {
+        user_id.server_name() == self.server_name
+    }
+
+    /// Whether the account exists (deactivated accounts still hold their ID).
+    pub fn exists(&self, user_id: &UserId) -> ServiceResult<bool> {
+        Ok(self.tables.get(user_id.as_str())?.is_some())
+    }
+
+    pub fn is_active(&self, user_id: &UserId) -> ServiceResult<bool> {
+        Ok(self.tables.get(user_id.as_str())?.is_some_and(|r| !r.deactivated))
+    }
+
+    /// The user ID a new account with this localpart would get, if the
+    /// localpart is acceptable and free.
+    pub fn check_new_localpart(&self, localpart: &str) -> ServiceResult<OwnedUserId> {
+        let allowed = |c: char| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+');
+        if localpart.is_empty() || !localpart.chars().all(allowed) {
+            return Err(ServiceError::InvalidUsername(
+                "user names may contain only a-z, 0-9 and . _ = - / +".to_owned(),
+            ));
+        }
+        let user_id = UserId::parse_with_server_name(localpart, &self.server_name)
+            .map_err(|e| ServiceError::InvalidUsername(e.to_string()))?;
+        if user_id.as_str().len() > 255 {
+            return Err(ServiceError::InvalidUsername(
+                "the user ID would be longer than 255 bytes".to_owned(),
+            ));
+        }
+        if self.exists(&user_id)? {
+            return Err(ServiceError::UserInUse);
+        }
+        Ok(user_id)
+    }
+
+    /// A free user ID for a registration that named none.
+    pub fn generate_user_id(&self) -> ServiceResult<OwnedUserId> {
+        for _ in 0..16 {
+            let localpart = random_string(10).to_ascii_lowercase();
+            match self.check_new_localpart(&localpart) {
+                Err(ServiceError::UserInUse) => continue,
+                other => return other,
+            }
+        }
+        Err(ServiceError::Internal("could not find a free user ID".to_owned()))
+    }
+
+    pub fn hash_password(&self, password: &str) -> ServiceResult<String> {
+        let salt = SaltString::generate(&mut OsRng);
+        self.argon2()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ServiceError::Internal(format!("password hashing failed: {e}")))
+    }
+
+    /// Creates the account and, unless `login` is `None`, its first device, in
+    /// one write. The localpart must have passed [`Self::check_new_localpart`].
+    pub fn register(
+        &self,
+        devices: &DevicesService,
+        user_id: &UserId,
+        password: Option<&str>,
+        login: Option<(Option<String>, Option<String>)>,
+    ) -> ServiceResult<Option<NewLogin>> {
+        let password_hash = password.map(|p| self.hash_password(p)).transpose()?;
+        let _guard = self
+            .registration
+            .lock()
+            .map_err(|_| ServiceError::Internal("registration lock poisoned".to_owned()))?;
+        if self.exists(user_id)? {
+            return Err(ServiceError::UserInUse);
+        }
+        let mut batch = Batch::new();
+        let record = UserRecord {
+            password_hash,
+            created_ms: now_ms(),
+            deactivated: false,
+        };
+        self.tables.put(&mut batch, user_id.as_str(), &record);
+        // New accounts show their localpart until they pick a name.
+        self.tables
+            .set_profile_field(&mut batch, user_id.as_str(), DISPLAYNAME, Some(user_id.localpart()));
+        let new_login = match login {
+            Some((device_id, display_name)) => {
+                let (device_id, access_token) =
+                    devices.create_in(&mut batch, user_id, device_id.as_deref(), display_name, None)?;
+                Some(NewLogin {
+                    device_id,
+                    access_token,
+                })
+            }
+            None => None,
+        };
+        self.tables.write(batch)?;
+        Ok(new_login)
+    }
+
+    /// Checks a password; the same error for an unknown user and a wrong
+    /// password, so logins do not reveal which accounts exist.
+    pub fn verify_password(&self, user_id: &UserId, password: &str) -> ServiceResult<()> {
+        let wrong = || ServiceError::Forbidden("wrong user name or password".to_owned());
+        let Some(record) = self.tables.get(user_id.as_str())? else {
+            return Err(wrong());
+        };
+        if record.deactivated {
+            return Err(ServiceError::UserDeactivated);
+        }
+        let Some(hash) = record.password_hash else {
+            return Err(wrong());
+        };
+        let parsed = PasswordHash::new(&hash).map_err(|e| ServiceError::Internal(format!("stored hash: {e}")))?;
+        // Verification takes its cost parameters from the stored hash.
+        self.argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .map_err(|_| wrong())
+    }
+
+    /// Sets a new password; with `logout_others_than`, every other device of
+    /// the user is removed in the same write.
+    pub fn change_password(
+        &self,
+        devices: &DevicesService,
+        user_id: &UserId,
+        new_password: &str,
+        logout_others_than: Option<Option<&str>>,
+    ) -> ServiceResult<()> {
+        let mut record = self
+            .tables
+            .get(user_id.as_str())?
+            .ok_or_else(|| ServiceError::NotFound("unknown user".to_owned()))?;
+        record.password_hash = Some(self.hash_password(new_password)?);
+        let mut batch = Batch::new();
+        self.tables.put(&mut batch, user_id.as_str(), &record);
+        if let Some(keep) = logout_others_than {
+            devices.delete_all_in(&mut batch, user_id, keep)?;
+        }
+        Ok(self.tables.write(batch)?)
+    }
+
+    /// Deactivates the account: no password, no devices, no profile; the ID
+    /// stays taken.
+    pub fn deactivate(&self, devices: &DevicesService, user_id: &UserId) -> ServiceResult<()> {
+        let mut record = self
+            .tables
+            .get(user_id.as_str())?
+            .ok_or_else(|| ServiceError::NotFound("unknown user".to_owned()))?;
+        record.password_hash = None;
+        record.deactivated = true;
+        let mut batch = Batch::new();
+        self.tables.put(&mut batch, user_id.as_str(), &record);
+        for field in [DISPLAYNAME, AVATAR_URL] {
+            self.tables.set_profile_field(&mut batch, user_id.as_str(), field, None);
+        }
+        devices.delete_all_in(&mut batch, user_id, None)?;
+        Ok(self.tables.write(batch)?)
+    }
+
+    /// One profile field of an existing user.
+    pub fn profile_field(&self, user_id: &UserId, field: &str) -> ServiceResult<Option<String>> {
+        self.ensure_exists(user_id)?;
+        Ok(self.tables.profile_field(user_id.as_str(), field)?)
+    }
+
+    pub fn set_profile_field(&self, user_id: &UserId, field: &str, value: Option<&str>) -> ServiceResult<()> {
+        if value.is_some_and(|v| v.len() > MAX_PROFILE_VALUE) {
+            return Err(ServiceError::TooLarge(format!(
+                "{field} is longer than {MAX_PROFILE_VALUE} bytes"
+            )));
+        }
+        // An empty value clears the field, as clients send "" to remove it.
+        let value = value.filter(|v| !v.is_empty());
+        let mut batch = Batch::new();
+        self.tables
+            .set_profile_field(&mut batch, user_id.as_str(), field, value);
+        Ok(self.tables.write(batch)?)
+    }
+
+    fn ensure_exists(&self, user_id: &UserId) -> ServiceResult<()> {
+        if self.is_active(user_id)? {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound("profile not found".to_owned()))
+        }
+    }
+
+    /// Local, active users whose ID or display name contains `term`
+    /// (case-insensitive); `true` when more than `limit` matched.
+    pub fn search_directory(&self, term: &str, limit: usize) -> ServiceResult<(Vec<DirectoryEntry>, bool)> {
+        let term = term.to_lowercase();
+        let mut found = Vec::new();
+        for entry in self.tables.all() {
+            let (user_id, record) = entry?;
+            if record.deactivated {
+                continue;
+            }
+            let display_name = self.tables.profile_field(&user_id, DISPLAYNAME)?;
+            let matches = user_id.to_lowercase().contains(&term)
+                || display_name
+                    .as_deref()
+                    .is_some_and(|n| n.to_lowercase().contains(&term));
+            if !matches {
+                continue;
+            }
+            if found.len() == limit {
+                return Ok((found, true));
+            }
+            let Ok(user_id) = OwnedUserId::try_from(user_id) else {
+                continue;
+            };
+            let avatar_url = self.tables.profile_field(user_id.as_str(), AVATAR_URL)?;
+            found.push(DirectoryEntry {
+                user_id,
+                display_name,
+                avatar_url,
+            });
+        }
+        Ok((found, false))
+    }
+}
