@@ -1,0 +1,198 @@
+//! Runs the real `conduit` binary on a loopback port with a temporary data
+//! directory, and talks to it over real HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub struct TestServer {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    config_path: PathBuf,
+    child: Option<Child>,
+    pub client: reqwest::Client,
+}
+
+/// Cheap password hashing: tests exercise the flow, not the cost.
+const BASE_CONFIG: &str = r#"[global]
+server_name = "localhost"
+address = "127.0.0.1"
+port = 0
+argon2_memory_kib = 64
+argon2_iterations = 1
+log = "warn,conduit=info"
+"#;
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// `extra` is more `[global]` keys, one per line.
+    pub async fn start_with(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("conduit.toml");
+        let db = dir.path().join("db");
+        let text = format!("{BASE_CONFIG}database_path = {:?}\n{extra}\n", db.display().to_string());
+        std::fs::write(&config_path, text).expect("write config");
+        let mut server = TestServer {
+            base: String::new(),
+            dir,
+            config_path,
+            child: None,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_conduit"));
+        // Only the config file speaks: CONDUIT_* variables would override it.
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("CONDUIT_")) {
+            command.env_remove(name);
+        }
+        let mut child = command
+            .arg("-c")
+            .arg(&self.config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start conduit");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Reads the log for the bound address, then keeps draining it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+                if std::env::var_os("TEST_SERVER_LOG").is_some() {
+                    eprintln!("[conduit] {line}");
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not report its address in 30 s");
+        self.base = base;
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, then wait (at most 30 s) for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server and starts it again on the same data.
+    pub fn restart(&mut self) {
+        assert!(self.stop().success());
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A JSON request; returns the status and the JSON body (Null if none).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.client.request(method.parse().unwrap(), self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// A request with raw body bytes.
+    pub async fn call_raw(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+        let mut req = self.client.request(method.parse().unwrap(), self.url(path)).body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Registers through the dummy UIA flow; returns (user_id, token, device_id).
+    pub async fn register(&self, username: &str, password: &str) -> (String, String, String) {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/_matrix/client/v3/register",
+                None,
+                Some(json!({"username": username, "password": password})),
+            )
+            .await;
+        assert_eq!(status, 401, "{body}");
+        let session = body["session"].as_str().expect("session").to_owned();
+        let (status, body) = self
+            .call(
+                "POST",
+                "/_matrix/client/v3/register",
+                None,
+                Some(json!({"username": username, "password": password, "auth": {"type": "m.login.dummy", "session": session}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        (
+            body["user_id"].as_str().unwrap().to_owned(),
+            body["access_token"].as_str().unwrap().to_owned(),
+            body["device_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Password login; returns (status, body).
+    pub async fn login(&self, user: &str, password: &str, device_id: Option<&str>) -> (u16, Value) {
+        let mut body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+        if let Some(d) = device_id {
+            body["device_id"] = json!(d);
+        }
+        self.call("POST", "/_matrix/client/v3/login", None, Some(body)).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Asserts status and errcode of an error response.
+#[track_caller]
+pub fn assert_error(got: &(u16, Value), status: u16, errcode: &str) {
+    assert_eq!(got.0, status, "body: {}", got.1);
+    assert_eq!(got.1["errcode"], errcode, "body: {}", got.1);
+}

@@ -1,0 +1,200 @@
+//! The HTTP layer: discovery endpoints, CORS, and every refusal of bad input
+//! with the spec's status and errcode.
+
+mod common;
+
+use common::{assert_error, TestServer};
+use serde_json::json;
+
+#[tokio::test]
+async fn versions_capabilities_well_known() {
+    let server = TestServer::start_with(
+        "[global.well_known]\nclient = \"https://matrix.example.org\"\nserver = \"matrix.example.org:443\"",
+    )
+    .await;
+    let (status, body) = server.call("GET", "/_matrix/client/versions", None, None).await;
+    assert_eq!(status, 200);
+    assert!(body["versions"].as_array().unwrap().contains(&json!("v1.1")));
+
+    let (status, body) = server.call("GET", "/.well-known/matrix/client", None, None).await;
+    assert_eq!(
+        (status, &body["m.homeserver"]["base_url"]),
+        (200, &json!("https://matrix.example.org"))
+    );
+    let (status, body) = server.call("GET", "/.well-known/matrix/server", None, None).await;
+    assert_eq!((status, &body["m.server"]), (200, &json!("matrix.example.org:443")));
+
+    let (_, token, _) = server.register("una", "pw").await;
+    let (status, body) = server
+        .call("GET", "/_matrix/client/v3/capabilities", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Capabilities at their default (enabled) may be left out.
+    let change_password = &body["capabilities"]["m.change_password"];
+    assert!(
+        change_password.is_null() || change_password["enabled"] == true,
+        "{body}"
+    );
+    assert_eq!(body["capabilities"]["m.3pid_changes"]["enabled"], false, "{body}");
+    assert_eq!(body["capabilities"]["m.room_versions"]["default"], "11");
+
+    let plain = TestServer::start().await;
+    assert_error(
+        &plain.call("GET", "/.well-known/matrix/client", None, None).await,
+        404,
+        "M_NOT_FOUND",
+    );
+}
+
+#[tokio::test]
+async fn unknown_endpoint_and_wrong_method() {
+    let server = TestServer::start().await;
+    assert_error(
+        &server.call("GET", "/_matrix/client/v3/no/such/thing", None, None).await,
+        404,
+        "M_UNRECOGNIZED",
+    );
+    assert_error(
+        &server.call("DELETE", "/_matrix/client/v3/login", None, None).await,
+        405,
+        "M_UNRECOGNIZED",
+    );
+}
+
+#[tokio::test]
+async fn cors_on_responses_and_preflight() {
+    let server = TestServer::start().await;
+    let resp = server
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            server.url("/_matrix/client/v3/account/whoami"),
+        )
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    assert!(resp.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("Authorization"));
+    let resp = server
+        .client
+        .get(server.url("/_matrix/client/versions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    let resp = server.client.get(server.url("/nope")).send().await.unwrap();
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "*",
+        "errors carry CORS too"
+    );
+}
+
+#[tokio::test]
+async fn missing_and_unknown_tokens() {
+    let server = TestServer::start().await;
+    assert_error(
+        &server
+            .call("GET", "/_matrix/client/v3/account/whoami", None, None)
+            .await,
+        401,
+        "M_MISSING_TOKEN",
+    );
+    let unknown = server
+        .call("GET", "/_matrix/client/v3/account/whoami", Some("not-a-token"), None)
+        .await;
+    assert_error(&unknown, 401, "M_UNKNOWN_TOKEN");
+    // The query-string form is accepted too.
+    let (_, token, _) = server.register("vic", "pw").await;
+    let (status, _) = server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/account/whoami?access_token={token}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn malformed_bodies() {
+    let server = TestServer::start().await;
+    let login = "/_matrix/client/v3/login";
+    assert_error(
+        &server.call_raw("POST", login, None, Vec::new()).await,
+        400,
+        "M_NOT_JSON",
+    );
+    assert_error(
+        &server.call_raw("POST", login, None, b"{not json".to_vec()).await,
+        400,
+        "M_NOT_JSON",
+    );
+    assert_error(
+        &server.call_raw("POST", login, None, vec![b'{', 0xFF, 0xFE, b'}']).await,
+        400,
+        "M_NOT_JSON",
+    );
+    assert_error(
+        &server.call_raw("POST", login, None, b"[1, 2, 3]".to_vec()).await,
+        400,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &server.call_raw("POST", login, None, b"{}".to_vec()).await,
+        400,
+        "M_BAD_JSON",
+    );
+    let wrong_fields = server
+        .call(
+            "POST",
+            login,
+            None,
+            Some(json!({"type": "m.login.password", "password": 5})),
+        )
+        .await;
+    assert_error(&wrong_fields, 400, "M_BAD_JSON");
+    let no_username = server
+        .call("GET", "/_matrix/client/v3/register/available", None, None)
+        .await;
+    assert_error(&no_username, 400, "M_MISSING_PARAM");
+}
+
+#[tokio::test]
+async fn large_bodies() {
+    // 10 MiB of junk is read (under the 20 MiB default) and refused as not JSON...
+    let server = TestServer::start().await;
+    let big = vec![b'x'; 10 * 1024 * 1024];
+    assert_error(
+        &server
+            .call_raw("POST", "/_matrix/client/v3/login", None, big.clone())
+            .await,
+        400,
+        "M_NOT_JSON",
+    );
+    // ...and over a smaller configured limit it is 413, without reading it all.
+    let small = TestServer::start_with("max_request_size = 1048576").await;
+    assert_error(
+        &small.call_raw("POST", "/_matrix/client/v3/login", None, big).await,
+        413,
+        "M_TOO_LARGE",
+    );
+    let under = small.login("nobody", "pw", None).await;
+    assert_error(&under, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn sigterm_exits_cleanly() {
+    let mut server = TestServer::start().await;
+    server.register("wes", "pw").await;
+    let status = server.stop();
+    assert!(status.success(), "exit status {status:?}");
+}
