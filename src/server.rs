@@ -23,6 +23,8 @@ pub enum StartError {
     Serve(std::io::Error),
 }
 
+const BLOCKING_THREADS_PER_WORKER: usize = 8;
+
 /// Runs the server until SIGINT or SIGTERM, then finishes in-flight requests,
 /// flushes the database and returns.
 pub async fn run(config: Config) -> Result<(), StartError> {
@@ -38,6 +40,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             .configure(api::configure)
             .default_service(web::to(api::unrecognized))
     })
+    // Storage calls are short; a small pool per worker bounds threads and
+    // their memory under load (tokio's default is 512).
+    .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
     // Signals are ours: actix would stop without waiting on SIGINT.
     .disable_signals()
     .shutdown_timeout(30);

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod devices;
 pub mod filters;
+pub mod password;
 pub mod uiaa;
 pub mod users;
 
@@ -32,6 +33,9 @@ pub enum ServiceError {
     BadJson(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Data only the server may write (e.g. `m.push_rules` account data).
+    #[error("{0}")]
+    ServerControlled(String),
     #[error("{0}")]
     InvalidUsername(String),
     #[error("this user ID is already taken")]

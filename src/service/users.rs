@@ -1,12 +1,12 @@
 //! Accounts: registration, passwords, deactivation, profiles, the user directory.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::Params;
 use std::sync::Mutex;
 
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 
 use super::devices::DevicesService;
+use super::password::PasswordHasher;
 use super::{now_ms, random_string, ServiceError, ServiceResult};
 use crate::config::Config;
 use crate::database::users::{UserRecord, UsersTables};
@@ -23,7 +23,7 @@ pub struct UsersService {
     /// Serialises account creation so two requests cannot take one ID.
     registration: Mutex<()>,
     server_name: OwnedServerName,
-    argon2_params: Params,
+    passwords: PasswordHasher,
 }
 
 /// A new account's session, when one was asked for.
@@ -51,12 +51,8 @@ impl UsersService {
             tables: UsersTables::new(db),
             registration: Mutex::new(()),
             server_name: config.server_name.clone(),
-            argon2_params,
+            passwords: PasswordHasher::new(argon2_params),
         }
-    }
-
-    fn argon2(&self) -> Argon2<'_> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.argon2_params.clone())
     }
 
     pub fn is_local(&self, user_id: &UserId) -> bool {
@@ -107,11 +103,7 @@ impl UsersService {
     }
 
     pub fn hash_password(&self, password: &str) -> ServiceResult<String> {
-        let salt = SaltString::generate(&mut OsRng);
-        self.argon2()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ServiceError::Internal(format!("password hashing failed: {e}")))
+        self.passwords.hash(password)
     }
 
     /// Creates the account and, unless `login` is `None`, its first device, in
@@ -169,11 +161,11 @@ impl UsersService {
         let Some(hash) = record.password_hash else {
             return Err(wrong());
         };
-        let parsed = PasswordHash::new(&hash).map_err(|e| ServiceError::Internal(format!("stored hash: {e}")))?;
-        // Verification takes its cost parameters from the stored hash.
-        self.argon2()
-            .verify_password(password.as_bytes(), &parsed)
-            .map_err(|_| wrong())
+        if self.passwords.verify(password, &hash)? {
+            Ok(())
+        } else {
+            Err(wrong())
+        }
     }
 
     /// Sets a new password; with `logout_others_than`, every other device of
