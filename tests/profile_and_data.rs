@@ -133,6 +133,20 @@ async fn account_data_global_and_room() {
         403,
         "M_FORBIDDEN",
     );
+    let push_rules = "/_matrix/client/v3/user/@mia:localhost/account_data/m.push_rules";
+    assert_error(
+        &server.call("PUT", push_rules, Some(&token), Some(json!({}))).await,
+        405,
+        "M_BAD_JSON",
+    );
+    let fully_read = "/_matrix/client/v3/user/@mia:localhost/rooms/!abc:localhost/account_data/m.fully_read";
+    assert_error(
+        &server
+            .call("PUT", fully_read, Some(&token), Some(json!({"event_id": "$x"})))
+            .await,
+        405,
+        "M_BAD_JSON",
+    );
     let bad_room = "/_matrix/client/v3/user/@mia:localhost/rooms/not-a-room/account_data/x";
     assert_error(
         &server.call("GET", bad_room, Some(&token), None).await,

@@ -57,6 +57,7 @@ impl ApiError {
                 S::InvalidParam(_) => (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
                 S::BadJson(_) => (StatusCode::BAD_REQUEST, "M_BAD_JSON"),
                 S::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+                S::ServerControlled(_) => (StatusCode::METHOD_NOT_ALLOWED, "M_BAD_JSON"),
                 S::InvalidUsername(_) => (StatusCode::BAD_REQUEST, "M_INVALID_USERNAME"),
                 S::UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
                 S::UserDeactivated => (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED"),

@@ -57,23 +57,23 @@ pub trait AuthKind {
     const REQUIREMENT: AuthRequirement;
 }
 
-impl AuthKind for NoAuthentication {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+macro_rules! auth_kinds {
+    ($($scheme:ty => $requirement:ident),+ $(,)?) => {
+        $(impl AuthKind for $scheme {
+            const REQUIREMENT: AuthRequirement = AuthRequirement::$requirement;
+        })+
+    };
 }
-impl AuthKind for NoAccessToken {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
-}
-impl AuthKind for AccessToken {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::Required;
-}
-impl AuthKind for AccessTokenOptional {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
-}
-impl AuthKind for AppserviceToken {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::Required;
-}
-impl AuthKind for AppserviceTokenOptional {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
+
+auth_kinds! {
+    NoAuthentication => None,
+    NoAccessToken => None,
+    AccessToken => Required,
+    AccessTokenOptional => Optional,
+    // Appservice tokens get their own check with the appservice module;
+    // until then they are looked up like any access token.
+    AppserviceToken => Required,
+    AppserviceTokenOptional => Optional,
 }
 
 /// Collects routes, then registers them on actix grouped by path.

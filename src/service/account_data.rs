@@ -10,6 +10,9 @@ use crate::database::Db;
 /// Bigger account data would bloat every /sync; Synapse's bound is similar.
 const MAX_CONTENT_BYTES: usize = 64 * 1024;
 
+/// Account data the server maintains through other endpoints.
+const SERVER_CONTROLLED: &[&str] = &["m.push_rules", "m.fully_read"];
+
 pub struct AccountDataService {
     tables: AccountDataTables,
 }
@@ -37,9 +40,9 @@ impl AccountDataService {
         content: &RawValue,
     ) -> ServiceResult<()> {
         // Push rules and read markers have endpoints of their own.
-        if event_type == "m.push_rules" || (room_id.is_some() && event_type == "m.fully_read") {
-            return Err(ServiceError::BadJson(format!(
-                "{event_type} cannot be set through account data"
+        if SERVER_CONTROLLED.contains(&event_type) {
+            return Err(ServiceError::ServerControlled(format!(
+                "cannot set {event_type} through this API"
             )));
         }
         if content.get().len() > MAX_CONTENT_BYTES {

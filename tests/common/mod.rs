@@ -55,34 +55,9 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_conduit"));
-        // Only the config file speaks: CONDUIT_* variables would override it.
-        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("CONDUIT_")) {
-            command.env_remove(name);
-        }
-        let mut child = command
-            .arg("-c")
-            .arg(&self.config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start conduit");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Reads the log for the bound address, then keeps draining it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-                if std::env::var_os("TEST_SERVER_LOG").is_some() {
-                    eprintln!("[conduit] {line}");
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server did not report its address in 30 s");
+        let mut command = conduit_command();
+        command.arg("-c").arg(&self.config_path);
+        let (child, base) = spawn_and_wait_for_address(command);
         self.base = base;
         self.child = Some(child);
     }
@@ -186,6 +161,45 @@ impl Drop for TestServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// The `conduit` binary, with no `CONDUIT_*` variable of the caller's
+/// environment (they would override the test's config).
+pub fn conduit_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_conduit"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("CONDUIT_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// Starts the server and waits (at most 30 s) for the address it logs; the
+/// log is drained afterwards (echoed when TEST_SERVER_LOG is set).
+pub fn spawn_and_wait_for_address(mut command: Command) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start conduit");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+            if std::env::var_os("TEST_SERVER_LOG").is_some() {
+                eprintln!("[conduit] {line}");
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(base) => (child, base),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("server did not report its address within 30 s");
         }
     }
 }

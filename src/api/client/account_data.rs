@@ -6,7 +6,8 @@ use ruma::api::client::config::{
     get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
 };
 use ruma::serde::Raw;
-use ruma::UserId;
+
+use super::only_own;
 
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::Services;
@@ -18,21 +19,11 @@ pub fn register_routes(router: &mut Router) {
     router.add(set_room);
 }
 
-fn own_data_only(sender: &UserId, target: &UserId) -> Result<(), ApiError> {
-    if sender == target {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(
-            "you cannot access another user's account data".to_owned(),
-        ))
-    }
-}
-
 async fn get_global(
     services: Arc<Services>,
     req: Ruma<get_global_account_data::v3::Request>,
 ) -> Result<get_global_account_data::v3::Response, ApiError> {
-    own_data_only(req.user()?, &req.body.user_id)?;
+    only_own(req.user()?, &req.body.user_id, "account data")?;
     let body = req.body;
     let content = services
         .run(move |s| s.account_data.get(&body.user_id, None, &body.event_type.to_string()))
@@ -44,7 +35,7 @@ async fn set_global(
     services: Arc<Services>,
     req: Ruma<set_global_account_data::v3::Request>,
 ) -> Result<set_global_account_data::v3::Response, ApiError> {
-    own_data_only(req.user()?, &req.body.user_id)?;
+    only_own(req.user()?, &req.body.user_id, "account data")?;
     let body = req.body;
     services
         .run(move |s| {
@@ -59,7 +50,7 @@ async fn get_room(
     services: Arc<Services>,
     req: Ruma<get_room_account_data::v3::Request>,
 ) -> Result<get_room_account_data::v3::Response, ApiError> {
-    own_data_only(req.user()?, &req.body.user_id)?;
+    only_own(req.user()?, &req.body.user_id, "account data")?;
     let body = req.body;
     let content = services
         .run(move |s| {
@@ -74,7 +65,7 @@ async fn set_room(
     services: Arc<Services>,
     req: Ruma<set_room_account_data::v3::Request>,
 ) -> Result<set_room_account_data::v3::Response, ApiError> {
-    own_data_only(req.user()?, &req.body.user_id)?;
+    only_own(req.user()?, &req.body.user_id, "account data")?;
     let body = req.body;
     services
         .run(move |s| {

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use ruma::api::client::filter::{create_filter, get_filter};
 
+use super::only_own;
+
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::Services;
 
@@ -16,11 +18,7 @@ async fn create(
     services: Arc<Services>,
     req: Ruma<create_filter::v3::Request>,
 ) -> Result<create_filter::v3::Response, ApiError> {
-    if req.user()? != req.body.user_id {
-        return Err(ApiError::Forbidden(
-            "you cannot create filters for another user".to_owned(),
-        ));
-    }
+    only_own(req.user()?, &req.body.user_id, "filters")?;
     let body = req.body;
     let id = services
         .run(move |s| s.filters.create(&body.user_id, &body.filter))
@@ -32,9 +30,7 @@ async fn get(
     services: Arc<Services>,
     req: Ruma<get_filter::v3::Request>,
 ) -> Result<get_filter::v3::Response, ApiError> {
-    if req.user()? != req.body.user_id {
-        return Err(ApiError::Forbidden("you cannot read another user's filters".to_owned()));
-    }
+    only_own(req.user()?, &req.body.user_id, "filters")?;
     let body = req.body;
     let filter = services
         .run(move |s| s.filters.get(&body.user_id, &body.filter_id))

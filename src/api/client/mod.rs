@@ -9,7 +9,18 @@ mod profile;
 mod session;
 mod user_directory;
 
-use super::Router;
+use ruma::UserId;
+
+use super::{ApiError, Router};
+
+/// Endpoints that act on a user named in the path serve only that user.
+fn only_own(sender: &UserId, target: &UserId, what: &str) -> Result<(), ApiError> {
+    if sender == target {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("you cannot access another user's {what}")))
+    }
+}
 
 pub fn register_routes(router: &mut Router) {
     discovery::register_routes(router);

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use ruma::api::client::profile::{get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name};
-use ruma::{OwnedMxcUri, UserId};
+use ruma::OwnedMxcUri;
+
+use super::only_own;
 
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::users::{AVATAR_URL, DISPLAYNAME};
@@ -15,14 +17,6 @@ pub fn register_routes(router: &mut Router) {
     router.add(set_display_name);
     router.add(avatar_url);
     router.add(set_avatar_url);
-}
-
-fn own_profile_only(sender: &UserId, target: &UserId) -> Result<(), ApiError> {
-    if sender == target {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("you can only change your own profile".to_owned()))
-    }
 }
 
 async fn profile(
@@ -63,7 +57,7 @@ async fn set_display_name(
     services: Arc<Services>,
     req: Ruma<set_display_name::v3::Request>,
 ) -> Result<set_display_name::v3::Response, ApiError> {
-    own_profile_only(req.user()?, &req.body.user_id)?;
+    only_own(req.user()?, &req.body.user_id, "profile")?;
     let body = req.body;
     services
         .run(move |s| {
@@ -89,7 +83,7 @@ async fn set_avatar_url(
     services: Arc<Services>,
     req: Ruma<set_avatar_url::v3::Request>,
 ) -> Result<set_avatar_url::v3::Response, ApiError> {
-    own_profile_only(req.user()?, &req.body.user_id)?;
+    only_own(req.user()?, &req.body.user_id, "profile")?;
     let body = req.body;
     if let Some(url) = &body.avatar_url {
         if !url.as_str().is_empty() && !url.is_valid() {
