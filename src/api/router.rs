@@ -123,30 +123,46 @@ impl Router {
 
     pub fn configure(self, cfg: &mut web::ServiceConfig) {
         let mut routes = self.routes;
-        // actix tries resources in order: literal segments must win over
+        // actix tries services in order: literal segments must win over
         // variables (`/devices/list` before `/devices/{id}`).
         routes.sort_by(|a, b| compare_paths(a.0, b.0));
-        let mut current: Option<(&'static str, actix_web::Resource)> = None;
+        let mut by_path: Vec<(&'static str, Vec<actix_web::Route>)> = Vec::new();
         for (path, _method, route) in routes {
-            match &mut current {
-                Some((p, resource)) if *p == path => {
-                    let r = std::mem::replace(resource, web::resource(path));
-                    *resource = r.route(route);
-                }
-                _ => {
-                    if let Some((_, resource)) = current.take() {
-                        cfg.service(resource);
-                    }
-                    let resource = web::resource(path)
-                        .default_service(web::to(|| async { ApiError::MethodNotAllowed.error_response() }))
-                        .route(route);
-                    current = Some((path, resource));
-                }
+            match by_path.last_mut() {
+                Some((p, same_path)) if *p == path => same_path.push(route),
+                _ => by_path.push((path, vec![route])),
             }
         }
-        if let Some((_, resource)) = current {
-            cfg.service(resource);
+        // Matching is linear in the number of services, so resources are
+        // grouped under one scope per API prefix (`/_matrix/client/v3`, ...):
+        // a request is matched against a few prefixes, then one group.
+        let mut scopes: Vec<(&'static str, Vec<actix_web::Resource>)> = Vec::new();
+        for (path, path_routes) in by_path {
+            let (prefix, rest) = split_prefix(path);
+            let resource = path_routes.into_iter().fold(
+                web::resource(rest).default_service(web::to(|| async { ApiError::MethodNotAllowed.error_response() })),
+                |resource, route| resource.route(route),
+            );
+            match scopes.last_mut() {
+                Some((p, resources)) if *p == prefix => resources.push(resource),
+                _ => scopes.push((prefix, vec![resource])),
+            }
         }
+        for (prefix, resources) in scopes {
+            cfg.service(
+                resources
+                    .into_iter()
+                    .fold(web::scope(prefix), |scope, r| scope.service(r)),
+            );
+        }
+    }
+}
+
+/// Splits after the third segment: `/_matrix/client/v3` and `/account/whoami`.
+fn split_prefix(path: &'static str) -> (&'static str, &'static str) {
+    match path.match_indices('/').nth(3) {
+        Some((at, _)) => path.split_at(at),
+        None => (path, ""),
     }
 }
 
@@ -333,6 +349,22 @@ mod tests {
         .unwrap();
         assert_eq!(args, vec!["!room:example.org", "m.room.member", "@a/b:x"]);
         assert!(path_arguments("/p/{x}", "/p/%FF").is_err());
+    }
+
+    #[test]
+    fn prefixes_are_the_first_three_segments() {
+        assert_eq!(
+            split_prefix("/_matrix/client/v3/account/whoami"),
+            ("/_matrix/client/v3", "/account/whoami")
+        );
+        assert_eq!(
+            split_prefix("/_matrix/client/versions"),
+            ("/_matrix/client/versions", "")
+        );
+        assert_eq!(
+            split_prefix("/.well-known/matrix/client"),
+            ("/.well-known/matrix/client", "")
+        );
     }
 
     #[test]

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Foundation benchmarks (not tests): start-up time to the first 200 on
+# /versions with an empty data directory, idle RSS, /versions and
+# /account/whoami throughput with wrk, and login and registration cost at the
+# default argon2 cost. Loopback only; every loop is bounded.
+#
+#   bash tools/bench/foundation.sh [path/to/conduit]   (default: a release build)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+target="${CARGO_TARGET_DIR:-$HOME/.cache/conduit-target}"
+bin="${1:-$target/release/conduit}"
+[ -x "$bin" ] || cargo build --release --bin conduit
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
+
+port=18167
+base="http://127.0.0.1:$port"
+dir=$(mktemp -d)
+trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+cat > "$dir/conduit.toml" <<TOML
+[global]
+server_name = "localhost"
+port = $port
+database_path = "$dir/db"
+log = "warn"
+TOML
+
+start=$(date +%s%N)
+"$bin" -c "$dir/conduit.toml" & pid=$!
+for _ in $(seq 1 5000); do
+    curl -sf "$base/_matrix/client/versions" >/dev/null 2>&1 && break
+    sleep 0.001
+done
+end=$(date +%s%N)
+echo "startup_to_first_200_ms: $(( (end - start) / 1000000 ))"
+sleep 2
+echo "idle_rss_kib: $(awk '/VmRSS/ {print $2}' /proc/$pid/status)"
+
+echo "--- wrk"
+bash tools/bench/wrk_floor.sh "$base" 10 64
+echo "--- password cost (argon2id defaults: 19 MiB, t=2, p=1)"
+bash tools/bench/auth_cost.sh "$base" 20
+echo "peak_rss_kib: $(awk '/VmHWM/ {print $2}' /proc/$pid/status)"
+kill -TERM $pid; wait $pid || true
