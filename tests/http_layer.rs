@@ -192,9 +192,34 @@ async fn large_bodies() {
 }
 
 #[tokio::test]
-async fn sigterm_exits_cleanly() {
-    let mut server = TestServer::start().await;
-    server.register("wes", "pw").await;
-    let status = server.stop();
-    assert!(status.success(), "exit status {status:?}");
+async fn sigint_and_sigterm_exit_cleanly() {
+    for signal in ["INT", "TERM"] {
+        let mut server = TestServer::start().await;
+        server.register("wes", "pw").await;
+        let status = server.stop_with(signal);
+        assert!(status.success(), "SIG{signal}: exit status {status:?}");
+    }
+}
+
+/// A request in flight when the signal arrives still gets its answer.
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests() {
+    // A costly hash keeps the login in flight for a while.
+    let mut server = TestServer::start_with("argon2_memory_kib = 65536\nargon2_iterations = 6").await;
+    server.register("xia", "pw").await;
+    let started = std::time::Instant::now();
+    let login = server.login("xia", "pw", None);
+    let signal = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        server.signal("TERM");
+        started.elapsed()
+    };
+    let ((status, body), signalled_after) = tokio::join!(login, signal);
+    assert!(
+        started.elapsed() > signalled_after,
+        "the login was still in flight at the signal"
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body["access_token"].is_string());
+    assert!(server.wait().success());
 }

@@ -351,6 +351,44 @@ mod tests {
         assert!(path_arguments("/p/{x}", "/p/%FF").is_err());
     }
 
+    /// A handler that panics answers 500 M_UNKNOWN, and the server goes on.
+    #[actix_web::test]
+    async fn a_panicking_handler_is_a_500_not_a_dead_server() {
+        use actix_web::{test, App};
+        use ruma::api::client::discovery::get_supported_versions;
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config {
+            database_path: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let services = Services::open(config).unwrap();
+
+        let mut router = Router::default();
+        router.add(|_: Arc<Services>, _: Ruma<get_supported_versions::Request>| async {
+            if true {
+                panic!("handler bug");
+            }
+            Ok(get_supported_versions::Response::new(Vec::new()))
+        });
+        let app = test::init_service(
+            App::new()
+                .app_data(web::Data::from(services))
+                .configure(|cfg| router.configure(cfg)),
+        )
+        .await;
+        for _ in 0..2 {
+            let resp = test::call_service(
+                &app,
+                test::TestRequest::get().uri("/_matrix/client/versions").to_request(),
+            )
+            .await;
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let body: serde_json::Value = test::read_body_json(resp).await;
+            assert_eq!(body["errcode"], "M_UNKNOWN");
+        }
+    }
+
     #[test]
     fn prefixes_are_the_first_three_segments() {
         assert_eq!(

@@ -38,7 +38,17 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("conduit.toml");
         let db = dir.path().join("db");
-        let text = format!("{BASE_CONFIG}database_path = {:?}\n{extra}\n", db.display().to_string());
+        // Keys in `extra` replace the base's.
+        let overridden = |line: &str| {
+            let key = line.split('=').next().unwrap_or("").trim();
+            !key.is_empty() && extra.lines().any(|e| e.split('=').next().unwrap_or("").trim() == key)
+        };
+        let base: String = BASE_CONFIG
+            .lines()
+            .filter(|l| !overridden(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let text = format!("{base}database_path = {:?}\n{extra}\n", db.display().to_string());
         std::fs::write(&config_path, text).expect("write config");
         let mut server = TestServer {
             base: String::new(),
@@ -64,19 +74,34 @@ impl TestServer {
 
     /// SIGTERM, then wait (at most 30 s) for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("server running");
-        let status = Command::new("kill")
-            .arg("-TERM")
+        self.stop_with("TERM")
+    }
+
+    /// Sends the signal (`TERM`, `INT`), then waits for the exit status.
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
+        self.signal(signal);
+        self.wait()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("server running");
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
             .arg(child.id().to_string())
             .status()
             .expect("kill");
-        assert!(status.success());
+        assert!(sent.success());
+    }
+
+    /// Waits (at most 30 s) for the server to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "server did not stop within 30 s of SIGTERM");
+            assert!(Instant::now() < deadline, "server did not exit within 30 s");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -186,17 +211,29 @@ pub fn spawn_and_wait_for_address(mut command: Command) -> (Child, String) {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut early_log = Some(String::new());
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                let _ = tx.send(addr.trim().to_owned());
-            }
             if std::env::var_os("TEST_SERVER_LOG").is_some() {
                 eprintln!("[conduit] {line}");
             }
+            if let Some(log) = early_log.as_mut() {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(Ok(addr.trim().to_owned()));
+                    early_log = None;
+                } else {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        }
+        // The log ended before an address: the server exited.
+        if let Some(log) = early_log {
+            let _ = tx.send(Err(log));
         }
     });
     match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(base) => (child, base),
+        Ok(Ok(base)) => (child, base),
+        Ok(Err(log)) => panic!("the server exited at start:\n{log}"),
         Err(_) => {
             let _ = child.kill();
             panic!("server did not report its address within 30 s");
