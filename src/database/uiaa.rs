@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{from_record, keys::encode, to_record, Db, DbResult, Table};
+use super::{from_record, keys::encode, to_record, Batch, Db, DbResult, Direction, Table};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UiaaSessionRecord {
@@ -38,5 +38,50 @@ impl UiaaTables {
 
     pub fn delete(&self, session: &str) -> DbResult<()> {
         self.db.delete(Table::UiaaSessions, encode(session))
+    }
+
+    /// Deletes every session created before `cutoff_ms`; returns how many.
+    pub fn delete_created_before(&self, cutoff_ms: u64) -> DbResult<usize> {
+        let mut batch = Batch::new();
+        let mut count = 0;
+        for entry in self.db.iter(Table::UiaaSessions, None, Direction::Forward) {
+            let (key, value) = entry?;
+            let record: UiaaSessionRecord = from_record(Table::UiaaSessions, &value)?;
+            if record.created_ms < cutoff_ms {
+                batch.delete(Table::UiaaSessions, key);
+                count += 1;
+            }
+        }
+        self.db.write(batch)?;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::database::rocksdb::{EngineOptions, RocksDb};
+    use std::sync::Arc;
+
+    #[test]
+    fn only_sessions_older_than_the_cutoff_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EngineOptions {
+            cache_bytes: 1 << 20,
+            max_open_files: 64,
+            sync_writes: false,
+        };
+        let tables = UiaaTables::new(Arc::new(RocksDb::open(dir.path(), &opts).unwrap()));
+        let record = |created_ms| UiaaSessionRecord {
+            user_id: None,
+            purpose: "register".to_owned(),
+            completed: Vec::new(),
+            created_ms,
+        };
+        tables.put("old", &record(1_000)).unwrap();
+        tables.put("new", &record(5_000)).unwrap();
+        assert_eq!(tables.delete_created_before(2_000).unwrap(), 1);
+        assert!(tables.get("old").unwrap().is_none());
+        assert_eq!(tables.get("new").unwrap(), Some(record(5_000)));
     }
 }

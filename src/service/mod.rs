@@ -79,7 +79,12 @@ impl Services {
         )?;
         let db: Db = Arc::new(engine);
         MetaTables::new(db.clone()).check_schema()?;
-        Ok(Arc::new(Self::build(config, db)))
+        let services = Self::build(config, db);
+        let purged = services.uiaa.purge_expired()?;
+        if purged > 0 {
+            tracing::info!(purged, "expired authentication sessions removed");
+        }
+        Ok(Arc::new(services))
     }
 
     fn build(config: Config, db: Db) -> Self {

@@ -46,6 +46,14 @@ impl UiaaService {
         }
     }
 
+    /// Drops sessions that can no longer complete; run at start-up, as
+    /// unauthenticated registration attempts leave sessions behind.
+    pub fn purge_expired(&self) -> ServiceResult<usize> {
+        Ok(self
+            .tables
+            .delete_created_before(now_ms().saturating_sub(SESSION_LIFETIME_MS))?)
+    }
+
     fn flows(&self, purpose: Purpose) -> Vec<AuthFlow> {
         let stage = match purpose {
             Purpose::Register if self.registration_token.is_some() => AuthType::RegistrationToken,
