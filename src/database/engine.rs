@@ -59,10 +59,6 @@ impl Batch {
     pub fn delete(&mut self, table: Table, key: Vec<u8>) {
         self.ops.push(BatchOp::Delete(table, key));
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
 }
 
 /// The storage engine. Calls block: async code runs them through

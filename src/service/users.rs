@@ -55,10 +55,6 @@ impl UsersService {
         }
     }
 
-    pub fn is_local(&self, user_id: &UserId) -> bool {
-        user_id.server_name() == self.server_name
-    }
-
     /// Whether the account exists (deactivated accounts still hold their ID).
     pub fn exists(&self, user_id: &UserId) -> ServiceResult<bool> {
         Ok(self.tables.get(user_id.as_str())?.is_some())
