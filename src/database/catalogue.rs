@@ -34,10 +34,14 @@ pub enum Table {
     /// Filters (`filters.rs`).
     /// Key: `(user_id: str, filter_id: u64)`. Value: the filter as JSON.
     Filters,
+    /// This server's signing keys, current and retired (`server_keys.rs`).
+    /// Key: `(key_id: str)`, e.g. `ed25519:a_XyZw`. Value: bincode
+    /// `SigningKeyRecord` (PKCS#8 document, created and expired times).
+    ServerSigningKeys,
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -46,6 +50,7 @@ impl Table {
         Table::UiaaSessions,
         Table::AccountData,
         Table::Filters,
+        Table::ServerSigningKeys,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -59,6 +64,7 @@ impl Table {
             Table::UiaaSessions => "uiaa_sessions",
             Table::AccountData => "account_data",
             Table::Filters => "filters",
+            Table::ServerSigningKeys => "server_signing_keys",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod filters;
 pub mod keys;
 pub mod meta;
 pub mod rocksdb;
+pub mod server_keys;
 pub mod uiaa;
 pub mod users;
 

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod devices;
 pub mod filters;
 pub mod password;
+pub mod server_keys;
 pub mod uiaa;
 pub mod users;
 
@@ -62,6 +63,7 @@ pub struct Services {
     pub uiaa: uiaa::UiaaService,
     pub account_data: account_data::AccountDataService,
     pub filters: filters::FiltersService,
+    pub server_keys: server_keys::ServerKeysService,
 }
 
 impl Services {
@@ -79,7 +81,7 @@ impl Services {
         )?;
         let db: Db = Arc::new(engine);
         MetaTables::new(db.clone()).check_schema()?;
-        let services = Self::build(config, db);
+        let services = Self::build(config, db)?;
         let purged = services.uiaa.purge_expired()?;
         if purged > 0 {
             tracing::info!(purged, "expired authentication sessions removed");
@@ -87,8 +89,9 @@ impl Services {
         Ok(Arc::new(services))
     }
 
-    fn build(config: Config, db: Db) -> Self {
-        Services {
+    fn build(config: Config, db: Db) -> ServiceResult<Self> {
+        Ok(Services {
+            server_keys: server_keys::ServerKeysService::open(db.clone(), config.server_name.clone())?,
             users: users::UsersService::new(db.clone(), &config),
             devices: devices::DevicesService::new(db.clone()),
             uiaa: uiaa::UiaaService::new(db.clone(), config.registration_token.clone()),
@@ -96,7 +99,7 @@ impl Services {
             filters: filters::FiltersService::new(db.clone()),
             config,
             db,
-        }
+        })
     }
 
     /// Runs blocking work (storage, password hashing) off the async workers.
