@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod devices;
 pub mod filters;
 pub mod password;
+pub mod pdu;
 pub mod server_keys;
 pub mod uiaa;
 pub mod users;

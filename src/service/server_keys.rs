@@ -1,6 +1,7 @@
 //! This server's ed25519 signing key: made at first start, kept in the
 //! database, used to sign events and (with federation) server keys.
 
+use ruma::room_version_rules::RedactionRules;
 use ruma::serde::Base64;
 use ruma::signatures::Ed25519KeyPair;
 use ruma::{CanonicalJsonObject, OwnedServerName};
@@ -54,6 +55,12 @@ impl ServerKeysService {
 
     pub fn public_key(&self) -> Base64 {
         Base64::new(self.key_pair.public_key().to_vec())
+    }
+
+    /// Adds the content hash and this server's signature to a PDU.
+    pub fn hash_and_sign_event(&self, object: &mut CanonicalJsonObject, rules: &RedactionRules) -> ServiceResult<()> {
+        ruma::signatures::hash_and_sign_event(self.server_name.as_str(), &self.key_pair, object, rules)
+            .map_err(|e| ServiceError::Internal(format!("signing an event: {e}")))
     }
 
     /// Adds this server's signature to `object` (under `signatures`).
