@@ -38,10 +38,28 @@ pub enum Table {
     /// Key: `(key_id: str)`, e.g. `ed25519:a_XyZw`. Value: bincode
     /// `SigningKeyRecord` (PKCS#8 document, created and expired times).
     ServerSigningKeys,
+    /// Short IDs of event IDs (`state.rs`). Key: `(event_id: str)`. Value:
+    /// `u64` big-endian.
+    ShortEventIds,
+    /// The reverse. Key: `(short_event_id: u64)`. Value: the event ID, UTF-8.
+    EventIdsByShort,
+    /// Short IDs of state keys (`state.rs`). Key: `(event_type: str,
+    /// state_key: str)`. Value: `u64` big-endian.
+    ShortStateKeys,
+    /// The reverse. Key: `(short_state_key: u64)`. Value: key-encoded
+    /// `(event_type: str, state_key: str)`.
+    StateKeysByShort,
+    /// State snapshots as diffs against a parent (`state.rs`). Key:
+    /// `(snapshot_id: u64)`. Value: bincode `SnapshotRecord`, whose entries
+    /// are `short_state_key ‖ short_event_id`, 16 bytes big-endian.
+    StateSnapshots,
+    /// Identical states stored once (`state.rs`). Key: `(sha256 of the
+    /// sorted entries: [u8; 32])`. Value: `snapshot_id`, `u64` big-endian.
+    StateSnapshotsByHash,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 15] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -51,6 +69,12 @@ impl Table {
         Table::AccountData,
         Table::Filters,
         Table::ServerSigningKeys,
+        Table::ShortEventIds,
+        Table::EventIdsByShort,
+        Table::ShortStateKeys,
+        Table::StateKeysByShort,
+        Table::StateSnapshots,
+        Table::StateSnapshotsByHash,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -65,6 +89,12 @@ impl Table {
             Table::AccountData => "account_data",
             Table::Filters => "filters",
             Table::ServerSigningKeys => "server_signing_keys",
+            Table::ShortEventIds => "short_event_ids",
+            Table::EventIdsByShort => "event_ids_by_short",
+            Table::ShortStateKeys => "short_state_keys",
+            Table::StateKeysByShort => "state_keys_by_short",
+            Table::StateSnapshots => "state_snapshots",
+            Table::StateSnapshotsByHash => "state_snapshots_by_hash",
         }
     }
 }

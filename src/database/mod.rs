@@ -10,6 +10,7 @@ pub mod keys;
 pub mod meta;
 pub mod rocksdb;
 pub mod server_keys;
+pub mod state;
 pub mod uiaa;
 pub mod users;
 

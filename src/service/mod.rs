@@ -7,6 +7,7 @@ pub mod filters;
 pub mod password;
 pub mod pdu;
 pub mod server_keys;
+pub mod state;
 pub mod uiaa;
 pub mod users;
 
@@ -65,6 +66,7 @@ pub struct Services {
     pub account_data: account_data::AccountDataService,
     pub filters: filters::FiltersService,
     pub server_keys: server_keys::ServerKeysService,
+    pub state: state::StateService,
 }
 
 impl Services {
@@ -98,6 +100,7 @@ impl Services {
             uiaa: uiaa::UiaaService::new(db.clone(), config.registration_token.clone()),
             account_data: account_data::AccountDataService::new(db.clone()),
             filters: filters::FiltersService::new(db.clone()),
+            state: state::StateService::new(db.clone()),
             config,
             db,
         })
