@@ -51,18 +51,12 @@ impl MetaTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::rocksdb::{EngineOptions, RocksDb};
-    use std::sync::Arc;
+    use crate::database::open_test_db;
 
     #[test]
     fn newer_schema_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = EngineOptions {
-            cache_bytes: 1 << 20,
-            max_open_files: 64,
-            sync_writes: false,
-        };
-        let db: Db = Arc::new(RocksDb::open(dir.path(), &opts).unwrap());
+        let db = open_test_db(dir.path());
         let meta = MetaTables::new(db);
         meta.check_schema().unwrap();
         meta.check_schema().unwrap();

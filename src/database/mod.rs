@@ -45,3 +45,14 @@ pub(crate) fn decode_key<K: keys::KeyDecode>(table: Table, bytes: &[u8]) -> DbRe
 pub(crate) fn utf8(table: Table, bytes: Vec<u8>) -> DbResult<String> {
     String::from_utf8(bytes).map_err(|e| DbError::corrupt(table, e))
 }
+
+/// A small RocksDB in `dir`, for unit tests.
+#[cfg(test)]
+pub(crate) fn open_test_db(dir: &std::path::Path) -> Db {
+    let opts = rocksdb::EngineOptions {
+        cache_bytes: 1 << 20,
+        max_open_files: 64,
+        sync_writes: false,
+    };
+    Arc::new(rocksdb::RocksDb::open(dir, &opts).expect("open the test database"))
+}

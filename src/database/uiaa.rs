@@ -60,18 +60,12 @@ impl UiaaTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::rocksdb::{EngineOptions, RocksDb};
-    use std::sync::Arc;
+    use crate::database::open_test_db;
 
     #[test]
     fn only_sessions_older_than_the_cutoff_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = EngineOptions {
-            cache_bytes: 1 << 20,
-            max_open_files: 64,
-            sync_writes: false,
-        };
-        let tables = UiaaTables::new(Arc::new(RocksDb::open(dir.path(), &opts).unwrap()));
+        let tables = UiaaTables::new(open_test_db(dir.path()));
         let record = |created_ms| UiaaSessionRecord {
             user_id: None,
             purpose: "register".to_owned(),

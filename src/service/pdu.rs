@@ -220,22 +220,12 @@ impl Event for Pdu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::rocksdb::{EngineOptions, RocksDb};
+    use crate::database::open_test_db;
     use ruma::signatures::{verify_event, PublicKeyMap, Verified};
     use ruma::RoomVersionId;
-    use std::sync::Arc;
 
     fn keys(dir: &std::path::Path) -> ServerKeysService {
-        let opts = EngineOptions {
-            cache_bytes: 1 << 20,
-            max_open_files: 64,
-            sync_writes: false,
-        };
-        ServerKeysService::open(
-            Arc::new(RocksDb::open(dir, &opts).unwrap()),
-            "example.org".try_into().unwrap(),
-        )
-        .unwrap()
+        ServerKeysService::open(open_test_db(dir), "example.org".try_into().unwrap()).unwrap()
     }
 
     fn message(room_id: &str, prev: Vec<EventRef>) -> NewPdu {

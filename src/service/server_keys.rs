@@ -73,29 +73,19 @@ impl ServerKeysService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::rocksdb::{EngineOptions, RocksDb};
+    use crate::database::open_test_db;
     use ruma::signatures::{verify_json, PublicKeyMap};
-    use std::sync::Arc;
-
-    fn open_db(path: &std::path::Path) -> Db {
-        let opts = EngineOptions {
-            cache_bytes: 1 << 20,
-            max_open_files: 64,
-            sync_writes: false,
-        };
-        Arc::new(RocksDb::open(path, &opts).unwrap())
-    }
 
     #[test]
     fn key_is_made_once_kept_and_signs_verifiably() {
         let dir = tempfile::tempdir().unwrap();
         let server: OwnedServerName = "example.org".try_into().unwrap();
         let (key_id, public_key) = {
-            let keys = ServerKeysService::open(open_db(dir.path()), server.clone()).unwrap();
+            let keys = ServerKeysService::open(open_test_db(dir.path()), server.clone()).unwrap();
             assert!(keys.key_id().starts_with("ed25519:"));
             (keys.key_id().to_owned(), keys.public_key())
         };
-        let keys = ServerKeysService::open(open_db(dir.path()), server).unwrap();
+        let keys = ServerKeysService::open(open_test_db(dir.path()), server).unwrap();
         assert_eq!(keys.key_id(), key_id, "the same key after a restart");
         assert_eq!(keys.public_key(), public_key);
 

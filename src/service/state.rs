@@ -204,17 +204,11 @@ fn corrupt(id: u64, detail: &str) -> ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::database::rocksdb::{EngineOptions, RocksDb};
+    use crate::database::open_test_db;
     use rand::{Rng, SeedableRng};
-    use std::sync::Arc;
 
     fn service(dir: &std::path::Path) -> StateService {
-        let opts = EngineOptions {
-            cache_bytes: 1 << 20,
-            max_open_files: 64,
-            sync_writes: false,
-        };
-        StateService::new(Arc::new(RocksDb::open(dir, &opts).unwrap()))
+        StateService::new(open_test_db(dir))
     }
 
     #[test]
