@@ -118,7 +118,7 @@ pub struct WellKnown {
     /// Base URL clients should use, served at `/.well-known/matrix/client`.
     pub client: Option<String>,
     /// `host:port` other servers should use, served at `/.well-known/matrix/server`.
-    pub server: Option<String>,
+    pub server: Option<OwnedServerName>,
 }
 
 mod defaults {
@@ -367,7 +367,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.port, 8008);
         assert_eq!(c.server_name.as_str(), "env.example");
-        assert_eq!(c.well_known.server.as_deref(), Some("m.env.example:443"));
+        assert_eq!(
+            c.well_known.server.as_ref().map(|s| s.as_str()),
+            Some("m.env.example:443")
+        );
     }
 
     #[test]
@@ -403,6 +406,8 @@ mod tests {
             key_of(load_str("[global]\nserver_name = \"not a name!\"\n", &[]).unwrap_err()),
             "server_name"
         );
+        let bad_delegation = load_str("[global.well_known]\nserver = \"https://x/\"\n", &[]).unwrap_err();
+        assert_eq!(key_of(bad_delegation), "well_known.server");
     }
 
     #[test]

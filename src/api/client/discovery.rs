@@ -44,9 +44,6 @@ async fn well_known_server(
     _: Ruma<discover_server::Request>,
 ) -> Result<discover_server::Response, ApiError> {
     let server = services.config.well_known.server.clone().ok_or_else(not_configured)?;
-    let server = server
-        .try_into()
-        .map_err(|_| ApiError::Internal("well_known.server is not a server name".to_owned()))?;
     Ok(discover_server::Response::new(server))
 }
 
