@@ -3,18 +3,17 @@
 
 mod common;
 
-use common::{assert_error, TestServer};
+use common::{assert_error, password_auth, TestServer};
 use serde_json::json;
 
 const REGISTER: &str = "/_matrix/client/v3/register";
-const WHOAMI: &str = "/_matrix/client/v3/account/whoami";
 
 #[tokio::test]
 async fn dummy_registration_then_whoami() {
     let server = TestServer::start().await;
     let (user_id, token, device_id) = server.register("alice", "secret-pw").await;
     assert_eq!(user_id, "@alice:localhost");
-    let (status, body) = server.call("GET", WHOAMI, Some(&token), None).await;
+    let (status, body) = server.whoami(&token).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user_id"], "@alice:localhost");
     assert_eq!(body["device_id"], device_id.as_str());
@@ -169,20 +168,12 @@ async fn login_variants_and_logout() {
             .0,
         200
     );
-    assert_error(
-        &server.call("GET", WHOAMI, Some(token), None).await,
-        401,
-        "M_UNKNOWN_TOKEN",
-    );
-    assert_eq!(server.call("GET", WHOAMI, Some(other), None).await.0, 200);
+    assert_error(&server.whoami(token).await, 401, "M_UNKNOWN_TOKEN");
+    assert_eq!(server.whoami(other).await.0, 200);
 
     // Logging in again with an existing device ID replaces its token.
     let (_, again) = server.login("frank", "hunter2", Some("MYPHONE")).await;
-    assert_error(
-        &server.call("GET", WHOAMI, Some(other), None).await,
-        401,
-        "M_UNKNOWN_TOKEN",
-    );
+    assert_error(&server.whoami(other).await, 401, "M_UNKNOWN_TOKEN");
     let newest = again["access_token"].as_str().unwrap();
     assert_eq!(
         server
@@ -191,11 +182,7 @@ async fn login_variants_and_logout() {
             .0,
         200
     );
-    assert_error(
-        &server.call("GET", WHOAMI, Some(newest), None).await,
-        401,
-        "M_UNKNOWN_TOKEN",
-    );
+    assert_error(&server.whoami(newest).await, 401, "M_UNKNOWN_TOKEN");
 }
 
 async fn change_password(
@@ -214,7 +201,7 @@ async fn change_password(
     let body = json!({
         "new_password": new,
         "logout_devices": logout_devices,
-        "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "grace"}, "password": old, "session": first["session"]}
+        "auth": password_auth("grace", old, &first["session"])
     });
     server.call("POST", path, Some(token), Some(body)).await
 }
@@ -233,25 +220,13 @@ async fn password_change_keeps_or_logs_out_other_devices() {
 
     let (status, body) = change_password(&server, &token, "old-pw", "mid-pw", false).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        server.call("GET", WHOAMI, Some(&second), None).await.0,
-        200,
-        "kept when not asked"
-    );
+    assert_eq!(server.whoami(&second).await.0, 200, "kept when not asked");
     assert_error(&server.login("grace", "old-pw", None).await, 403, "M_FORBIDDEN");
 
     let (status, _) = change_password(&server, &token, "mid-pw", "new-pw", true).await;
     assert_eq!(status, 200);
-    assert_error(
-        &server.call("GET", WHOAMI, Some(&second), None).await,
-        401,
-        "M_UNKNOWN_TOKEN",
-    );
-    assert_eq!(
-        server.call("GET", WHOAMI, Some(&token), None).await.0,
-        200,
-        "the caller's own device stays"
-    );
+    assert_error(&server.whoami(&second).await, 401, "M_UNKNOWN_TOKEN");
+    assert_eq!(server.whoami(&token).await.0, 200, "the caller's own device stays");
     assert_eq!(server.login("grace", "new-pw", None).await.0, 200);
 }
 
@@ -262,16 +237,12 @@ async fn deactivation() {
     let path = "/_matrix/client/v3/account/deactivate";
     let (status, first) = server.call("POST", path, Some(&token), Some(json!({}))).await;
     assert_eq!(status, 401);
-    let auth = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "@henry:localhost"}, "password": "pw", "session": first["session"]}});
+    let auth = json!({"auth": password_auth("@henry:localhost", "pw", &first["session"])});
     let (status, body) = server.call("POST", path, Some(&token), Some(auth)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id_server_unbind_result"], "no-support");
 
-    assert_error(
-        &server.call("GET", WHOAMI, Some(&token), None).await,
-        401,
-        "M_UNKNOWN_TOKEN",
-    );
+    assert_error(&server.whoami(&token).await, 401, "M_UNKNOWN_TOKEN");
     assert_error(&server.login("henry", "pw", None).await, 403, "M_USER_DEACTIVATED");
     let again = server
         .call(
@@ -302,7 +273,7 @@ async fn restart_on_same_data_keeps_accounts_and_tokens() {
         .await;
     assert_eq!(put.0, 200);
     server.restart();
-    assert_eq!(server.call("GET", WHOAMI, Some(&token), None).await.0, 200);
+    assert_eq!(server.whoami(&token).await.0, 200);
     let (status, body) = server.login("ivy", "pw", None).await;
     assert_eq!(status, 200, "{body}");
     let (_, profile) = server

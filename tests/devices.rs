@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_error, TestServer};
+use common::{assert_error, password_auth, TestServer};
 use serde_json::json;
 
 #[tokio::test]
@@ -70,27 +70,15 @@ async fn delete_needs_password_and_kills_token() {
     let (status, first) = server.call("DELETE", path, Some(&token), Some(json!({}))).await;
     assert_eq!(status, 401);
     assert_eq!(first["flows"][0]["stages"][0], "m.login.password");
-    let wrong = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "eli"}, "password": "bad", "session": first["session"]}});
+    let wrong = json!({"auth": password_auth("eli", "bad", &first["session"])});
     let (status, body) = server.call("DELETE", path, Some(&token), Some(wrong)).await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_FORBIDDEN")));
-    assert_eq!(
-        server
-            .call("GET", "/_matrix/client/v3/account/whoami", Some(other_token), None)
-            .await
-            .0,
-        200
-    );
+    assert_eq!(server.whoami(other_token).await.0, 200);
 
-    let right = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "eli"}, "password": "pw", "session": first["session"]}});
+    let right = json!({"auth": password_auth("eli", "pw", &first["session"])});
     let (status, body) = server.call("DELETE", path, Some(&token), Some(right)).await;
     assert_eq!(status, 200, "{body}");
-    assert_error(
-        &server
-            .call("GET", "/_matrix/client/v3/account/whoami", Some(other_token), None)
-            .await,
-        401,
-        "M_UNKNOWN_TOKEN",
-    );
+    assert_error(&server.whoami(other_token).await, 401, "M_UNKNOWN_TOKEN");
     assert_error(&server.call("GET", path, Some(&token), None).await, 404, "M_NOT_FOUND");
 }
 
@@ -106,7 +94,7 @@ async fn delete_devices_in_bulk() {
         .call("POST", path, Some(&token), Some(json!({"devices": ["A1", "A2"]})))
         .await;
     assert_eq!(status, 401);
-    let body = json!({"devices": ["A1", "A2", "UNKNOWN"], "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "finn"}, "password": "pw", "session": first["session"]}});
+    let body = json!({"devices": ["A1", "A2", "UNKNOWN"], "auth": password_auth("finn", "pw", &first["session"])});
     assert_eq!(server.call("POST", path, Some(&token), Some(body)).await.0, 200);
     let (_, list) = server
         .call("GET", "/_matrix/client/v3/devices", Some(&token), None)
@@ -136,7 +124,7 @@ async fn a_session_cannot_be_reused_for_another_purpose() {
             Some(json!({"devices": []})),
         )
         .await;
-    let body = json!({"new_password": "x", "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "gil"}, "password": "pw", "session": first["session"]}});
+    let body = json!({"new_password": "x", "auth": password_auth("gil", "pw", &first["session"])});
     let result = server
         .call("POST", "/_matrix/client/v3/account/password", Some(&token), Some(body))
         .await;

@@ -107,9 +107,7 @@ async fn missing_and_unknown_tokens() {
         401,
         "M_MISSING_TOKEN",
     );
-    let unknown = server
-        .call("GET", "/_matrix/client/v3/account/whoami", Some("not-a-token"), None)
-        .await;
+    let unknown = server.whoami("not-a-token").await;
     assert_error(&unknown, 401, "M_UNKNOWN_TOKEN");
     // The query-string form is accepted too.
     let (_, token, _) = server.register("vic", "pw").await;

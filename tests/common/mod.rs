@@ -171,6 +171,12 @@ impl TestServer {
         )
     }
 
+    /// `GET /account/whoami` with `token`: 200 while the token is live.
+    pub async fn whoami(&self, token: &str) -> (u16, Value) {
+        self.call("GET", "/_matrix/client/v3/account/whoami", Some(token), None)
+            .await
+    }
+
     /// Password login; returns (status, body).
     pub async fn login(&self, user: &str, password: &str, device_id: Option<&str>) -> (u16, Value) {
         let mut body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
@@ -239,6 +245,11 @@ pub fn spawn_and_wait_for_address(mut command: Command) -> (Child, String) {
             panic!("server did not report its address within 30 s");
         }
     }
+}
+
+/// The `auth` object of an `m.login.password` UIA stage.
+pub fn password_auth(user: &str, password: &str, session: &Value) -> Value {
+    json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password, "session": session})
 }
 
 /// Asserts status and errcode of an error response.
