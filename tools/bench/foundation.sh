@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 target="${CARGO_TARGET_DIR:-$HOME/.cache/conduit-target}"
 bin="${1:-$target/release/conduit}"
-[ -x "$bin" ] || cargo build --release --bin conduit
+[ -x "$bin" ] || CARGO_TARGET_DIR="$target" cargo build --release --bin conduit
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 
 port=18167
