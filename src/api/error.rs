@@ -63,6 +63,11 @@ impl ApiError {
                 S::UserDeactivated => (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED"),
                 S::GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
                 S::AuthRequired(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
+                S::UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+                S::BadRequest(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
+                S::RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
+                S::AliasExists => (StatusCode::CONFLICT, "M_UNKNOWN"),
+                S::BadAlias(_) => (StatusCode::BAD_REQUEST, "M_BAD_ALIAS"),
             },
         }
     }

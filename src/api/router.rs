@@ -97,14 +97,17 @@ impl Router {
         if method == Method::GET {
             methods.push(Method::HEAD);
         }
-        for path in R::PATH_BUILDER.all_paths() {
-            for method in &methods {
+        for full in R::PATH_BUILDER.all_paths() {
+            for path in with_empty_state_key(full) {
+                let arg_count = full.matches('{').count();
+                for method in &methods {
                 let handler = handler.clone();
                 let route = web::route().method(method.clone()).to(
                     move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
                         let handler = handler.clone();
                         async move {
-                            let work = handle::<R, F, Fut>(handler, services.into_inner(), req, payload, path);
+                            let work =
+                                handle::<R, F, Fut>(handler, services.into_inner(), req, payload, path, arg_count);
                             match AssertUnwindSafe(work).catch_unwind().await {
                                 Ok(Ok(response)) => response,
                                 Ok(Err(error)) => error.error_response(),
@@ -117,6 +120,7 @@ impl Router {
                     },
                 );
                 self.routes.push((path, method.clone(), route));
+                }
             }
         }
     }
@@ -158,6 +162,17 @@ impl Router {
     }
 }
 
+/// The path, and for one ending in `{state_key}` also the forms with an
+/// empty state key: `.../{event_type}/` and `.../{event_type}` (the spec
+/// lets clients drop the trailing slash).
+fn with_empty_state_key(path: &'static str) -> Vec<&'static str> {
+    match path.strip_suffix("/{state_key}") {
+        // Leaked once at start-up: route patterns live as long as the server.
+        Some(base) => vec![path, Box::leak(format!("{base}/").into_boxed_str()), base],
+        None => vec![path],
+    }
+}
+
 /// Splits after the third segment: `/_matrix/client/v3` and `/account/whoami`.
 fn split_prefix(path: &'static str) -> (&'static str, &'static str) {
     match path.match_indices('/').nth(3) {
@@ -179,6 +194,7 @@ async fn handle<R, F, Fut>(
     req: HttpRequest,
     payload: web::Payload,
     pattern: &'static str,
+    arg_count: usize,
 ) -> Result<HttpResponse, ApiError>
 where
     R: IncomingRequest + Send + 'static,
@@ -198,7 +214,9 @@ where
     let request = builder
         .body(body)
         .map_err(|e| ApiError::InvalidParam(format!("malformed request: {e}")))?;
-    let path_args = path_arguments(pattern, req.uri().path())?;
+    let mut path_args = path_arguments(pattern, req.uri().path())?;
+    // A route without its state key stands for an empty one.
+    path_args.resize(arg_count, String::new());
 
     let client_ip = req.connection_info().realip_remote_addr().map(strip_port);
     let (sender_user, sender_device) = authenticate::<R>(&services, &request, client_ip.clone()).await?;

@@ -56,10 +56,41 @@ pub enum Table {
     /// Identical states stored once (`state.rs`). Key: `(sha256 of the
     /// sorted entries: [u8; 32])`. Value: `snapshot_id`, `u64` big-endian.
     StateSnapshotsByHash,
+    /// Rooms known to this server (`rooms.rs`). Key: `(room_id: str)`.
+    /// Value: bincode `RoomRecord` (short ID, version, current state,
+    /// forward extremities, last stream position).
+    Rooms,
+    /// Every room's events in stream order (`rooms.rs`). Key:
+    /// `(short_room_id: u64, count: u64)`, count being the server-wide stream
+    /// position of the event. Value: bincode `TimelineRecord` (the PDU as
+    /// canonical JSON with `event_id`, plus the sending device's txnId).
+    Timeline,
+    /// Where an event is and the state around it (`rooms.rs`). Key:
+    /// `(event_id: str)`. Value: bincode `EventMeta`.
+    EventIndex,
+    /// Members of each room (`rooms.rs`). Key: `(room_id: str, user_id: str)`.
+    /// Value: the membership (`join`, `invite`, `leave`, `ban`, `knock`), UTF-8.
+    RoomMembers,
+    /// Rooms of each user, for /sync (`rooms.rs`). Key: `(user_id: str,
+    /// room_id: str)`. Value: bincode `UserRoomRecord` (membership, the stream
+    /// position of the change, forgotten flag).
+    UserRooms,
+    /// Client transaction IDs (`rooms.rs`). Key: `(user_id: str, device_id:
+    /// str, txn_id: str)`. Value: the event ID, UTF-8.
+    TxnIds,
+    /// Local room aliases (`directory.rs`). Key: `(alias: str)`. Value: bincode
+    /// `AliasRecord` (room ID, creator).
+    RoomAliases,
+    /// The reverse, to list a room's aliases. Key: `(room_id: str, alias: str)`.
+    /// Value: empty.
+    AliasesByRoom,
+    /// Rooms published in the room directory (`directory.rs`). Key: `(room_id:
+    /// str)`. Value: empty.
+    PublicRooms,
 }
 
 impl Table {
-    pub const ALL: [Table; 15] = [
+    pub const ALL: [Table; 24] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -75,6 +106,15 @@ impl Table {
         Table::StateKeysByShort,
         Table::StateSnapshots,
         Table::StateSnapshotsByHash,
+        Table::Rooms,
+        Table::Timeline,
+        Table::EventIndex,
+        Table::RoomMembers,
+        Table::UserRooms,
+        Table::TxnIds,
+        Table::RoomAliases,
+        Table::AliasesByRoom,
+        Table::PublicRooms,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -95,6 +135,15 @@ impl Table {
             Table::StateKeysByShort => "state_keys_by_short",
             Table::StateSnapshots => "state_snapshots",
             Table::StateSnapshotsByHash => "state_snapshots_by_hash",
+            Table::Rooms => "rooms",
+            Table::Timeline => "timeline",
+            Table::EventIndex => "event_index",
+            Table::RoomMembers => "room_members",
+            Table::UserRooms => "user_rooms",
+            Table::TxnIds => "txn_ids",
+            Table::RoomAliases => "room_aliases",
+            Table::AliasesByRoom => "aliases_by_room",
+            Table::PublicRooms => "public_rooms",
         }
     }
 }

@@ -77,6 +77,9 @@ pub trait KvStore: Send + Sync + 'static {
     /// A durable, strictly increasing counter shared by the whole server.
     fn next_count(&self) -> DbResult<u64>;
 
+    /// The counter's latest value (0 in a new database).
+    fn current_count(&self) -> u64;
+
     /// Flushes memtables and the write-ahead log to disk.
     fn flush(&self) -> DbResult<()>;
 

@@ -4,11 +4,13 @@
 pub mod account_data;
 pub mod catalogue;
 pub mod devices;
+pub mod directory;
 pub mod engine;
 pub mod filters;
 pub mod keys;
 pub mod meta;
 pub mod rocksdb;
+pub mod rooms;
 pub mod server_keys;
 pub mod state;
 pub mod uiaa;

@@ -151,6 +151,10 @@ impl KvStore for RocksDb {
         Ok(next)
     }
 
+    fn current_count(&self) -> u64 {
+        *self.counter.lock().expect("counter lock")
+    }
+
     fn flush(&self) -> DbResult<()> {
         self.db.flush_wal(true).map_err(engine_err)?;
         for table in Table::ALL {

@@ -1,10 +1,13 @@
 //! Per-user account data, global and per room.
 
+use std::sync::Arc;
+
 use ruma::{RoomId, UserId};
 use serde_json::value::RawValue;
 
 use super::{ServiceError, ServiceResult};
-use crate::database::account_data::AccountDataTables;
+use super::stream::Stream;
+use crate::database::account_data::{AccountDataEntry, AccountDataTables};
 use crate::database::Db;
 
 /// Bigger account data would bloat every /sync; Synapse's bound is similar.
@@ -15,12 +18,14 @@ const SERVER_CONTROLLED: &[&str] = &["m.push_rules", "m.fully_read"];
 
 pub struct AccountDataService {
     tables: AccountDataTables,
+    stream: Arc<Stream>,
 }
 
 impl AccountDataService {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Db, stream: Arc<Stream>) -> Self {
         Self {
             tables: AccountDataTables::new(db),
+            stream,
         }
     }
 
@@ -53,8 +58,41 @@ impl AccountDataService {
                 "account data content must be a JSON object".to_owned(),
             ));
         }
-        Ok(self
-            .tables
-            .put(user_id.as_str(), room_id.map(|r| r.as_str()), event_type, content.get())?)
+        self.put(user_id, room_id, event_type, content.get())
+    }
+
+    /// Stores account data, including the kinds the server maintains itself.
+    pub(crate) fn put(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        event_type: &str,
+        content_json: &str,
+    ) -> ServiceResult<()> {
+        let ticket = self.stream.begin()?;
+        let written = self.tables.put(
+            user_id.as_str(),
+            room_id.map(|r| r.as_str()),
+            event_type,
+            ticket.0,
+            content_json,
+        );
+        match written {
+            Ok(()) => {
+                self.stream.finish(ticket, [user_id]);
+                Ok(())
+            }
+            Err(e) => {
+                self.stream.finish(ticket, []);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Every entry of a user that changed after stream position `since`.
+    pub fn changed_since(&self, user_id: &UserId, since: u64) -> ServiceResult<Vec<AccountDataEntry>> {
+        let mut all = self.tables.all(user_id.as_str())?;
+        all.retain(|e| e.count > since);
+        Ok(all)
     }
 }

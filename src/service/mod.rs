@@ -7,7 +7,11 @@ pub mod filters;
 pub mod password;
 pub mod pdu;
 pub mod server_keys;
+pub mod rooms;
 pub mod state;
+pub mod stream;
+pub mod sync;
+pub mod timeline;
 pub mod uiaa;
 pub mod users;
 
@@ -50,6 +54,17 @@ pub enum ServiceError {
     /// More user-interactive authentication is needed (HTTP 401 with the flows).
     #[error("additional authentication is required")]
     AuthRequired(Box<UiaaInfo>),
+    #[error("{0}")]
+    UnsupportedRoomVersion(String),
+    /// A request that is well-formed but makes no sense in the current state.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    RoomInUse(String),
+    #[error("a room alias with that name already exists")]
+    AliasExists,
+    #[error("{0}")]
+    BadAlias(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -67,6 +82,8 @@ pub struct Services {
     pub filters: filters::FiltersService,
     pub server_keys: server_keys::ServerKeysService,
     pub state: state::StateService,
+    pub timeline: timeline::TimelineService,
+    pub rooms: rooms::RoomsService,
 }
 
 impl Services {
@@ -93,14 +110,17 @@ impl Services {
     }
 
     fn build(config: Config, db: Db) -> ServiceResult<Self> {
+        let stream = Arc::new(stream::Stream::new(db.clone()));
         Ok(Services {
             server_keys: server_keys::ServerKeysService::open(db.clone(), config.server_name.clone())?,
             users: users::UsersService::new(db.clone(), &config),
             devices: devices::DevicesService::new(db.clone()),
             uiaa: uiaa::UiaaService::new(db.clone(), config.registration_token.clone()),
-            account_data: account_data::AccountDataService::new(db.clone()),
+            account_data: account_data::AccountDataService::new(db.clone(), stream.clone()),
             filters: filters::FiltersService::new(db.clone()),
             state: state::StateService::new(db.clone()),
+            timeline: timeline::TimelineService::new(db.clone(), stream),
+            rooms: rooms::RoomsService::new(db.clone()),
             config,
             db,
         })

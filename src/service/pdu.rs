@@ -16,6 +16,9 @@ use serde_json::value::RawValue;
 use super::server_keys::ServerKeysService;
 use super::{random_string, ServiceError, ServiceResult};
 
+/// The spec's limit on a whole PDU, signatures included.
+pub const MAX_PDU_BYTES: usize = 65_536;
+
 /// A reference to an earlier event: its ID and, for room versions 1 and 2
 /// (which carry it in `prev_events` and `auth_events`), its content hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +107,14 @@ pub fn build_pdu(
             EventId::parse(format!("${hash}")).map_err(|e| ServiceError::Internal(format!("event ID: {e}")))?
         }
     };
+    let size = serde_json::to_vec(&object)
+        .map_err(|e| ServiceError::Internal(format!("PDU: {e}")))?
+        .len();
+    if size > MAX_PDU_BYTES {
+        return Err(ServiceError::TooLarge(format!(
+            "the event is {size} bytes; the limit is {MAX_PDU_BYTES}"
+        )));
+    }
     ruma::state_res::check_pdu_format(&object, &rules.event_format)
         .map_err(|e| ServiceError::Internal(format!("built a malformed PDU: {e}")))?;
     Ok((event_id, object))

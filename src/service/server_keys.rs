@@ -59,8 +59,14 @@ impl ServerKeysService {
 
     /// Adds the content hash and this server's signature to a PDU.
     pub fn hash_and_sign_event(&self, object: &mut CanonicalJsonObject, rules: &RedactionRules) -> ServiceResult<()> {
-        ruma::signatures::hash_and_sign_event(self.server_name.as_str(), &self.key_pair, object, rules)
-            .map_err(|e| ServiceError::Internal(format!("signing an event: {e}")))
+        ruma::signatures::hash_and_sign_event(self.server_name.as_str(), &self.key_pair, object, rules).map_err(|e| {
+            match e {
+                ruma::signatures::JsonError::PduTooLarge => {
+                    ServiceError::TooLarge("the event is larger than the 65,536 bytes a PDU may have".to_owned())
+                }
+                e => ServiceError::Internal(format!("signing an event: {e}")),
+            }
+        })
     }
 
     /// Adds this server's signature to `object` (under `signatures`).

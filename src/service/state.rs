@@ -87,6 +87,11 @@ impl StateService {
         Ok(short)
     }
 
+    /// The short ID of `(event_type, state_key)` if it has one.
+    pub fn find_short_state_key(&self, event_type: &str, state_key: &str) -> ServiceResult<Option<u64>> {
+        Ok(self.tables.short_state_key(event_type, state_key)?)
+    }
+
     /// `(event_type, state_key)` of a short state key.
     pub fn state_key(&self, short: u64) -> ServiceResult<(String, String)> {
         self.tables

@@ -187,6 +187,100 @@ impl TestServer {
     }
 }
 
+/// Room helpers: each asserts success and returns what the caller needs.
+#[allow(dead_code)]
+impl TestServer {
+    pub async fn create_room(&self, token: &str, body: Value) -> String {
+        let (status, resp) = self
+            .call("POST", "/_matrix/client/v3/createRoom", Some(token), Some(body))
+            .await;
+        assert_eq!(status, 200, "createRoom: {resp}");
+        resp["room_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends an `m.room.message` with a fresh transaction ID.
+    pub async fn send_text(&self, token: &str, room_id: &str, text: &str) -> String {
+        let txn = format!("t{}", TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let (status, resp) = self
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room_id)),
+                Some(token),
+                Some(json!({"msgtype": "m.text", "body": text})),
+            )
+            .await;
+        assert_eq!(status, 200, "send: {resp}");
+        resp["event_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn join(&self, token: &str, room: &str) {
+        let (status, resp) = self
+            .call("POST", &format!("/_matrix/client/v3/join/{}", enc(room)), Some(token), Some(json!({})))
+            .await;
+        assert_eq!(status, 200, "join: {resp}");
+    }
+
+    pub async fn invite(&self, token: &str, room_id: &str, user_id: &str) {
+        let (status, resp) = self
+            .call(
+                "POST",
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(room_id)),
+                Some(token),
+                Some(json!({"user_id": user_id})),
+            )
+            .await;
+        assert_eq!(status, 200, "invite: {resp}");
+    }
+
+    /// `/sync`, with an optional token, timeout (ms) and inline filter.
+    pub async fn sync(&self, token: &str, since: Option<&str>, timeout_ms: u64, filter: Option<Value>) -> Value {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={since}"));
+        }
+        if let Some(filter) = filter {
+            path.push_str(&format!("&filter={}", enc(&filter.to_string())));
+        }
+        let (status, resp) = self.call("GET", &path, Some(token), None).await;
+        assert_eq!(status, 200, "sync: {resp}");
+        resp
+    }
+
+    /// Bodies of the `m.room.message` events of a `/messages` page, oldest first.
+    pub async fn message_bodies(&self, token: &str, room_id: &str) -> Vec<String> {
+        let (status, resp) = self
+            .call(
+                "GET",
+                &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000", enc(room_id)),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "messages: {resp}");
+        let mut bodies: Vec<String> = resp["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned())
+            .collect();
+        bodies.reverse();
+        bodies
+    }
+}
+
+static TXN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Percent-encodes a path segment or query value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

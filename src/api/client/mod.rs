@@ -5,10 +5,15 @@ mod account_data;
 mod device;
 mod discovery;
 mod filter;
+mod membership;
+mod message;
+mod room;
+mod sync;
 mod profile;
 mod session;
 mod user_directory;
 
+use ruma::serde::Raw;
 use ruma::UserId;
 
 use super::{ApiError, Router};
@@ -22,6 +27,13 @@ fn only_own(sender: &UserId, target: &UserId, what: &str) -> Result<(), ApiError
     }
 }
 
+/// A JSON value as the ruma type a response carries.
+fn raw<T>(value: &serde_json::Value) -> Result<Raw<T>, ApiError> {
+    serde_json::value::to_raw_value(value)
+        .map(Raw::from_json)
+        .map_err(|e| ApiError::Internal(format!("serializing an event: {e}")))
+}
+
 pub fn register_routes(router: &mut Router) {
     discovery::register_routes(router);
     account::register_routes(router);
@@ -31,4 +43,8 @@ pub fn register_routes(router: &mut Router) {
     account_data::register_routes(router);
     filter::register_routes(router);
     user_directory::register_routes(router);
+    room::register_routes(router);
+    membership::register_routes(router);
+    message::register_routes(router);
+    sync::register_routes(router);
 }

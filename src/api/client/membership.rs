@@ -1,0 +1,250 @@
+//! Membership: join, leave, forget, invite, kick, ban, unban, knock, and the
+//! member lists.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ruma::api::client::knock::knock_room;
+use ruma::api::client::membership::{
+    ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+    joined_members, joined_rooms, kick_user, leave_room, unban_user,
+};
+use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId};
+
+use super::raw;
+use crate::api::{ApiError, Router, Ruma};
+use crate::service::{ServiceError, Services};
+
+pub fn register_routes(router: &mut Router) {
+    router.add(join_by_id);
+    router.add(join_by_id_or_alias);
+    router.add(leave);
+    router.add(forget);
+    router.add(invite);
+    router.add(kick);
+    router.add(ban);
+    router.add(unban);
+    router.add(knock);
+    router.add(joined_rooms);
+    router.add(members);
+    router.add(joined_members);
+}
+
+fn third_party_refused() -> ApiError {
+    ApiError::Forbidden("third-party invites are not supported by this server".to_owned())
+}
+
+async fn join_by_id(
+    services: Arc<Services>,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    if body.third_party_signed.is_some() {
+        return Err(third_party_refused());
+    }
+    let room_id = services
+        .run(move |s| s.rooms.join(s, &user, body.room_id.as_str(), body.reason.as_deref()))
+        .await?;
+    Ok(join_room_by_id::v3::Response::new(room_id))
+}
+
+async fn join_by_id_or_alias(
+    services: Arc<Services>,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    if body.third_party_signed.is_some() {
+        return Err(third_party_refused());
+    }
+    let room_id = services
+        .run(move |s| s.rooms.join(s, &user, body.room_id_or_alias.as_str(), body.reason.as_deref()))
+        .await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+async fn knock(
+    services: Arc<Services>,
+    req: Ruma<knock_room::v3::Request>,
+) -> Result<knock_room::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let room_id = services
+        .run(move |s| {
+            let room_id = s.rooms.resolve_room(s, body.room_id_or_alias.as_str())?;
+            s.rooms
+                .set_membership(s, &room_id, &user, &user, "knock", body.reason.as_deref())?;
+            Ok(room_id)
+        })
+        .await?;
+    Ok(knock_room::v3::Response::new(room_id))
+}
+
+/// Sends one membership event about `target`.
+async fn membership_change(
+    services: Arc<Services>,
+    sender: OwnedUserId,
+    room_id: OwnedRoomId,
+    target: OwnedUserId,
+    membership: &'static str,
+    reason: Option<String>,
+) -> Result<(), ApiError> {
+    services
+        .run(move |s| {
+            s.rooms
+                .set_membership(s, &room_id, &sender, &target, membership, reason.as_deref())
+        })
+        .await?;
+    Ok(())
+}
+
+async fn leave(
+    services: Arc<Services>,
+    req: Ruma<leave_room::v3::Request>,
+) -> Result<leave_room::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    membership_change(services, user.clone(), body.room_id, user, "leave", body.reason).await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+async fn forget(
+    services: Arc<Services>,
+    req: Ruma<forget_room::v3::Request>,
+) -> Result<forget_room::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let room_id = req.body.room_id;
+    services.run(move |s| s.timeline.forget(&room_id, &user)).await?;
+    Ok(forget_room::v3::Response::new())
+}
+
+async fn invite(
+    services: Arc<Services>,
+    req: Ruma<invite_user::v3::Request>,
+) -> Result<invite_user::v3::Response, ApiError> {
+    use invite_user::v3::InvitationRecipient;
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let (target, reason) = match body.recipient {
+        InvitationRecipient::UserId(invite) => (invite.user_id, invite.reason),
+        _ => return Err(third_party_refused()),
+    };
+    membership_change(services, user, body.room_id, target, "invite", reason).await?;
+    Ok(invite_user::v3::Response::new())
+}
+
+async fn kick(
+    services: Arc<Services>,
+    req: Ruma<kick_user::v3::Request>,
+) -> Result<kick_user::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    membership_change(services, user, body.room_id, body.user_id, "leave", body.reason).await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+async fn ban(
+    services: Arc<Services>,
+    req: Ruma<ban_user::v3::Request>,
+) -> Result<ban_user::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    membership_change(services, user, body.room_id, body.user_id, "ban", body.reason).await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+async fn unban(
+    services: Arc<Services>,
+    req: Ruma<unban_user::v3::Request>,
+) -> Result<unban_user::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let (room_id, target) = (body.room_id.clone(), body.user_id.clone());
+    let banned = {
+        let (room_id, target) = (room_id.clone(), target.clone());
+        services
+            .run(move |s| Ok(s.timeline.membership(&room_id, &target)?.as_deref() == Some("ban")))
+            .await?
+    };
+    if !banned {
+        return Err(ApiError::Forbidden("this user is not banned".to_owned()));
+    }
+    membership_change(services, user, room_id, target, "leave", body.reason).await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+async fn joined_rooms(
+    services: Arc<Services>,
+    req: Ruma<joined_rooms::v3::Request>,
+) -> Result<joined_rooms::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let rooms = services
+        .run(move |s| {
+            Ok(s.timeline
+                .user_rooms(&user)?
+                .into_iter()
+                .filter(|(_, r)| r.membership == "join")
+                .map(|(id, _)| id)
+                .collect())
+        })
+        .await?;
+    Ok(joined_rooms::v3::Response::new(rooms))
+}
+
+async fn members(
+    services: Arc<Services>,
+    req: Ruma<get_member_events::v3::Request>,
+) -> Result<get_member_events::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let device = req.device()?.to_owned();
+    let body = req.body;
+    let only = body.membership.map(|m| m.to_string());
+    let not = body.not_membership.map(|m| m.to_string());
+    let events = services
+        .run(move |s| s.timeline.member_events(s, &user, &device, &body.room_id, body.at.as_deref()))
+        .await?;
+    let chunk = events
+        .iter()
+        .filter(|e| {
+            let m = e["content"]["membership"].as_str().unwrap_or_default();
+            only.as_deref().is_none_or(|o| o == m) && not.as_deref() != Some(m)
+        })
+        .map(raw)
+        .collect::<Result<_, _>>()?;
+    Ok(get_member_events::v3::Response::new(chunk))
+}
+
+async fn joined_members(
+    services: Arc<Services>,
+    req: Ruma<joined_members::v3::Request>,
+) -> Result<joined_members::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let device = req.device()?.to_owned();
+    let room_id = req.body.room_id;
+    let events = services
+        .run(move |s| {
+            if !s.timeline.is_joined(&room_id, &user)? {
+                s.timeline.room_or_404(&room_id)?;
+                return Err(ServiceError::Forbidden("you are not in this room".to_owned()));
+            }
+            s.timeline.member_events(s, &user, &device, &room_id, None)
+        })
+        .await?;
+    let mut joined = BTreeMap::new();
+    for event in events {
+        if event["content"]["membership"] != "join" {
+            continue;
+        }
+        let Some(user_id) = event["state_key"].as_str().and_then(|k| OwnedUserId::try_from(k).ok()) else {
+            continue;
+        };
+        let mut member = joined_members::v3::RoomMember::new();
+        member.display_name = event["content"]["displayname"].as_str().map(str::to_owned);
+        member.avatar_url = event["content"]["avatar_url"]
+            .as_str()
+            .map(|u| OwnedMxcUri::from(u.to_owned()));
+        joined.insert(user_id, member);
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}

@@ -1,0 +1,173 @@
+//! Sending and reading events: messages, state, redactions, history.
+
+use std::sync::Arc;
+
+use ruma::api::client::message::{get_message_events, send_message_event};
+use ruma::api::client::redact::redact_event;
+use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
+use ruma::api::Direction as ApiDirection;
+use ruma::events::TimelineEventType;
+use ruma::CanonicalJsonObject;
+use serde_json::Value as JsonValue;
+
+use super::raw;
+use crate::api::{ApiError, Router, Ruma};
+use crate::service::timeline::{EventSpec, Pagination, Txn};
+use crate::service::Services;
+
+pub fn register_routes(router: &mut Router) {
+    router.add(send_message);
+    router.add(send_state);
+    router.add(state);
+    router.add(state_for_key);
+    router.add(redact);
+    router.add(messages);
+}
+
+/// An event content from a request body: a JSON object.
+fn content(json: &str) -> Result<CanonicalJsonObject, ApiError> {
+    let value: JsonValue = serde_json::from_str(json).map_err(|e| ApiError::NotJson(e.to_string()))?;
+    match ruma::CanonicalJsonValue::try_from(value) {
+        Ok(ruma::CanonicalJsonValue::Object(o)) => Ok(o),
+        Ok(_) => Err(ApiError::BadJson("event content must be a JSON object".to_owned())),
+        Err(e) => Err(ApiError::BadJson(format!("event content is not canonical JSON: {e}"))),
+    }
+}
+
+async fn send_message(
+    services: Arc<Services>,
+    req: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let device = req.device()?.to_owned();
+    let body = req.body;
+    let event_type: TimelineEventType = body.event_type.to_string().into();
+    // State and redactions have endpoints of their own.
+    if event_type == TimelineEventType::RoomRedaction {
+        return Err(ApiError::BadJson("send redactions through /redact".to_owned()));
+    }
+    let spec = EventSpec {
+        event_type,
+        content: content(body.body.json().get())?,
+        state_key: None,
+        redacts: None,
+    };
+    let txn = Txn {
+        device_id: device,
+        txn_id: body.txn_id.to_string(),
+    };
+    let event_id = services
+        .run(move |s| s.timeline.append(s, &body.room_id, &user, spec, Some(&txn)))
+        .await?;
+    Ok(send_message_event::v3::Response::new(event_id))
+}
+
+async fn send_state(
+    services: Arc<Services>,
+    req: Ruma<send_state_event::v3::Request>,
+) -> Result<send_state_event::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let event_content = content(body.body.json().get())?;
+    let event_type = body.event_type.to_string();
+    let event_id = services
+        .run(move |s| s.rooms.send_state(s, &body.room_id, &user, &event_type, &body.state_key, event_content))
+        .await?;
+    Ok(send_state_event::v3::Response::new(event_id))
+}
+
+async fn state(
+    services: Arc<Services>,
+    req: Ruma<get_state_events::v3::Request>,
+) -> Result<get_state_events::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let room_id = req.body.room_id;
+    let events = services
+        .run(move |s| s.timeline.readable_state(s, &user, &room_id))
+        .await?;
+    let list = events
+        .iter()
+        .map(|e| raw(&e.to_client(true, None)))
+        .collect::<Result<_, _>>()?;
+    Ok(get_state_events::v3::Response::new(list))
+}
+
+async fn state_for_key(
+    services: Arc<Services>,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<get_state_event_for_key::v3::Response, ApiError> {
+    use ruma::api::client::state::get_state_event_for_key::v3::StateEventFormat;
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let event_type = body.event_type.to_string();
+    let state_key = body.state_key;
+    let room_id = body.room_id;
+    let event = services
+        .run(move |s| {
+            s.timeline
+                .readable_state(s, &user, &room_id)?
+                .into_iter()
+                .find(|e| e.event_type() == event_type && e.state_key() == Some(state_key.as_str()))
+                .ok_or_else(|| crate::service::ServiceError::NotFound("no such state event".to_owned()))
+        })
+        .await?;
+    let value = match body.format {
+        StateEventFormat::Event => event.to_client(true, None),
+        _ => event.to_client(true, None)["content"].clone(),
+    };
+    let raw_value =
+        serde_json::value::to_raw_value(&value).map_err(|e| ApiError::Internal(format!("serializing: {e}")))?;
+    Ok(get_state_event_for_key::v3::Response::new(raw_value))
+}
+
+async fn redact(
+    services: Arc<Services>,
+    req: Ruma<redact_event::v3::Request>,
+) -> Result<redact_event::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let device = req.device()?.to_owned();
+    let body = req.body;
+    let mut redaction = CanonicalJsonObject::new();
+    if let Some(reason) = &body.reason {
+        redaction.insert("reason".to_owned(), reason.as_str().into());
+    }
+    let spec = EventSpec {
+        event_type: TimelineEventType::RoomRedaction,
+        content: redaction,
+        state_key: None,
+        redacts: Some(body.event_id),
+    };
+    let txn = Txn {
+        device_id: device,
+        txn_id: body.txn_id.to_string(),
+    };
+    let event_id = services
+        .run(move |s| s.timeline.append(s, &body.room_id, &user, spec, Some(&txn)))
+        .await?;
+    Ok(redact_event::v3::Response::new(event_id))
+}
+
+async fn messages(
+    services: Arc<Services>,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let device = req.device()?.to_owned();
+    let body = req.body;
+    let pagination = Pagination {
+        from: body.from,
+        to: body.to,
+        backward: body.dir == ApiDirection::Backward,
+        limit: usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX),
+        filter: body.filter,
+    };
+    let page = services
+        .run(move |s| s.timeline.messages(s, &user, &device, &body.room_id, pagination))
+        .await?;
+    let mut response = get_message_events::v3::Response::new();
+    response.start = page.start;
+    response.end = page.end;
+    response.chunk = page.chunk.iter().map(raw).collect::<Result<_, _>>()?;
+    response.state = page.state.iter().map(raw).collect::<Result<_, _>>()?;
+    Ok(response)
+}

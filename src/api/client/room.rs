@@ -1,0 +1,287 @@
+//! Rooms: creation, single events, aliases and the room directory.
+
+use std::sync::Arc;
+
+use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
+use ruma::api::client::directory::{
+    get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+};
+use ruma::api::client::room::{aliases, create_room, get_room_event, Visibility};
+use ruma::directory::PublicRoomsChunk;
+use ruma::serde::Raw;
+use ruma::{OwnedRoomAliasId, UInt};
+use serde_json::{Map, Value as JsonValue};
+
+use super::raw;
+use crate::api::{ApiError, Router, Ruma};
+use crate::service::rooms::{CreateRoom, Preset};
+use crate::service::Services;
+
+pub fn register_routes(router: &mut Router) {
+    router.add(create_room);
+    router.add(get_event);
+    router.add(create_alias);
+    router.add(delete_alias);
+    router.add(get_alias);
+    router.add(room_aliases);
+    router.add(visibility);
+    router.add(set_visibility);
+    router.add(public_rooms);
+    router.add(public_rooms_filtered);
+}
+
+/// A JSON object from a raw request field.
+fn object<T>(raw: &Raw<T>, what: &str) -> Result<Map<String, JsonValue>, ApiError> {
+    match serde_json::from_str(raw.json().get()) {
+        Ok(JsonValue::Object(o)) => Ok(o),
+        _ => Err(ApiError::BadJson(format!("{what} must be a JSON object"))),
+    }
+}
+
+async fn create_room(
+    services: Arc<Services>,
+    req: Ruma<create_room::v3::Request>,
+) -> Result<create_room::v3::Response, ApiError> {
+    use create_room::v3::RoomPreset;
+    let sender = req.user()?.to_owned();
+    let body = req.body;
+    let preset = match body.preset {
+        None => None,
+        Some(RoomPreset::PrivateChat) => Some(Preset::PrivateChat),
+        Some(RoomPreset::PublicChat) => Some(Preset::PublicChat),
+        Some(RoomPreset::TrustedPrivateChat) => Some(Preset::TrustedPrivateChat),
+        Some(other) => return Err(ApiError::BadJson(format!("unknown preset {other}"))),
+    };
+    let mut initial_state = Vec::new();
+    for event in &body.initial_state {
+        let event = object(event, "an initial_state event")?;
+        let event_type = event
+            .get("type")
+            .and_then(JsonValue::as_str)
+            .ok_or_else(|| ApiError::BadJson("initial_state events need a type".to_owned()))?;
+        let state_key = event.get("state_key").and_then(JsonValue::as_str).unwrap_or("");
+        let content = event.get("content").cloned().unwrap_or_else(|| JsonValue::Object(Map::new()));
+        initial_state.push((event_type.to_owned(), state_key.to_owned(), content));
+    }
+    let request = CreateRoom {
+        preset,
+        public: body.visibility == Visibility::Public,
+        alias_localpart: body.room_alias_name,
+        name: body.name,
+        topic: body.topic,
+        invite: body.invite,
+        initial_state,
+        power_level_override: body
+            .power_level_content_override
+            .as_ref()
+            .map(|r| object(r, "power_level_content_override"))
+            .transpose()?,
+        creation_content: body
+            .creation_content
+            .as_ref()
+            .map(|r| object(r, "creation_content"))
+            .transpose()?,
+        is_direct: body.is_direct,
+        room_version: body.room_version,
+    };
+    let room_id = services
+        .run(move |s| s.rooms.create_room(s, &sender, request))
+        .await?;
+    Ok(create_room::v3::Response::new(room_id))
+}
+
+async fn get_event(
+    services: Arc<Services>,
+    req: Ruma<get_room_event::v3::Request>,
+) -> Result<get_room_event::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let device = req.device()?.to_owned();
+    let body = req.body;
+    let event = services
+        .run(move |s| s.timeline.visible_event(s, &user, &body.room_id, &body.event_id, &device))
+        .await?;
+    Ok(get_room_event::v3::Response::new(raw(&event)?))
+}
+
+async fn create_alias(
+    services: Arc<Services>,
+    req: Ruma<create_alias::v3::Request>,
+) -> Result<create_alias::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    services
+        .run(move |s| s.rooms.set_alias(s, &user, &body.room_alias, &body.room_id))
+        .await?;
+    Ok(create_alias::v3::Response::new())
+}
+
+async fn delete_alias(
+    services: Arc<Services>,
+    req: Ruma<delete_alias::v3::Request>,
+) -> Result<delete_alias::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let alias = req.body.room_alias;
+    services.run(move |s| s.rooms.delete_alias(s, &user, &alias)).await?;
+    Ok(delete_alias::v3::Response::new())
+}
+
+async fn get_alias(
+    services: Arc<Services>,
+    req: Ruma<get_alias::v3::Request>,
+) -> Result<get_alias::v3::Response, ApiError> {
+    let alias = req.body.room_alias;
+    let server = services.config.server_name.clone();
+    let room_id = services.run(move |s| s.rooms.resolve_alias(s, &alias)).await?;
+    Ok(get_alias::v3::Response::new(room_id, vec![server]))
+}
+
+async fn room_aliases(
+    services: Arc<Services>,
+    req: Ruma<aliases::v3::Request>,
+) -> Result<aliases::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let room_id = req.body.room_id;
+    let list = services
+        .run(move |s| {
+            s.timeline.room_or_404(&room_id)?;
+            if !s.timeline.is_joined(&room_id, &user)? {
+                return Err(crate::service::ServiceError::Forbidden(
+                    "you are not in this room".to_owned(),
+                ));
+            }
+            s.rooms.room_aliases(&room_id)
+        })
+        .await?;
+    let list = list
+        .into_iter()
+        .filter_map(|a| OwnedRoomAliasId::try_from(a).ok())
+        .collect();
+    Ok(aliases::v3::Response::new(list))
+}
+
+async fn visibility(
+    services: Arc<Services>,
+    req: Ruma<get_room_visibility::v3::Request>,
+) -> Result<get_room_visibility::v3::Response, ApiError> {
+    let room_id = req.body.room_id;
+    let public = services
+        .run(move |s| {
+            s.timeline.room_or_404(&room_id)?;
+            s.rooms.is_public(&room_id)
+        })
+        .await?;
+    Ok(get_room_visibility::v3::Response::new(if public {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    }))
+}
+
+async fn set_visibility(
+    services: Arc<Services>,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> Result<set_room_visibility::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let public = match body.visibility {
+        Visibility::Public => true,
+        Visibility::Private => false,
+        other => return Err(ApiError::BadJson(format!("unknown visibility {other}"))),
+    };
+    services
+        .run(move |s| s.rooms.set_public(s, &user, &body.room_id, public))
+        .await?;
+    Ok(set_room_visibility::v3::Response::new())
+}
+
+/// One page of the directory: `since` is an offset into the list, sorted by
+/// joined members (most first), then room ID.
+async fn directory_page(
+    services: &Arc<Services>,
+    limit: Option<UInt>,
+    since: Option<String>,
+    search: Option<String>,
+    room_types: Option<Vec<Option<String>>>,
+) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, usize), ApiError> {
+    let mut entries = services.run(|s| s.rooms.public_rooms(s)).await?;
+    if let Some(term) = search.map(|t| t.to_lowercase()).filter(|t| !t.is_empty()) {
+        entries.retain(|e| {
+            ["name", "topic", "canonical_alias"].iter().any(|k| {
+                e.get(*k)
+                    .and_then(JsonValue::as_str)
+                    .is_some_and(|v| v.to_lowercase().contains(&term))
+            })
+        });
+    }
+    if let Some(types) = room_types.filter(|t| !t.is_empty()) {
+        entries.retain(|e| {
+            let room_type = e.get("room_type").and_then(JsonValue::as_str);
+            types
+                .iter()
+                .any(|t| t.as_deref() == room_type)
+        });
+    }
+    entries.sort_by(|a, b| {
+        let n = |e: &JsonValue| e["num_joined_members"].as_u64().unwrap_or(0);
+        n(b).cmp(&n(a))
+            .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
+    });
+    let total = entries.len();
+    let offset: usize = match since {
+        Some(token) => token
+            .strip_prefix('o')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| ApiError::InvalidParam("since is not a directory token".to_owned()))?,
+        None => 0,
+    };
+    let limit = limit.map_or(total, |l| usize::try_from(u64::from(l)).unwrap_or(total)).max(1);
+    let chunk: Vec<PublicRoomsChunk> = entries
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .filter_map(|e| serde_json::from_value(e).ok())
+        .collect();
+    let next = (offset + chunk.len() < total).then(|| format!("o{}", offset + chunk.len()));
+    let prev = (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit)));
+    Ok((chunk, next, prev, total))
+}
+
+async fn public_rooms(
+    services: Arc<Services>,
+    req: Ruma<get_public_rooms::v3::Request>,
+) -> Result<get_public_rooms::v3::Response, ApiError> {
+    let body = req.body;
+    let (chunk, next, prev, total) = directory_page(&services, body.limit, body.since, None, None).await?;
+    let mut response = get_public_rooms::v3::Response::new(chunk);
+    response.next_batch = next;
+    response.prev_batch = prev;
+    response.total_room_count_estimate = UInt::new(total as u64);
+    Ok(response)
+}
+
+async fn public_rooms_filtered(
+    services: Arc<Services>,
+    req: Ruma<get_public_rooms_filtered::v3::Request>,
+) -> Result<get_public_rooms_filtered::v3::Response, ApiError> {
+    let body = req.body;
+    let types = body
+        .filter
+        .room_types
+        .iter()
+        .map(|t| t.as_str().map(str::to_owned))
+        .collect::<Vec<Option<String>>>();
+    let (chunk, next, prev, total) = directory_page(
+        &services,
+        body.limit,
+        body.since,
+        body.filter.generic_search_term,
+        Some(types),
+    )
+    .await?;
+    let mut response = get_public_rooms_filtered::v3::Response::new();
+    response.chunk = chunk;
+    response.next_batch = next;
+    response.prev_batch = prev;
+    response.total_room_count_estimate = UInt::new(total as u64);
+    Ok(response)
+}

@@ -1,0 +1,77 @@
+//! Typed access to room aliases and the room directory (owned by
+//! `service::rooms`). Encodings are documented in `catalogue.rs`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode_key, from_record, keys, to_record, Batch, Db, DbResult, Direction, Table};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AliasRecord {
+    pub room_id: String,
+    pub creator: String,
+}
+
+pub struct DirectoryTables {
+    db: Db,
+}
+
+impl DirectoryTables {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub fn alias(&self, alias: &str) -> DbResult<Option<AliasRecord>> {
+        self.db
+            .get(Table::RoomAliases, &keys::encode(alias))?
+            .map(|v| from_record(Table::RoomAliases, &v))
+            .transpose()
+    }
+
+    pub fn put_alias(&self, alias: &str, record: &AliasRecord) -> DbResult<()> {
+        let mut batch = Batch::new();
+        batch.put(Table::RoomAliases, keys::encode(alias), to_record(record));
+        batch.put(
+            Table::AliasesByRoom,
+            keys::encode(&(record.room_id.as_str(), alias)),
+            Vec::new(),
+        );
+        self.db.write(batch)
+    }
+
+    pub fn delete_alias(&self, alias: &str, room_id: &str) -> DbResult<()> {
+        let mut batch = Batch::new();
+        batch.delete(Table::RoomAliases, keys::encode(alias));
+        batch.delete(Table::AliasesByRoom, keys::encode(&(room_id, alias)));
+        self.db.write(batch)
+    }
+
+    pub fn room_aliases(&self, room_id: &str) -> DbResult<Vec<String>> {
+        self.db
+            .scan_prefix(Table::AliasesByRoom, keys::encode(&(room_id,)), Direction::Forward)
+            .map(|r| {
+                let (k, _) = r?;
+                let (_, alias): (String, String) = decode_key(Table::AliasesByRoom, &k)?;
+                Ok(alias)
+            })
+            .collect()
+    }
+
+    pub fn set_public(&self, room_id: &str, public: bool) -> DbResult<()> {
+        if public {
+            self.db.put(Table::PublicRooms, keys::encode(room_id), Vec::new())
+        } else {
+            self.db.delete(Table::PublicRooms, keys::encode(room_id))
+        }
+    }
+
+    pub fn is_public(&self, room_id: &str) -> DbResult<bool> {
+        Ok(self.db.get(Table::PublicRooms, &keys::encode(room_id))?.is_some())
+    }
+
+    pub fn public_rooms(&self) -> DbResult<Vec<String>> {
+        self.db
+            .iter(Table::PublicRooms, None, Direction::Forward)
+            .map(|r| decode_key(Table::PublicRooms, &r?.0))
+            .collect()
+    }
+}

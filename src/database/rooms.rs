@@ -1,0 +1,218 @@
+//! Typed access to the room tables (owned by `service::timeline`): room
+//! records, the timeline, the event index, membership indexes and
+//! transaction IDs.
+//! Encodings are documented beside each table in `catalogue.rs`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode_key, from_record, keys, to_record, utf8, Batch, Db, DbResult, Direction, Table};
+
+/// What the server keeps about a room besides its events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomRecord {
+    /// Prefix of the room's timeline keys.
+    pub short_id: u64,
+    pub version: String,
+    /// Snapshot of the current state (after the last event).
+    pub state_snapshot: u64,
+    pub forward_extremities: Vec<String>,
+    /// Highest `depth` in the room.
+    pub depth: u64,
+    /// Stream position of the room's newest event.
+    pub last_count: u64,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TimelineRecord {
+    /// The PDU as canonical JSON, with `event_id` and server-side `unsigned`
+    /// fields (`replaces_state`, `prev_content`, `redacted_because`).
+    pub json: String,
+    /// `(device_id, txn_id)` of the client request that sent it, shown only
+    /// to that device.
+    pub txn: Option<(String, String)>,
+}
+
+/// Where an event is stored and the state around it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventMeta {
+    pub short_room_id: u64,
+    pub count: u64,
+    pub short_event_id: u64,
+    /// Snapshot of the room state before the event.
+    pub state_before: u64,
+    /// Snapshot after it (the same as before for a message event).
+    pub state_after: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserRoomRecord {
+    pub membership: String,
+    /// Stream position of the membership event.
+    pub count: u64,
+    pub forgotten: bool,
+}
+
+pub struct RoomTables {
+    db: Db,
+}
+
+impl RoomTables {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub fn write(&self, batch: Batch) -> DbResult<()> {
+        self.db.write(batch)
+    }
+
+    pub fn next_count(&self) -> DbResult<u64> {
+        self.db.next_count()
+    }
+
+    pub fn room(&self, room_id: &str) -> DbResult<Option<RoomRecord>> {
+        self.db
+            .get(Table::Rooms, &keys::encode(room_id))?
+            .map(|v| from_record(Table::Rooms, &v))
+            .transpose()
+    }
+
+    pub fn put_room(&self, batch: &mut Batch, room_id: &str, record: &RoomRecord) {
+        batch.put(Table::Rooms, keys::encode(room_id), to_record(record));
+    }
+
+    /// Every room ID with its record, in ID order.
+    pub fn all_rooms(&self) -> impl Iterator<Item = DbResult<(String, RoomRecord)>> + '_ {
+        self.db.iter(Table::Rooms, None, Direction::Forward).map(|r| {
+            let (k, v) = r?;
+            Ok((decode_key(Table::Rooms, &k)?, from_record(Table::Rooms, &v)?))
+        })
+    }
+
+    pub fn put_event(&self, batch: &mut Batch, event_id: &str, meta: &EventMeta, record: &TimelineRecord) {
+        batch.put(
+            Table::Timeline,
+            keys::encode(&(meta.short_room_id, meta.count)),
+            to_record(record),
+        );
+        batch.put(Table::EventIndex, keys::encode(event_id), to_record(meta));
+    }
+
+    /// Replaces a stored event's record (redaction), keeping its place.
+    pub fn replace_event(&self, batch: &mut Batch, meta: &EventMeta, record: &TimelineRecord) {
+        batch.put(
+            Table::Timeline,
+            keys::encode(&(meta.short_room_id, meta.count)),
+            to_record(record),
+        );
+    }
+
+    pub fn event_meta(&self, event_id: &str) -> DbResult<Option<EventMeta>> {
+        self.db
+            .get(Table::EventIndex, &keys::encode(event_id))?
+            .map(|v| from_record(Table::EventIndex, &v))
+            .transpose()
+    }
+
+    pub fn event(&self, short_room_id: u64, count: u64) -> DbResult<Option<TimelineRecord>> {
+        self.db
+            .get(Table::Timeline, &keys::encode(&(short_room_id, count)))?
+            .map(|v| from_record(Table::Timeline, &v))
+            .transpose()
+    }
+
+    /// A room's events from `from` (inclusive) in `direction`; `None` starts
+    /// at the newest (backward) or oldest (forward) event.
+    pub fn events(
+        &self,
+        short_room_id: u64,
+        from: Option<u64>,
+        direction: Direction,
+    ) -> impl Iterator<Item = DbResult<(u64, TimelineRecord)>> + '_ {
+        let prefix = keys::encode(&short_room_id);
+        let iter = match from {
+            Some(count) => {
+                let start = keys::encode(&(short_room_id, count));
+                let inner = self.db.iter(Table::Timeline, Some(&start), direction);
+                let prefix = prefix.clone();
+                Box::new(inner.take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))))
+                    as super::engine::KvIter<'_>
+            }
+            None => self.db.scan_prefix(Table::Timeline, prefix, direction),
+        };
+        iter.map(|r| {
+            let (k, v) = r?;
+            let (_, count): (u64, u64) = decode_key(Table::Timeline, &k)?;
+            Ok((count, from_record(Table::Timeline, &v)?))
+        })
+    }
+
+    pub fn put_membership(&self, batch: &mut Batch, room_id: &str, user_id: &str, membership: &str, count: u64) {
+        batch.put(
+            Table::RoomMembers,
+            keys::encode(&(room_id, user_id)),
+            membership.as_bytes().to_vec(),
+        );
+        let record = UserRoomRecord {
+            membership: membership.to_owned(),
+            count,
+            forgotten: false,
+        };
+        batch.put(Table::UserRooms, keys::encode(&(user_id, room_id)), to_record(&record));
+    }
+
+    /// `(user_id, membership)` of everyone with a membership in the room.
+    pub fn members(&self, room_id: &str) -> impl Iterator<Item = DbResult<(String, String)>> + '_ {
+        self.db
+            .scan_prefix(Table::RoomMembers, keys::encode(&(room_id,)), Direction::Forward)
+            .map(|r| {
+                let (k, v) = r?;
+                let (_, user): (String, String) = decode_key(Table::RoomMembers, &k)?;
+                Ok((user, utf8(Table::RoomMembers, v)?))
+            })
+    }
+
+    pub fn membership(&self, room_id: &str, user_id: &str) -> DbResult<Option<String>> {
+        self.db
+            .get(Table::RoomMembers, &keys::encode(&(room_id, user_id)))?
+            .map(|v| utf8(Table::RoomMembers, v))
+            .transpose()
+    }
+
+    /// `(room_id, record)` of every room the user has a membership in.
+    pub fn user_rooms(&self, user_id: &str) -> impl Iterator<Item = DbResult<(String, UserRoomRecord)>> + '_ {
+        self.db
+            .scan_prefix(Table::UserRooms, keys::encode(&(user_id,)), Direction::Forward)
+            .map(|r| {
+                let (k, v) = r?;
+                let (_, room): (String, String) = decode_key(Table::UserRooms, &k)?;
+                Ok((room, from_record(Table::UserRooms, &v)?))
+            })
+    }
+
+    pub fn user_room(&self, user_id: &str, room_id: &str) -> DbResult<Option<UserRoomRecord>> {
+        self.db
+            .get(Table::UserRooms, &keys::encode(&(user_id, room_id)))?
+            .map(|v| from_record(Table::UserRooms, &v))
+            .transpose()
+    }
+
+    pub fn put_user_room(&self, batch: &mut Batch, user_id: &str, room_id: &str, record: &UserRoomRecord) {
+        batch.put(Table::UserRooms, keys::encode(&(user_id, room_id)), to_record(record));
+    }
+
+    pub fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> DbResult<Option<String>> {
+        self.db
+            .get(Table::TxnIds, &keys::encode(&(user_id, device_id, txn_id)))?
+            .map(|v| utf8(Table::TxnIds, v))
+            .transpose()
+    }
+
+    pub fn put_txn(&self, batch: &mut Batch, user_id: &str, device_id: &str, txn_id: &str, event_id: &str) {
+        batch.put(
+            Table::TxnIds,
+            keys::encode(&(user_id, device_id, txn_id)),
+            event_id.as_bytes().to_vec(),
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! Rooms as clients manage them: creation with presets, membership changes,
+//! aliases and the room directory. Events go through the timeline, which
+//! authorizes them; this module decides which events a request means.
+
+use ruma::events::StateEventType;
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId};
+use serde_json::{json, Map, Value as JsonValue};
+
+use super::timeline::{EventSpec, StoredEvent};
+use super::users::{AVATAR_URL, DISPLAYNAME};
+use super::{ServiceError, ServiceResult, Services};
+use crate::database::directory::{AliasRecord, DirectoryTables};
+use crate::database::Db;
+
+/// The room versions this server creates and joins.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 12] = [
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    PrivateChat,
+    TrustedPrivateChat,
+    PublicChat,
+}
+
+/// A `createRoom` request, in the service's terms.
+#[derive(Debug, Default)]
+pub struct CreateRoom {
+    pub preset: Option<Preset>,
+    pub public: bool,
+    pub alias_localpart: Option<String>,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub invite: Vec<OwnedUserId>,
+    /// `(type, state_key, content)`.
+    pub initial_state: Vec<(String, String, JsonValue)>,
+    pub power_level_override: Option<Map<String, JsonValue>>,
+    pub creation_content: Option<Map<String, JsonValue>>,
+    pub is_direct: bool,
+    pub room_version: Option<RoomVersionId>,
+}
+
+pub struct RoomsService {
+    directory: DirectoryTables,
+}
+
+fn content(value: JsonValue) -> ServiceResult<ruma::CanonicalJsonObject> {
+    match ruma::CanonicalJsonValue::try_from(value) {
+        Ok(ruma::CanonicalJsonValue::Object(o)) => Ok(o),
+        _ => Err(ServiceError::BadJson("event content must be a canonical JSON object".to_owned())),
+    }
+}
+
+impl RoomsService {
+    pub fn new(db: Db) -> Self {
+        Self {
+            directory: DirectoryTables::new(db),
+        }
+    }
+
+    pub fn create_room(&self, s: &Services, sender: &UserId, req: CreateRoom) -> ServiceResult<OwnedRoomId> {
+        let version = req
+            .room_version
+            .clone()
+            .unwrap_or_else(|| s.config.default_room_version.clone());
+        if !SUPPORTED_ROOM_VERSIONS.contains(&version) {
+            return Err(ServiceError::UnsupportedRoomVersion(format!(
+                "room version {version} is not supported by this server"
+            )));
+        }
+        let rules = version
+            .rules()
+            .ok_or_else(|| ServiceError::UnsupportedRoomVersion(format!("room version {version} has no rules")))?;
+        let alias = match &req.alias_localpart {
+            Some(localpart) => {
+                let alias = OwnedRoomAliasId::try_from(format!("#{localpart}:{}", s.config.server_name))
+                    .map_err(|e| ServiceError::InvalidParam(format!("room_alias_name: {e}")))?;
+                if self.directory.alias(alias.as_str())?.is_some() {
+                    return Err(ServiceError::RoomInUse("this room alias is already taken".to_owned()));
+                }
+                Some(alias)
+            }
+            None => None,
+        };
+        for user in &req.invite {
+            if user.server_name() != s.config.server_name {
+                return Err(ServiceError::Forbidden(
+                    "invites to users on other servers need federation, which this server does not speak yet"
+                        .to_owned(),
+                ));
+            }
+        }
+        let preset = req.preset.unwrap_or(if req.public {
+            Preset::PublicChat
+        } else {
+            Preset::PrivateChat
+        });
+
+        // 1. The create event.
+        let mut create = req.creation_content.clone().unwrap_or_default();
+        create.insert("room_version".to_owned(), version.as_str().into());
+        if rules.authorization.use_room_create_sender {
+            create.remove("creator");
+        } else {
+            create.insert("creator".to_owned(), sender.as_str().into());
+        }
+        let creators_have_infinite_power = rules.authorization.explicitly_privilege_room_creators;
+        if creators_have_infinite_power && preset == Preset::TrustedPrivateChat {
+            let mut extra: Vec<JsonValue> = create
+                .get("additional_creators")
+                .and_then(JsonValue::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for user in &req.invite {
+                let v = JsonValue::from(user.as_str());
+                if !extra.contains(&v) && user != sender {
+                    extra.push(v);
+                }
+            }
+            create.insert("additional_creators".to_owned(), extra.into());
+        }
+        let room_id = s
+            .timeline
+            .create_room(s, &version, sender, content(JsonValue::Object(create))?)?;
+        let send_state = |event_type: StateEventType, key: &str, body: JsonValue| -> ServiceResult<()> {
+            s.timeline
+                .append(s, &room_id, sender, EventSpec::state(event_type, key, body)?, None)?;
+            Ok(())
+        };
+
+        // 2. The creator joins.
+        send_state(
+            StateEventType::RoomMember,
+            sender.as_str(),
+            self.member_content(s, sender, "join", None, false)?,
+        )?;
+
+        // 3. Power levels.
+        let mut users = Map::new();
+        if !creators_have_infinite_power {
+            users.insert(sender.to_string(), 100.into());
+            if preset == Preset::TrustedPrivateChat {
+                for user in &req.invite {
+                    users.insert(user.to_string(), 100.into());
+                }
+            }
+        }
+        let tombstone = if creators_have_infinite_power { 150 } else { 100 };
+        let mut power_levels = json!({
+            "users": users,
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                "m.room.tombstone": tombstone,
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+            },
+            "events_default": 0,
+            "state_default": 50,
+            "ban": 50,
+            "kick": 50,
+            "redact": 50,
+            "invite": if preset == Preset::PublicChat { 50 } else { 0 },
+            "notifications": {"room": 50},
+        });
+        if let (Some(over), JsonValue::Object(pl)) = (&req.power_level_override, &mut power_levels) {
+            for (k, v) in over {
+                pl.insert(k.clone(), v.clone());
+            }
+        }
+        send_state(StateEventType::RoomPowerLevels, "", power_levels)?;
+
+        // 4. The canonical alias.
+        if let Some(alias) = &alias {
+            self.directory.put_alias(
+                alias.as_str(),
+                &AliasRecord {
+                    room_id: room_id.to_string(),
+                    creator: sender.to_string(),
+                },
+            )?;
+            send_state(StateEventType::RoomCanonicalAlias, "", json!({"alias": alias}))?;
+        }
+
+        // 5. The preset's rules.
+        let (join_rule, guest_access) = match preset {
+            Preset::PublicChat => ("public", "forbidden"),
+            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
+        };
+        let overridden = |t: &str| req.initial_state.iter().any(|(ty, key, _)| ty == t && key.is_empty());
+        if !overridden("m.room.join_rules") {
+            send_state(StateEventType::RoomJoinRules, "", json!({"join_rule": join_rule}))?;
+        }
+        if !overridden("m.room.history_visibility") {
+            send_state(
+                StateEventType::RoomHistoryVisibility,
+                "",
+                json!({"history_visibility": "shared"}),
+            )?;
+        }
+        if !overridden("m.room.guest_access") {
+            send_state(StateEventType::RoomGuestAccess, "", json!({"guest_access": guest_access}))?;
+        }
+
+        // 6. The client's initial state.
+        for (event_type, key, body) in req.initial_state {
+            if matches!(event_type.as_str(), "m.room.create" | "m.room.member") {
+                return Err(ServiceError::BadJson(format!("{event_type} cannot be set in initial_state")));
+            }
+            send_state(event_type.as_str().into(), &key, body)?;
+        }
+
+        // 7. Name and topic.
+        if let Some(name) = req.name {
+            send_state(StateEventType::RoomName, "", json!({"name": name}))?;
+        }
+        if let Some(topic) = req.topic {
+            send_state(
+                StateEventType::RoomTopic,
+                "",
+                json!({"topic": topic, "m.topic": [{"body": topic, "mimetype": "text/plain"}]}),
+            )?;
+        }
+
+        // 8. Invites.
+        for user in &req.invite {
+            let body = self.member_content(s, user, "invite", None, req.is_direct)?;
+            send_state(StateEventType::RoomMember, user.as_str(), body)?;
+        }
+        if req.public {
+            self.directory.set_public(room_id.as_str(), true)?;
+        }
+        tracing::info!(%room_id, %version, "room created");
+        Ok(room_id)
+    }
+
+    /// Content of a membership event for `user`, with their profile.
+    fn member_content(
+        &self,
+        s: &Services,
+        user: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> ServiceResult<JsonValue> {
+        let mut body = Map::new();
+        body.insert("membership".to_owned(), membership.into());
+        if matches!(membership, "join" | "invite" | "knock") {
+            if let Some(name) = s.users.profile_field(user, DISPLAYNAME)? {
+                body.insert("displayname".to_owned(), name.into());
+            }
+            if let Some(url) = s.users.profile_field(user, AVATAR_URL)? {
+                body.insert("avatar_url".to_owned(), url.into());
+            }
+        }
+        if let Some(reason) = reason {
+            body.insert("reason".to_owned(), reason.into());
+        }
+        if is_direct {
+            body.insert("is_direct".to_owned(), true.into());
+        }
+        Ok(JsonValue::Object(body))
+    }
+
+    /// Sends a state event from a client, after the checks the server makes
+    /// beyond the auth rules.
+    pub fn send_state(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        sender: &UserId,
+        event_type: &str,
+        state_key: &str,
+        body: ruma::CanonicalJsonObject,
+    ) -> ServiceResult<ruma::OwnedEventId> {
+        if event_type == "m.room.canonical_alias" {
+            let value = JsonValue::from(ruma::CanonicalJsonValue::Object(body.clone()));
+            self.check_canonical_alias(s, room_id, &value)?;
+        }
+        if event_type == "m.room.create" {
+            return Err(ServiceError::Forbidden("a room's create event cannot be replaced".to_owned()));
+        }
+        let spec = EventSpec {
+            event_type: event_type.into(),
+            content: body,
+            state_key: Some(state_key.to_owned()),
+            redacts: None,
+        };
+        s.timeline.append(s, room_id, sender, spec, None)
+    }
+
+    /// Sends a membership event about `target` from `sender`.
+    pub fn set_membership(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> ServiceResult<()> {
+        if membership == "invite" && target.server_name() != s.config.server_name {
+            return Err(ServiceError::Forbidden(
+                "invites to users on other servers need federation, which this server does not speak yet".to_owned(),
+            ));
+        }
+        if membership != "leave" && membership != "ban" && !s.users.exists(target)? {
+            return Err(ServiceError::NotFound(format!("{target} is not a user of this server")));
+        }
+        s.timeline.room_or_404(room_id)?;
+        let body = self.member_content(s, target, membership, reason, false)?;
+        s.timeline.append(
+            s,
+            room_id,
+            sender,
+            EventSpec::state(StateEventType::RoomMember, target.as_str(), body)?,
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Joins `sender` to a room, named by ID or alias.
+    pub fn join(&self, s: &Services, sender: &UserId, room: &str, reason: Option<&str>) -> ServiceResult<OwnedRoomId> {
+        let room_id = self.resolve_room(s, room)?;
+        if s.timeline.room(&room_id)?.is_none() {
+            return Err(ServiceError::NotFound(
+                "this room is not known to this server (joining over federation is not supported yet)".to_owned(),
+            ));
+        }
+        self.set_membership(s, &room_id, sender, sender, "join", reason)?;
+        Ok(room_id)
+    }
+
+    /// A room ID, or the room an alias of this server points to.
+    pub fn resolve_room(&self, s: &Services, room: &str) -> ServiceResult<OwnedRoomId> {
+        if room.starts_with('#') {
+            let alias = RoomAliasId::parse(room).map_err(|e| ServiceError::InvalidParam(format!("room alias: {e}")))?;
+            return self.resolve_alias(s, &alias);
+        }
+        OwnedRoomId::try_from(room).map_err(|e| ServiceError::InvalidParam(format!("room ID: {e}")))
+    }
+
+    pub fn resolve_alias(&self, s: &Services, alias: &RoomAliasId) -> ServiceResult<OwnedRoomId> {
+        if alias.server_name() != s.config.server_name {
+            return Err(ServiceError::NotFound(
+                "aliases on other servers cannot be resolved without federation".to_owned(),
+            ));
+        }
+        let record = self
+            .directory
+            .alias(alias.as_str())?
+            .ok_or_else(|| ServiceError::NotFound("this room alias does not exist".to_owned()))?;
+        OwnedRoomId::try_from(record.room_id).map_err(|e| ServiceError::Internal(format!("stored alias: {e}")))
+    }
+
+    pub fn set_alias(&self, s: &Services, sender: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> ServiceResult<()> {
+        if alias.server_name() != s.config.server_name {
+            return Err(ServiceError::InvalidParam("aliases must be on this server".to_owned()));
+        }
+        s.timeline.room_or_404(room_id)?;
+        if !s.timeline.is_joined(room_id, sender)? {
+            return Err(ServiceError::Forbidden("you are not in this room".to_owned()));
+        }
+        if self.directory.alias(alias.as_str())?.is_some() {
+            return Err(ServiceError::AliasExists);
+        }
+        Ok(self.directory.put_alias(
+            alias.as_str(),
+            &AliasRecord {
+                room_id: room_id.to_string(),
+                creator: sender.to_string(),
+            },
+        )?)
+    }
+
+    /// Deletes an alias: its creator or a room member allowed to change the
+    /// canonical alias may.
+    pub fn delete_alias(&self, s: &Services, sender: &UserId, alias: &RoomAliasId) -> ServiceResult<()> {
+        let record = self
+            .directory
+            .alias(alias.as_str())?
+            .ok_or_else(|| ServiceError::NotFound("this room alias does not exist".to_owned()))?;
+        let room_id =
+            OwnedRoomId::try_from(record.room_id.as_str()).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let allowed = record.creator == sender.as_str()
+            || (s.timeline.is_joined(&room_id, sender)?
+                && self.may_send_state(s, &room_id, sender, "m.room.canonical_alias")?);
+        if !allowed {
+            return Err(ServiceError::Forbidden("you may not delete this alias".to_owned()));
+        }
+        Ok(self.directory.delete_alias(alias.as_str(), room_id.as_str())?)
+    }
+
+    pub fn room_aliases(&self, room_id: &RoomId) -> ServiceResult<Vec<String>> {
+        Ok(self.directory.room_aliases(room_id.as_str())?)
+    }
+
+    /// Whether `user`'s power level lets them send state of `event_type`.
+    pub fn may_send_state(&self, s: &Services, room_id: &RoomId, user: &UserId, event_type: &str) -> ServiceResult<bool> {
+        let record = s.timeline.room_or_404(room_id)?;
+        let (_, rules) = super::timeline::TimelineService::rules(&record)?;
+        let create = s.timeline.state_event(s, record.state_snapshot, "m.room.create", "")?;
+        if rules.authorization.explicitly_privilege_room_creators {
+            if let Some(create) = &create {
+                let additional = create
+                    .content()
+                    .and_then(|c| c.get("additional_creators"))
+                    .map(|v| JsonValue::from(v.clone()));
+                let is_additional = additional
+                    .as_ref()
+                    .and_then(JsonValue::as_array)
+                    .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+                if create.sender() == user.as_str() || is_additional {
+                    return Ok(true);
+                }
+            }
+        }
+        let pl = s
+            .timeline
+            .state_event(s, record.state_snapshot, "m.room.power_levels", "")?
+            .and_then(|e| e.content().map(|c| JsonValue::from(ruma::CanonicalJsonValue::Object(c.clone()))));
+        let Some(pl) = pl else {
+            return Ok(create.is_some_and(|c| c.sender() == user.as_str()));
+        };
+        let level = pl["users"][user.as_str()]
+            .as_i64()
+            .or_else(|| pl["users_default"].as_i64())
+            .unwrap_or(0);
+        let needed = pl["events"][event_type]
+            .as_i64()
+            .or_else(|| pl["state_default"].as_i64())
+            .unwrap_or(50);
+        Ok(level >= needed)
+    }
+
+    /// Checks an `m.room.canonical_alias` event: every alias must exist and
+    /// point to this room.
+    pub fn check_canonical_alias(&self, s: &Services, room_id: &RoomId, body: &JsonValue) -> ServiceResult<()> {
+        let mut aliases: Vec<&str> = Vec::new();
+        if let Some(a) = body.get("alias").and_then(JsonValue::as_str) {
+            aliases.push(a);
+        }
+        if let Some(list) = body.get("alt_aliases").and_then(JsonValue::as_array) {
+            for a in list {
+                aliases.push(
+                    a.as_str()
+                        .ok_or_else(|| ServiceError::BadJson("alt_aliases must be strings".to_owned()))?,
+                );
+            }
+        }
+        for alias in aliases {
+            let parsed = RoomAliasId::parse(alias).map_err(|e| ServiceError::InvalidParam(format!("{alias}: {e}")))?;
+            match self.resolve_alias(s, &parsed) {
+                Ok(target) if target == room_id => {}
+                _ => return Err(ServiceError::BadAlias(format!("{alias} does not point to this room"))),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_public(&self, s: &Services, sender: &UserId, room_id: &RoomId, public: bool) -> ServiceResult<()> {
+        s.timeline.room_or_404(room_id)?;
+        if !self.may_send_state(s, room_id, sender, "m.room.canonical_alias")? {
+            return Err(ServiceError::Forbidden(
+                "you need the power to change the room's aliases to publish it".to_owned(),
+            ));
+        }
+        Ok(self.directory.set_public(room_id.as_str(), public)?)
+    }
+
+    pub fn is_public(&self, room_id: &RoomId) -> ServiceResult<bool> {
+        Ok(self.directory.is_public(room_id.as_str())?)
+    }
+
+    /// The published rooms, as directory entries.
+    pub fn public_rooms(&self, s: &Services) -> ServiceResult<Vec<JsonValue>> {
+        let mut out = Vec::new();
+        for id in self.directory.public_rooms()? {
+            let room_id = OwnedRoomId::try_from(id).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let Some(record) = s.timeline.room(&room_id)? else {
+                continue;
+            };
+            let state = s.timeline.state_events(s, record.state_snapshot)?;
+            out.push(directory_entry(&room_id, &state));
+        }
+        Ok(out)
+    }
+}
+
+/// A room's entry in the public room directory, from its state.
+fn directory_entry(room_id: &RoomId, state: &[StoredEvent]) -> JsonValue {
+    let find = |t: &str, field: &str| -> Option<String> {
+        state
+            .iter()
+            .find(|e| e.event_type() == t && e.state_key() == Some(""))
+            .and_then(|e| e.content_str(field).map(str::to_owned))
+    };
+    let joined = state
+        .iter()
+        .filter(|e| e.event_type() == "m.room.member" && e.content_str("membership") == Some("join"))
+        .count();
+    let mut entry = json!({
+        "room_id": room_id,
+        "num_joined_members": joined,
+        "world_readable": find("m.room.history_visibility", "history_visibility").as_deref() == Some("world_readable"),
+        "guest_can_join": find("m.room.guest_access", "guest_access").as_deref() == Some("can_join"),
+        "join_rule": find("m.room.join_rules", "join_rule").unwrap_or_else(|| "invite".to_owned()),
+    });
+    for (key, t, field) in [
+        ("name", "m.room.name", "name"),
+        ("topic", "m.room.topic", "topic"),
+        ("canonical_alias", "m.room.canonical_alias", "alias"),
+        ("avatar_url", "m.room.avatar", "url"),
+        ("room_type", "m.room.create", "type"),
+    ] {
+        if let Some(v) = find(t, field) {
+            entry[key] = v.into();
+        }
+    }
+    entry
+}

@@ -1,0 +1,446 @@
+//! /sync v2: what changed for a user between two stream positions.
+//!
+//! A token is a stream position (see `stream.rs`). For each room the user
+//! has a membership in, the room is included when something in it is newer
+//! than `since`; its timeline holds the newest events after `since` (up to
+//! the filter's limit), and its state section holds the state at the start
+//! of the timeline that the client cannot know yet: the whole state on an
+//! initial sync or a new join, and otherwise the state that changed in the
+//! gap a `limited` timeline leaves.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ruma::api::client::filter::{FilterDefinition, RoomEventFilter};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use serde_json::Value as JsonValue;
+
+use super::timeline::StoredEvent;
+use super::{ServiceError, ServiceResult, Services};
+use crate::database::rooms::{RoomRecord, UserRoomRecord};
+use crate::database::Direction;
+
+/// Events per room timeline when the filter names no limit.
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+/// The most events per room timeline, whatever the filter asks.
+const MAX_TIMELINE_LIMIT: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomSection {
+    Join,
+    Invite,
+    Leave,
+    Knock,
+}
+
+#[derive(Debug)]
+pub struct SyncRoom {
+    pub room_id: OwnedRoomId,
+    pub section: RoomSection,
+    pub timeline: Vec<JsonValue>,
+    pub limited: bool,
+    pub prev_batch: Option<String>,
+    /// State events (sync format), or stripped state for invites and knocks.
+    pub state: Vec<JsonValue>,
+    pub account_data: Vec<JsonValue>,
+    pub joined_count: u64,
+    pub invited_count: u64,
+    pub heroes: Vec<OwnedUserId>,
+}
+
+#[derive(Debug)]
+pub struct SyncResult {
+    pub next_batch: u64,
+    pub rooms: Vec<SyncRoom>,
+    pub account_data: Vec<JsonValue>,
+}
+
+impl SyncResult {
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty() && self.account_data.is_empty()
+    }
+}
+
+/// Parses a /sync or pagination token.
+pub fn parse_token(token: &str) -> ServiceResult<u64> {
+    token
+        .strip_prefix('s')
+        .unwrap_or(token)
+        .parse()
+        .map_err(|_| ServiceError::InvalidParam(format!("{token:?} is not a valid token")))
+}
+
+pub fn token(position: u64) -> String {
+    format!("s{position}")
+}
+
+/// Whether an event type matches a filter pattern (`*` is a wildcard).
+pub fn type_matches(pattern: &str, event_type: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == event_type,
+        Some((head, tail)) => {
+            event_type.len() >= head.len() + tail.len()
+                && event_type.starts_with(head)
+                && type_matches_rest(tail, &event_type[head.len()..])
+        }
+    }
+}
+
+fn type_matches_rest(pattern: &str, rest: &str) -> bool {
+    match pattern.split_once('*') {
+        None => rest.ends_with(pattern),
+        Some((mid, tail)) => rest
+            .match_indices(mid)
+            .any(|(i, _)| type_matches_rest(tail, &rest[i + mid.len()..])),
+    }
+}
+
+/// Whether an event passes a room event filter's type and sender rules.
+pub fn event_passes(filter: &RoomEventFilter, event: &StoredEvent) -> bool {
+    let event_type = event.event_type();
+    if filter.not_types.iter().any(|p| type_matches(p, event_type)) {
+        return false;
+    }
+    if let Some(types) = &filter.types {
+        if !types.iter().any(|p| type_matches(p, event_type)) {
+            return false;
+        }
+    }
+    let sender = event.sender();
+    if filter.not_senders.iter().any(|s| s.as_str() == sender) {
+        return false;
+    }
+    if let Some(senders) = &filter.senders {
+        if !senders.iter().any(|s| s.as_str() == sender) {
+            return false;
+        }
+    }
+    true
+}
+
+fn room_allowed(filter: &FilterDefinition, room_id: &OwnedRoomId) -> bool {
+    if filter.room.not_rooms.contains(room_id) {
+        return false;
+    }
+    filter.room.rooms.as_ref().is_none_or(|rooms| rooms.contains(room_id))
+}
+
+/// Builds the sync response for `user` from `since` up to `up_to`.
+pub fn sync(
+    s: &Services,
+    user: &UserId,
+    device: &str,
+    since: Option<u64>,
+    up_to: u64,
+    filter: &FilterDefinition,
+    full_state: bool,
+) -> ServiceResult<SyncResult> {
+    let account_data = s.account_data.changed_since(user, since.unwrap_or(0))?;
+    let mut room_account_data: BTreeMap<String, Vec<JsonValue>> = BTreeMap::new();
+    let mut global = Vec::new();
+    for entry in account_data.into_iter().filter(|e| e.count <= up_to) {
+        let content: JsonValue = serde_json::from_str(&entry.content_json).unwrap_or(JsonValue::Null);
+        let event = serde_json::json!({"type": entry.event_type, "content": content});
+        if entry.room_id.is_empty() {
+            global.push(event);
+        } else {
+            room_account_data.entry(entry.room_id).or_default().push(event);
+        }
+    }
+
+    let mut rooms = Vec::new();
+    for (room_id, membership) in s.timeline.user_rooms(user)? {
+        if membership.forgotten || !room_allowed(filter, &room_id) {
+            continue;
+        }
+        let Some(record) = s.timeline.room(&room_id)? else {
+            continue;
+        };
+        let mut extra_data = room_account_data.remove(room_id.as_str()).unwrap_or_default();
+        let room = sync_room(
+            s,
+            user,
+            device,
+            &room_id,
+            &record,
+            &membership,
+            since,
+            up_to,
+            filter,
+            full_state,
+        )?;
+        match room {
+            Some(mut room) => {
+                if room.section == RoomSection::Join || room.section == RoomSection::Leave {
+                    room.account_data.append(&mut extra_data);
+                }
+                rooms.push(room);
+            }
+            None if !extra_data.is_empty() && membership.membership == "join" => {
+                rooms.push(SyncRoom {
+                    room_id,
+                    section: RoomSection::Join,
+                    timeline: Vec::new(),
+                    limited: false,
+                    prev_batch: None,
+                    state: Vec::new(),
+                    account_data: extra_data,
+                    joined_count: 0,
+                    invited_count: 0,
+                    heroes: Vec::new(),
+                });
+            }
+            None => {}
+        }
+    }
+    Ok(SyncResult {
+        next_batch: up_to,
+        rooms,
+        account_data: global,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sync_room(
+    s: &Services,
+    user: &UserId,
+    device: &str,
+    room_id: &OwnedRoomId,
+    record: &RoomRecord,
+    membership: &UserRoomRecord,
+    since: Option<u64>,
+    up_to: u64,
+    filter: &FilterDefinition,
+    full_state: bool,
+) -> ServiceResult<Option<SyncRoom>> {
+    let since_pos = since.unwrap_or(0);
+    let section = match membership.membership.as_str() {
+        "join" => RoomSection::Join,
+        "invite" => RoomSection::Invite,
+        "knock" => RoomSection::Knock,
+        _ => RoomSection::Leave,
+    };
+    let membership_changed = membership.count > since_pos && membership.count <= up_to;
+    match section {
+        RoomSection::Invite | RoomSection::Knock => {
+            if !membership_changed && since.is_some() {
+                return Ok(None);
+            }
+            let state = stripped_state(s, user, record)?;
+            return Ok(Some(SyncRoom {
+                room_id: room_id.clone(),
+                section,
+                timeline: Vec::new(),
+                limited: false,
+                prev_batch: None,
+                state,
+                account_data: Vec::new(),
+                joined_count: 0,
+                invited_count: 0,
+                heroes: Vec::new(),
+            }));
+        }
+        RoomSection::Leave => {
+            // Left rooms appear once, when the user leaves, and on an
+            // initial sync only if the filter asks for them.
+            let wanted = if since.is_some() {
+                membership_changed
+            } else {
+                filter.room.include_leave
+            };
+            if !wanted {
+                return Ok(None);
+            }
+        }
+        RoomSection::Join => {
+            if !full_state && since.is_some() && record.last_count <= since_pos && !membership_changed {
+                return Ok(None);
+            }
+        }
+    }
+    // A left room's timeline stops at the leave.
+    let end = if section == RoomSection::Leave {
+        membership.count.min(up_to)
+    } else {
+        up_to
+    };
+
+    let timeline_filter = &filter.room.timeline;
+    let limit = timeline_filter
+        .limit
+        .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT))
+        .min(MAX_TIMELINE_LIMIT);
+    // Newly joined: the whole state, and history as visibility allows.
+    let new_join = since.is_none() || (membership_changed && section == RoomSection::Join);
+    let mut timeline: Vec<StoredEvent> = Vec::new();
+    let mut limited = false;
+    let mut first_seen: Option<u64> = None;
+    let mut scanned = 0usize;
+    for event in s.timeline.events(record, Some(end), Direction::Backward) {
+        let event = event?;
+        if since.is_some() && event.count <= since_pos {
+            break;
+        }
+        scanned += 1;
+        // Bounded work even when a filter hides most events.
+        if scanned > MAX_TIMELINE_LIMIT * 4 {
+            limited = true;
+            break;
+        }
+        if timeline.len() >= limit {
+            limited = true;
+            break;
+        }
+        let Some(meta) = s.timeline.event_meta(&event.event_id)? else {
+            continue;
+        };
+        if !s.timeline.can_see(s, user, room_id, &meta)? {
+            // Nothing earlier is visible either once visibility hides one
+            // event of a member's own past.
+            limited = true;
+            break;
+        }
+        first_seen = Some(event.count);
+        if event_passes(timeline_filter, &event) {
+            timeline.push(event);
+        }
+    }
+    timeline.reverse();
+
+    // The state at the start of the timeline.
+    let start_snapshot = match first_seen {
+        Some(count) => snapshot_before_count(s, record, count)?,
+        None => s.timeline.snapshot_at(record, end)?,
+    };
+    let state_filter = &filter.room.state;
+    let lazy = !state_filter.lazy_load_options.is_disabled();
+    let senders: HashSet<&str> = timeline.iter().map(|e| e.sender()).collect();
+    let mut state = Vec::new();
+    if full_state || new_join {
+        for event in s.timeline.state_events(s, start_snapshot)? {
+            state.push(event);
+        }
+    } else if limited {
+        // State that changed between `since` and the start of the timeline.
+        let before = s.state.load_snapshot(s.timeline.snapshot_at(record, since_pos)?)?;
+        let after = s.state.load_snapshot(start_snapshot)?;
+        for (key, short) in &after {
+            if before.get(key) != Some(short) {
+                if let Some(event) = s.timeline.event(&s.state.event_id(*short)?)? {
+                    state.push(event);
+                }
+            }
+        }
+    }
+    let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
+    let viewer = Some((user, device));
+    let state: Vec<JsonValue> = state
+        .iter()
+        .filter(|e| !in_timeline.contains(e.event_id.as_str()))
+        .filter(|e| event_passes(state_filter, e))
+        .filter(|e| {
+            !lazy
+                || e.event_type() != "m.room.member"
+                || e.state_key().is_some_and(|k| senders.contains(k) || k == user.as_str())
+        })
+        .map(|e| e.to_client(false, viewer))
+        .collect();
+
+    let (joined_count, invited_count, heroes) = summary(s, room_id, user)?;
+    let prev_batch = timeline
+        .first()
+        .map(|e| token(e.count - 1))
+        .or_else(|| Some(token(end)));
+    Ok(Some(SyncRoom {
+        room_id: room_id.clone(),
+        section,
+        timeline: timeline.iter().map(|e| e.to_client(false, viewer)).collect(),
+        limited,
+        prev_batch,
+        state,
+        account_data: Vec::new(),
+        joined_count,
+        invited_count,
+        heroes,
+    }))
+}
+
+/// The state snapshot just before the event at `count`.
+fn snapshot_before_count(s: &Services, record: &RoomRecord, count: u64) -> ServiceResult<u64> {
+    if let Some(event) = s.timeline.events(record, Some(count), Direction::Forward).next() {
+        let event = event?;
+        if let Some(meta) = s.timeline.event_meta(&event.event_id)? {
+            return Ok(meta.state_before);
+        }
+    }
+    Ok(record.state_snapshot)
+}
+
+/// Joined and invited counts, and up to five other members as heroes.
+fn summary(s: &Services, room_id: &OwnedRoomId, user: &UserId) -> ServiceResult<(u64, u64, Vec<OwnedUserId>)> {
+    let mut joined = 0;
+    let mut invited = 0;
+    let mut heroes = Vec::new();
+    for (member, membership) in s.timeline.members(room_id)? {
+        match membership.as_str() {
+            "join" => joined += 1,
+            "invite" => invited += 1,
+            _ => continue,
+        }
+        if member != user.as_str() && heroes.len() < 5 {
+            if let Ok(id) = OwnedUserId::try_from(member) {
+                heroes.push(id);
+            }
+        }
+    }
+    Ok((joined, invited, heroes))
+}
+
+/// The stripped state an invited or knocking user sees.
+fn stripped_state(s: &Services, user: &UserId, record: &RoomRecord) -> ServiceResult<Vec<JsonValue>> {
+    let mut out = Vec::new();
+    for (event_type, key) in [
+        ("m.room.create", ""),
+        ("m.room.join_rules", ""),
+        ("m.room.name", ""),
+        ("m.room.avatar", ""),
+        ("m.room.topic", ""),
+        ("m.room.canonical_alias", ""),
+        ("m.room.encryption", ""),
+        ("m.room.member", user.as_str()),
+    ] {
+        if let Some(event) = s.timeline.state_event(s, record.state_snapshot, event_type, key)? {
+            let client = event.to_client(false, None);
+            out.push(serde_json::json!({
+                "type": client["type"],
+                "state_key": client["state_key"],
+                "sender": client["sender"],
+                "content": client["content"],
+            }));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_type_wildcards() {
+        assert!(type_matches("m.room.message", "m.room.message"));
+        assert!(type_matches("m.room.*", "m.room.message"));
+        assert!(type_matches("*", "anything"));
+        assert!(type_matches("m.*.message", "m.room.message"));
+        assert!(!type_matches("m.room.*", "m.call.invite"));
+        assert!(!type_matches("m.room.message", "m.room.messages"));
+        assert!(!type_matches("m.*.x", "m.x"));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_bad_ones_are_refused() {
+        assert_eq!(parse_token(&token(42)).unwrap(), 42);
+        assert_eq!(parse_token("42").unwrap(), 42);
+        assert!(parse_token("s-1").is_err());
+        assert!(parse_token("banana").is_err());
+    }
+}
