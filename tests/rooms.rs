@@ -16,7 +16,10 @@ async fn two_users_chat_in_a_private_room() {
     let (alice, alice_token, _) = server.register("alice", "pw").await;
     let (bob, bob_token, _) = server.register("bob", "pw").await;
     let room = server
-        .create_room(&alice_token, json!({"name": "Family", "topic": "Hello", "invite": [bob]}))
+        .create_room(
+            &alice_token,
+            json!({"name": "Family", "topic": "Hello", "invite": [bob]}),
+        )
         .await;
 
     // Bob cannot read or send before joining.
@@ -29,7 +32,11 @@ async fn two_users_chat_in_a_private_room() {
     let sync = server.sync(&bob_token, None, 0, None).await;
     let invite = &sync["rooms"]["invite"][&room]["invite_state"]["events"];
     assert!(
-        invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Family"),
+        invite
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Family"),
         "{sync}"
     );
 
@@ -41,7 +48,9 @@ async fn two_users_chat_in_a_private_room() {
         vec!["hi bob", "hi alice"]
     );
 
-    let (status, joined) = server.call("GET", "/_matrix/client/v3/joined_rooms", Some(&bob_token), None).await;
+    let (status, joined) = server
+        .call("GET", "/_matrix/client/v3/joined_rooms", Some(&bob_token), None)
+        .await;
     assert_eq!((status, joined["joined_rooms"].clone()), (200, json!([room])));
     let (_, members) = server
         .call("GET", &rooms_path(&room, "joined_members"), Some(&bob_token), None)
@@ -49,11 +58,21 @@ async fn two_users_chat_in_a_private_room() {
     let joined: Vec<&String> = members["joined"].as_object().unwrap().keys().collect();
     assert_eq!(joined, vec![&alice, &bob]);
     let (_, members) = server
-        .call("GET", &rooms_path(&room, "members?membership=join"), Some(&bob_token), None)
+        .call(
+            "GET",
+            &rooms_path(&room, "members?membership=join"),
+            Some(&bob_token),
+            None,
+        )
         .await;
     assert_eq!(members["chunk"].as_array().unwrap().len(), 2);
     let (_, members) = server
-        .call("GET", &rooms_path(&room, "members?not_membership=join"), Some(&bob_token), None)
+        .call(
+            "GET",
+            &rooms_path(&room, "members?not_membership=join"),
+            Some(&bob_token),
+            None,
+        )
         .await;
     assert_eq!(members["chunk"].as_array().unwrap().len(), 0);
 
@@ -62,9 +81,22 @@ async fn two_users_chat_in_a_private_room() {
         .call("GET", &rooms_path(&room, "state/m.room.topic/"), Some(&bob_token), None)
         .await;
     assert_eq!((status, topic["topic"].as_str()), (200, Some("Hello")));
-    let (_, state) = server.call("GET", &rooms_path(&room, "state"), Some(&bob_token), None).await;
-    let types: Vec<&str> = state.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    for t in ["m.room.create", "m.room.power_levels", "m.room.join_rules", "m.room.name", "m.room.member"] {
+    let (_, state) = server
+        .call("GET", &rooms_path(&room, "state"), Some(&bob_token), None)
+        .await;
+    let types: Vec<&str> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    for t in [
+        "m.room.create",
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.member",
+    ] {
         assert!(types.contains(&t), "{t} missing from {types:?}");
     }
 }
@@ -92,11 +124,21 @@ async fn sending_is_idempotent_per_transaction_and_device() {
     // The sending device sees its transaction ID; others do not.
     let event_id = first.1["event_id"].as_str().unwrap();
     let own = server
-        .call("GET", &rooms_path(&room, &format!("event/{}", enc(event_id))), Some(&token), None)
+        .call(
+            "GET",
+            &rooms_path(&room, &format!("event/{}", enc(event_id))),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(own.1["unsigned"]["transaction_id"], "txn1", "{}", own.1);
     let other_view = server
-        .call("GET", &rooms_path(&room, &format!("event/{}", enc(event_id))), Some(other), None)
+        .call(
+            "GET",
+            &rooms_path(&room, &format!("event/{}", enc(event_id))),
+            Some(other),
+            None,
+        )
         .await;
     assert!(other_view.1["unsigned"].get("transaction_id").is_none());
 }
@@ -107,7 +149,9 @@ async fn refusals_leave_no_trace() {
     let (_, alice_token, _) = server.register("alice", "pw").await;
     let (_, bob_token, _) = server.register("bob", "pw").await;
     let (_, eve_token, _) = server.register("eve", "pw").await;
-    let room = server.create_room(&alice_token, json!({"preset": "public_chat", "name": "Club"})).await;
+    let room = server
+        .create_room(&alice_token, json!({"preset": "public_chat", "name": "Club"}))
+        .await;
     server.join(&bob_token, &room).await;
 
     // A non-member cannot send.
@@ -145,16 +189,30 @@ async fn refusals_leave_no_trace() {
         .await;
     assert_eq!(name["name"], "Club");
     let (_, page) = server
-        .call("GET", &rooms_path(&room, "messages?dir=b&limit=100"), Some(&alice_token), None)
+        .call(
+            "GET",
+            &rooms_path(&room, "messages?dir=b&limit=100"),
+            Some(&alice_token),
+            None,
+        )
         .await;
     assert!(
-        !page["chunk"].as_array().unwrap().iter().any(|e| e["content"]["name"] == "Bob's"),
+        !page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["content"]["name"] == "Bob's"),
         "a refused event must not be stored"
     );
 
     // Unknown rooms and events are 404, not 500.
     let unknown = server
-        .call("GET", &rooms_path("!nope:localhost", "messages?dir=b"), Some(&alice_token), None)
+        .call(
+            "GET",
+            &rooms_path("!nope:localhost", "messages?dir=b"),
+            Some(&alice_token),
+            None,
+        )
         .await;
     assert_error(&unknown, 404, "M_NOT_FOUND");
     let unknown_event = server
@@ -173,7 +231,12 @@ async fn refusals_leave_no_trace() {
 
     // Invalid IDs and oversized input.
     let bad_room = server
-        .call("GET", "/_matrix/client/v3/rooms/not-a-room/messages?dir=b", Some(&alice_token), None)
+        .call(
+            "GET",
+            "/_matrix/client/v3/rooms/not-a-room/messages?dir=b",
+            Some(&alice_token),
+            None,
+        )
         .await;
     assert_eq!(bad_room.0, 400, "{}", bad_room.1);
     let long_key = "k".repeat(300);
@@ -196,7 +259,12 @@ async fn refusals_leave_no_trace() {
         .await;
     assert_error(&big, 413, "M_TOO_LARGE");
     let not_object = server
-        .call_raw("PUT", &rooms_path(&room, "send/m.room.message/arr"), Some(&alice_token), b"[1]".to_vec())
+        .call_raw(
+            "PUT",
+            &rooms_path(&room, "send/m.room.message/arr"),
+            Some(&alice_token),
+            b"[1]".to_vec(),
+        )
         .await;
     assert_eq!(not_object.0, 400, "{}", not_object.1);
     let third_party = server
@@ -241,7 +309,12 @@ async fn redaction_strips_content_everywhere() {
     assert_eq!(redaction.0, 200, "{}", redaction.1);
 
     let (_, event) = server
-        .call("GET", &rooms_path(&room, &format!("event/{}", enc(&secret))), Some(&bob_token), None)
+        .call(
+            "GET",
+            &rooms_path(&room, &format!("event/{}", enc(&secret))),
+            Some(&bob_token),
+            None,
+        )
         .await;
     assert_eq!(event["content"], json!({}), "{event}");
     assert_eq!(event["unsigned"]["redacted_because"]["content"]["reason"], "password");
@@ -274,7 +347,9 @@ async fn history_visibility_for_a_late_joiner() {
             ]}),
         )
         .await;
-    server.send_text(&alice_token, &joined_only, "secret before carol").await;
+    server
+        .send_text(&alice_token, &joined_only, "secret before carol")
+        .await;
     server.join(&carol_token, &joined_only).await;
     server.send_text(&alice_token, &joined_only, "after carol").await;
     assert_eq!(
@@ -286,7 +361,12 @@ async fn history_visibility_for_a_late_joiner() {
 
     // After leaving, newer messages are hidden.
     let (status, _) = server
-        .call("POST", &rooms_path(&joined_only, "leave"), Some(&carol_token), Some(json!({})))
+        .call(
+            "POST",
+            &rooms_path(&joined_only, "leave"),
+            Some(&carol_token),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(status, 200);
     server.send_text(&alice_token, &joined_only, "after carol left").await;
@@ -316,20 +396,40 @@ async fn kick_ban_unban_leave_forget() {
     assert_error(&refused, 403, "M_FORBIDDEN");
 
     let kick = server
-        .call("POST", &rooms_path(&room, "kick"), Some(&alice_token), Some(json!({"user_id": bob, "reason": "calm down"})))
+        .call(
+            "POST",
+            &rooms_path(&room, "kick"),
+            Some(&alice_token),
+            Some(json!({"user_id": bob, "reason": "calm down"})),
+        )
         .await;
     assert_eq!(kick.0, 200, "{}", kick.1);
     server.join(&bob_token, &room).await;
     let ban = server
-        .call("POST", &rooms_path(&room, "ban"), Some(&alice_token), Some(json!({"user_id": bob})))
+        .call(
+            "POST",
+            &rooms_path(&room, "ban"),
+            Some(&alice_token),
+            Some(json!({"user_id": bob})),
+        )
         .await;
     assert_eq!(ban.0, 200);
     let rejoin = server
-        .call("POST", &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&bob_token), Some(json!({})))
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            Some(&bob_token),
+            Some(json!({})),
+        )
         .await;
     assert_error(&rejoin, 403, "M_FORBIDDEN");
     let unban = server
-        .call("POST", &rooms_path(&room, "unban"), Some(&alice_token), Some(json!({"user_id": bob})))
+        .call(
+            "POST",
+            &rooms_path(&room, "unban"),
+            Some(&alice_token),
+            Some(json!({"user_id": bob})),
+        )
         .await;
     assert_eq!(unban.0, 200);
     server.join(&bob_token, &room).await;
@@ -365,19 +465,34 @@ async fn aliases_and_the_room_directory() {
         )
         .await;
     let (status, resolved) = server
-        .call("GET", &format!("/_matrix/client/v3/directory/room/{}", enc("#club:localhost")), None, None)
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/directory/room/{}", enc("#club:localhost")),
+            None,
+            None,
+        )
         .await;
     assert_eq!((status, resolved["room_id"].as_str()), (200, Some(room.as_str())));
 
     // The alias is taken; another room cannot claim it.
     let taken = server
-        .call("POST", "/_matrix/client/v3/createRoom", Some(&bob_token), Some(json!({"room_alias_name": "club"})))
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&bob_token),
+            Some(json!({"room_alias_name": "club"})),
+        )
         .await;
     assert_error(&taken, 400, "M_ROOM_IN_USE");
 
     server.join(&bob_token, "#club:localhost").await;
     let (_, state) = server
-        .call("GET", &rooms_path(&room, "state/m.room.canonical_alias/"), Some(&bob_token), None)
+        .call(
+            "GET",
+            &rooms_path(&room, "state/m.room.canonical_alias/"),
+            Some(&bob_token),
+            None,
+        )
         .await;
     assert_eq!(state["alias"], "#club:localhost");
 
@@ -393,7 +508,9 @@ async fn aliases_and_the_room_directory() {
     assert_error(&bad, 400, "M_BAD_ALIAS");
 
     // The directory lists and searches it.
-    let (_, list) = server.call("GET", "/_matrix/client/v3/publicRooms", Some(&bob_token), None).await;
+    let (_, list) = server
+        .call("GET", "/_matrix/client/v3/publicRooms", Some(&bob_token), None)
+        .await;
     let entry = &list["chunk"][0];
     assert_eq!(entry["room_id"], room.as_str());
     assert_eq!(entry["name"], "The Club");
@@ -448,7 +565,10 @@ async fn every_room_version_works() {
     let (alice, token, _) = server.register("alice", "pw").await;
     for version in 1..=12 {
         let room = server
-            .create_room(&token, json!({"room_version": version.to_string(), "name": format!("v{version}")}))
+            .create_room(
+                &token,
+                json!({"room_version": version.to_string(), "name": format!("v{version}")}),
+            )
             .await;
         let event_id = server.send_text(&token, &room, &format!("hello v{version}")).await;
         assert_eq!(
@@ -465,11 +585,19 @@ async fn every_room_version_works() {
             assert!(!event_id.contains(':'), "v{version}: {event_id}");
         }
         let (_, pl) = server
-            .call("GET", &rooms_path(&room, "state/m.room.power_levels/"), Some(&token), None)
+            .call(
+                "GET",
+                &rooms_path(&room, "state/m.room.power_levels/"),
+                Some(&token),
+                None,
+            )
             .await;
         if version == 12 {
             assert_eq!(&room[1..], &create_event_id(&server, &token, &room).await[1..]);
-            assert!(pl["users"].get(&alice).is_none(), "v12 creators are not in power levels: {pl}");
+            assert!(
+                pl["users"].get(&alice).is_none(),
+                "v12 creators are not in power levels: {pl}"
+            );
             assert_eq!(pl["events"]["m.room.tombstone"], 150);
         } else {
             assert_eq!(pl["users"][&alice], 100);
@@ -486,7 +614,12 @@ async fn every_room_version_works() {
         assert_eq!(rename.0, 200, "v{version}: {}", rename.1);
     }
     let unsupported = server
-        .call("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(json!({"room_version": "99"})))
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            Some(json!({"room_version": "99"})),
+        )
         .await;
     assert_error(&unsupported, 400, "M_UNSUPPORTED_ROOM_VERSION");
 }
@@ -553,7 +686,12 @@ async fn messages_paginate_both_ways() {
         .collect();
     assert_eq!(bodies, vec!["m0", "m1", "m2", "m3", "m4"]);
     let bad = server
-        .call("GET", &rooms_path(&room, "messages?dir=b&from=banana"), Some(&token), None)
+        .call(
+            "GET",
+            &rooms_path(&room, "messages?dir=b&from=banana"),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(bad.0, 400);
 }

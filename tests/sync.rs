@@ -117,7 +117,10 @@ async fn long_poll_wakes_on_a_message_and_times_out_otherwise() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.send_text(&alice_token, &room, "wake up").await;
-    let (body, elapsed) = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    let (body, elapsed) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(bodies(&body, &room), vec!["wake up"]);
     assert!(elapsed < Duration::from_secs(10), "woke after {elapsed:?}");
 }
@@ -163,7 +166,10 @@ async fn state_deltas_across_a_gap() {
     let (_, page) = server
         .call(
             "GET",
-            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=3&from={prev}", enc(&room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=3&from={prev}",
+                enc(&room)
+            ),
             Some(&token),
             None,
         )
@@ -223,7 +229,8 @@ async fn joins_leaves_and_filters() {
     let sync = server.sync(&bob_token, Some(&next_batch(&sync)), 0, None).await;
     let left = list(&sync["rooms"]["leave"][&other]["timeline"]["events"]);
     assert!(
-        left.iter().any(|e| e["state_key"] == bob.as_str() && e["content"]["membership"] == "leave"),
+        left.iter()
+            .any(|e| e["state_key"] == bob.as_str() && e["content"]["membership"] == "leave"),
         "{sync}"
     );
     let after = server.sync(&bob_token, Some(&next_batch(&sync)), 0, None).await;
@@ -243,7 +250,12 @@ async fn joins_leaves_and_filters() {
     let sync = server.sync(&bob_token, None, 0, None).await;
     let full = timeline(&sync, &room).len();
     let (status, filtered) = server
-        .call("GET", &format!("/_matrix/client/v3/sync?filter={id}"), Some(&bob_token), None)
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/sync?filter={id}"),
+            Some(&bob_token),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     assert!(full > 1);

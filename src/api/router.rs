@@ -101,25 +101,25 @@ impl Router {
             for path in with_empty_state_key(full) {
                 let arg_count = full.matches('{').count();
                 for method in &methods {
-                let handler = handler.clone();
-                let route = web::route().method(method.clone()).to(
-                    move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
-                        let handler = handler.clone();
-                        async move {
-                            let work =
-                                handle::<R, F, Fut>(handler, services.into_inner(), req, payload, path, arg_count);
-                            match AssertUnwindSafe(work).catch_unwind().await {
-                                Ok(Ok(response)) => response,
-                                Ok(Err(error)) => error.error_response(),
-                                Err(_) => {
-                                    tracing::error!(path, "request handler panicked");
-                                    ApiError::Internal("handler panicked".to_owned()).error_response()
+                    let handler = handler.clone();
+                    let route = web::route().method(method.clone()).to(
+                        move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
+                            let handler = handler.clone();
+                            async move {
+                                let work =
+                                    handle::<R, F, Fut>(handler, services.into_inner(), req, payload, path, arg_count);
+                                match AssertUnwindSafe(work).catch_unwind().await {
+                                    Ok(Ok(response)) => response,
+                                    Ok(Err(error)) => error.error_response(),
+                                    Err(_) => {
+                                        tracing::error!(path, "request handler panicked");
+                                        ApiError::Internal("handler panicked".to_owned()).error_response()
+                                    }
                                 }
                             }
-                        }
-                    },
-                );
-                self.routes.push((path, method.clone(), route));
+                        },
+                    );
+                    self.routes.push((path, method.clone(), route));
                 }
             }
         }

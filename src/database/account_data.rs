@@ -53,7 +53,8 @@ impl AccountDataTables {
     ) -> DbResult<()> {
         let mut value = count.to_be_bytes().to_vec();
         value.extend_from_slice(content_json.as_bytes());
-        self.db.put(Table::AccountData, key(user_id, room_id, event_type), value)
+        self.db
+            .put(Table::AccountData, key(user_id, room_id, event_type), value)
     }
 
     /// Every entry of a user, global and per room.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use ruma::{RoomId, UserId};
 use serde_json::value::RawValue;
 
-use super::{ServiceError, ServiceResult};
 use super::stream::Stream;
+use super::{ServiceError, ServiceResult};
 use crate::database::account_data::{AccountDataEntry, AccountDataTables};
 use crate::database::Db;
 

@@ -59,7 +59,9 @@ pub struct RoomsService {
 fn content(value: JsonValue) -> ServiceResult<ruma::CanonicalJsonObject> {
     match ruma::CanonicalJsonValue::try_from(value) {
         Ok(ruma::CanonicalJsonValue::Object(o)) => Ok(o),
-        _ => Err(ServiceError::BadJson("event content must be a canonical JSON object".to_owned())),
+        _ => Err(ServiceError::BadJson(
+            "event content must be a canonical JSON object".to_owned(),
+        )),
     }
 }
 
@@ -215,13 +217,19 @@ impl RoomsService {
             )?;
         }
         if !overridden("m.room.guest_access") {
-            send_state(StateEventType::RoomGuestAccess, "", json!({"guest_access": guest_access}))?;
+            send_state(
+                StateEventType::RoomGuestAccess,
+                "",
+                json!({"guest_access": guest_access}),
+            )?;
         }
 
         // 6. The client's initial state.
         for (event_type, key, body) in req.initial_state {
             if matches!(event_type.as_str(), "m.room.create" | "m.room.member") {
-                return Err(ServiceError::BadJson(format!("{event_type} cannot be set in initial_state")));
+                return Err(ServiceError::BadJson(format!(
+                    "{event_type} cannot be set in initial_state"
+                )));
             }
             send_state(event_type.as_str().into(), &key, body)?;
         }
@@ -294,7 +302,9 @@ impl RoomsService {
             self.check_canonical_alias(s, room_id, &value)?;
         }
         if event_type == "m.room.create" {
-            return Err(ServiceError::Forbidden("a room's create event cannot be replaced".to_owned()));
+            return Err(ServiceError::Forbidden(
+                "a room's create event cannot be replaced".to_owned(),
+            ));
         }
         let spec = EventSpec {
             event_type: event_type.into(),
@@ -412,7 +422,13 @@ impl RoomsService {
     }
 
     /// Whether `user`'s power level lets them send state of `event_type`.
-    pub fn may_send_state(&self, s: &Services, room_id: &RoomId, user: &UserId, event_type: &str) -> ServiceResult<bool> {
+    pub fn may_send_state(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        user: &UserId,
+        event_type: &str,
+    ) -> ServiceResult<bool> {
         let record = s.timeline.room_or_404(room_id)?;
         let (_, rules) = super::timeline::TimelineService::rules(&record)?;
         let create = s.timeline.state_event(s, record.state_snapshot, "m.room.create", "")?;
@@ -434,7 +450,10 @@ impl RoomsService {
         let pl = s
             .timeline
             .state_event(s, record.state_snapshot, "m.room.power_levels", "")?
-            .and_then(|e| e.content().map(|c| JsonValue::from(ruma::CanonicalJsonValue::Object(c.clone()))));
+            .and_then(|e| {
+                e.content()
+                    .map(|c| JsonValue::from(ruma::CanonicalJsonValue::Object(c.clone())))
+            });
         let Some(pl) = pl else {
             return Ok(create.is_some_and(|c| c.sender() == user.as_str()));
         };

@@ -168,7 +168,10 @@ mod tests {
         let t = stream.begin().unwrap();
         let pos = t.0;
         stream.finish(t, [alice]);
-        let seen = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(seen >= pos);
     }
 }

@@ -267,7 +267,9 @@ fn sync_room(
     let timeline_filter = &filter.room.timeline;
     let limit = timeline_filter
         .limit
-        .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT))
+        .map_or(DEFAULT_TIMELINE_LIMIT, |l| {
+            usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT)
+        })
         .min(MAX_TIMELINE_LIMIT);
     // Newly joined: the whole state, and history as visibility allows.
     let new_join = since.is_none() || (membership_changed && section == RoomSection::Join);

@@ -100,7 +100,9 @@ impl StoredEvent {
 
     /// The room ID (from the event, or for a v12 create event, its ID).
     pub fn room_id(&self) -> Option<String> {
-        self.str_field("room_id").map(str::to_owned).or_else(|| self.room_id_of_create())
+        self.str_field("room_id")
+            .map(str::to_owned)
+            .or_else(|| self.room_id_of_create())
     }
 
     pub fn event_type(&self) -> &str {
@@ -188,7 +190,9 @@ fn to_object(value: JsonValue) -> ServiceResult<CanonicalJsonObject> {
     match CanonicalJsonValue::try_from(value) {
         Ok(CanonicalJsonValue::Object(o)) => Ok(o),
         Ok(_) => Err(ServiceError::BadJson("event content must be a JSON object".to_owned())),
-        Err(e) => Err(ServiceError::BadJson(format!("event content is not canonical JSON: {e}"))),
+        Err(e) => Err(ServiceError::BadJson(format!(
+            "event content is not canonical JSON: {e}"
+        ))),
     }
 }
 
@@ -398,10 +402,8 @@ impl TimelineService {
         let (event_id, mut object) = build_pdu(new, rules, &s.config.server_name, &s.server_keys)?;
         let pdu = Pdu::from_object(event_id.clone(), &object)?;
 
-        check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
-            self.pdu(id).ok().flatten()
-        })
-        .map_err(|reason| ServiceError::Forbidden(format!("the event is not allowed: {reason}")))?;
+        check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| self.pdu(id).ok().flatten())
+            .map_err(|reason| ServiceError::Forbidden(format!("the event is not allowed: {reason}")))?;
         check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
             view.get(&t.to_string(), k)
         })
@@ -499,8 +501,13 @@ impl TimelineService {
                 }
             }
             if let Some(txn) = txn {
-                self.tables
-                    .put_txn(&mut batch, sender.as_str(), &txn.device_id, &txn.txn_id, event_id.as_str());
+                self.tables.put_txn(
+                    &mut batch,
+                    sender.as_str(),
+                    &txn.device_id,
+                    &txn.txn_id,
+                    event_id.as_str(),
+                );
             }
             if let Some((target_meta, target)) = redaction_target {
                 let because = RedactedBecause::from_json(client_object(&object));
@@ -643,20 +650,18 @@ impl TimelineService {
         from: Option<u64>,
         direction: Direction,
     ) -> impl Iterator<Item = ServiceResult<StoredEvent>> + 'a {
-        self.tables
-            .events(record.short_id, from, direction)
-            .map(|r| {
-                let (count, rec) = r?;
-                let id = match serde_json::from_str::<JsonValue>(&rec.json)
-                    .ok()
-                    .and_then(|v| v.get("event_id").and_then(JsonValue::as_str).map(str::to_owned))
-                {
-                    Some(id) => id,
-                    None => return Err(internal("stored event", "no event_id")),
-                };
-                let id = OwnedEventId::try_from(id).map_err(|e| internal("stored event ID", e))?;
-                stored(id, count, rec)
-            })
+        self.tables.events(record.short_id, from, direction).map(|r| {
+            let (count, rec) = r?;
+            let id = match serde_json::from_str::<JsonValue>(&rec.json)
+                .ok()
+                .and_then(|v| v.get("event_id").and_then(JsonValue::as_str).map(str::to_owned))
+            {
+                Some(id) => id,
+                None => return Err(internal("stored event", "no event_id")),
+            };
+            let id = OwnedEventId::try_from(id).map_err(|e| internal("stored event ID", e))?;
+            stored(id, count, rec)
+        })
     }
 
     /// The state of a room as `(type, state_key) → event`, from a snapshot.
@@ -708,7 +713,10 @@ impl TimelineService {
         let mut out = Vec::new();
         for r in self.tables.user_rooms(user_id.as_str()) {
             let (room, record) = r?;
-            out.push((OwnedRoomId::try_from(room).map_err(|e| internal("stored room ID", e))?, record));
+            out.push((
+                OwnedRoomId::try_from(room).map_err(|e| internal("stored room ID", e))?,
+                record,
+            ));
         }
         Ok(out)
     }
@@ -719,7 +727,9 @@ impl TimelineService {
             return Ok(());
         };
         if matches!(record.membership.as_str(), "join" | "invite" | "knock") {
-            return Err(ServiceError::BadRequest("leave the room before forgetting it".to_owned()));
+            return Err(ServiceError::BadRequest(
+                "leave the room before forgetting it".to_owned(),
+            ));
         }
         record.forgotten = true;
         let mut batch = Batch::new();
@@ -940,7 +950,15 @@ fn membership_of(object: &CanonicalJsonObject) -> Option<&str> {
 /// The client-format copy of a PDU kept in `redacted_because`.
 fn client_object(object: &CanonicalJsonObject) -> CanonicalJsonObject {
     let mut out = CanonicalJsonObject::new();
-    for key in ["type", "content", "sender", "origin_server_ts", "event_id", "room_id", "redacts"] {
+    for key in [
+        "type",
+        "content",
+        "sender",
+        "origin_server_ts",
+        "event_id",
+        "room_id",
+        "redacts",
+    ] {
         if let Some(v) = object.get(key) {
             out.insert(key.to_owned(), v.clone());
         }

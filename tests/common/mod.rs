@@ -215,7 +215,12 @@ impl TestServer {
 
     pub async fn join(&self, token: &str, room: &str) {
         let (status, resp) = self
-            .call("POST", &format!("/_matrix/client/v3/join/{}", enc(room)), Some(token), Some(json!({})))
+            .call(
+                "POST",
+                &format!("/_matrix/client/v3/join/{}", enc(room)),
+                Some(token),
+                Some(json!({})),
+            )
             .await;
         assert_eq!(status, 200, "join: {resp}");
     }

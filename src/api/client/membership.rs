@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use ruma::api::client::knock::knock_room;
 use ruma::api::client::membership::{
-    ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
-    joined_members, joined_rooms, kick_user, leave_room, unban_user,
+    ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members,
+    joined_rooms, kick_user, leave_room, unban_user,
 };
 use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId};
 
@@ -59,7 +59,10 @@ async fn join_by_id_or_alias(
         return Err(third_party_refused());
     }
     let room_id = services
-        .run(move |s| s.rooms.join(s, &user, body.room_id_or_alias.as_str(), body.reason.as_deref()))
+        .run(move |s| {
+            s.rooms
+                .join(s, &user, body.room_id_or_alias.as_str(), body.reason.as_deref())
+        })
         .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
@@ -134,20 +137,14 @@ async fn invite(
     Ok(invite_user::v3::Response::new())
 }
 
-async fn kick(
-    services: Arc<Services>,
-    req: Ruma<kick_user::v3::Request>,
-) -> Result<kick_user::v3::Response, ApiError> {
+async fn kick(services: Arc<Services>, req: Ruma<kick_user::v3::Request>) -> Result<kick_user::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let body = req.body;
     membership_change(services, user, body.room_id, body.user_id, "leave", body.reason).await?;
     Ok(kick_user::v3::Response::new())
 }
 
-async fn ban(
-    services: Arc<Services>,
-    req: Ruma<ban_user::v3::Request>,
-) -> Result<ban_user::v3::Response, ApiError> {
+async fn ban(services: Arc<Services>, req: Ruma<ban_user::v3::Request>) -> Result<ban_user::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let body = req.body;
     membership_change(services, user, body.room_id, body.user_id, "ban", body.reason).await?;
@@ -202,7 +199,10 @@ async fn members(
     let only = body.membership.map(|m| m.to_string());
     let not = body.not_membership.map(|m| m.to_string());
     let events = services
-        .run(move |s| s.timeline.member_events(s, &user, &device, &body.room_id, body.at.as_deref()))
+        .run(move |s| {
+            s.timeline
+                .member_events(s, &user, &device, &body.room_id, body.at.as_deref())
+        })
         .await?;
     let chunk = events
         .iter()

@@ -71,7 +71,10 @@ async fn send_state(
     let event_content = content(body.body.json().get())?;
     let event_type = body.event_type.to_string();
     let event_id = services
-        .run(move |s| s.rooms.send_state(s, &body.room_id, &user, &event_type, &body.state_key, event_content))
+        .run(move |s| {
+            s.rooms
+                .send_state(s, &body.room_id, &user, &event_type, &body.state_key, event_content)
+        })
         .await?;
     Ok(send_state_event::v3::Response::new(event_id))
 }

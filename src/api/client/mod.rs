@@ -7,10 +7,10 @@ mod discovery;
 mod filter;
 mod membership;
 mod message;
-mod room;
-mod sync;
 mod profile;
+mod room;
 mod session;
+mod sync;
 mod user_directory;
 
 use ruma::serde::Raw;

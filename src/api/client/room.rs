@@ -60,7 +60,10 @@ async fn create_room(
             .and_then(JsonValue::as_str)
             .ok_or_else(|| ApiError::BadJson("initial_state events need a type".to_owned()))?;
         let state_key = event.get("state_key").and_then(JsonValue::as_str).unwrap_or("");
-        let content = event.get("content").cloned().unwrap_or_else(|| JsonValue::Object(Map::new()));
+        let content = event
+            .get("content")
+            .cloned()
+            .unwrap_or_else(|| JsonValue::Object(Map::new()));
         initial_state.push((event_type.to_owned(), state_key.to_owned(), content));
     }
     let request = CreateRoom {
@@ -84,9 +87,7 @@ async fn create_room(
         is_direct: body.is_direct,
         room_version: body.room_version,
     };
-    let room_id = services
-        .run(move |s| s.rooms.create_room(s, &sender, request))
-        .await?;
+    let room_id = services.run(move |s| s.rooms.create_room(s, &sender, request)).await?;
     Ok(create_room::v3::Response::new(room_id))
 }
 
@@ -98,7 +99,10 @@ async fn get_event(
     let device = req.device()?.to_owned();
     let body = req.body;
     let event = services
-        .run(move |s| s.timeline.visible_event(s, &user, &body.room_id, &body.event_id, &device))
+        .run(move |s| {
+            s.timeline
+                .visible_event(s, &user, &body.room_id, &body.event_id, &device)
+        })
         .await?;
     Ok(get_room_event::v3::Response::new(raw(&event)?))
 }
@@ -216,9 +220,7 @@ async fn directory_page(
     if let Some(types) = room_types.filter(|t| !t.is_empty()) {
         entries.retain(|e| {
             let room_type = e.get("room_type").and_then(JsonValue::as_str);
-            types
-                .iter()
-                .any(|t| t.as_deref() == room_type)
+            types.iter().any(|t| t.as_deref() == room_type)
         });
     }
     entries.sort_by(|a, b| {
@@ -234,7 +236,9 @@ async fn directory_page(
             .ok_or_else(|| ApiError::InvalidParam("since is not a directory token".to_owned()))?,
         None => 0,
     };
-    let limit = limit.map_or(total, |l| usize::try_from(u64::from(l)).unwrap_or(total)).max(1);
+    let limit = limit
+        .map_or(total, |l| usize::try_from(u64::from(l)).unwrap_or(total))
+        .max(1);
     let chunk: Vec<PublicRoomsChunk> = entries
         .into_iter()
         .skip(offset)

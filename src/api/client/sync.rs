@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use ruma::api::client::filter::FilterDefinition;
 use ruma::api::client::sync::sync_events::v3::{
-    self, Filter, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, State, StateEvents,
-    Timeline,
+    self, Filter, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, State, StateEvents, Timeline,
 };
 use ruma::UInt;
 
