@@ -222,16 +222,29 @@ where
     let (sender_user, sender_device) = authenticate::<R>(&services, &request, client_ip.clone()).await?;
 
     let (parts, body) = request.into_parts();
-    let request = http::Request::from_parts(parts, body.as_slice());
     let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
     // Some of ruma's deserializers panic on malformed input (LoginInfo indexes
     // a missing "type"); a panic while parsing is the client's bad input.
-    let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| R::try_from_http_request(request, &args)))
-        .map_err(|_| {
-            tracing::warn!(path = pattern, "request parsing panicked; answering as bad input");
-            malformed_body(&body, "the request body does not fit this endpoint".to_owned())
-        })?
-        .map_err(|e| request_error(e, &body))?;
+    let parse = |bytes: &[u8]| {
+        let request = http::Request::from_parts(parts.clone(), bytes);
+        std::panic::catch_unwind(AssertUnwindSafe(|| R::try_from_http_request(request, &args)))
+    };
+    // Clients (matrix-nio among them) send POSTs such as /join or /leave
+    // without a body where every field is optional: read that as `{}`.
+    let as_empty_object = if body.is_empty() && matches!(parts.method, http::Method::POST | http::Method::PUT) {
+        parse(b"{}").ok().and_then(Result::ok)
+    } else {
+        None
+    };
+    let parsed = match as_empty_object {
+        Some(parsed) => parsed,
+        None => parse(&body)
+            .map_err(|_| {
+                tracing::warn!(path = pattern, "request parsing panicked; answering as bad input");
+                malformed_body(&body, "the request body does not fit this endpoint".to_owned())
+            })?
+            .map_err(|e| request_error(e, &body))?,
+    };
 
     let response = handler(
         services,

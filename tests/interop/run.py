@@ -12,7 +12,22 @@ import tempfile
 import threading
 import time
 
-from nio import AsyncClient, DevicesResponse, LoginResponse, ProfileGetDisplayNameResponse, RegisterResponse
+from nio import (
+    AsyncClient,
+    DevicesResponse,
+    InviteMemberEvent,
+    JoinResponse,
+    LoginResponse,
+    ProfileGetDisplayNameResponse,
+    RedactionEvent,
+    RegisterResponse,
+    RoomCreateResponse,
+    RoomGetEventResponse,
+    RoomMessagesResponse,
+    RoomMessageText,
+    RoomSendResponse,
+    SyncResponse,
+)
 
 
 class Conduit:
@@ -96,7 +111,120 @@ async def nio_wrong_password_is_refused(base):
         await client.close()
 
 
-TESTS = [nio_account_basics, nio_wrong_password_is_refused]
+async def registered(base, name):
+    client = AsyncClient(base, name)
+    reg = await client.register(name, "pw-" + name, name + " device")
+    assert isinstance(reg, RegisterResponse), f"register {name}: {reg}"
+    return client
+
+
+# Big enough that a timeline is never cut while a sync loop keeps up.
+SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
+
+
+async def collect_texts(client, room_id, sender, want, deadline):
+    """Syncs until `want` text messages from `sender` arrived in the room;
+    returns their bodies in arrival order and whether any timeline was limited."""
+    bodies = []
+    limited = False
+    while len(bodies) < want and time.monotonic() < deadline:
+        resp = await client.sync(timeout=5000, sync_filter=SYNC_FILTER)
+        assert isinstance(resp, SyncResponse), f"sync: {resp}"
+        room = resp.rooms.join.get(room_id)
+        if room is None:
+            continue
+        limited = limited or room.timeline.limited
+        for event in room.timeline.events:
+            if isinstance(event, RoomMessageText) and event.sender == sender:
+                bodies.append(event.body)
+    return bodies, limited
+
+
+async def nio_two_users_chat(base):
+    """Two users create, invite and join; 100 messages go each way and each
+    arrives once and in order through sync; backward pagination returns the
+    whole history; a redaction and an edit reach the other user."""
+    alice = await registered(base, "alice")
+    bob = await registered(base, "bob")
+    try:
+        created = await alice.room_create(name="Family", invite=[bob.user_id])
+        assert isinstance(created, RoomCreateResponse), f"room_create: {created}"
+        room_id = created.room_id
+
+        first = await bob.sync(timeout=0, sync_filter=SYNC_FILTER)
+        assert room_id in first.rooms.invite, f"bob was not invited: {first.rooms.invite}"
+        invite_events = first.rooms.invite[room_id].invite_state
+        assert any(isinstance(e, InviteMemberEvent) for e in invite_events), invite_events
+        joined = await bob.join(room_id)
+        assert isinstance(joined, JoinResponse), f"join: {joined}"
+        await alice.sync(timeout=0, sync_filter=SYNC_FILTER)
+        await bob.sync(timeout=0, sync_filter=SYNC_FILTER)
+
+        async def send_all(sender, prefix):
+            for i in range(100):
+                sent = await sender.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": f"{prefix} {i}"})
+                assert isinstance(sent, RoomSendResponse), f"send: {sent}"
+
+        deadline = time.monotonic() + 40
+        for sender, receiver, prefix in [(alice, bob, "from alice"), (bob, alice, "from bob")]:
+            received, _ = await asyncio.gather(
+                collect_texts(receiver, room_id, sender.user_id, 100, deadline), send_all(sender, prefix)
+            )
+            bodies, limited = received
+            expected = [f"{prefix} {i}" for i in range(100)]
+            assert not limited, "a timeline was cut while the receiver kept up"
+            assert bodies == expected, f"{prefix}: got {len(bodies)}, first differences {[b for b in bodies if b not in expected][:3]}"
+
+        # Full backward pagination from the newest event to the room's start.
+        history = []
+        token = alice.next_batch
+        for _ in range(50):
+            page = await alice.room_messages(room_id, start=token, limit=30)
+            assert isinstance(page, RoomMessagesResponse), f"room_messages: {page}"
+            history.extend(e.body for e in page.chunk if isinstance(e, RoomMessageText))
+            if not page.end or not page.chunk:
+                break
+            token = page.end
+        history.reverse()
+        assert history == [f"from alice {i}" for i in range(100)] + [f"from bob {i}" for i in range(100)], (
+            f"history has {len(history)} messages"
+        )
+
+        # An edit and a redaction, seen by the other user.
+        original = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "typo"})
+        edit = {
+            "msgtype": "m.text",
+            "body": "* fixed",
+            "m.new_content": {"msgtype": "m.text", "body": "fixed"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": original.event_id},
+        }
+        await alice.room_send(room_id, "m.room.message", edit)
+        unwanted = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "delete me"})
+        redacted = await alice.room_redact(room_id, unwanted.event_id, reason="oops")
+        assert not hasattr(redacted, "status_code"), f"redact: {redacted}"
+
+        saw_edit = saw_redaction = False
+        deadline = time.monotonic() + 20
+        while not (saw_edit and saw_redaction) and time.monotonic() < deadline:
+            resp = await bob.sync(timeout=5000, sync_filter=SYNC_FILTER)
+            room = resp.rooms.join.get(room_id)
+            for event in room.timeline.events if room else []:
+                relates = event.source.get("content", {}).get("m.relates_to", {})
+                if relates.get("rel_type") == "m.replace" and relates.get("event_id") == original.event_id:
+                    saw_edit = event.source["content"]["m.new_content"]["body"] == "fixed"
+                if isinstance(event, RedactionEvent) and event.redacts == unwanted.event_id:
+                    saw_redaction = True
+        assert saw_edit, "bob did not see the edit"
+        assert saw_redaction, "bob did not see the redaction"
+        fetched = await bob.room_get_event(room_id, unwanted.event_id)
+        assert isinstance(fetched, RoomGetEventResponse), f"room_get_event: {fetched}"
+        assert "body" not in fetched.event.source.get("content", {}), fetched.event.source
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+TESTS = [nio_account_basics, nio_wrong_password_is_refused, nio_two_users_chat]
 
 
 def main():
@@ -108,7 +236,7 @@ def main():
         server = Conduit(args.binary)
         started = time.monotonic()
         try:
-            asyncio.run(asyncio.wait_for(test(server.base), timeout=60))
+            asyncio.run(asyncio.wait_for(test(server.base), timeout=120))
             passed += 1
             print(f"ok   {test.__name__} ({time.monotonic() - started:.2f} s)")
         except Exception as e:  # noqa: BLE001 - report every failure and go on
