@@ -106,6 +106,12 @@ impl TestServer {
         }
     }
 
+    /// SIGKILL (no shutdown at all), then start again on the same data.
+    pub fn kill_and_restart(&mut self) {
+        self.stop_with("KILL");
+        self.spawn();
+    }
+
     /// Stops the server and starts it again on the same data.
     pub fn restart(&mut self) {
         assert!(self.stop().success());
