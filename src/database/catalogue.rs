@@ -87,10 +87,19 @@ pub enum Table {
     /// Rooms published in the room directory (`directory.rs`). Key: `(room_id:
     /// str)`. Value: empty.
     PublicRooms,
+    /// Read receipts (`receipts.rs`). Key: `(room_id: str, receipt_type: str,
+    /// user_id: str, thread_id: str)`, thread_id empty for an unthreaded
+    /// receipt. Value: bincode `ReceiptRecord` (event ID, time, stream position).
+    Receipts,
+    /// Unread notifications (`push.rs`): one entry per event that notified a
+    /// user and that their receipts have not yet covered. Key: `(user_id: str,
+    /// room_id: str, count: u64)`, count being the event's stream position.
+    /// Value: bincode `NotificationRecord` (highlight, thread root).
+    Notifications,
 }
 
 impl Table {
-    pub const ALL: [Table; 24] = [
+    pub const ALL: [Table; 26] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -115,6 +124,8 @@ impl Table {
         Table::RoomAliases,
         Table::AliasesByRoom,
         Table::PublicRooms,
+        Table::Receipts,
+        Table::Notifications,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -144,6 +155,8 @@ impl Table {
             Table::RoomAliases => "room_aliases",
             Table::AliasesByRoom => "aliases_by_room",
             Table::PublicRooms => "public_rooms",
+            Table::Receipts => "receipts",
+            Table::Notifications => "notifications",
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod engine;
 pub mod filters;
 pub mod keys;
 pub mod meta;
+pub mod push;
+pub mod receipts;
 pub mod rocksdb;
 pub mod rooms;
 pub mod server_keys;

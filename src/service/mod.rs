@@ -6,12 +6,15 @@ pub mod devices;
 pub mod filters;
 pub mod password;
 pub mod pdu;
+pub mod push;
+pub mod receipts;
 pub mod rooms;
 pub mod server_keys;
 pub mod state;
 pub mod stream;
 pub mod sync;
 pub mod timeline;
+pub mod typing;
 pub mod uiaa;
 pub mod users;
 
@@ -84,6 +87,9 @@ pub struct Services {
     pub state: state::StateService,
     pub timeline: timeline::TimelineService,
     pub rooms: rooms::RoomsService,
+    pub push: push::PushService,
+    pub receipts: receipts::ReceiptsService,
+    pub typing: typing::TypingService,
 }
 
 impl Services {
@@ -119,6 +125,9 @@ impl Services {
             account_data: account_data::AccountDataService::new(db.clone(), stream.clone()),
             filters: filters::FiltersService::new(db.clone()),
             state: state::StateService::new(db.clone()),
+            receipts: receipts::ReceiptsService::new(db.clone(), stream.clone()),
+            typing: typing::TypingService::new(stream.clone()),
+            push: push::PushService::new(db.clone()),
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
             config,

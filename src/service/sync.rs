@@ -14,6 +14,7 @@ use ruma::api::client::filter::{FilterDefinition, RoomEventFilter};
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::Value as JsonValue;
 
+use super::push::Counts;
 use super::timeline::StoredEvent;
 use super::{ServiceError, ServiceResult, Services};
 use crate::database::rooms::{RoomRecord, UserRoomRecord};
@@ -45,6 +46,10 @@ pub struct SyncRoom {
     pub joined_count: u64,
     pub invited_count: u64,
     pub heroes: Vec<OwnedUserId>,
+    /// Typing and receipts.
+    pub ephemeral: Vec<JsonValue>,
+    pub unread: Counts,
+    pub unread_threads: BTreeMap<String, Counts>,
 }
 
 #[derive(Debug)]
@@ -187,6 +192,9 @@ pub fn sync(
                     joined_count: 0,
                     invited_count: 0,
                     heroes: Vec::new(),
+                    ephemeral: Vec::new(),
+                    unread: Counts::default(),
+                    unread_threads: BTreeMap::new(),
                 });
             }
             None => {}
@@ -237,6 +245,9 @@ fn sync_room(
                 joined_count: 0,
                 invited_count: 0,
                 heroes: Vec::new(),
+                ephemeral: Vec::new(),
+                unread: Counts::default(),
+                unread_threads: BTreeMap::new(),
             }));
         }
         RoomSection::Leave => {
@@ -251,10 +262,21 @@ fn sync_room(
                 return Ok(None);
             }
         }
-        RoomSection::Join => {
-            if !full_state && since.is_some() && record.last_count <= since_pos && !membership_changed {
-                return Ok(None);
-            }
+        RoomSection::Join => {}
+    }
+    let mut ephemeral = Vec::new();
+    let mut ephemeral_changed = false;
+    if section == RoomSection::Join {
+        let (receipts, newest_receipt) = s.receipts.receipt_event(room_id, since_pos, user)?;
+        ephemeral_changed |= since.is_some() && newest_receipt > since_pos;
+        ephemeral.extend(receipts);
+        if let Some(typing) = s.typing.typing_event(room_id, since) {
+            ephemeral_changed = true;
+            ephemeral.push(typing);
+        }
+        let quiet = record.last_count <= since_pos && !membership_changed && !ephemeral_changed;
+        if !full_state && since.is_some() && quiet {
+            return Ok(None);
         }
     }
     // A left room's timeline stops at the leave.
@@ -348,6 +370,8 @@ fn sync_room(
         .collect();
 
     let (joined_count, invited_count, heroes) = summary(s, room_id, user)?;
+    let threads_apart = filter.room.timeline.unread_thread_notifications;
+    let (unread, unread_threads) = s.push.counts(user, room_id, threads_apart)?;
     let prev_batch = timeline
         .first()
         .map(|e| token(e.count - 1))
@@ -363,6 +387,9 @@ fn sync_room(
         joined_count,
         invited_count,
         heroes,
+        ephemeral,
+        unread,
+        unread_threads,
     }))
 }
 

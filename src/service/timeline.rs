@@ -519,6 +519,21 @@ impl TimelineService {
                         .replace_event(&mut batch, &target_meta, &TimelineRecord { json, txn: target.txn });
                 }
             }
+            // Unread notifications of the room's other local members.
+            if spec.event_type != TimelineEventType::RoomCreate {
+                let state = self.state_events(s, after_id)?;
+                let context = s.push.room_context(s, rules, &state, sender.as_str())?;
+                if !context.recipients.is_empty() {
+                    let event = StoredEvent {
+                        event_id: event_id.clone(),
+                        count,
+                        json: object.clone(),
+                        txn: None,
+                    }
+                    .to_client(true, None);
+                    s.push.notify(s, &mut batch, &room_id_owned, &event, count, &context)?;
+                }
+            }
             self.tables.write(batch)?;
             for member in self.tables.members(room_id_owned.as_str()) {
                 let (user, membership) = member?;

@@ -8,6 +8,8 @@ mod filter;
 mod membership;
 mod message;
 mod profile;
+mod push;
+mod read;
 mod room;
 mod session;
 mod sync;
@@ -47,4 +49,6 @@ pub fn register_routes(router: &mut Router) {
     membership::register_routes(router);
     message::register_routes(router);
     sync::register_routes(router);
+    push::register_routes(router);
+    read::register_routes(router);
 }

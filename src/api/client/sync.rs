@@ -7,6 +7,7 @@ use ruma::api::client::filter::FilterDefinition;
 use ruma::api::client::sync::sync_events::v3::{
     self, Filter, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, State, StateEvents, Timeline,
 };
+use ruma::api::client::sync::sync_events::UnreadNotificationsCount;
 use ruma::UInt;
 
 use super::raw;
@@ -62,6 +63,13 @@ async fn sync(services: Arc<Services>, req: Ruma<v3::Request>) -> Result<v3::Res
     into_response(result)
 }
 
+fn unread(counts: crate::service::push::Counts) -> UnreadNotificationsCount {
+    let mut out = UnreadNotificationsCount::new();
+    out.notification_count = UInt::new(counts.notifications);
+    out.highlight_count = UInt::new(counts.highlights);
+    out
+}
+
 fn state_section(events: Vec<ruma::serde::Raw<ruma::events::AnySyncStateEvent>>) -> StateEvents {
     let mut state = StateEvents::new();
     state.events = events;
@@ -88,6 +96,13 @@ fn into_response(result: SyncResult) -> Result<v3::Response, ApiError> {
                 joined.summary.joined_member_count = UInt::new(room.joined_count);
                 joined.summary.invited_member_count = UInt::new(room.invited_count);
                 joined.summary.heroes = room.heroes;
+                joined.ephemeral.events = room.ephemeral.iter().map(raw).collect::<Result<_, _>>()?;
+                joined.unread_notifications = unread(room.unread);
+                for (thread, counts) in room.unread_threads {
+                    if let Ok(root) = ruma::OwnedEventId::try_from(thread) {
+                        joined.unread_thread_notifications.insert(root, unread(counts));
+                    }
+                }
                 response.rooms.join.insert(room.room_id, joined);
             }
             RoomSection::Leave => {

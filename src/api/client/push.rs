@@ -1,0 +1,179 @@
+//! Push rules (and the pusher list).
+
+use std::sync::Arc;
+
+use ruma::api::client::push::{
+    delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
+    set_pushrule, set_pushrule_actions, set_pushrule_enabled, PushRule,
+};
+use ruma::push::{AnyPushRuleRef, RuleKind, Ruleset};
+use ruma::UserId;
+
+use crate::api::{ApiError, Router, Ruma};
+use crate::service::{ServiceError, ServiceResult, Services};
+
+pub fn register_routes(router: &mut Router) {
+    router.add(all_rules);
+    router.add(rule);
+    router.add(set_rule);
+    router.add(delete_rule);
+    router.add(rule_enabled);
+    router.add(set_rule_enabled);
+    router.add(rule_actions);
+    router.add(set_rule_actions);
+    router.add(pushers);
+}
+
+fn not_found() -> ServiceError {
+    ServiceError::NotFound("no push rule with this ID".to_owned())
+}
+
+/// Reads a rule of the user's rules with `read`.
+async fn read_rule<T: Send + 'static>(
+    services: Arc<Services>,
+    user: &UserId,
+    kind: RuleKind,
+    rule_id: String,
+    read: impl FnOnce(AnyPushRuleRef<'_>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let user = user.to_owned();
+    Ok(services
+        .run(move |s| {
+            let rules = s.push.ruleset(s, &user)?;
+            let rule = rules.get(kind, &rule_id).ok_or_else(not_found)?;
+            Ok(read(rule))
+        })
+        .await?)
+}
+
+/// Changes the user's rules with `change` and stores them.
+async fn change_rules(
+    services: Arc<Services>,
+    user: &UserId,
+    change: impl FnOnce(&mut Ruleset) -> ServiceResult<()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let user = user.to_owned();
+    Ok(services
+        .run(move |s| {
+            let mut rules = s.push.ruleset(s, &user)?;
+            change(&mut rules)?;
+            s.push.save_ruleset(s, &user, &rules)
+        })
+        .await?)
+}
+
+async fn all_rules(
+    services: Arc<Services>,
+    req: Ruma<get_pushrules_all::v3::Request>,
+) -> Result<get_pushrules_all::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let rules = services.run(move |s| s.push.ruleset(s, &user)).await?;
+    Ok(get_pushrules_all::v3::Response::new(rules))
+}
+
+async fn rule(
+    services: Arc<Services>,
+    req: Ruma<get_pushrule::v3::Request>,
+) -> Result<get_pushrule::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let rule = read_rule(services, &user, body.kind, body.rule_id, |r| {
+        PushRule::from(r.to_owned())
+    })
+    .await?;
+    Ok(get_pushrule::v3::Response::new(rule))
+}
+
+async fn set_rule(
+    services: Arc<Services>,
+    req: Ruma<set_pushrule::v3::Request>,
+) -> Result<set_pushrule::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    change_rules(services, &user, move |rules| {
+        rules
+            .insert(body.rule, body.after.as_deref(), body.before.as_deref())
+            .map_err(|e| ServiceError::BadJson(format!("cannot insert this rule: {e}")))
+    })
+    .await?;
+    Ok(set_pushrule::v3::Response::new())
+}
+
+async fn delete_rule(
+    services: Arc<Services>,
+    req: Ruma<delete_pushrule::v3::Request>,
+) -> Result<delete_pushrule::v3::Response, ApiError> {
+    use ruma::push::RemovePushRuleError;
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    change_rules(services, &user, move |rules| {
+        rules.remove(body.kind, &body.rule_id).map_err(|e| match e {
+            RemovePushRuleError::ServerDefault => {
+                ServiceError::BadJson("the server's default rules cannot be deleted".to_owned())
+            }
+            _ => not_found(),
+        })
+    })
+    .await?;
+    Ok(delete_pushrule::v3::Response::new())
+}
+
+async fn rule_enabled(
+    services: Arc<Services>,
+    req: Ruma<get_pushrule_enabled::v3::Request>,
+) -> Result<get_pushrule_enabled::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let enabled = read_rule(services, &user, body.kind, body.rule_id, |r| r.enabled()).await?;
+    Ok(get_pushrule_enabled::v3::Response::new(enabled))
+}
+
+async fn set_rule_enabled(
+    services: Arc<Services>,
+    req: Ruma<set_pushrule_enabled::v3::Request>,
+) -> Result<set_pushrule_enabled::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    change_rules(services, &user, move |rules| {
+        rules
+            .set_enabled(body.kind, &body.rule_id, body.enabled)
+            .map_err(|_| not_found())
+    })
+    .await?;
+    Ok(set_pushrule_enabled::v3::Response::new())
+}
+
+async fn rule_actions(
+    services: Arc<Services>,
+    req: Ruma<get_pushrule_actions::v3::Request>,
+) -> Result<get_pushrule_actions::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let actions = read_rule(services, &user, body.kind, body.rule_id, |r| r.actions().to_vec()).await?;
+    Ok(get_pushrule_actions::v3::Response::new(actions))
+}
+
+async fn set_rule_actions(
+    services: Arc<Services>,
+    req: Ruma<set_pushrule_actions::v3::Request>,
+) -> Result<set_pushrule_actions::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    change_rules(services, &user, move |rules| {
+        rules
+            .set_actions(body.kind, &body.rule_id, body.actions)
+            .map_err(|_| not_found())
+    })
+    .await?;
+    Ok(set_pushrule_actions::v3::Response::new())
+}
+
+/// No pushers yet: push gateways come with the Push Gateway work. Clients
+/// ask for the list at start-up.
+async fn pushers(
+    _services: Arc<Services>,
+    req: Ruma<get_pushers::v3::Request>,
+) -> Result<get_pushers::v3::Response, ApiError> {
+    req.user()?;
+    Ok(get_pushers::v3::Response::new(Vec::new()))
+}

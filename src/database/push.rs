@@ -1,0 +1,61 @@
+//! Typed access to [`Table::Notifications`] (owned by `service::push`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{decode_key, from_record, keys, to_record, Batch, Db, DbResult, Direction, Table};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NotificationRecord {
+    pub highlight: bool,
+    /// The thread root, for an event in a thread.
+    pub thread_id: Option<String>,
+}
+
+pub struct PushTables {
+    db: Db,
+}
+
+impl PushTables {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub fn put_notification(
+        &self,
+        batch: &mut Batch,
+        user_id: &str,
+        room_id: &str,
+        count: u64,
+        record: &NotificationRecord,
+    ) {
+        batch.put(
+            Table::Notifications,
+            keys::encode(&(user_id, room_id, count)),
+            to_record(record),
+        );
+    }
+
+    /// A user's unread notifications in a room, oldest first.
+    pub fn notifications(&self, user_id: &str, room_id: &str) -> DbResult<Vec<(u64, NotificationRecord)>> {
+        self.db
+            .scan_prefix(
+                Table::Notifications,
+                keys::encode(&(user_id, room_id)),
+                Direction::Forward,
+            )
+            .map(|r| {
+                let (k, v) = r?;
+                let (_, _, count): (String, String, u64) = decode_key(Table::Notifications, &k)?;
+                Ok((count, from_record(Table::Notifications, &v)?))
+            })
+            .collect()
+    }
+
+    pub fn delete_notifications(&self, user_id: &str, room_id: &str, counts: &[u64]) -> DbResult<()> {
+        let mut batch = Batch::new();
+        for count in counts {
+            batch.delete(Table::Notifications, keys::encode(&(user_id, room_id, *count)));
+        }
+        self.db.write(batch)
+    }
+}

@@ -1,0 +1,243 @@
+//! Push rules and unread notification counts.
+//!
+//! Each user's rules live in their `m.push_rules` account data (the spec's
+//! defaults until they change one). Every event is evaluated for every
+//! local member but its sender when it is stored; an event that notifies
+//! leaves an entry in the notifications table, in the event's own batch. A
+//! read receipt removes the entries it covers, so the counts /sync reports
+//! are simply the entries left.
+
+use std::collections::BTreeMap;
+
+use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
+use ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::serde::Raw;
+use ruma::{OwnedUserId, RoomId, UInt, UserId};
+use serde_json::Value as JsonValue;
+
+use super::timeline::StoredEvent;
+use super::{ServiceError, ServiceResult, Services};
+use crate::database::push::{NotificationRecord, PushTables};
+use crate::database::{Batch, Db};
+
+pub const PUSH_RULES: &str = "m.push_rules";
+
+/// Notification and highlight counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub notifications: u64,
+    pub highlights: u64,
+}
+
+/// Which notifications a read receipt covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptScope {
+    /// An unthreaded receipt: everything up to the event.
+    All,
+    /// The main timeline only.
+    Main,
+    /// One thread, by its root event ID.
+    Thread(String),
+}
+
+pub struct PushService {
+    tables: PushTables,
+}
+
+/// What the rules of every member need to know about the room, once per event.
+pub struct RoomContext {
+    pub member_count: u64,
+    pub power_levels: Option<PushConditionPowerLevelsCtx>,
+    /// Joined local members but the sender, with their display names.
+    pub recipients: Vec<(OwnedUserId, String)>,
+}
+
+/// The thread an event belongs to, if any.
+pub fn thread_of(event: &JsonValue) -> Option<String> {
+    let relation = event.get("content")?.get("m.relates_to")?;
+    if relation.get("rel_type")?.as_str()? == "m.thread" {
+        relation.get("event_id")?.as_str().map(str::to_owned)
+    } else {
+        None
+    }
+}
+
+/// The output of a future that completes without waiting.
+fn ready<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
+impl PushService {
+    pub fn new(db: Db) -> Self {
+        Self {
+            tables: PushTables::new(db),
+        }
+    }
+
+    /// The user's rules: stored, or the spec's defaults.
+    pub fn ruleset(&self, s: &Services, user: &UserId) -> ServiceResult<Ruleset> {
+        match s.account_data.get(user, None, PUSH_RULES) {
+            Ok(raw) => {
+                let value: JsonValue = serde_json::from_str(raw.get())
+                    .map_err(|e| ServiceError::Internal(format!("stored push rules: {e}")))?;
+                serde_json::from_value(value.get("global").cloned().unwrap_or_default())
+                    .map_err(|e| ServiceError::Internal(format!("stored push rules: {e}")))
+            }
+            Err(ServiceError::NotFound(_)) => Ok(Ruleset::server_default(user)),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn save_ruleset(&self, s: &Services, user: &UserId, rules: &Ruleset) -> ServiceResult<()> {
+        let json = serde_json::to_string(&serde_json::json!({ "global": rules }))
+            .map_err(|e| ServiceError::Internal(format!("push rules: {e}")))?;
+        s.account_data.put(user, None, PUSH_RULES, &json)
+    }
+
+    /// Builds the room context for evaluating an event.
+    pub fn room_context(
+        &self,
+        s: &Services,
+        rules: &RoomVersionRules,
+        state: &[StoredEvent],
+        sender: &str,
+    ) -> ServiceResult<RoomContext> {
+        let mut member_count = 0;
+        let mut recipients = Vec::new();
+        for event in state.iter().filter(|e| e.event_type() == "m.room.member") {
+            if event.content_str("membership") != Some("join") {
+                continue;
+            }
+            member_count += 1;
+            let Some(user) = event.state_key().and_then(|k| OwnedUserId::try_from(k).ok()) else {
+                continue;
+            };
+            if user.as_str() == sender || user.server_name() != s.config.server_name {
+                continue;
+            }
+            let name = event
+                .content_str("displayname")
+                .map_or_else(|| user.localpart().to_owned(), str::to_owned);
+            recipients.push((user, name));
+        }
+        let find = |t: &str| state.iter().find(|e| e.event_type() == t && e.state_key() == Some(""));
+        let power_levels = find("m.room.power_levels").and_then(|pl| {
+            let content: RoomPowerLevelsEventContent =
+                serde_json::from_value(JsonValue::from(ruma::CanonicalJsonValue::Object(pl.content()?.clone())))
+                    .ok()?;
+            let mut creators = Vec::new();
+            if let Some(create) = find("m.room.create") {
+                creators.extend(OwnedUserId::try_from(create.sender()).ok());
+                if let Some(ruma::CanonicalJsonValue::Array(extra)) =
+                    create.content().and_then(|c| c.get("additional_creators"))
+                {
+                    for user in extra {
+                        if let ruma::CanonicalJsonValue::String(u) = user {
+                            creators.extend(OwnedUserId::try_from(u.as_str()).ok());
+                        }
+                    }
+                }
+            }
+            let levels = RoomPowerLevels::new(RoomPowerLevelsSource::Original(content), &rules.authorization, creators);
+            Some(PushConditionPowerLevelsCtx::from(levels))
+        });
+        Ok(RoomContext {
+            member_count,
+            power_levels,
+            recipients,
+        })
+    }
+
+    /// Evaluates `event` (client format, with `room_id`) for each recipient
+    /// and records the notifications in `batch`.
+    pub fn notify(
+        &self,
+        s: &Services,
+        batch: &mut Batch,
+        room_id: &RoomId,
+        event: &JsonValue,
+        count: u64,
+        context: &RoomContext,
+    ) -> ServiceResult<()> {
+        let raw: Raw<JsonValue> = serde_json::value::to_raw_value(event)
+            .map(Raw::from_json)
+            .map_err(|e| ServiceError::Internal(format!("event for push rules: {e}")))?;
+        let thread_id = thread_of(event);
+        for (user, display_name) in &context.recipients {
+            let rules = self.ruleset(s, user)?;
+            let mut ctx = PushConditionRoomCtx::new(
+                room_id.to_owned(),
+                UInt::new(context.member_count).unwrap_or_default(),
+                user.clone(),
+                display_name.clone(),
+            );
+            ctx.power_levels = context.power_levels.clone();
+            // Evaluation is async in ruma for rules that may ask the server
+            // more questions (thread subscriptions); ours answer from memory,
+            // so the future is ready on its first poll.
+            let Some(actions) = ready(rules.get_actions(&raw, &ctx)) else {
+                tracing::warn!(%user, "push rule evaluation did not complete; no notification");
+                continue;
+            };
+            if actions.iter().any(|a| a.should_notify()) {
+                let record = NotificationRecord {
+                    highlight: actions.iter().any(|a| a.is_highlight()),
+                    thread_id: thread_id.clone(),
+                };
+                self.tables
+                    .put_notification(batch, user.as_str(), room_id.as_str(), count, &record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unread counts: the main timeline (everything, unless threads are
+    /// counted apart) and each thread.
+    pub fn counts(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        threads_apart: bool,
+    ) -> ServiceResult<(Counts, BTreeMap<String, Counts>)> {
+        let mut main = Counts::default();
+        let mut threads: BTreeMap<String, Counts> = BTreeMap::new();
+        for (_, record) in self.tables.notifications(user.as_str(), room_id.as_str())? {
+            let counts = match (&record.thread_id, threads_apart) {
+                (Some(thread), true) => threads.entry(thread.clone()).or_default(),
+                _ => &mut main,
+            };
+            counts.notifications += 1;
+            counts.highlights += u64::from(record.highlight);
+        }
+        Ok((main, threads))
+    }
+
+    /// A read receipt at stream position `up_to` clears what it covers.
+    pub fn clear(&self, user: &UserId, room_id: &RoomId, up_to: u64, scope: &ReceiptScope) -> ServiceResult<()> {
+        let covered: Vec<u64> = self
+            .tables
+            .notifications(user.as_str(), room_id.as_str())?
+            .into_iter()
+            .filter(|(count, record)| {
+                *count <= up_to
+                    && match scope {
+                        ReceiptScope::All => true,
+                        ReceiptScope::Main => record.thread_id.is_none(),
+                        ReceiptScope::Thread(t) => record.thread_id.as_deref() == Some(t.as_str()),
+                    }
+            })
+            .map(|(count, _)| count)
+            .collect();
+        if !covered.is_empty() {
+            self.tables
+                .delete_notifications(user.as_str(), room_id.as_str(), &covered)?;
+        }
+        Ok(())
+    }
+}

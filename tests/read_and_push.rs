@@ -1,0 +1,305 @@
+//! Unread counts, push rules, receipts, read markers, typing and tags.
+
+mod common;
+
+use common::{enc, TestServer};
+use serde_json::{json, Value};
+
+fn room<'a>(sync: &'a Value, room_id: &str) -> &'a Value {
+    &sync["rooms"]["join"][room_id]
+}
+
+fn counts(sync: &Value, room_id: &str) -> (u64, u64) {
+    let unread = &room(sync, room_id)["unread_notifications"];
+    (
+        unread["notification_count"].as_u64().unwrap_or(0),
+        unread["highlight_count"].as_u64().unwrap_or(0),
+    )
+}
+
+fn ephemeral(sync: &Value, room_id: &str, kind: &str) -> Option<Value> {
+    room(sync, room_id)["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+        .cloned()
+}
+
+async fn receipt(server: &TestServer, token: &str, room_id: &str, kind: &str, event_id: &str, body: Value) -> u16 {
+    server
+        .call(
+            "POST",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/{kind}/{}",
+                enc(room_id),
+                enc(event_id)
+            ),
+            Some(token),
+            Some(body),
+        )
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn unread_counts_rise_and_a_receipt_clears_them() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    server.join(&bob, &room_id).await;
+    let since = server.sync(&bob, None, 0, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    server.send_text(&alice, &room_id, "one").await;
+    server.send_text(&alice, &room_id, "two").await;
+    // A mention the modern way (`m.mentions`) highlights.
+    let (status, mention) = server
+        .call(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/mention1",
+                enc(&room_id)
+            ),
+            Some(&alice),
+            Some(json!({"msgtype": "m.text", "body": "hey bob, look", "m.mentions": {"user_ids": ["@bob:localhost"]}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let last = mention["event_id"].as_str().unwrap().to_owned();
+    let sync = server.sync(&bob, Some(&since), 0, None).await;
+    assert_eq!(
+        counts(&sync, &room_id),
+        (3, 1),
+        "three notify, the mention highlights: {sync}"
+    );
+    // The sender's own messages never count for them.
+    let alice_sync = server.sync(&alice, None, 0, None).await;
+    assert_eq!(counts(&alice_sync, &room_id), (0, 0));
+
+    // Alice sees Bob's public receipt; the counts go back to zero.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(receipt(&server, &bob, &room_id, "m.read", &last, json!({})).await, 200);
+    let sync = server.sync(&bob, Some(&since), 0, None).await;
+    assert_eq!(counts(&sync, &room_id), (0, 0), "{sync}");
+    let receipts = ephemeral(&alice_sync_after(&server, &alice).await, &room_id, "m.receipt").expect("a receipt");
+    assert!(
+        receipts["content"][&last]["m.read"]["@bob:localhost"]["ts"].is_u64(),
+        "{receipts}"
+    );
+
+    // A private receipt also clears, and only its owner sees it.
+    let more = server.send_text(&alice, &room_id, "more").await;
+    assert_eq!(
+        receipt(&server, &bob, &room_id, "m.read.private", &more, json!({})).await,
+        200
+    );
+    let bob_sync = server.sync(&bob, None, 0, None).await;
+    assert_eq!(counts(&bob_sync, &room_id), (0, 0));
+    let own = ephemeral(&bob_sync, &room_id, "m.receipt").unwrap();
+    assert!(own["content"][&more]["m.read.private"]["@bob:localhost"].is_object());
+    let alice_view = alice_sync_after(&server, &alice).await;
+    let alice_receipts = ephemeral(&alice_view, &room_id, "m.receipt").unwrap();
+    assert!(alice_receipts["content"].get(&more).is_none(), "{alice_receipts}");
+
+    // Receipts for unknown events or rooms one is not in are refused.
+    assert_eq!(
+        receipt(&server, &bob, &room_id, "m.read", "$nope", json!({})).await,
+        404
+    );
+}
+
+async fn alice_sync_after(server: &TestServer, token: &str) -> Value {
+    server.sync(token, None, 0, None).await
+}
+
+#[tokio::test]
+async fn thread_notifications_are_counted_apart() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    server.join(&bob, &room_id).await;
+    let root = server.send_text(&alice, &room_id, "root").await;
+    let (status, reply) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/thread1", enc(&room_id)),
+            Some(&alice),
+            Some(json!({"msgtype": "m.text", "body": "in thread",
+                "m.relates_to": {"rel_type": "m.thread", "event_id": root}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let filter = json!({"room": {"timeline": {"unread_thread_notifications": true}}});
+    let sync = server.sync(&bob, None, 0, Some(filter.clone())).await;
+    assert_eq!(counts(&sync, &room_id), (1, 0), "{sync}");
+    assert_eq!(
+        room(&sync, &room_id)["unread_thread_notifications"][&root]["notification_count"],
+        1
+    );
+
+    // A receipt in the thread clears the thread only.
+    let reply_id = reply["event_id"].as_str().unwrap();
+    assert_eq!(
+        receipt(&server, &bob, &room_id, "m.read", reply_id, json!({"thread_id": root})).await,
+        200
+    );
+    let sync = server.sync(&bob, None, 0, Some(filter)).await;
+    assert_eq!(counts(&sync, &room_id), (1, 0));
+    assert!(room(&sync, &room_id)["unread_thread_notifications"]
+        .get(&root)
+        .is_none());
+}
+
+#[tokio::test]
+async fn push_rules_can_be_read_and_changed() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    server.join(&bob, &room_id).await;
+
+    let (status, rules) = server
+        .call("GET", "/_matrix/client/v3/pushrules/", Some(&bob), None)
+        .await;
+    assert_eq!(status, 200);
+    let overrides = rules["global"]["override"].as_array().unwrap();
+    assert!(overrides.iter().any(|r| r["rule_id"] == ".m.rule.master"), "{rules}");
+
+    // Mute the room: its messages no longer notify.
+    let path = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room_id));
+    let (status, body) = server
+        .call("PUT", &path, Some(&bob), Some(json!({"actions": []})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, rule) = server.call("GET", &path, Some(&bob), None).await;
+    assert_eq!(rule["rule_id"], room_id.as_str());
+    server.send_text(&alice, &room_id, "quiet").await;
+    let sync = server.sync(&bob, None, 0, None).await;
+    assert_eq!(counts(&sync, &room_id), (0, 0), "{sync}");
+
+    // Enabled flag and actions read and change; defaults cannot be deleted.
+    let enabled = "/_matrix/client/v3/pushrules/global/override/.m.rule.suppress_notices/enabled";
+    let (status, _) = server
+        .call("PUT", enabled, Some(&bob), Some(json!({"enabled": false})))
+        .await;
+    assert_eq!(status, 200);
+    let (_, got) = server.call("GET", enabled, Some(&bob), None).await;
+    assert_eq!(got["enabled"], false);
+    let (status, _) = server
+        .call(
+            "DELETE",
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.master",
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = server.call("DELETE", &path, Some(&bob), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = server.call("GET", &path, Some(&bob), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = server
+        .call(
+            "PUT",
+            "/_matrix/client/v3/user/@bob:localhost/account_data/m.push_rules",
+            Some(&bob),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status / 100, 4, "push rules change only through their API");
+    let (status, pushers) = server.call("GET", "/_matrix/client/v3/pushers", Some(&bob), None).await;
+    assert_eq!((status, pushers["pushers"].clone()), (200, json!([])));
+}
+
+#[tokio::test]
+async fn typing_markers_and_tags_reach_sync() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    server.join(&bob, &room_id).await;
+    let since = server.sync(&bob, None, 0, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let typing = format!("/_matrix/client/v3/rooms/{}/typing/@alice:localhost", enc(&room_id));
+    let (status, _) = server
+        .call(
+            "PUT",
+            &typing,
+            Some(&alice),
+            Some(json!({"typing": true, "timeout": 30000})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let sync = server.sync(&bob, Some(&since), 1000, None).await;
+    let event = ephemeral(&sync, &room_id, "m.typing").expect("typing reaches bob");
+    assert_eq!(event["content"]["user_ids"], json!(["@alice:localhost"]));
+    let (status, _) = server
+        .call("PUT", &typing, Some(&alice), Some(json!({"typing": false})))
+        .await;
+    assert_eq!(status, 200);
+    let sync = server
+        .sync(&bob, Some(sync["next_batch"].as_str().unwrap()), 1000, None)
+        .await;
+    assert_eq!(
+        ephemeral(&sync, &room_id, "m.typing").unwrap()["content"]["user_ids"],
+        json!([])
+    );
+    let (status, _) = server
+        .call(
+            "PUT",
+            &typing.replace("alice", "bob"),
+            Some(&alice),
+            Some(json!({"typing": true, "timeout": 1000})),
+        )
+        .await;
+    assert_eq!(status, 403, "one types only for oneself");
+
+    // The fully-read marker is room account data.
+    let event_id = server.send_text(&alice, &room_id, "read me").await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room_id)),
+            Some(&bob),
+            Some(json!({"m.fully_read": event_id, "m.read": event_id})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Tags.
+    let tag = format!(
+        "/_matrix/client/v3/user/@bob:localhost/rooms/{}/tags/m.favourite",
+        enc(&room_id)
+    );
+    let (status, _) = server.call("PUT", &tag, Some(&bob), Some(json!({"order": 0.5}))).await;
+    assert_eq!(status, 200);
+    let (_, tags) = server
+        .call("GET", &tag.replace("/tags/m.favourite", "/tags"), Some(&bob), None)
+        .await;
+    assert_eq!(tags["tags"]["m.favourite"]["order"], 0.5);
+
+    let sync = server.sync(&bob, None, 0, None).await;
+    let data = room(&sync, &room_id)["account_data"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let fully_read = data.iter().find(|e| e["type"] == "m.fully_read").expect("m.fully_read");
+    assert_eq!(fully_read["content"]["event_id"], event_id.as_str());
+    let tag_event = data.iter().find(|e| e["type"] == "m.tag").expect("m.tag");
+    assert!(tag_event["content"]["tags"]["m.favourite"].is_object());
+    assert_eq!(counts(&sync, &room_id), (0, 0));
+
+    let (status, _) = server.call("DELETE", &tag, Some(&bob), None).await;
+    assert_eq!(status, 200);
+    let (_, tags) = server
+        .call("GET", &tag.replace("/tags/m.favourite", "/tags"), Some(&bob), None)
+        .await;
+    assert_eq!(tags["tags"], json!({}));
+}
