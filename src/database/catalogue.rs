@@ -96,10 +96,18 @@ pub enum Table {
     /// room_id: str, count: u64)`, count being the event's stream position.
     /// Value: bincode `NotificationRecord` (highlight, thread root).
     Notifications,
+    /// Events that relate to another (`relations.rs`). Key: `(parent_event_id:
+    /// str, count: u64)`, count being the relating event's stream position.
+    /// Value: bincode `RelationRecord` (relating event ID, rel_type, type, sender).
+    Relations,
+    /// Thread roots of each room (`relations.rs`). Key: `(room_id: str,
+    /// root_event_id: str)`. Value: the stream position of the thread's
+    /// latest event, `u64` big-endian.
+    ThreadRoots,
 }
 
 impl Table {
-    pub const ALL: [Table; 26] = [
+    pub const ALL: [Table; 28] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -126,6 +134,8 @@ impl Table {
         Table::PublicRooms,
         Table::Receipts,
         Table::Notifications,
+        Table::Relations,
+        Table::ThreadRoots,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -157,6 +167,8 @@ impl Table {
             Table::PublicRooms => "public_rooms",
             Table::Receipts => "receipts",
             Table::Notifications => "notifications",
+            Table::Relations => "relations",
+            Table::ThreadRoots => "thread_roots",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod meta;
 pub mod push;
 pub mod receipts;
+pub mod relations;
 pub mod rocksdb;
 pub mod rooms;
 pub mod server_keys;

@@ -8,6 +8,7 @@ pub mod password;
 pub mod pdu;
 pub mod push;
 pub mod receipts;
+pub mod relations;
 pub mod rooms;
 pub mod server_keys;
 pub mod state;
@@ -90,6 +91,7 @@ pub struct Services {
     pub push: push::PushService,
     pub receipts: receipts::ReceiptsService,
     pub typing: typing::TypingService,
+    pub relations: relations::RelationsService,
 }
 
 impl Services {
@@ -128,6 +130,7 @@ impl Services {
             receipts: receipts::ReceiptsService::new(db.clone(), stream.clone()),
             typing: typing::TypingService::new(stream.clone()),
             push: push::PushService::new(db.clone()),
+            relations: relations::RelationsService::new(db.clone()),
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
             config,

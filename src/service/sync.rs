@@ -379,7 +379,7 @@ fn sync_room(
     Ok(Some(SyncRoom {
         room_id: room_id.clone(),
         section,
-        timeline: timeline.iter().map(|e| e.to_client(false, viewer)).collect(),
+        timeline: s.timeline.client_events(s, &timeline, false, (user, device))?,
         limited,
         prev_batch,
         state,

@@ -81,6 +81,17 @@ pub struct Page {
     pub state: Vec<JsonValue>,
 }
 
+/// A `/context` answer, events in the client format.
+#[derive(Debug)]
+pub struct Context {
+    pub start: String,
+    pub end: String,
+    pub events_before: Vec<JsonValue>,
+    pub event: JsonValue,
+    pub events_after: Vec<JsonValue>,
+    pub state: Vec<JsonValue>,
+}
+
 /// A stored event, read.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -519,18 +530,19 @@ impl TimelineService {
                         .replace_event(&mut batch, &target_meta, &TimelineRecord { json, txn: target.txn });
                 }
             }
+            let stored_event = StoredEvent {
+                event_id: event_id.clone(),
+                count,
+                json: object.clone(),
+                txn: None,
+            };
+            s.relations.index(s, &mut batch, &room_id_owned, &stored_event)?;
             // Unread notifications of the room's other local members.
             if spec.event_type != TimelineEventType::RoomCreate {
                 let state = self.state_events(s, after_id)?;
                 let context = s.push.room_context(s, rules, &state, sender.as_str())?;
                 if !context.recipients.is_empty() {
-                    let event = StoredEvent {
-                        event_id: event_id.clone(),
-                        count,
-                        json: object.clone(),
-                        txn: None,
-                    }
-                    .to_client(true, None);
+                    let event = stored_event.to_client(true, None);
                     s.push.notify(s, &mut batch, &room_id_owned, &event, count, &context)?;
                 }
             }
@@ -753,6 +765,112 @@ impl TimelineService {
         Ok(self.tables.write(batch)?)
     }
 
+    /// An event as `viewer` reads it, with its bundled aggregations.
+    pub fn client_event(
+        &self,
+        s: &Services,
+        event: &StoredEvent,
+        with_room_id: bool,
+        viewer: (&UserId, &str),
+    ) -> ServiceResult<JsonValue> {
+        let mut out = event.to_client(with_room_id, Some(viewer));
+        if let Some(bundle) = s.relations.bundle(s, event, viewer.0)? {
+            out["unsigned"]["m.relations"] = bundle;
+        }
+        Ok(out)
+    }
+
+    pub fn client_events(
+        &self,
+        s: &Services,
+        events: &[StoredEvent],
+        with_room_id: bool,
+        viewer: (&UserId, &str),
+    ) -> ServiceResult<Vec<JsonValue>> {
+        events
+            .iter()
+            .map(|e| self.client_event(s, e, with_room_id, viewer))
+            .collect()
+    }
+
+    /// An event with the events around it and the state at it (`/context`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn context(
+        &self,
+        s: &Services,
+        user: &UserId,
+        device: &str,
+        room_id: &RoomId,
+        event_id: &EventId,
+        limit: usize,
+        filter: &ruma::api::client::filter::RoomEventFilter,
+    ) -> ServiceResult<Context> {
+        let not_found = || ServiceError::NotFound("event not found".to_owned());
+        let (record, _) = self.readable_snapshot(s, user, room_id)?;
+        let meta = self.event_meta(event_id)?.ok_or_else(not_found)?;
+        let event = self.event(event_id)?.ok_or_else(not_found)?;
+        if event.room_id().as_deref() != Some(room_id.as_str()) || !self.can_see(s, user, room_id, &meta)? {
+            return Err(not_found());
+        }
+        let limit = limit.min(MAX_PAGE);
+        let before_wanted = limit / 2;
+        let after_wanted = limit - before_wanted;
+        let viewer = (user, device);
+        let collect = |from: u64, direction: Direction, wanted: usize| -> ServiceResult<(Vec<StoredEvent>, u64)> {
+            let mut out = Vec::new();
+            let mut last = from;
+            for e in self.events(&record, Some(from), direction).take(MAX_PAGE * 4) {
+                let e = e?;
+                if out.len() >= wanted {
+                    break;
+                }
+                last = e.count;
+                let Some(m) = self.event_meta(&e.event_id)? else {
+                    continue;
+                };
+                if super::sync::event_passes(filter, &e) && self.can_see(s, user, room_id, &m)? {
+                    out.push(e);
+                }
+            }
+            Ok((out, last))
+        };
+        let (before, first) = if meta.count > 0 {
+            collect(meta.count - 1, Direction::Backward, before_wanted)?
+        } else {
+            (Vec::new(), 0)
+        };
+        let (after, last) = collect(meta.count + 1, Direction::Forward, after_wanted)?;
+        let state_snapshot = match after.last() {
+            Some(e) => self
+                .event_meta(&e.event_id)?
+                .map_or(meta.state_after, |m| m.state_after),
+            None => meta.state_after,
+        };
+        let lazy = !filter.lazy_load_options.is_disabled();
+        let senders: std::collections::BTreeSet<&str> = before
+            .iter()
+            .chain(after.iter())
+            .chain(std::iter::once(&event))
+            .map(|e| e.sender())
+            .collect();
+        let state = self
+            .state_events(s, state_snapshot)?
+            .iter()
+            .filter(|e| {
+                !lazy || e.event_type() != "m.room.member" || e.state_key().is_some_and(|k| senders.contains(k))
+            })
+            .map(|e| e.to_client(true, Some(viewer)))
+            .collect();
+        Ok(Context {
+            start: super::sync::token(first.saturating_sub(1)),
+            end: super::sync::token(last),
+            events_before: self.client_events(s, &before, true, viewer)?,
+            event: self.client_event(s, &event, true, viewer)?,
+            events_after: self.client_events(s, &after, true, viewer)?,
+            state,
+        })
+    }
+
     /// The state snapshot after the room's last event at or before `position`.
     pub fn snapshot_at(&self, record: &RoomRecord, position: u64) -> ServiceResult<u64> {
         match self.events(record, Some(position), Direction::Backward).next() {
@@ -839,7 +957,7 @@ impl TimelineService {
         if event.room_id().as_deref() != Some(room_id.as_str()) || !self.can_see(s, user, room_id, &meta)? {
             return Err(not_found());
         }
-        Ok(event.to_client(true, Some((user, device))))
+        self.client_event(s, &event, true, (user, device))
     }
 
     /// A page of a room's history for `user` (`/messages`).
@@ -908,7 +1026,7 @@ impl TimelineService {
         Ok(Page {
             start: super::sync::token(from),
             end: end.map(super::sync::token),
-            chunk: chunk.iter().map(|e| e.to_client(true, viewer)).collect(),
+            chunk: self.client_events(s, &chunk, true, (user, device))?,
             state,
         })
     }

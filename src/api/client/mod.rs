@@ -10,6 +10,7 @@ mod message;
 mod profile;
 mod push;
 mod read;
+mod relations;
 mod room;
 mod session;
 mod sync;
@@ -51,4 +52,5 @@ pub fn register_routes(router: &mut Router) {
     sync::register_routes(router);
     push::register_routes(router);
     read::register_routes(router);
+    relations::register_routes(router);
 }
