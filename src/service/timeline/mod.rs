@@ -1,0 +1,375 @@
+//! Room timelines: building, authorizing and storing events
+//! ([`append`]), and reading them back as clients see them ([`read`]:
+//! history visibility, `/messages`, `/context`, bundled aggregations).
+//! This module holds the shared types and the plain lookups.
+//!
+//! Every local event goes through [`TimelineService::append`]: under the
+//! room's write lock it is laid out as a signed PDU of the room's version,
+//! checked against the auth rules with ruma's `state_res`, and written with
+//! its indexes, the new room state and membership changes in one atomic
+//! batch. A refused event leaves nothing behind.
+
+mod append;
+mod read;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+};
+use serde_json::Value as JsonValue;
+
+use super::pdu::Pdu;
+use super::stream::Stream;
+use super::{now_ms, ServiceError, ServiceResult, Services};
+use crate::database::rooms::{EventMeta, RoomRecord, RoomTables, TimelineRecord, UserRoomRecord};
+use crate::database::{Batch, Db, Direction};
+
+/// The spec's limit on a state key (and other IDs).
+pub const MAX_STATE_KEY_BYTES: usize = 255;
+
+/// What a client (or the server acting for one) wants to send.
+#[derive(Debug, Clone)]
+pub struct EventSpec {
+    pub event_type: TimelineEventType,
+    pub content: CanonicalJsonObject,
+    pub state_key: Option<String>,
+    /// The event a redaction redacts.
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl EventSpec {
+    pub fn state(event_type: StateEventType, state_key: &str, content: JsonValue) -> ServiceResult<Self> {
+        Ok(Self {
+            event_type: event_type.to_string().into(),
+            content: to_object(content)?,
+            state_key: Some(state_key.to_owned()),
+            redacts: None,
+        })
+    }
+}
+
+/// The client transaction an event was sent in.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub device_id: String,
+    pub txn_id: String,
+}
+
+/// Events per `/messages` page at most.
+const MAX_PAGE: usize = 1000;
+
+/// A `/messages` request.
+#[derive(Debug)]
+pub struct Pagination {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub backward: bool,
+    pub limit: usize,
+    pub filter: ruma::api::client::filter::RoomEventFilter,
+}
+
+/// A `/messages` answer, events in the client format.
+#[derive(Debug)]
+pub struct Page {
+    pub start: String,
+    pub end: Option<String>,
+    pub chunk: Vec<JsonValue>,
+    pub state: Vec<JsonValue>,
+}
+
+/// A `/context` answer, events in the client format.
+#[derive(Debug)]
+pub struct Context {
+    pub start: String,
+    pub end: String,
+    pub events_before: Vec<JsonValue>,
+    pub event: JsonValue,
+    pub events_after: Vec<JsonValue>,
+    pub state: Vec<JsonValue>,
+}
+
+/// A stored event, read.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event_id: OwnedEventId,
+    pub count: u64,
+    pub json: CanonicalJsonObject,
+    pub txn: Option<(String, String)>,
+}
+
+impl StoredEvent {
+    fn str_field(&self, name: &str) -> Option<&str> {
+        match self.json.get(name) {
+            Some(CanonicalJsonValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The room ID (from the event, or for a v12 create event, its ID).
+    pub fn room_id(&self) -> Option<String> {
+        self.str_field("room_id")
+            .map(str::to_owned)
+            .or_else(|| self.room_id_of_create())
+    }
+
+    pub fn event_type(&self) -> &str {
+        self.str_field("type").unwrap_or_default()
+    }
+
+    pub fn sender(&self) -> &str {
+        self.str_field("sender").unwrap_or_default()
+    }
+
+    pub fn state_key(&self) -> Option<&str> {
+        self.str_field("state_key")
+    }
+
+    pub fn content(&self) -> Option<&CanonicalJsonObject> {
+        match self.json.get("content") {
+            Some(CanonicalJsonValue::Object(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// A string field of the content.
+    pub fn content_str(&self, name: &str) -> Option<&str> {
+        match self.content()?.get(name) {
+            Some(CanonicalJsonValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The event in the client format: `room_id` only when asked for, and
+    /// `unsigned.transaction_id` only for the device that sent it.
+    pub fn to_client(&self, with_room_id: bool, viewer: Option<(&UserId, &str)>) -> JsonValue {
+        let mut out = serde_json::Map::new();
+        for key in ["type", "content", "sender", "origin_server_ts", "state_key", "redacts"] {
+            if let Some(v) = self.json.get(key) {
+                out.insert(key.to_owned(), v.clone().into());
+            }
+        }
+        // v11 moved `redacts` into the content; clients still read it on top.
+        if !out.contains_key("redacts") && self.event_type() == "m.room.redaction" {
+            if let Some(r) = self.content_str("redacts") {
+                out.insert("redacts".to_owned(), r.into());
+            }
+        }
+        out.insert("event_id".to_owned(), self.event_id.as_str().into());
+        if with_room_id {
+            if let Some(v) = self.json.get("room_id") {
+                out.insert("room_id".to_owned(), v.clone().into());
+            } else if let Some(room_id) = self.room_id_of_create() {
+                out.insert("room_id".to_owned(), room_id.into());
+            }
+        }
+        let mut unsigned = match self.json.get("unsigned") {
+            Some(CanonicalJsonValue::Object(u)) => JsonValue::from(CanonicalJsonValue::Object(u.clone())),
+            _ => JsonValue::Object(Default::default()),
+        };
+        if let JsonValue::Object(u) = &mut unsigned {
+            if let Some(CanonicalJsonValue::Integer(ts)) = self.json.get("origin_server_ts") {
+                let age = (now_ms() as i64).saturating_sub(i64::from(*ts)).max(0);
+                u.insert("age".to_owned(), age.into());
+            }
+            if let (Some((device, txn)), Some((user, viewer_device))) = (&self.txn, viewer) {
+                if user.as_str() == self.sender() && viewer_device == device {
+                    u.insert("transaction_id".to_owned(), txn.as_str().into());
+                }
+            }
+        }
+        out.insert("unsigned".to_owned(), unsigned);
+        JsonValue::Object(out)
+    }
+
+    /// A v12 create event names no room; its room ID is its own event ID.
+    fn room_id_of_create(&self) -> Option<String> {
+        (self.event_type() == "m.room.create").then(|| format!("!{}", &self.event_id.as_str()[1..]))
+    }
+}
+
+pub struct TimelineService {
+    tables: RoomTables,
+    pub stream: Arc<Stream>,
+    room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
+}
+
+fn to_object(value: JsonValue) -> ServiceResult<CanonicalJsonObject> {
+    match CanonicalJsonValue::try_from(value) {
+        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
+        Ok(_) => Err(ServiceError::BadJson("event content must be a JSON object".to_owned())),
+        Err(e) => Err(ServiceError::BadJson(format!(
+            "event content is not canonical JSON: {e}"
+        ))),
+    }
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Internal(format!("{what}: {e}"))
+}
+
+impl TimelineService {
+    pub fn new(db: Db, stream: Arc<Stream>) -> Self {
+        Self {
+            tables: RoomTables::new(db),
+            stream,
+            room_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Serialises one room's writes; other rooms go on in parallel.
+    fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
+        let mut locks = self.room_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(room_id.to_owned()).or_default().clone()
+    }
+
+    pub fn room(&self, room_id: &RoomId) -> ServiceResult<Option<RoomRecord>> {
+        Ok(self.tables.room(room_id.as_str())?)
+    }
+
+    pub fn room_or_404(&self, room_id: &RoomId) -> ServiceResult<RoomRecord> {
+        self.room(room_id)?
+            .ok_or_else(|| ServiceError::NotFound("this room is not known to this server".to_owned()))
+    }
+
+    pub fn rules(record: &RoomRecord) -> ServiceResult<(RoomVersionId, RoomVersionRules)> {
+        let version =
+            RoomVersionId::try_from(record.version.as_str()).map_err(|e| internal("stored room version", e))?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| internal("room version", format!("{version} has no rules")))?;
+        Ok((version, rules))
+    }
+
+    pub fn event_meta(&self, event_id: &EventId) -> ServiceResult<Option<EventMeta>> {
+        Ok(self.tables.event_meta(event_id.as_str())?)
+    }
+
+    /// A stored event by ID.
+    pub fn event(&self, event_id: &EventId) -> ServiceResult<Option<StoredEvent>> {
+        let Some(meta) = self.tables.event_meta(event_id.as_str())? else {
+            return Ok(None);
+        };
+        let Some(record) = self.tables.event(meta.short_room_id, meta.count)? else {
+            return Ok(None);
+        };
+        Ok(Some(stored(event_id.to_owned(), meta.count, record)?))
+    }
+
+    /// A stored event read for the auth rules.
+    pub fn pdu(&self, event_id: &EventId) -> ServiceResult<Option<Pdu>> {
+        match self.event(event_id)? {
+            Some(e) => Ok(Some(Pdu::from_object(e.event_id, &e.json)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A room's events from stream position `from` (inclusive) in
+    /// `direction`, lazily.
+    pub fn events<'a>(
+        &'a self,
+        record: &RoomRecord,
+        from: Option<u64>,
+        direction: Direction,
+    ) -> impl Iterator<Item = ServiceResult<StoredEvent>> + 'a {
+        self.tables.events(record.short_id, from, direction).map(|r| {
+            let (count, rec) = r?;
+            let id = match serde_json::from_str::<JsonValue>(&rec.json)
+                .ok()
+                .and_then(|v| v.get("event_id").and_then(JsonValue::as_str).map(str::to_owned))
+            {
+                Some(id) => id,
+                None => return Err(internal("stored event", "no event_id")),
+            };
+            let id = OwnedEventId::try_from(id).map_err(|e| internal("stored event ID", e))?;
+            stored(id, count, rec)
+        })
+    }
+
+    /// The state of a room as `(type, state_key) → event`, from a snapshot.
+    pub fn state_events(&self, s: &Services, snapshot: u64) -> ServiceResult<Vec<StoredEvent>> {
+        let map = s.state.load_snapshot(snapshot)?;
+        let mut out = Vec::with_capacity(map.len());
+        for short in map.values() {
+            let id = s.state.event_id(*short)?;
+            if let Some(e) = self.event(&id)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One state event from a snapshot.
+    pub fn state_event(
+        &self,
+        s: &Services,
+        snapshot: u64,
+        event_type: &str,
+        state_key: &str,
+    ) -> ServiceResult<Option<StoredEvent>> {
+        let Some(key) = s.state.find_short_state_key(event_type, state_key)? else {
+            return Ok(None);
+        };
+        let map = s.state.load_snapshot(snapshot)?;
+        match map.get(&key) {
+            Some(short) => self.event(&s.state.event_id(*short)?),
+            None => Ok(None),
+        }
+    }
+
+    pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> ServiceResult<Option<String>> {
+        Ok(self.tables.membership(room_id.as_str(), user_id.as_str())?)
+    }
+
+    pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> ServiceResult<bool> {
+        Ok(self.membership(room_id, user_id)?.as_deref() == Some("join"))
+    }
+
+    /// `(user_id, membership)` of the room's members.
+    pub fn members(&self, room_id: &RoomId) -> ServiceResult<Vec<(String, String)>> {
+        Ok(self.tables.members(room_id.as_str()).collect::<Result<_, _>>()?)
+    }
+
+    /// `(room_id, record)` of every room the user has a membership in.
+    pub fn user_rooms(&self, user_id: &UserId) -> ServiceResult<Vec<(OwnedRoomId, UserRoomRecord)>> {
+        let mut out = Vec::new();
+        for r in self.tables.user_rooms(user_id.as_str()) {
+            let (room, record) = r?;
+            out.push((
+                OwnedRoomId::try_from(room).map_err(|e| internal("stored room ID", e))?,
+                record,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Hides a room the user has left from their /sync.
+    pub fn forget(&self, room_id: &RoomId, user_id: &UserId) -> ServiceResult<()> {
+        let Some(mut record) = self.tables.user_room(user_id.as_str(), room_id.as_str())? else {
+            return Ok(());
+        };
+        if matches!(record.membership.as_str(), "join" | "invite" | "knock") {
+            return Err(ServiceError::BadRequest(
+                "leave the room before forgetting it".to_owned(),
+            ));
+        }
+        record.forgotten = true;
+        let mut batch = Batch::new();
+        self.tables
+            .put_user_room(&mut batch, user_id.as_str(), room_id.as_str(), &record);
+        Ok(self.tables.write(batch)?)
+    }
+}
+
+fn stored(event_id: OwnedEventId, count: u64, record: TimelineRecord) -> ServiceResult<StoredEvent> {
+    let json: CanonicalJsonObject = serde_json::from_str(&record.json).map_err(|e| internal("stored event", e))?;
+    Ok(StoredEvent {
+        event_id,
+        count,
+        json,
+        txn: record.txn,
+    })
+}

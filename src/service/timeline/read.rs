@@ -1,0 +1,306 @@
+//! Reading events as clients see them: history visibility, `/messages`,
+//! `/context`, member lists, and bundled aggregations.
+
+use ruma::{EventId, RoomId, UserId};
+use serde_json::Value as JsonValue;
+
+use super::{Context, Page, Pagination, StoredEvent, TimelineService, MAX_PAGE};
+use crate::database::rooms::{EventMeta, RoomRecord};
+use crate::database::Direction;
+use crate::service::{ServiceError, ServiceResult, Services};
+
+impl TimelineService {
+    /// An event as `viewer` reads it, with its bundled aggregations.
+    pub fn client_event(
+        &self,
+        s: &Services,
+        event: &StoredEvent,
+        with_room_id: bool,
+        viewer: (&UserId, &str),
+    ) -> ServiceResult<JsonValue> {
+        let mut out = event.to_client(with_room_id, Some(viewer));
+        if let Some(bundle) = s.relations.bundle(s, event, viewer.0)? {
+            out["unsigned"]["m.relations"] = bundle;
+        }
+        Ok(out)
+    }
+
+    pub fn client_events(
+        &self,
+        s: &Services,
+        events: &[StoredEvent],
+        with_room_id: bool,
+        viewer: (&UserId, &str),
+    ) -> ServiceResult<Vec<JsonValue>> {
+        events
+            .iter()
+            .map(|e| self.client_event(s, e, with_room_id, viewer))
+            .collect()
+    }
+
+    /// An event with the events around it and the state at it (`/context`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn context(
+        &self,
+        s: &Services,
+        user: &UserId,
+        device: &str,
+        room_id: &RoomId,
+        event_id: &EventId,
+        limit: usize,
+        filter: &ruma::api::client::filter::RoomEventFilter,
+    ) -> ServiceResult<Context> {
+        let not_found = || ServiceError::NotFound("event not found".to_owned());
+        let (record, _) = self.readable_snapshot(s, user, room_id)?;
+        let meta = self.event_meta(event_id)?.ok_or_else(not_found)?;
+        let event = self.event(event_id)?.ok_or_else(not_found)?;
+        if event.room_id().as_deref() != Some(room_id.as_str()) || !self.can_see(s, user, room_id, &meta)? {
+            return Err(not_found());
+        }
+        let limit = limit.min(MAX_PAGE);
+        let before_wanted = limit / 2;
+        let after_wanted = limit - before_wanted;
+        let viewer = (user, device);
+        let collect = |from: u64, direction: Direction, wanted: usize| -> ServiceResult<(Vec<StoredEvent>, u64)> {
+            let mut out = Vec::new();
+            let mut last = from;
+            for e in self.events(&record, Some(from), direction).take(MAX_PAGE * 4) {
+                let e = e?;
+                if out.len() >= wanted {
+                    break;
+                }
+                last = e.count;
+                let Some(m) = self.event_meta(&e.event_id)? else {
+                    continue;
+                };
+                if crate::service::sync::event_passes(filter, &e) && self.can_see(s, user, room_id, &m)? {
+                    out.push(e);
+                }
+            }
+            Ok((out, last))
+        };
+        let (before, first) = if meta.count > 0 {
+            collect(meta.count - 1, Direction::Backward, before_wanted)?
+        } else {
+            (Vec::new(), 0)
+        };
+        let (after, last) = collect(meta.count + 1, Direction::Forward, after_wanted)?;
+        let state_snapshot = match after.last() {
+            Some(e) => self
+                .event_meta(&e.event_id)?
+                .map_or(meta.state_after, |m| m.state_after),
+            None => meta.state_after,
+        };
+        let lazy = !filter.lazy_load_options.is_disabled();
+        let senders: std::collections::BTreeSet<&str> = before
+            .iter()
+            .chain(after.iter())
+            .chain(std::iter::once(&event))
+            .map(|e| e.sender())
+            .collect();
+        let state = self
+            .state_events(s, state_snapshot)?
+            .iter()
+            .filter(|e| {
+                !lazy || e.event_type() != "m.room.member" || e.state_key().is_some_and(|k| senders.contains(k))
+            })
+            .map(|e| e.to_client(true, Some(viewer)))
+            .collect();
+        Ok(Context {
+            start: crate::service::sync::token(first.saturating_sub(1)),
+            end: crate::service::sync::token(last),
+            events_before: self.client_events(s, &before, true, viewer)?,
+            event: self.client_event(s, &event, true, viewer)?,
+            events_after: self.client_events(s, &after, true, viewer)?,
+            state,
+        })
+    }
+
+    /// The state snapshot after the room's last event at or before `position`.
+    pub fn snapshot_at(&self, record: &RoomRecord, position: u64) -> ServiceResult<u64> {
+        match self.events(record, Some(position), Direction::Backward).next() {
+            Some(event) => {
+                let event = event?;
+                Ok(self
+                    .event_meta(&event.event_id)?
+                    .map_or(record.state_snapshot, |m| m.state_after))
+            }
+            None => Ok(record.state_snapshot),
+        }
+    }
+
+    /// The room and the state `user` may read: the current state for
+    /// members (and anyone, in a world-readable room), the state when they
+    /// left for former members.
+    pub fn readable_snapshot(&self, s: &Services, user: &UserId, room_id: &RoomId) -> ServiceResult<(RoomRecord, u64)> {
+        let record = self.room_or_404(room_id)?;
+        match self.tables.user_room(user.as_str(), room_id.as_str())? {
+            Some(r) if r.membership == "join" => return Ok((record.clone(), record.state_snapshot)),
+            Some(r) if r.membership == "leave" || r.membership == "ban" => {
+                let snapshot = self.snapshot_at(&record, r.count)?;
+                return Ok((record, snapshot));
+            }
+            _ => {}
+        }
+        let world_readable = self
+            .state_event(s, record.state_snapshot, "m.room.history_visibility", "")?
+            .is_some_and(|e| e.content_str("history_visibility") == Some("world_readable"));
+        if world_readable {
+            let snapshot = record.state_snapshot;
+            Ok((record, snapshot))
+        } else {
+            Err(ServiceError::Forbidden("you are not in this room".to_owned()))
+        }
+    }
+
+    pub fn readable_state(&self, s: &Services, user: &UserId, room_id: &RoomId) -> ServiceResult<Vec<StoredEvent>> {
+        let (_, snapshot) = self.readable_snapshot(s, user, room_id)?;
+        self.state_events(s, snapshot)
+    }
+
+    /// The room's member events as `user` may see them, optionally at a
+    /// stream position.
+    pub fn member_events(
+        &self,
+        s: &Services,
+        user: &UserId,
+        device: &str,
+        room_id: &RoomId,
+        at: Option<&str>,
+    ) -> ServiceResult<Vec<JsonValue>> {
+        let (record, mut snapshot) = self.readable_snapshot(s, user, room_id)?;
+        if let Some(at) = at {
+            let position = crate::service::sync::parse_token(at)?;
+            let readable_up_to = match self.tables.user_room(user.as_str(), room_id.as_str())? {
+                Some(r) if r.membership != "join" => r.count,
+                _ => u64::MAX,
+            };
+            snapshot = self.snapshot_at(&record, position.min(readable_up_to))?;
+        }
+        Ok(self
+            .state_events(s, snapshot)?
+            .iter()
+            .filter(|e| e.event_type() == "m.room.member")
+            .map(|e| e.to_client(true, Some((user, device))))
+            .collect())
+    }
+
+    /// One event, if `user` may see it (404 otherwise, so that hidden events
+    /// do not reveal they exist).
+    pub fn visible_event(
+        &self,
+        s: &Services,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+        device: &str,
+    ) -> ServiceResult<JsonValue> {
+        let not_found = || ServiceError::NotFound("event not found".to_owned());
+        self.room_or_404(room_id)?;
+        let meta = self.event_meta(event_id)?.ok_or_else(not_found)?;
+        let event = self.event(event_id)?.ok_or_else(not_found)?;
+        if event.room_id().as_deref() != Some(room_id.as_str()) || !self.can_see(s, user, room_id, &meta)? {
+            return Err(not_found());
+        }
+        self.client_event(s, &event, true, (user, device))
+    }
+
+    /// A page of a room's history for `user` (`/messages`).
+    pub fn messages(
+        &self,
+        s: &Services,
+        user: &UserId,
+        device: &str,
+        room_id: &RoomId,
+        page: Pagination,
+    ) -> ServiceResult<Page> {
+        let (record, _) = self.readable_snapshot(s, user, room_id)?;
+        let limit = page.limit.clamp(1, MAX_PAGE);
+        let from = match &page.from {
+            Some(t) => crate::service::sync::parse_token(t)?,
+            None if page.backward => self.stream.visible(),
+            None => 0,
+        };
+        let to = page.to.as_deref().map(crate::service::sync::parse_token).transpose()?;
+        // Positions are between events: backward from `from` reads events at
+        // or before it, forward reads events after it.
+        let (start, direction) = if page.backward {
+            (from, Direction::Backward)
+        } else {
+            (from.saturating_add(1), Direction::Forward)
+        };
+        let mut chunk = Vec::new();
+        let mut end = None;
+        let mut scanned = 0usize;
+        let viewer = Some((user, device));
+        for event in self.events(&record, Some(start), direction) {
+            let event = event?;
+            let past_to = match (to, page.backward) {
+                (Some(to), true) => event.count <= to,
+                (Some(to), false) => event.count > to,
+                (None, _) => false,
+            };
+            if past_to {
+                end = None;
+                break;
+            }
+            // Bounded work per request, even when filters hide most events.
+            scanned += 1;
+            if chunk.len() >= limit || scanned > MAX_PAGE * 4 {
+                break;
+            }
+            end = Some(if page.backward { event.count - 1 } else { event.count });
+            let Some(meta) = self.event_meta(&event.event_id)? else {
+                continue;
+            };
+            if !crate::service::sync::event_passes(&page.filter, &event) || !self.can_see(s, user, room_id, &meta)? {
+                continue;
+            }
+            chunk.push(event);
+        }
+        let lazy = !page.filter.lazy_load_options.is_disabled();
+        let mut state = Vec::new();
+        if lazy {
+            let senders: std::collections::BTreeSet<&str> = chunk.iter().map(|e| e.sender()).collect();
+            for sender in senders {
+                if let Some(e) = self.state_event(s, record.state_snapshot, "m.room.member", sender)? {
+                    state.push(e.to_client(true, viewer));
+                }
+            }
+        }
+        Ok(Page {
+            start: crate::service::sync::token(from),
+            end: end.map(crate::service::sync::token),
+            chunk: self.client_events(s, &chunk, true, (user, device))?,
+            state,
+        })
+    }
+
+    /// Whether `user` may see `event` under the room's history visibility.
+    pub fn can_see(&self, s: &Services, user: &UserId, room_id: &RoomId, meta: &EventMeta) -> ServiceResult<bool> {
+        let visibility = self
+            .state_event(s, meta.state_before, "m.room.history_visibility", "")?
+            .and_then(|e| e.content_str("history_visibility").map(str::to_owned))
+            .unwrap_or_else(|| "shared".to_owned());
+        if visibility == "world_readable" {
+            return Ok(true);
+        }
+        // Events about the user's own membership (their invite, join, leave)
+        // are theirs to see.
+        if let Some(event) = self.event(&s.state.event_id(meta.short_event_id)?)? {
+            if event.event_type() == "m.room.member" && event.state_key() == Some(user.as_str()) {
+                return Ok(true);
+            }
+        }
+        let membership_then = self
+            .state_event(s, meta.state_after, "m.room.member", user.as_str())?
+            .and_then(|e| e.content_str("membership").map(str::to_owned));
+        Ok(match membership_then.as_deref() {
+            Some("join") => true,
+            Some("invite") if visibility == "invited" || visibility == "shared" => {
+                visibility == "invited" || self.is_joined(room_id, user)?
+            }
+            _ => visibility == "shared" && self.is_joined(room_id, user)?,
+        })
+    }
+}
