@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 
+from nio.api import RoomVisibility
 from nio import (
     AsyncClient,
     DevicesResponse,
@@ -224,7 +225,55 @@ async def nio_two_users_chat(base):
         await bob.close()
 
 
-TESTS = [nio_account_basics, nio_wrong_password_is_refused, nio_two_users_chat]
+def commander(base, workdir, *args):
+    """Runs matrix-commander (installed next to this Python) and returns its
+    standard output; fails on a non-zero exit."""
+    binary = os.path.join(os.path.dirname(sys.executable), "matrix-commander")
+    common = ["--credentials", os.path.join(workdir, "creds.json"), "--store", os.path.join(workdir, "store")]
+    env = dict(os.environ, HOME=workdir)
+    done = subprocess.run(
+        [binary, *common, *args], capture_output=True, text=True, timeout=60, cwd=workdir, env=env, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 0, f"matrix-commander {args[:2]} exited {done.returncode}: {done.stderr[-500:]}"
+    return done.stdout
+
+
+async def commander_through_an_alias(base):
+    """matrix-commander joins a room by its alias, sends to the alias, and
+    receives a reply through sync; the other user sees its message once."""
+    alice = await registered(base, "alice")
+    mc = await registered(base, "commander")
+    await mc.close()
+    workdir = tempfile.mkdtemp()
+    try:
+        created = await alice.room_create(alias="family", name="Family", visibility=RoomVisibility.public)
+        assert isinstance(created, RoomCreateResponse), f"room_create: {created}"
+        room_id = created.room_id
+        await alice.sync(timeout=0, sync_filter=SYNC_FILTER)
+
+        commander(
+            base, workdir, "--login", "password", "--homeserver", base, "--user-login", "@commander:localhost",
+            "--password", "pw-commander", "--device", "commander", "--room-default", "#family:localhost",
+        )
+        commander(base, workdir, "--room-join", "#family:localhost")
+        commander(base, workdir, "-m", "hello from matrix-commander", "--room", "#family:localhost")
+
+        bodies, _ = await collect_texts(alice, room_id, "@commander:localhost", 1, time.monotonic() + 20)
+        assert bodies == ["hello from matrix-commander"], bodies
+
+        sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hello commander"})
+        assert isinstance(sent, RoomSendResponse), f"send: {sent}"
+        received = commander(base, workdir, "--listen", "once")
+        assert "hello commander" in received, received
+        # Once only: a second listen has nothing new.
+        again = commander(base, workdir, "--listen", "once")
+        assert "hello commander" not in again, again
+    finally:
+        await alice.close()
+        subprocess.run(["rm", "-rf", workdir], check=False)
+
+
+TESTS = [nio_account_basics, nio_wrong_password_is_refused, nio_two_users_chat, commander_through_an_alias]
 
 
 def main():
