@@ -5,7 +5,7 @@
 use ruma::{EventId, RoomId, UserId};
 use serde_json::{json, Value as JsonValue};
 
-use super::timeline::StoredEvent;
+use super::timeline::{StoredEvent, VisibilityCache};
 use super::{ServiceResult, Services};
 use crate::database::relations::{RelationRecord, RelationTables};
 use crate::database::{Batch, Db};
@@ -101,6 +101,7 @@ impl RelationsService {
         let limit = limit.clamp(1, MAX_PAGE);
         let mut events = Vec::new();
         let mut next = None;
+        let mut visibility = VisibilityCache::default();
         for (count, record) in all {
             let in_range = match (backward, from, to) {
                 (true, Some(f), _) if count > f => false,
@@ -122,7 +123,9 @@ impl RelationsService {
             let (Some(meta), Some(event)) = (s.timeline.event_meta(&id)?, s.timeline.event(&id)?) else {
                 continue;
             };
-            if s.timeline.can_see(s, user, room_id, &meta)? {
+            if s.timeline
+                .can_see_cached(s, user, room_id, &meta, Some(&event), &mut visibility)?
+            {
                 events.push(event);
             }
         }
@@ -145,6 +148,7 @@ impl RelationsService {
         let limit = limit.clamp(1, MAX_PAGE);
         let mut events = Vec::new();
         let mut next = None;
+        let mut visibility = VisibilityCache::default();
         for (root, latest) in roots {
             if from.is_some_and(|f| latest > f) {
                 continue;
@@ -169,7 +173,9 @@ impl RelationsService {
             {
                 continue;
             }
-            if s.timeline.can_see(s, user, room_id, &meta)? {
+            if s.timeline
+                .can_see_cached(s, user, room_id, &meta, Some(&event), &mut visibility)?
+            {
                 events.push(event);
             }
         }

@@ -152,6 +152,34 @@ impl StateService {
         Ok(self.load_entries(id)?.iter().map(split_entry).collect())
     }
 
+    /// One entry of a snapshot: the short event ID at `short_state_key`,
+    /// read through the layers without building the whole state.
+    pub fn lookup(&self, id: u64, short_state_key: u64) -> ServiceResult<Option<u64>> {
+        let find = |entries: &[StateEntry]| -> Option<u64> {
+            // Entries are sorted by state key first.
+            let at = entries.partition_point(|e| split_entry(e).0 < short_state_key);
+            entries
+                .get(at)
+                .map(split_entry)
+                .filter(|(key, _)| *key == short_state_key)
+                .map(|(_, event)| event)
+        };
+        let mut layer = self.record(id)?;
+        for _ in 0..=MAX_DEPTH {
+            if let Some(event) = find(&layer.added) {
+                return Ok(Some(event));
+            }
+            if find(&layer.removed).is_some() {
+                return Ok(None);
+            }
+            match layer.parent {
+                Some(parent) => layer = self.record(parent)?,
+                None => return Ok(None),
+            }
+        }
+        Err(corrupt(id, "more layers than the depth limit"))
+    }
+
     fn load_entries(&self, id: u64) -> ServiceResult<BTreeSet<StateEntry>> {
         // Newest layer first, down to the full state.
         let mut layers = vec![self.record(id)?];
@@ -244,7 +272,8 @@ mod tests {
         assert!(state.event_id(999_999).is_err());
     }
 
-    /// A long random history: every snapshot loads back exactly, however
+    /// A long random history: every snapshot loads back exactly (whole or
+    /// one key at a time), however
     /// it was stored, layers stay within the bound, and equal states share
     /// one snapshot.
     #[test]
@@ -273,6 +302,14 @@ mod tests {
         }
         for (id, expected) in &history {
             assert_eq!(&state.load_snapshot(*id).unwrap(), expected, "snapshot {id}");
+            // Single lookups agree with the whole state, present or absent.
+            for key in 0..60u64 {
+                assert_eq!(
+                    state.lookup(*id, key).unwrap(),
+                    expected.get(&key).copied(),
+                    "{id}/{key}"
+                );
+            }
         }
         // The history went through diffs and through folding at the limit.
         let depths: Vec<u8> = history.iter().map(|(id, _)| state.depth(*id)).collect();

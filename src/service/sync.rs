@@ -15,7 +15,7 @@ use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::Value as JsonValue;
 
 use super::push::Counts;
-use super::timeline::StoredEvent;
+use super::timeline::{StoredEvent, VisibilityCache};
 use super::{ServiceError, ServiceResult, Services};
 use crate::database::rooms::{RoomRecord, UserRoomRecord};
 use crate::database::Direction;
@@ -299,6 +299,7 @@ fn sync_room(
     let mut limited = false;
     let mut first_seen: Option<u64> = None;
     let mut scanned = 0usize;
+    let mut visibility = VisibilityCache::default();
     for event in s.timeline.events(record, Some(end), Direction::Backward) {
         let event = event?;
         if since.is_some() && event.count <= since_pos {
@@ -317,7 +318,10 @@ fn sync_room(
         let Some(meta) = s.timeline.event_meta(&event.event_id)? else {
             continue;
         };
-        if !s.timeline.can_see(s, user, room_id, &meta)? {
+        if !s
+            .timeline
+            .can_see_cached(s, user, room_id, &meta, Some(&event), &mut visibility)?
+        {
             // Nothing earlier is visible either once visibility hides one
             // event of a member's own past.
             limited = true;

@@ -12,6 +12,8 @@
 mod append;
 mod read;
 
+pub use read::VisibilityCache;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -313,9 +315,8 @@ impl TimelineService {
         let Some(key) = s.state.find_short_state_key(event_type, state_key)? else {
             return Ok(None);
         };
-        let map = s.state.load_snapshot(snapshot)?;
-        match map.get(&key) {
-            Some(short) => self.event(&s.state.event_id(*short)?),
+        match s.state.lookup(snapshot, key)? {
+            Some(short) => self.event(&s.state.event_id(short)?),
             None => Ok(None),
         }
     }

@@ -1,6 +1,8 @@
 //! Reading events as clients see them: history visibility, `/messages`,
 //! `/context`, member lists, and bundled aggregations.
 
+use std::collections::HashMap;
+
 use ruma::{EventId, RoomId, UserId};
 use serde_json::Value as JsonValue;
 
@@ -8,6 +10,14 @@ use super::{Context, Page, Pagination, StoredEvent, TimelineService, MAX_PAGE};
 use crate::database::rooms::{EventMeta, RoomRecord};
 use crate::database::Direction;
 use crate::service::{ServiceError, ServiceResult, Services};
+
+/// Visibility answers within one request, keyed by the state snapshots
+/// around an event.
+#[derive(Default)]
+pub struct VisibilityCache {
+    by_state: HashMap<(u64, u64), bool>,
+    joined_now: Option<bool>,
+}
 
 impl TimelineService {
     /// An event as `viewer` reads it, with its bundled aggregations.
@@ -61,7 +71,8 @@ impl TimelineService {
         let before_wanted = limit / 2;
         let after_wanted = limit - before_wanted;
         let viewer = (user, device);
-        let collect = |from: u64, direction: Direction, wanted: usize| -> ServiceResult<(Vec<StoredEvent>, u64)> {
+        let mut visibility = VisibilityCache::default();
+        let mut collect = |from: u64, direction: Direction, wanted: usize| -> ServiceResult<(Vec<StoredEvent>, u64)> {
             let mut out = Vec::new();
             let mut last = from;
             for e in self.events(&record, Some(from), direction).take(MAX_PAGE * 4) {
@@ -73,7 +84,9 @@ impl TimelineService {
                 let Some(m) = self.event_meta(&e.event_id)? else {
                     continue;
                 };
-                if crate::service::sync::event_passes(filter, &e) && self.can_see(s, user, room_id, &m)? {
+                if crate::service::sync::event_passes(filter, &e)
+                    && self.can_see_cached(s, user, room_id, &m, Some(&e), &mut visibility)?
+                {
                     out.push(e);
                 }
             }
@@ -231,6 +244,7 @@ impl TimelineService {
         };
         let mut chunk = Vec::new();
         let mut end = None;
+        let mut visibility = VisibilityCache::default();
         let mut scanned = 0usize;
         let viewer = Some((user, device));
         for event in self.events(&record, Some(start), direction) {
@@ -253,7 +267,9 @@ impl TimelineService {
             let Some(meta) = self.event_meta(&event.event_id)? else {
                 continue;
             };
-            if !crate::service::sync::event_passes(&page.filter, &event) || !self.can_see(s, user, room_id, &meta)? {
+            if !crate::service::sync::event_passes(&page.filter, &event)
+                || !self.can_see_cached(s, user, room_id, &meta, Some(&event), &mut visibility)?
+            {
                 continue;
             }
             chunk.push(event);
@@ -276,31 +292,57 @@ impl TimelineService {
         })
     }
 
-    /// Whether `user` may see `event` under the room's history visibility.
+    /// Whether `user` may see the event under the room's history visibility.
     pub fn can_see(&self, s: &Services, user: &UserId, room_id: &RoomId, meta: &EventMeta) -> ServiceResult<bool> {
+        let event = self.event(&s.state.event_id(meta.short_event_id)?)?;
+        self.can_see_cached(s, user, room_id, meta, event.as_ref(), &mut VisibilityCache::default())
+    }
+
+    /// [`Self::can_see`] for one of many events of a request: events between
+    /// the same two state snapshots (all the messages between two state
+    /// changes) share one answer.
+    pub fn can_see_cached(
+        &self,
+        s: &Services,
+        user: &UserId,
+        room_id: &RoomId,
+        meta: &EventMeta,
+        event: Option<&StoredEvent>,
+        cache: &mut VisibilityCache,
+    ) -> ServiceResult<bool> {
+        // Events about the user's own membership (their invite, join, leave)
+        // are theirs to see.
+        if event.is_some_and(|e| e.event_type() == "m.room.member" && e.state_key() == Some(user.as_str())) {
+            return Ok(true);
+        }
+        let key = (meta.state_before, meta.state_after);
+        if let Some(visible) = cache.by_state.get(&key) {
+            return Ok(*visible);
+        }
         let visibility = self
             .state_event(s, meta.state_before, "m.room.history_visibility", "")?
             .and_then(|e| e.content_str("history_visibility").map(str::to_owned))
             .unwrap_or_else(|| "shared".to_owned());
-        if visibility == "world_readable" {
-            return Ok(true);
-        }
-        // Events about the user's own membership (their invite, join, leave)
-        // are theirs to see.
-        if let Some(event) = self.event(&s.state.event_id(meta.short_event_id)?)? {
-            if event.event_type() == "m.room.member" && event.state_key() == Some(user.as_str()) {
-                return Ok(true);
+        let visible = if visibility == "world_readable" {
+            true
+        } else {
+            let membership_then = self
+                .state_event(s, meta.state_after, "m.room.member", user.as_str())?
+                .and_then(|e| e.content_str("membership").map(str::to_owned));
+            let mut joined_now = || -> ServiceResult<bool> {
+                if cache.joined_now.is_none() {
+                    cache.joined_now = Some(self.is_joined(room_id, user)?);
+                }
+                Ok(cache.joined_now == Some(true))
+            };
+            match membership_then.as_deref() {
+                Some("join") => true,
+                Some("invite") if visibility == "invited" => true,
+                Some("invite") if visibility == "shared" => joined_now()?,
+                _ => visibility == "shared" && joined_now()?,
             }
-        }
-        let membership_then = self
-            .state_event(s, meta.state_after, "m.room.member", user.as_str())?
-            .and_then(|e| e.content_str("membership").map(str::to_owned));
-        Ok(match membership_then.as_deref() {
-            Some("join") => true,
-            Some("invite") if visibility == "invited" || visibility == "shared" => {
-                visibility == "invited" || self.is_joined(room_id, user)?
-            }
-            _ => visibility == "shared" && self.is_joined(room_id, user)?,
-        })
+        };
+        cache.by_state.insert(key, visible);
+        Ok(visible)
     }
 }
