@@ -32,6 +32,9 @@ fn release_large_blocks_when_freed() {
     // SAFETY: mallopt only tunes the allocator; no other thread runs yet.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        // Few arenas: glibc's default (8 per core) keeps freed memory of
+        // every worker thread apart and RSS grows with the thread count.
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -56,6 +56,9 @@ impl RocksDb {
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(2);
         db_opts.set_max_total_wal_size(64 << 20);
+        // One memtable budget for all tables together: with ~30 tables the
+        // per-table bound alone would allow hundreds of MiB.
+        db_opts.set_db_write_buffer_size(16 << 20);
 
         // RocksDB must open every family the database has, including ones a
         // newer build created; the schema check below then refuses the open.
