@@ -417,8 +417,48 @@ impl RoomsService {
         Ok(self.directory.delete_alias(alias.as_str(), room_id.as_str())?)
     }
 
-    pub fn room_aliases(&self, room_id: &RoomId) -> ServiceResult<Vec<String>> {
+    /// The local aliases of a room, for its members.
+    pub fn room_aliases(&self, s: &Services, user: &UserId, room_id: &RoomId) -> ServiceResult<Vec<String>> {
+        s.timeline.room_or_404(room_id)?;
+        if !s.timeline.is_joined(room_id, user)? {
+            return Err(ServiceError::Forbidden("you are not in this room".to_owned()));
+        }
         Ok(self.directory.room_aliases(room_id.as_str())?)
+    }
+
+    /// Lifts a ban (a leave for a banned user).
+    pub fn unban(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> ServiceResult<()> {
+        if s.timeline.membership(room_id, target)?.as_deref() != Some("ban") {
+            s.timeline.room_or_404(room_id)?;
+            return Err(ServiceError::Forbidden("this user is not banned".to_owned()));
+        }
+        self.set_membership(s, room_id, sender, target, "leave", reason)
+    }
+
+    /// The member events of the joined members, for a member to read.
+    pub fn joined_members(
+        &self,
+        s: &Services,
+        user: &UserId,
+        device: &str,
+        room_id: &RoomId,
+    ) -> ServiceResult<Vec<JsonValue>> {
+        if !s.timeline.is_joined(room_id, user)? {
+            s.timeline.room_or_404(room_id)?;
+            return Err(ServiceError::Forbidden("you are not in this room".to_owned()));
+        }
+        Ok(s.timeline
+            .member_events(s, user, device, room_id, None)?
+            .into_iter()
+            .filter(|e| e["content"]["membership"] == "join")
+            .collect())
     }
 
     /// Whether `user`'s power level lets them send state of `event_type`.

@@ -13,7 +13,7 @@ use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId};
 
 use super::raw;
 use crate::api::{ApiError, Router, Ruma};
-use crate::service::{ServiceError, Services};
+use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
     router.add(join_by_id);
@@ -157,17 +157,12 @@ async fn unban(
 ) -> Result<unban_user::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let body = req.body;
-    let (room_id, target) = (body.room_id.clone(), body.user_id.clone());
-    let banned = {
-        let (room_id, target) = (room_id.clone(), target.clone());
-        services
-            .run(move |s| Ok(s.timeline.membership(&room_id, &target)?.as_deref() == Some("ban")))
-            .await?
-    };
-    if !banned {
-        return Err(ApiError::Forbidden("this user is not banned".to_owned()));
-    }
-    membership_change(services, user, room_id, target, "leave", body.reason).await?;
+    services
+        .run(move |s| {
+            s.rooms
+                .unban(s, &body.room_id, &user, &body.user_id, body.reason.as_deref())
+        })
+        .await?;
     Ok(unban_user::v3::Response::new())
 }
 
@@ -223,19 +218,10 @@ async fn joined_members(
     let device = req.device()?.to_owned();
     let room_id = req.body.room_id;
     let events = services
-        .run(move |s| {
-            if !s.timeline.is_joined(&room_id, &user)? {
-                s.timeline.room_or_404(&room_id)?;
-                return Err(ServiceError::Forbidden("you are not in this room".to_owned()));
-            }
-            s.timeline.member_events(s, &user, &device, &room_id, None)
-        })
+        .run(move |s| s.rooms.joined_members(s, &user, &device, &room_id))
         .await?;
     let mut joined = BTreeMap::new();
     for event in events {
-        if event["content"]["membership"] != "join" {
-            continue;
-        }
         let Some(user_id) = event["state_key"].as_str().and_then(|k| OwnedUserId::try_from(k).ok()) else {
             continue;
         };

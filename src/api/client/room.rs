@@ -145,17 +145,7 @@ async fn room_aliases(
 ) -> Result<aliases::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let room_id = req.body.room_id;
-    let list = services
-        .run(move |s| {
-            s.timeline.room_or_404(&room_id)?;
-            if !s.timeline.is_joined(&room_id, &user)? {
-                return Err(crate::service::ServiceError::Forbidden(
-                    "you are not in this room".to_owned(),
-                ));
-            }
-            s.rooms.room_aliases(&room_id)
-        })
-        .await?;
+    let list = services.run(move |s| s.rooms.room_aliases(s, &user, &room_id)).await?;
     let list = list
         .into_iter()
         .filter_map(|a| OwnedRoomAliasId::try_from(a).ok())
