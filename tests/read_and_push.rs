@@ -261,6 +261,37 @@ async fn typing_markers_and_tags_reach_sync() {
         .await;
     assert_eq!(status, 403, "one types only for oneself");
 
+    // A typing notification that times out is withdrawn, and a waiting sync
+    // hears of it.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .call(
+            "PUT",
+            &typing,
+            Some(&alice),
+            Some(json!({"typing": true, "timeout": 300})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let sync = server.sync(&bob, Some(&since), 5000, None).await;
+    assert_eq!(
+        ephemeral(&sync, &room_id, "m.typing").unwrap()["content"]["user_ids"],
+        json!(["@alice:localhost"])
+    );
+    let started = std::time::Instant::now();
+    let sync = server
+        .sync(&bob, Some(sync["next_batch"].as_str().unwrap()), 5000, None)
+        .await;
+    assert_eq!(
+        ephemeral(&sync, &room_id, "m.typing").unwrap()["content"]["user_ids"],
+        json!([]),
+        "{sync}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "woken by the expiry, not the timeout"
+    );
+
     // The fully-read marker is room account data.
     let event_id = server.send_text(&alice, &room_id, "read me").await;
     let (status, _) = server
