@@ -81,14 +81,6 @@ impl RoomTables {
         batch.put(Table::Rooms, keys::encode(room_id), to_record(record));
     }
 
-    /// Every room ID with its record, in ID order.
-    pub fn all_rooms(&self) -> impl Iterator<Item = DbResult<(String, RoomRecord)>> + '_ {
-        self.db.iter(Table::Rooms, None, Direction::Forward).map(|r| {
-            let (k, v) = r?;
-            Ok((decode_key(Table::Rooms, &k)?, from_record(Table::Rooms, &v)?))
-        })
-    }
-
     pub fn put_event(&self, batch: &mut Batch, event_id: &str, meta: &EventMeta, record: &TimelineRecord) {
         batch.put(
             Table::Timeline,

@@ -279,15 +279,20 @@ impl TimelineService {
     ) -> impl Iterator<Item = ServiceResult<StoredEvent>> + 'a {
         self.tables.events(record.short_id, from, direction).map(|r| {
             let (count, rec) = r?;
-            let id = match serde_json::from_str::<JsonValue>(&rec.json)
-                .ok()
-                .and_then(|v| v.get("event_id").and_then(JsonValue::as_str).map(str::to_owned))
-            {
-                Some(id) => id,
-                None => return Err(internal("stored event", "no event_id")),
+            // Stored events carry their ID (see `TimelineRecord`); parse once.
+            let json: CanonicalJsonObject = serde_json::from_str(&rec.json).map_err(|e| internal("stored event", e))?;
+            let id = match json.get("event_id") {
+                Some(CanonicalJsonValue::String(id)) => {
+                    OwnedEventId::try_from(id.as_str()).map_err(|e| internal("stored event ID", e))?
+                }
+                _ => return Err(internal("stored event", "no event_id")),
             };
-            let id = OwnedEventId::try_from(id).map_err(|e| internal("stored event ID", e))?;
-            stored(id, count, rec)
+            Ok(StoredEvent {
+                event_id: id,
+                count,
+                json,
+                txn: rec.txn,
+            })
         })
     }
 
