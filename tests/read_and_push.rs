@@ -43,11 +43,7 @@ async fn receipt(server: &TestServer, token: &str, room_id: &str, kind: &str, ev
 
 #[tokio::test]
 async fn unread_counts_rise_and_a_receipt_clears_them() {
-    let server = TestServer::start().await;
-    let (_, alice, _) = server.register("alice", "pw").await;
-    let (_, bob, _) = server.register("bob", "pw").await;
-    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
-    server.join(&bob, &room_id).await;
+    let (server, alice, bob, room_id) = alice_and_bob_in_a_room().await;
     let since = server.sync(&bob, None, 0, None).await["next_batch"]
         .as_str()
         .unwrap()
@@ -84,7 +80,7 @@ async fn unread_counts_rise_and_a_receipt_clears_them() {
     assert_eq!(receipt(&server, &bob, &room_id, "m.read", &last, json!({})).await, 200);
     let sync = server.sync(&bob, Some(&since), 0, None).await;
     assert_eq!(counts(&sync, &room_id), (0, 0), "{sync}");
-    let receipts = ephemeral(&alice_sync_after(&server, &alice).await, &room_id, "m.receipt").expect("a receipt");
+    let receipts = ephemeral(&server.sync(&alice, None, 0, None).await, &room_id, "m.receipt").expect("a receipt");
     assert!(
         receipts["content"][&last]["m.read"]["@bob:localhost"]["ts"].is_u64(),
         "{receipts}"
@@ -100,7 +96,7 @@ async fn unread_counts_rise_and_a_receipt_clears_them() {
     assert_eq!(counts(&bob_sync, &room_id), (0, 0));
     let own = ephemeral(&bob_sync, &room_id, "m.receipt").unwrap();
     assert!(own["content"][&more]["m.read.private"]["@bob:localhost"].is_object());
-    let alice_view = alice_sync_after(&server, &alice).await;
+    let alice_view = server.sync(&alice, None, 0, None).await;
     let alice_receipts = ephemeral(&alice_view, &room_id, "m.receipt").unwrap();
     assert!(alice_receipts["content"].get(&more).is_none(), "{alice_receipts}");
 
@@ -111,17 +107,19 @@ async fn unread_counts_rise_and_a_receipt_clears_them() {
     );
 }
 
-async fn alice_sync_after(server: &TestServer, token: &str) -> Value {
-    server.sync(token, None, 0, None).await
-}
-
-#[tokio::test]
-async fn thread_notifications_are_counted_apart() {
+/// Alice's public room with Bob in it: (server, alice's token, bob's token, room ID).
+async fn alice_and_bob_in_a_room() -> (TestServer, String, String, String) {
     let server = TestServer::start().await;
     let (_, alice, _) = server.register("alice", "pw").await;
     let (_, bob, _) = server.register("bob", "pw").await;
     let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
     server.join(&bob, &room_id).await;
+    (server, alice, bob, room_id)
+}
+
+#[tokio::test]
+async fn thread_notifications_are_counted_apart() {
+    let (server, alice, bob, room_id) = alice_and_bob_in_a_room().await;
     let root = server.send_text(&alice, &room_id, "root").await;
     let (status, reply) = server
         .call(
@@ -156,11 +154,7 @@ async fn thread_notifications_are_counted_apart() {
 
 #[tokio::test]
 async fn push_rules_can_be_read_and_changed() {
-    let server = TestServer::start().await;
-    let (_, alice, _) = server.register("alice", "pw").await;
-    let (_, bob, _) = server.register("bob", "pw").await;
-    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
-    server.join(&bob, &room_id).await;
+    let (server, alice, bob, room_id) = alice_and_bob_in_a_room().await;
 
     let (status, rules) = server
         .call("GET", "/_matrix/client/v3/pushrules/", Some(&bob), None)
@@ -217,11 +211,7 @@ async fn push_rules_can_be_read_and_changed() {
 
 #[tokio::test]
 async fn typing_markers_and_tags_reach_sync() {
-    let server = TestServer::start().await;
-    let (_, alice, _) = server.register("alice", "pw").await;
-    let (_, bob, _) = server.register("bob", "pw").await;
-    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
-    server.join(&bob, &room_id).await;
+    let (server, alice, bob, room_id) = alice_and_bob_in_a_room().await;
     let since = server.sync(&bob, None, 0, None).await["next_batch"]
         .as_str()
         .unwrap()

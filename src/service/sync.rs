@@ -52,6 +52,27 @@ pub struct SyncRoom {
     pub unread_threads: BTreeMap<String, Counts>,
 }
 
+impl SyncRoom {
+    /// A room entry with nothing in it yet.
+    fn empty(room_id: OwnedRoomId, section: RoomSection) -> Self {
+        Self {
+            room_id,
+            section,
+            timeline: Vec::new(),
+            limited: false,
+            prev_batch: None,
+            state: Vec::new(),
+            account_data: Vec::new(),
+            joined_count: 0,
+            invited_count: 0,
+            heroes: Vec::new(),
+            ephemeral: Vec::new(),
+            unread: Counts::default(),
+            unread_threads: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct SyncResult {
     pub next_batch: u64,
@@ -182,19 +203,8 @@ pub fn sync(
             }
             None if !extra_data.is_empty() && membership.membership == "join" => {
                 rooms.push(SyncRoom {
-                    room_id,
-                    section: RoomSection::Join,
-                    timeline: Vec::new(),
-                    limited: false,
-                    prev_batch: None,
-                    state: Vec::new(),
                     account_data: extra_data,
-                    joined_count: 0,
-                    invited_count: 0,
-                    heroes: Vec::new(),
-                    ephemeral: Vec::new(),
-                    unread: Counts::default(),
-                    unread_threads: BTreeMap::new(),
+                    ..SyncRoom::empty(room_id, RoomSection::Join)
                 });
             }
             None => {}
@@ -235,19 +245,8 @@ fn sync_room(
             }
             let state = stripped_state(s, user, record)?;
             return Ok(Some(SyncRoom {
-                room_id: room_id.clone(),
-                section,
-                timeline: Vec::new(),
-                limited: false,
-                prev_batch: None,
                 state,
-                account_data: Vec::new(),
-                joined_count: 0,
-                invited_count: 0,
-                heroes: Vec::new(),
-                ephemeral: Vec::new(),
-                unread: Counts::default(),
-                unread_threads: BTreeMap::new(),
+                ..SyncRoom::empty(room_id.clone(), section)
             }));
         }
         RoomSection::Leave => {

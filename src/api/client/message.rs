@@ -7,7 +7,7 @@ use ruma::api::client::redact::redact_event;
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use ruma::api::Direction as ApiDirection;
 use ruma::events::TimelineEventType;
-use ruma::CanonicalJsonObject;
+use ruma::{CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::Value as JsonValue;
 
 use super::raw;
@@ -34,6 +34,21 @@ fn content(json: &str) -> Result<CanonicalJsonObject, ApiError> {
     }
 }
 
+/// Appends a client's event under its device's transaction ID.
+async fn send_in_transaction(
+    services: Arc<Services>,
+    user: OwnedUserId,
+    device_id: String,
+    room_id: OwnedRoomId,
+    txn_id: String,
+    spec: EventSpec,
+) -> Result<OwnedEventId, ApiError> {
+    let txn = Txn { device_id, txn_id };
+    Ok(services
+        .run(move |s| s.timeline.append(s, &room_id, &user, spec, Some(&txn)))
+        .await?)
+}
+
 async fn send_message(
     services: Arc<Services>,
     req: Ruma<send_message_event::v3::Request>,
@@ -52,13 +67,7 @@ async fn send_message(
         state_key: None,
         redacts: None,
     };
-    let txn = Txn {
-        device_id: device,
-        txn_id: body.txn_id.to_string(),
-    };
-    let event_id = services
-        .run(move |s| s.timeline.append(s, &body.room_id, &user, spec, Some(&txn)))
-        .await?;
+    let event_id = send_in_transaction(services, user, device, body.room_id, body.txn_id.to_string(), spec).await?;
     Ok(send_message_event::v3::Response::new(event_id))
 }
 
@@ -140,13 +149,7 @@ async fn redact(
         state_key: None,
         redacts: Some(body.event_id),
     };
-    let txn = Txn {
-        device_id: device,
-        txn_id: body.txn_id.to_string(),
-    };
-    let event_id = services
-        .run(move |s| s.timeline.append(s, &body.room_id, &user, spec, Some(&txn)))
-        .await?;
+    let event_id = send_in_transaction(services, user, device, body.room_id, body.txn_id.to_string(), spec).await?;
     Ok(redact_event::v3::Response::new(event_id))
 }
 
