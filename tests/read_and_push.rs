@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{enc, TestServer};
+use common::{alice_and_bob_in_a_room, enc, TestServer};
 use serde_json::{json, Value};
 
 fn room<'a>(sync: &'a Value, room_id: &str) -> &'a Value {
@@ -108,15 +108,6 @@ async fn unread_counts_rise_and_a_receipt_clears_them() {
 }
 
 /// Alice's public room with Bob in it: (server, alice's token, bob's token, room ID).
-async fn alice_and_bob_in_a_room() -> (TestServer, String, String, String) {
-    let server = TestServer::start().await;
-    let (_, alice, _) = server.register("alice", "pw").await;
-    let (_, bob, _) = server.register("bob", "pw").await;
-    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
-    server.join(&bob, &room_id).await;
-    (server, alice, bob, room_id)
-}
-
 #[tokio::test]
 async fn thread_notifications_are_counted_apart() {
     let (server, alice, bob, room_id) = alice_and_bob_in_a_room().await;

@@ -104,10 +104,25 @@ pub enum Table {
     /// root_event_id: str)`. Value: the stream position of the thread's
     /// latest event, `u64` big-endian.
     ThreadRoots,
+    /// Each user's presence (`presence.rs`). Key: `(user_id: str)`. Value:
+    /// bincode `PresenceRecord` (state, status message, last active time,
+    /// stream position of the last change).
+    Presence,
+    /// Presence changes in stream order, for /sync (`presence.rs`). Key:
+    /// `(count: u64)`, the position of a user's latest change; older entries
+    /// of the user are deleted. Value: the user ID, UTF-8.
+    PresenceChanges,
+    /// Event reports (`reports.rs`). Key: `(report_id: u64)`, a stream
+    /// position. Value: bincode `ReportRecord`.
+    Reports,
+    /// Full-text search (`search.rs`): one entry per word of an event's
+    /// searchable text. Key: `(short_room_id: u64, word: str, count: u64)`,
+    /// count being the event's stream position. Value: empty.
+    SearchWords,
 }
 
 impl Table {
-    pub const ALL: [Table; 28] = [
+    pub const ALL: [Table; 32] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -136,6 +151,10 @@ impl Table {
         Table::Notifications,
         Table::Relations,
         Table::ThreadRoots,
+        Table::Presence,
+        Table::PresenceChanges,
+        Table::Reports,
+        Table::SearchWords,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -169,6 +188,10 @@ impl Table {
             Table::Notifications => "notifications",
             Table::Relations => "relations",
             Table::ThreadRoots => "thread_roots",
+            Table::Presence => "presence",
+            Table::PresenceChanges => "presence_changes",
+            Table::Reports => "reports",
+            Table::SearchWords => "search_words",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod filters;
 pub mod keys;
 pub mod meta;
+pub mod presence;
 pub mod push;
 pub mod receipts;
 pub mod relations;

@@ -6,6 +6,7 @@ pub mod devices;
 pub mod filters;
 pub mod password;
 pub mod pdu;
+pub mod presence;
 pub mod push;
 pub mod receipts;
 pub mod relations;
@@ -91,6 +92,7 @@ pub struct Services {
     pub push: push::PushService,
     pub receipts: receipts::ReceiptsService,
     pub typing: typing::TypingService,
+    pub presence: presence::PresenceService,
     pub relations: relations::RelationsService,
 }
 
@@ -129,6 +131,7 @@ impl Services {
             state: state::StateService::new(db.clone()),
             receipts: receipts::ReceiptsService::new(db.clone(), stream.clone()),
             typing: typing::TypingService::new(stream.clone()),
+            presence: presence::PresenceService::new(db.clone(), stream.clone()),
             push: push::PushService::new(db.clone()),
             relations: relations::RelationsService::new(db.clone()),
             timeline: timeline::TimelineService::new(db.clone(), stream),

@@ -78,11 +78,13 @@ pub struct SyncResult {
     pub next_batch: u64,
     pub rooms: Vec<SyncRoom>,
     pub account_data: Vec<JsonValue>,
+    /// `m.presence` events.
+    pub presence: Vec<JsonValue>,
 }
 
 impl SyncResult {
     pub fn is_empty(&self) -> bool {
-        self.rooms.is_empty() && self.account_data.is_empty()
+        self.rooms.is_empty() && self.account_data.is_empty() && self.presence.is_empty()
     }
 }
 
@@ -210,10 +212,12 @@ pub fn sync(
             None => {}
         }
     }
+    let presence = s.presence.sync_events(s, user, since, up_to, &filter.presence)?;
     Ok(SyncResult {
         next_batch: up_to,
         rooms,
         account_data: global,
+        presence,
     })
 }
 

@@ -193,6 +193,17 @@ impl TestServer {
     }
 }
 
+/// A server with alice and bob (their access tokens) joined to a public room.
+#[allow(dead_code)]
+pub async fn alice_and_bob_in_a_room() -> (TestServer, String, String, String) {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    server.join(&bob, &room_id).await;
+    (server, alice, bob, room_id)
+}
+
 /// Room helpers: each asserts success and returns what the caller needs.
 #[allow(dead_code)]
 impl TestServer {

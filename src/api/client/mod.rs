@@ -7,6 +7,7 @@ mod discovery;
 mod filter;
 mod membership;
 mod message;
+mod presence;
 mod profile;
 mod push;
 mod read;
@@ -52,5 +53,6 @@ pub fn register_routes(router: &mut Router) {
     sync::register_routes(router);
     push::register_routes(router);
     read::register_routes(router);
+    presence::register_routes(router);
     relations::register_routes(router);
 }

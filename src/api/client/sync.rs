@@ -44,6 +44,11 @@ async fn sync(services: Arc<Services>, req: Ruma<v3::Request>) -> Result<v3::Res
     };
     let filter = Arc::new(filter);
     let full_state = body.full_state;
+    let set_presence = body.set_presence.as_str().to_owned();
+    {
+        let user = user.clone();
+        services.run(move |s| s.presence.touch(s, &user, &set_presence)).await?;
+    }
 
     // Subscribe before reading, so that nothing finished in between is missed.
     let watch = services.timeline.stream.subscribe(&user);
@@ -79,6 +84,7 @@ fn state_section(events: Vec<ruma::serde::Raw<ruma::events::AnySyncStateEvent>>)
 fn into_response(result: SyncResult) -> Result<v3::Response, ApiError> {
     let mut response = v3::Response::new(sync_service::token(result.next_batch));
     response.account_data.events = result.account_data.iter().map(raw).collect::<Result<_, _>>()?;
+    response.presence.events = result.presence.iter().map(raw).collect::<Result<_, _>>()?;
     for room in result.rooms {
         let timeline_events = room.timeline.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
         let state_events = room.state.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
