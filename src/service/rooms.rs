@@ -353,7 +353,17 @@ impl RoomsService {
                 "this room is not known to this server (joining over federation is not supported yet)".to_owned(),
             ));
         }
-        self.set_membership(s, &room_id, sender, sender, "join", reason)?;
+        let mut body = self.member_content(s, sender, "join", reason, false)?;
+        if let Some(authoriser) = self.join_authoriser(s, &room_id, sender)? {
+            body["join_authorised_via_users_server"] = authoriser.as_str().into();
+        }
+        s.timeline.append(
+            s,
+            &room_id,
+            sender,
+            EventSpec::state(StateEventType::RoomMember, sender.as_str(), body)?,
+            None,
+        )?;
         Ok(room_id)
     }
 
@@ -469,43 +479,105 @@ impl RoomsService {
         user: &UserId,
         event_type: &str,
     ) -> ServiceResult<bool> {
+        let power = self.power(s, room_id)?;
+        Ok(power.user_level(user) >= power.state_level(event_type))
+    }
+
+    /// The room's current power levels, and who created it.
+    pub fn power(&self, s: &Services, room_id: &RoomId) -> ServiceResult<RoomPower> {
         let record = s.timeline.room_or_404(room_id)?;
         let (_, rules) = super::timeline::TimelineService::rules(&record)?;
         let create = s.timeline.state_event(s, record.state_snapshot, "m.room.create", "")?;
-        if rules.authorization.explicitly_privilege_room_creators {
-            if let Some(create) = &create {
+        let mut creators = Vec::new();
+        if let Some(create) = &create {
+            creators.push(create.sender().to_owned());
+            if rules.authorization.explicitly_privilege_room_creators {
                 let additional = create
                     .content()
                     .and_then(|c| c.get("additional_creators"))
                     .map(|v| JsonValue::from(v.clone()));
-                let is_additional = additional
-                    .as_ref()
-                    .and_then(JsonValue::as_array)
-                    .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
-                if create.sender() == user.as_str() || is_additional {
-                    return Ok(true);
+                if let Some(list) = additional.as_ref().and_then(JsonValue::as_array) {
+                    creators.extend(list.iter().filter_map(JsonValue::as_str).map(str::to_owned));
                 }
             }
         }
-        let pl = s
+        let levels = s
             .timeline
             .state_event(s, record.state_snapshot, "m.room.power_levels", "")?
             .and_then(|e| {
                 e.content()
                     .map(|c| JsonValue::from(ruma::CanonicalJsonValue::Object(c.clone())))
             });
-        let Some(pl) = pl else {
-            return Ok(create.is_some_and(|c| c.sender() == user.as_str()));
+        Ok(RoomPower {
+            creators,
+            creators_are_privileged: rules.authorization.explicitly_privilege_room_creators,
+            levels,
+        })
+    }
+
+    /// The local member who vouches for `user`'s join to a restricted room
+    /// (`join_authorised_via_users_server`), or `None` when the join needs
+    /// nobody's word. Refused when `user` is in none of the allowed rooms.
+    fn join_authoriser(&self, s: &Services, room_id: &RoomId, user: &UserId) -> ServiceResult<Option<OwnedUserId>> {
+        if matches!(
+            s.timeline.membership(room_id, user)?.as_deref(),
+            Some("join" | "invite")
+        ) {
+            return Ok(None);
+        }
+        let record = s.timeline.room_or_404(room_id)?;
+        let Some(join_rules) = s
+            .timeline
+            .state_event(s, record.state_snapshot, "m.room.join_rules", "")?
+        else {
+            return Ok(None);
         };
-        let level = pl["users"][user.as_str()]
-            .as_i64()
-            .or_else(|| pl["users_default"].as_i64())
-            .unwrap_or(0);
-        let needed = pl["events"][event_type]
-            .as_i64()
-            .or_else(|| pl["state_default"].as_i64())
-            .unwrap_or(50);
-        Ok(level >= needed)
+        if !matches!(
+            join_rules.content_str("join_rule"),
+            Some("restricted" | "knock_restricted")
+        ) {
+            return Ok(None);
+        }
+        let allow = join_rules
+            .content()
+            .and_then(|c| c.get("allow"))
+            .map(|v| JsonValue::from(v.clone()))
+            .unwrap_or(JsonValue::Null);
+        let mut allowed = false;
+        for condition in allow.as_array().into_iter().flatten() {
+            if condition["type"] != "m.room_membership" {
+                continue;
+            }
+            let Some(Ok(allowed_room)) = condition["room_id"].as_str().map(RoomId::parse) else {
+                continue;
+            };
+            if s.timeline.is_joined(&allowed_room, user)? {
+                allowed = true;
+                break;
+            }
+        }
+        if !allowed {
+            return Err(ServiceError::Forbidden(
+                "this room admits members of certain other rooms only: join one of them first, or ask for an invite"
+                    .to_owned(),
+            ));
+        }
+        let power = self.power(s, room_id)?;
+        let needed = power.action_level("invite", 0);
+        for (member, membership) in s.timeline.members(room_id)? {
+            let Ok(member) = OwnedUserId::try_from(member) else {
+                continue;
+            };
+            if membership == "join"
+                && member.server_name() == s.config.server_name
+                && power.user_level(&member) >= needed
+            {
+                return Ok(Some(member));
+            }
+        }
+        Err(ServiceError::Forbidden(
+            "no member of this room on this server may invite, so nobody can admit you".to_owned(),
+        ))
     }
 
     /// Checks an `m.room.canonical_alias` event: every alias must exist and
@@ -559,6 +631,57 @@ impl RoomsService {
             out.push(directory_entry(&room_id, &state));
         }
         Ok(out)
+    }
+}
+
+/// Who may do what in a room: its power levels and its creators.
+pub struct RoomPower {
+    creators: Vec<String>,
+    /// Room version 12 on: creators outrank everybody and are not listed.
+    creators_are_privileged: bool,
+    /// The `m.room.power_levels` content, if the room has one.
+    levels: Option<JsonValue>,
+}
+
+impl RoomPower {
+    pub fn user_level(&self, user: &UserId) -> i64 {
+        let is_creator = self.creators.iter().any(|c| c == user.as_str());
+        if self.creators_are_privileged && is_creator {
+            return i64::MAX;
+        }
+        match &self.levels {
+            Some(pl) => pl["users"][user.as_str()]
+                .as_i64()
+                .or_else(|| pl["users_default"].as_i64())
+                .unwrap_or(0),
+            // Without power levels the creator has 100 and others 0.
+            None if is_creator => 100,
+            None => 0,
+        }
+    }
+
+    /// The level needed to send state of `event_type`.
+    pub fn state_level(&self, event_type: &str) -> i64 {
+        match &self.levels {
+            Some(pl) => pl["events"][event_type]
+                .as_i64()
+                .or_else(|| pl["state_default"].as_i64())
+                .unwrap_or(50),
+            None => 0,
+        }
+    }
+
+    /// The level needed for `invite`, `kick`, `ban` or `redact`.
+    pub fn action_level(&self, action: &str, default: i64) -> i64 {
+        self.levels
+            .as_ref()
+            .and_then(|pl| pl[action].as_i64())
+            .unwrap_or(default)
+    }
+
+    /// The power levels content (the spec's defaults when the room has none).
+    pub fn content(&self) -> JsonValue {
+        self.levels.clone().unwrap_or_else(|| json!({}))
     }
 }
 
