@@ -13,6 +13,7 @@ pub mod presence;
 pub mod push;
 pub mod receipts;
 pub mod relations;
+pub mod reports;
 pub mod rocksdb;
 pub mod rooms;
 pub mod server_keys;

@@ -10,6 +10,7 @@ pub mod presence;
 pub mod push;
 pub mod receipts;
 pub mod relations;
+pub mod reports;
 pub mod rooms;
 pub mod server_keys;
 pub mod state;
@@ -94,6 +95,7 @@ pub struct Services {
     pub typing: typing::TypingService,
     pub presence: presence::PresenceService,
     pub relations: relations::RelationsService,
+    pub reports: reports::ReportsService,
 }
 
 impl Services {
@@ -134,6 +136,7 @@ impl Services {
             presence: presence::PresenceService::new(db.clone(), stream.clone()),
             push: push::PushService::new(db.clone()),
             relations: relations::RelationsService::new(db.clone()),
+            reports: reports::ReportsService::new(db.clone()),
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
             config,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use ruma::api::client::message::{get_message_events, send_message_event};
 use ruma::api::client::redact::redact_event;
+use ruma::api::client::room::get_event_by_timestamp;
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use ruma::api::Direction as ApiDirection;
 use ruma::events::TimelineEventType;
@@ -22,6 +23,7 @@ pub fn register_routes(router: &mut Router) {
     router.add(state_for_key);
     router.add(redact);
     router.add(messages);
+    router.add(timestamp_to_event);
 }
 
 /// An event content from a request body: a JSON object.
@@ -176,4 +178,19 @@ async fn messages(
     response.chunk = page.chunk.iter().map(raw).collect::<Result<_, _>>()?;
     response.state = page.state.iter().map(raw).collect::<Result<_, _>>()?;
     Ok(response)
+}
+
+async fn timestamp_to_event(
+    services: Arc<Services>,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<get_event_by_timestamp::v1::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let ts: u64 = body.ts.get().into();
+    let forward = body.dir == ApiDirection::Forward;
+    let (event_id, found_ts) = services
+        .run(move |s| s.timeline.event_at_time(s, &user, &body.room_id, ts, forward))
+        .await?;
+    let found_ts = ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new(found_ts).unwrap_or_default());
+    Ok(get_event_by_timestamp::v1::Response::new(event_id, found_ts))
 }

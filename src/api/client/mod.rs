@@ -12,6 +12,7 @@ mod profile;
 mod push;
 mod read;
 mod relations;
+mod report;
 mod room;
 mod session;
 mod sync;
@@ -54,5 +55,6 @@ pub fn register_routes(router: &mut Router) {
     push::register_routes(router);
     read::register_routes(router);
     presence::register_routes(router);
+    report::register_routes(router);
     relations::register_routes(router);
 }

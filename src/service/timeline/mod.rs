@@ -138,6 +138,13 @@ impl StoredEvent {
     }
 
     /// A string field of the content.
+    pub fn origin_server_ts(&self) -> u64 {
+        match self.json.get("origin_server_ts") {
+            Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     pub fn content_str(&self, name: &str) -> Option<&str> {
         match self.content()?.get(name) {
             Some(CanonicalJsonValue::String(s)) => Some(s),

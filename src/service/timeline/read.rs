@@ -292,6 +292,45 @@ impl TimelineService {
         })
     }
 
+    /// The event `user` may see that is closest to `ts`: the first at or
+    /// after it (`forward`) or the last at or before it
+    /// (`timestamp_to_event`). Stream order follows send time here, so the
+    /// scan stops at the first event past `ts`; it starts from the end that
+    /// `ts` is on the far side of, so the common "jump to a recent date" reads
+    /// only the recent events.
+    pub fn event_at_time(
+        &self,
+        s: &Services,
+        user: &UserId,
+        room_id: &RoomId,
+        ts: u64,
+        forward: bool,
+    ) -> ServiceResult<(ruma::OwnedEventId, u64)> {
+        let (record, _) = self.readable_snapshot(s, user, room_id)?;
+        let direction = if forward {
+            Direction::Backward
+        } else {
+            Direction::Forward
+        };
+        let mut cache = VisibilityCache::default();
+        let mut best = None;
+        for event in self.events(&record, None, direction) {
+            let event = event?;
+            let event_ts = event.origin_server_ts();
+            let on_our_side = if forward { event_ts >= ts } else { event_ts <= ts };
+            if !on_our_side {
+                break;
+            }
+            let Some(meta) = self.event_meta(&event.event_id)? else {
+                continue;
+            };
+            if self.can_see_cached(s, user, room_id, &meta, Some(&event), &mut cache)? {
+                best = Some((event.event_id, event_ts));
+            }
+        }
+        best.ok_or_else(|| ServiceError::NotFound("no event was found in that direction from this time".to_owned()))
+    }
+
     /// Whether `user` may see the event under the room's history visibility.
     pub fn can_see(&self, s: &Services, user: &UserId, room_id: &RoomId, meta: &EventMeta) -> ServiceResult<bool> {
         let event = self.event(&s.state.event_id(meta.short_event_id)?)?;
