@@ -158,3 +158,164 @@ async fn reports_are_kept_for_the_operator() {
     );
     assert_eq!(reports[2].user_id, "@alice:localhost");
 }
+
+async fn search(
+    server: &common::TestServer,
+    token: &str,
+    criteria: serde_json::Value,
+    next: Option<&str>,
+) -> serde_json::Value {
+    let path = match next {
+        Some(n) => format!("/_matrix/client/v3/search?next_batch={}", enc(n)),
+        None => "/_matrix/client/v3/search".to_owned(),
+    };
+    let (status, resp) = server
+        .call(
+            "POST",
+            &path,
+            Some(token),
+            Some(json!({"search_categories": {"room_events": criteria}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+    resp["search_categories"]["room_events"].clone()
+}
+
+fn bodies(found: &serde_json::Value) -> Vec<String> {
+    found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result"]["content"]["body"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn search_finds_words_in_the_users_rooms_by_rank_or_time() {
+    let (server, alice, bob, room_id) = alice_and_bob_in_a_room().await;
+    server.send_text(&alice, &room_id, "Lunch at noon?").await;
+    let over = server.send_text(&bob, &room_id, "lunchtime is over").await;
+    server.send_text(&alice, &room_id, "dinner later").await;
+    server.send_text(&alice, &room_id, "LUNCH, lunch, lunch!").await;
+    // A room bob is not in.
+    let secret = server
+        .create_room(&alice, json!({"preset": "private_chat", "name": "Lunch club"}))
+        .await;
+    server.send_text(&alice, &secret, "secret lunch plans").await;
+
+    // Newest first; prefixes match; other people's rooms are not searched.
+    let found = search(
+        &server,
+        &bob,
+        json!({"search_term": "lunch", "order_by": "recent"}),
+        None,
+    )
+    .await;
+    assert_eq!(found["count"], 3, "{found}");
+    assert_eq!(
+        bodies(&found),
+        ["LUNCH, lunch, lunch!", "lunchtime is over", "Lunch at noon?"]
+    );
+    let highlights: Vec<&str> = found["highlights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h.as_str())
+        .collect();
+    assert!(
+        highlights.contains(&"lunch") && highlights.contains(&"lunchtime"),
+        "{highlights:?}"
+    );
+    // By rank (the default): the message that says it three times wins.
+    let ranked = search(&server, &bob, json!({"search_term": "lunch"}), None).await;
+    assert_eq!(bodies(&ranked)[0], "LUNCH, lunch, lunch!");
+    let ranks: Vec<f64> = ranked["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rank"].as_f64().unwrap())
+        .collect();
+    assert!(ranks[0] > ranks[1] && ranks[1] >= ranks[2], "{ranks:?}");
+    // Every word must match.
+    let both = search(&server, &bob, json!({"search_term": "noon lunch"}), None).await;
+    assert_eq!(bodies(&both), ["Lunch at noon?"]);
+
+    // Pages of two, by time: no result twice, none left out.
+    let criteria = json!({"search_term": "lunch", "order_by": "recent", "filter": {"limit": 2}});
+    let page1 = search(&server, &bob, criteria.clone(), None).await;
+    assert_eq!(bodies(&page1).len(), 2);
+    let next = page1["next_batch"].as_str().expect("a next page").to_owned();
+    server
+        .send_text(&alice, &room_id, "a new lunch arrives meanwhile")
+        .await;
+    let page2 = search(&server, &bob, criteria, Some(&next)).await;
+    assert_eq!(bodies(&page2), ["Lunch at noon?"]);
+    assert!(page2.get("next_batch").is_none_or(|n| n.is_null()), "{page2}");
+
+    // Context, profiles and groups.
+    let with_context = search(
+        &server,
+        &bob,
+        json!({"search_term": "noon", "event_context": {"before_limit": 1, "after_limit": 1, "include_profile": true},
+            "groupings": {"group_by": [{"key": "room_id"}]}, "include_state": true}),
+        None,
+    )
+    .await;
+    let result = &with_context["results"][0];
+    assert_eq!(
+        result["context"]["events_after"][0]["content"]["body"],
+        "lunchtime is over"
+    );
+    assert_eq!(result["context"]["events_before"].as_array().unwrap().len(), 1);
+    assert!(
+        result["context"]["profile_info"]["@alice:localhost"].is_object(),
+        "{result}"
+    );
+    assert_eq!(
+        with_context["groups"]["room_id"][&room_id]["results"][0],
+        result["result"]["event_id"]
+    );
+    assert!(with_context["state"][&room_id]
+        .as_array()
+        .is_some_and(|s| !s.is_empty()));
+
+    // A redacted message is no longer found.
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room_id), enc(&over)),
+            Some(&bob),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let after = search(&server, &bob, json!({"search_term": "lunchtime"}), None).await;
+    assert_eq!(after["count"], 0, "{after}");
+
+    // Room names are searchable by key, and a room filter narrows the search.
+    let names = search(
+        &server,
+        &alice,
+        json!({"search_term": "club", "keys": ["content.name"]}),
+        None,
+    )
+    .await;
+    assert_eq!(names["results"][0]["result"]["type"], "m.room.name", "{names}");
+    let only_secret = search(
+        &server,
+        &alice,
+        json!({"search_term": "lunch", "filter": {"rooms": [secret]}, "keys": ["content.body"]}),
+        None,
+    )
+    .await;
+    assert_eq!(bodies(&only_secret), ["secret lunch plans"]);
+    let bad = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/search?next_batch=nonsense",
+            Some(&bob),
+            Some(json!({"search_categories": {"room_events": {"search_term": "lunch"}}})),
+        )
+        .await;
+    assert_eq!(bad.0, 400, "{}", bad.1);
+}

@@ -16,6 +16,7 @@ pub mod relations;
 pub mod reports;
 pub mod rocksdb;
 pub mod rooms;
+pub mod search;
 pub mod server_keys;
 pub mod state;
 pub mod uiaa;

@@ -12,6 +12,7 @@ pub mod receipts;
 pub mod relations;
 pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod server_keys;
 pub mod state;
 pub mod stream;
@@ -96,6 +97,7 @@ pub struct Services {
     pub presence: presence::PresenceService,
     pub relations: relations::RelationsService,
     pub reports: reports::ReportsService,
+    pub search: search::SearchService,
 }
 
 impl Services {
@@ -137,6 +139,7 @@ impl Services {
             push: push::PushService::new(db.clone()),
             relations: relations::RelationsService::new(db.clone()),
             reports: reports::ReportsService::new(db.clone()),
+            search: search::SearchService::new(db.clone()),
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
             config,

@@ -14,6 +14,7 @@ mod read;
 mod relations;
 mod report;
 mod room;
+mod search;
 mod session;
 mod sync;
 mod user_directory;
@@ -56,5 +57,6 @@ pub fn register_routes(router: &mut Router) {
     read::register_routes(router);
     presence::register_routes(router);
     report::register_routes(router);
+    search::register_routes(router);
     relations::register_routes(router);
 }

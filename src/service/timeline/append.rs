@@ -298,6 +298,7 @@ impl TimelineService {
                 );
             }
             if let Some((target_meta, target)) = redaction_target {
+                s.search.unindex(&mut batch, target_meta.short_room_id, &target);
                 let because = RedactedBecause::from_json(client_object(&object));
                 if let Ok(mut redacted) = redact(target.json, &rules.redaction, Some(because)) {
                     // Redaction drops `event_id` from v3+ PDUs; it stays with the stored copy.
@@ -314,6 +315,7 @@ impl TimelineService {
                 txn: None,
             };
             s.relations.index(s, &mut batch, &room_id_owned, &stored_event)?;
+            s.search.index(&mut batch, room_record.short_id, &stored_event);
             // Unread notifications of the room's other local members.
             if spec.event_type != TimelineEventType::RoomCreate {
                 let state = self.state_events(s, after_id)?;

@@ -12,7 +12,7 @@
 mod append;
 mod read;
 
-pub use read::VisibilityCache;
+pub use read::{Around, VisibilityCache};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -301,6 +301,15 @@ impl TimelineService {
                 txn: rec.txn,
             })
         })
+    }
+
+    /// The room's event at stream position `count`, if there is one.
+    pub fn event_at(&self, record: &RoomRecord, count: u64) -> ServiceResult<Option<StoredEvent>> {
+        match self.events(record, Some(count), Direction::Forward).next() {
+            Some(Ok(event)) if event.count == count => Ok(Some(event)),
+            Some(Err(e)) => Err(e),
+            _ => Ok(None),
+        }
     }
 
     /// The state of a room as `(type, state_key) → event`, from a snapshot.

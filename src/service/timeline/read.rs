@@ -11,6 +11,16 @@ use crate::database::rooms::{EventMeta, RoomRecord};
 use crate::database::Direction;
 use crate::service::{ServiceError, ServiceResult, Services};
 
+/// Events around one event, as [`TimelineService::around`] finds them.
+pub struct Around {
+    /// Newest first.
+    pub before: Vec<StoredEvent>,
+    pub after: Vec<StoredEvent>,
+    /// The stream positions the scans stopped at (pagination tokens).
+    pub first: u64,
+    pub last: u64,
+}
+
 /// Visibility answers within one request, keyed by the state snapshots
 /// around an event.
 #[derive(Default)]
@@ -68,36 +78,18 @@ impl TimelineService {
             return Err(not_found());
         }
         let limit = limit.min(MAX_PAGE);
-        let before_wanted = limit / 2;
-        let after_wanted = limit - before_wanted;
         let viewer = (user, device);
-        let mut visibility = VisibilityCache::default();
-        let mut collect = |from: u64, direction: Direction, wanted: usize| -> ServiceResult<(Vec<StoredEvent>, u64)> {
-            let mut out = Vec::new();
-            let mut last = from;
-            for e in self.events(&record, Some(from), direction).take(MAX_PAGE * 4) {
-                let e = e?;
-                if out.len() >= wanted {
-                    break;
-                }
-                last = e.count;
-                let Some(m) = self.event_meta(&e.event_id)? else {
-                    continue;
-                };
-                if crate::service::sync::event_passes(filter, &e)
-                    && self.can_see_cached(s, user, room_id, &m, Some(&e), &mut visibility)?
-                {
-                    out.push(e);
-                }
-            }
-            Ok((out, last))
-        };
-        let (before, first) = if meta.count > 0 {
-            collect(meta.count - 1, Direction::Backward, before_wanted)?
-        } else {
-            (Vec::new(), 0)
-        };
-        let (after, last) = collect(meta.count + 1, Direction::Forward, after_wanted)?;
+        let around = self.around(
+            s,
+            user,
+            room_id,
+            &record,
+            meta.count,
+            limit / 2,
+            limit - limit / 2,
+            filter,
+        )?;
+        let (before, after, first, last) = (around.before, around.after, around.first, around.last);
         let state_snapshot = match after.last() {
             Some(e) => self
                 .event_meta(&e.event_id)?
@@ -126,6 +118,55 @@ impl TimelineService {
             event: self.client_event(s, &event, true, viewer)?,
             events_after: self.client_events(s, &after, true, viewer)?,
             state,
+        })
+    }
+
+    /// Up to `before_wanted` events before stream position `count` and
+    /// `after_wanted` after it that `user` may see and `filter` passes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn around(
+        &self,
+        s: &Services,
+        user: &UserId,
+        room_id: &RoomId,
+        record: &RoomRecord,
+        count: u64,
+        before_wanted: usize,
+        after_wanted: usize,
+        filter: &ruma::api::client::filter::RoomEventFilter,
+    ) -> ServiceResult<Around> {
+        let mut visibility = VisibilityCache::default();
+        let mut collect = |from: u64, direction: Direction, wanted: usize| -> ServiceResult<(Vec<StoredEvent>, u64)> {
+            let mut out = Vec::new();
+            let mut last = from;
+            for e in self.events(record, Some(from), direction).take(MAX_PAGE * 4) {
+                let e = e?;
+                if out.len() >= wanted.min(MAX_PAGE) {
+                    break;
+                }
+                last = e.count;
+                let Some(m) = self.event_meta(&e.event_id)? else {
+                    continue;
+                };
+                if crate::service::sync::event_passes(filter, &e)
+                    && self.can_see_cached(s, user, room_id, &m, Some(&e), &mut visibility)?
+                {
+                    out.push(e);
+                }
+            }
+            Ok((out, last))
+        };
+        let (before, first) = if count > 0 {
+            collect(count - 1, Direction::Backward, before_wanted)?
+        } else {
+            (Vec::new(), 0)
+        };
+        let (after, last) = collect(count + 1, Direction::Forward, after_wanted)?;
+        Ok(Around {
+            before,
+            after,
+            first,
+            last,
         })
     }
 
