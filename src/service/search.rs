@@ -128,7 +128,7 @@ impl SearchService {
         if query.by_rank {
             hits.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(b.event.count.cmp(&a.event.count)));
         } else {
-            hits.sort_by(|a, b| b.event.count.cmp(&a.event.count));
+            hits.sort_by_key(|h| std::cmp::Reverse(h.event.count));
         }
 
         // Pages: by rank, an offset; by time, the position to continue below,
