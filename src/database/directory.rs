@@ -38,6 +38,19 @@ impl DirectoryTables {
         self.db.write(batch)
     }
 
+    /// Points an alias at another room, in one write.
+    pub fn move_alias(&self, alias: &str, from_room_id: &str, record: &AliasRecord) -> DbResult<()> {
+        let mut batch = Batch::new();
+        batch.delete(Table::AliasesByRoom, keys::encode(&(from_room_id, alias)));
+        batch.put(Table::RoomAliases, keys::encode(alias), to_record(record));
+        batch.put(
+            Table::AliasesByRoom,
+            keys::encode(&(record.room_id.as_str(), alias)),
+            Vec::new(),
+        );
+        self.db.write(batch)
+    }
+
     pub fn delete_alias(&self, alias: &str, room_id: &str) -> DbResult<()> {
         let mut batch = Batch::new();
         batch.delete(Table::RoomAliases, keys::encode(alias));

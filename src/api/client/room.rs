@@ -6,7 +6,7 @@ use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
 use ruma::api::client::directory::{
     get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
 };
-use ruma::api::client::room::{aliases, create_room, get_room_event, Visibility};
+use ruma::api::client::room::{aliases, create_room, get_room_event, upgrade_room, Visibility};
 use ruma::directory::PublicRoomsChunk;
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, UInt};
@@ -19,6 +19,7 @@ use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
     router.add(create_room);
+    router.add(upgrade);
     router.add(get_event);
     router.add(create_alias);
     router.add(delete_alias);
@@ -278,4 +279,19 @@ async fn public_rooms_filtered(
     response.prev_batch = prev;
     response.total_room_count_estimate = UInt::new(total as u64);
     Ok(response)
+}
+
+async fn upgrade(
+    services: Arc<Services>,
+    req: Ruma<upgrade_room::v3::Request>,
+) -> Result<upgrade_room::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let replacement = services
+        .run(move |s| {
+            s.rooms
+                .upgrade(s, &user, &body.room_id, &body.new_version, &body.additional_creators)
+        })
+        .await?;
+    Ok(upgrade_room::v3::Response::new(replacement))
 }

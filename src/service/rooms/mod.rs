@@ -6,6 +6,8 @@ use ruma::events::StateEventType;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value as JsonValue};
 
+mod upgrade;
+
 use super::timeline::{EventSpec, StoredEvent};
 use super::users::{AVATAR_URL, DISPLAYNAME};
 use super::{ServiceError, ServiceResult, Services};
@@ -259,7 +261,7 @@ impl RoomsService {
     }
 
     /// Content of a membership event for `user`, with their profile.
-    fn member_content(
+    pub(crate) fn member_content(
         &self,
         s: &Services,
         user: &UserId,

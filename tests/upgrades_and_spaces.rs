@@ -1,0 +1,135 @@
+//! Room upgrades and space hierarchies.
+
+mod common;
+
+use common::{assert_error, enc, TestServer};
+use serde_json::{json, Value};
+
+async fn state(server: &TestServer, token: &str, room_id: &str, event_type: &str, key: &str) -> (u16, Value) {
+    server
+        .call(
+            "GET",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{event_type}/{}",
+                enc(room_id),
+                enc(key)
+            ),
+            Some(token),
+            None,
+        )
+        .await
+}
+
+async fn upgrade(server: &TestServer, token: &str, room_id: &str, version: &str) -> (u16, Value) {
+    server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/upgrade", enc(room_id)),
+            Some(token),
+            Some(json!({"new_version": version})),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn an_upgrade_replaces_the_room_and_carries_its_people_along() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", "pw").await;
+    let (bob_id, bob, _) = server.register("bob", "pw").await;
+    let (carol_id, _, _) = server.register("carol", "pw").await;
+    let old = server
+        .create_room(
+            &alice,
+            json!({"room_version": "10", "name": "Family", "topic": "us", "room_alias_name": "family",
+                "invite": [bob_id]}),
+        )
+        .await;
+    server.join(&bob, &old).await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&old)),
+            Some(&alice),
+            Some(json!({"user_id": carol_id, "reason": "spam"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Only someone who may send the tombstone upgrades, to a known version.
+    assert_error(&upgrade(&server, &bob, &old, "12").await, 403, "M_FORBIDDEN");
+    assert_error(
+        &upgrade(&server, &alice, &old, "99").await,
+        400,
+        "M_UNSUPPORTED_ROOM_VERSION",
+    );
+
+    let (status, resp) = upgrade(&server, &alice, &old, "12").await;
+    assert_eq!(status, 200, "{resp}");
+    let new = resp["replacement_room"].as_str().unwrap().to_owned();
+
+    // The replacement knows its predecessor and has the old room's state.
+    let create = state(&server, &alice, &new, "m.room.create", "").await.1;
+    assert_eq!(create["room_version"], "12");
+    assert_eq!(create["predecessor"]["room_id"], old.as_str());
+    assert_eq!(
+        state(&server, &alice, &new, "m.room.name", "").await.1["name"],
+        "Family"
+    );
+    assert_eq!(state(&server, &alice, &new, "m.room.topic", "").await.1["topic"], "us");
+    assert_eq!(
+        state(&server, &alice, &new, "m.room.member", &carol_id).await.1["membership"],
+        "ban"
+    );
+    // v12 creators are not listed in the power levels.
+    let levels = state(&server, &alice, &new, "m.room.power_levels", "").await.1;
+    assert!(levels["users"].get(&alice_id).is_none(), "{levels}");
+
+    // The alias now leads to the replacement.
+    let (status, alias) = server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/directory/room/{}", enc("#family:localhost")),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(alias["room_id"], new.as_str());
+    assert_eq!(
+        state(&server, &alice, &new, "m.room.canonical_alias", "").await.1["alias"],
+        "#family:localhost"
+    );
+
+    // The old room: a tombstone, and bob may no longer talk there.
+    let tombstone = state(&server, &bob, &old, "m.room.tombstone", "").await.1;
+    assert_eq!(tombstone["replacement_room"], new.as_str());
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t1", enc(&old)),
+            Some(&bob),
+            Some(json!({"msgtype": "m.text", "body": "hello?"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // Bob was invited to the private replacement and follows.
+    let sync = server.sync(&bob, None, 0, None).await;
+    assert!(sync["rooms"]["invite"][&new].is_object(), "{sync}");
+    server.join(&bob, &new).await;
+    server.send_text(&bob, &new, "moved in").await;
+
+    // Back down to v11: the v12 creator, unlisted there, gets a listed level
+    // high enough for everything, including another tombstone.
+    let (status, resp) = upgrade(&server, &alice, &new, "11").await;
+    assert_eq!(status, 200, "{resp}");
+    let newest = resp["replacement_room"].as_str().unwrap().to_owned();
+    let levels = state(&server, &alice, &newest, "m.room.power_levels", "").await.1;
+    let tombstone_level = levels["events"]["m.room.tombstone"].as_i64().unwrap();
+    assert!(
+        levels["users"][&alice_id].as_i64().unwrap() >= tombstone_level.max(100),
+        "{levels}"
+    );
+    let (status, resp) = upgrade(&server, &alice, &newest, "12").await;
+    assert_eq!(status, 200, "{resp}");
+}
