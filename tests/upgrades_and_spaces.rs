@@ -133,3 +133,109 @@ async fn an_upgrade_replaces_the_room_and_carries_its_people_along() {
     let (status, resp) = upgrade(&server, &alice, &newest, "12").await;
     assert_eq!(status, 200, "{resp}");
 }
+
+async fn add_child(server: &TestServer, token: &str, space: &str, child: &str, content: Value) {
+    let (status, resp) = server
+        .call(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
+                enc(space),
+                enc(child)
+            ),
+            Some(token),
+            Some(content),
+        )
+        .await;
+    assert_eq!(status, 200, "{resp}");
+}
+
+async fn hierarchy(server: &TestServer, token: &str, space: &str, query: &str) -> (u16, Value) {
+    server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v1/rooms/{}/hierarchy?{query}", enc(space)),
+            Some(token),
+            None,
+        )
+        .await
+}
+
+fn names(page: &Value) -> Vec<String> {
+    page["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_space_hierarchy_walks_children_depth_first_and_hides_private_rooms() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let public = |name: &str, space: bool| {
+        let mut body = json!({"preset": "public_chat", "name": name});
+        if space {
+            body["creation_content"] = json!({"type": "m.space"});
+        }
+        body
+    };
+    let space = server.create_room(&alice, public("S", true)).await;
+    let sub = server.create_room(&alice, public("T", true)).await;
+    let a = server.create_room(&alice, public("A", false)).await;
+    let c = server.create_room(&alice, public("C", false)).await;
+    let b = server
+        .create_room(&alice, json!({"preset": "private_chat", "name": "B"}))
+        .await;
+    let gone = server.create_room(&alice, public("D", false)).await;
+    let via = json!(["localhost"]);
+    add_child(&server, &alice, &space, &a, json!({"via": via, "order": "b"})).await;
+    add_child(&server, &alice, &space, &sub, json!({"via": via, "order": "a"})).await;
+    add_child(&server, &alice, &space, &b, json!({"via": via})).await;
+    // A child without `via` has been removed.
+    add_child(&server, &alice, &space, &gone, json!({})).await;
+    add_child(&server, &alice, &sub, &c, json!({"via": via, "suggested": true})).await;
+    // A loop back to the top is walked once.
+    add_child(&server, &alice, &sub, &space, json!({"via": via})).await;
+
+    // Depth first, by `order`; bob does not see the private room.
+    let (status, page) = hierarchy(&server, &bob, &space, "").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(names(&page), ["S", "T", "C", "A"]);
+    let top = &page["rooms"][0];
+    assert_eq!(top["room_type"], "m.space");
+    assert_eq!(top["children_state"].as_array().unwrap().len(), 3, "{top}");
+    assert!(top["children_state"][0]["origin_server_ts"].is_u64());
+    // Alice, a member of the private room, does.
+    let (_, page) = hierarchy(&server, &alice, &space, "").await;
+    assert_eq!(names(&page), ["S", "T", "C", "A", "B"]);
+    let (_, page) = hierarchy(&server, &alice, &space, "max_depth=1").await;
+    assert_eq!(names(&page), ["S", "T", "A", "B"]);
+    let (_, page) = hierarchy(&server, &alice, &space, "suggested_only=true").await;
+    assert_eq!(names(&page), ["S"], "only suggested children; T is not one");
+    let (_, page) = hierarchy(&server, &alice, &sub, "suggested_only=true").await;
+    assert_eq!(names(&page), ["T", "C"]);
+
+    // Pages of two.
+    let (_, first) = hierarchy(&server, &bob, &space, "limit=2").await;
+    assert_eq!(names(&first), ["S", "T"]);
+    let token = first["next_batch"].as_str().expect("more rooms").to_owned();
+    let (_, second) = hierarchy(&server, &bob, &space, &format!("limit=2&from={}", enc(&token))).await;
+    assert_eq!(names(&second), ["C", "A"]);
+    assert!(second.get("next_batch").is_none_or(Value::is_null), "{second}");
+    assert_error(
+        &hierarchy(
+            &server,
+            &bob,
+            &space,
+            &format!("limit=2&max_depth=1&from={}", enc(&token)),
+        )
+        .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    // A private room's hierarchy is closed to strangers.
+    assert_error(&hierarchy(&server, &bob, &b, "").await, 403, "M_FORBIDDEN");
+}

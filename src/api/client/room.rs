@@ -7,6 +7,7 @@ use ruma::api::client::directory::{
     get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
 };
 use ruma::api::client::room::{aliases, create_room, get_room_event, upgrade_room, Visibility};
+use ruma::api::client::space::get_hierarchy;
 use ruma::directory::PublicRoomsChunk;
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, UInt};
@@ -14,12 +15,13 @@ use serde_json::{Map, Value as JsonValue};
 
 use super::raw;
 use crate::api::{ApiError, Router, Ruma};
-use crate::service::rooms::{CreateRoom, Preset};
+use crate::service::rooms::{CreateRoom, HierarchyQuery, Preset};
 use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
     router.add(create_room);
     router.add(upgrade);
+    router.add(hierarchy);
     router.add(get_event);
     router.add(create_alias);
     router.add(delete_alias);
@@ -294,4 +296,31 @@ async fn upgrade(
         })
         .await?;
     Ok(upgrade_room::v3::Response::new(replacement))
+}
+
+async fn hierarchy(
+    services: Arc<Services>,
+    req: Ruma<get_hierarchy::v1::Request>,
+) -> Result<get_hierarchy::v1::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let body = req.body;
+    let to_usize = |n: UInt| usize::try_from(u64::from(n)).unwrap_or(usize::MAX);
+    let query = HierarchyQuery {
+        suggested_only: body.suggested_only,
+        max_depth: body.max_depth.map(to_usize),
+        limit: body.limit.map(to_usize),
+        from: body.from,
+    };
+    let room_id = body.room_id;
+    let page = services
+        .run(move |s| s.rooms.hierarchy(s, &user, &room_id, &query))
+        .await?;
+    let mut response = get_hierarchy::v1::Response::new();
+    response.next_batch = page.next_batch;
+    response.rooms = page
+        .rooms
+        .into_iter()
+        .map(|room| serde_json::from_value(room).map_err(|e| ApiError::Internal(format!("hierarchy entry: {e}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(response)
 }

@@ -6,7 +6,10 @@ use ruma::events::StateEventType;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value as JsonValue};
 
+mod hierarchy;
 mod upgrade;
+
+pub use hierarchy::{HierarchyPage, HierarchyQuery};
 
 use super::timeline::{EventSpec, StoredEvent};
 use super::users::{AVATAR_URL, DISPLAYNAME};
