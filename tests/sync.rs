@@ -282,3 +282,44 @@ async fn tokens_survive_a_restart() {
     let sync = server.sync(&token, Some(&since), 0, None).await;
     assert_eq!(bodies(&sync, &room), vec!["after"]);
 }
+
+#[tokio::test]
+async fn lazy_loading_sends_the_members_of_the_timeline_senders() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (carol_id, carol, _) = server.register("carol", "pw").await;
+    let (dave_id, dave, _) = server.register("dave", "pw").await;
+    let room_id = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    server.join(&carol, &room_id).await;
+    server.join(&dave, &room_id).await;
+    for i in 0..3 {
+        server.send_text(&alice, &room_id, &format!("alice {i}")).await;
+    }
+    let lazy = json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 2}}});
+    let members = |sync: &Value| -> Vec<String> {
+        sync["rooms"]["join"][&room_id]["state"]["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e["type"] == "m.room.member")
+                    .map(|e| e["state_key"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = server.sync(&alice, None, 0, Some(lazy.clone())).await;
+    assert!(
+        !members(&first).contains(&carol_id),
+        "carol has not spoken yet: {first}"
+    );
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // Carol, silent so far, speaks: her member event comes with it, and
+    // dave's, who stays silent, does not.
+    server.send_text(&carol, &room_id, "hello").await;
+    let next = server.sync(&alice, Some(&since), 0, Some(lazy)).await;
+    let got = members(&next);
+    assert!(got.contains(&carol_id), "{next}");
+    assert!(!got.contains(&dave_id), "{next}");
+}

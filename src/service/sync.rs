@@ -362,6 +362,19 @@ fn sync_room(
             }
         }
     }
+    if lazy && !(full_state || new_join) {
+        // A lazy-loading client only has the members it was sent: give it
+        // those of the timeline's senders (a few redundant ones are cheaper
+        // than remembering what each device holds).
+        let mut have: HashSet<String> = state.iter().map(|e| e.event_id.to_string()).collect();
+        for sender in &senders {
+            if let Some(member) = s.timeline.state_event(s, start_snapshot, "m.room.member", sender)? {
+                if have.insert(member.event_id.to_string()) {
+                    state.push(member);
+                }
+            }
+        }
+    }
     let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
     let viewer = Some((user, device));
     let state: Vec<JsonValue> = state
