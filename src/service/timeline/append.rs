@@ -130,8 +130,14 @@ impl TimelineService {
                 return Err(ServiceError::TooLarge("state_key is longer than 255 bytes".to_owned()));
             }
         }
-        let state_before = match &record {
-            Some(r) => s.state.load_snapshot(r.state_snapshot)?,
+        // A room ending in several events (a fork) builds on their resolved state.
+        let base_snapshot = match &record {
+            Some(r) if r.forward_extremities.len() > 1 => Some(self.resolve_forks(s, rules, &r.forward_extremities)?),
+            Some(r) => Some(r.state_snapshot),
+            None => None,
+        };
+        let state_before = match base_snapshot {
+            Some(id) => s.state.load_snapshot(id)?,
             None => StateMap::new(),
         };
         let view = StateView::new(s, &state_before);
@@ -211,8 +217,8 @@ impl TimelineService {
             let key = s.state.short_state_key(&spec.event_type.to_string(), state_key)?;
             replaced = state_after.insert(key, short_event_id);
         }
-        let before_id = match &record {
-            Some(r) => r.state_snapshot,
+        let before_id = match base_snapshot {
+            Some(id) => id,
             None => s.state.save_snapshot(&state_before, None)?,
         };
         let after_id = if spec.state_key.is_some() {

@@ -11,6 +11,7 @@
 
 mod append;
 mod read;
+mod resolve;
 
 pub use read::{Around, VisibilityCache};
 
