@@ -47,7 +47,7 @@ fn children(state: &[StoredEvent], suggested_only: bool) -> Vec<Child> {
         .filter_map(|e| {
             let content = JsonValue::from(ruma::CanonicalJsonValue::Object(e.content()?.clone()));
             // A child without servers to reach it through is removed.
-            if !content["via"].as_array().is_some_and(|v| !v.is_empty()) {
+            if content["via"].as_array().is_none_or(|v| v.is_empty()) {
                 return None;
             }
             if suggested_only && content["suggested"] != true {
