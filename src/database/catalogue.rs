@@ -7,7 +7,8 @@
 pub enum Table {
     /// Server-wide singletons (`meta.rs`).
     /// Key: `(name: str)`. Values: `conduit.schema_version` and `conduit.counter`
-    /// are `u64` big-endian.
+    /// are `u64` big-endian; the counter is a ceiling reserved a block ahead
+    /// of the numbers handed out (`rocksdb.rs`).
     Global,
     /// Accounts (`users.rs`).
     /// Key: `(user_id: str)`. Value: bincode `UserRecord`.

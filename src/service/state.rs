@@ -62,6 +62,15 @@ impl StateService {
         Ok(short)
     }
 
+    /// A short ID for an event being stored now, its mapping written in the
+    /// event's own batch: one write for both. Only for a new event, which
+    /// nothing else can look up before that batch lands.
+    pub fn new_short_event_id(&self, batch: &mut Batch, event_id: &EventId) -> ServiceResult<u64> {
+        let short = self.tables.next_id()?;
+        self.tables.put_short_event_id(batch, event_id.as_str(), short);
+        Ok(short)
+    }
+
     pub fn event_id(&self, short: u64) -> ServiceResult<OwnedEventId> {
         let id = self
             .tables

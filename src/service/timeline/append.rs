@@ -210,7 +210,9 @@ impl TimelineService {
             None => None,
         };
 
-        let short_event_id = s.state.short_event_id(&event_id)?;
+        // The event's short ID and its mapping go into the event's batch.
+        let mut batch = Batch::new();
+        let short_event_id = s.state.new_short_event_id(&mut batch, &event_id)?;
         let mut state_after = state_before.clone();
         let mut replaced = None;
         if let Some(state_key) = &spec.state_key {
@@ -277,7 +279,6 @@ impl TimelineService {
                 json,
                 txn: txn.map(|t| (t.device_id.clone(), t.txn_id.clone())),
             };
-            let mut batch = Batch::new();
             self.tables.put_event(&mut batch, event_id.as_str(), &meta, &stored);
             room_record.state_snapshot = after_id;
             room_record.forward_extremities = vec![event_id.to_string()];
@@ -324,7 +325,14 @@ impl TimelineService {
             s.search.index(&mut batch, room_record.short_id, &stored_event);
             // Unread notifications of the room's other local members.
             if spec.event_type != TimelineEventType::RoomCreate {
-                let state = self.state_events(s, after_id)?;
+                // The state after this event; the event itself is not
+                // readable by its short ID until the batch lands.
+                let mut state = self.state_events(s, before_id)?;
+                if let Some(key) = &spec.state_key {
+                    let event_type = spec.event_type.to_string();
+                    state.retain(|e| !(e.event_type() == event_type && e.state_key() == Some(key.as_str())));
+                    state.push(stored_event.clone());
+                }
                 let context = s.push.room_context(s, rules, &state, sender.as_str())?;
                 if !context.recipients.is_empty() {
                     let event = stored_event.to_client(true, None);
