@@ -323,6 +323,40 @@ async fn redaction_strips_content_everywhere() {
     let sync = server.sync(&bob_token, None, 0, None).await;
     let text = sync.to_string();
     assert!(!text.contains("my password"), "{text}");
+
+    // A redacted state event: the current state shows it stripped at once,
+    // even though the room's state was just read (and kept parsed).
+    let (status, topic) = server
+        .call(
+            "PUT",
+            &rooms_path(&room, "state/m.room.topic/"),
+            Some(&alice_token),
+            Some(json!({"topic": "my phone number"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{topic}");
+    let full = server
+        .call("GET", &rooms_path(&room, "state"), Some(&bob_token), None)
+        .await
+        .1;
+    assert!(full.to_string().contains("my phone number"));
+    let topic_id = topic["event_id"].as_str().unwrap();
+    let redaction = server
+        .call(
+            "PUT",
+            &rooms_path(&room, &format!("redact/{}/r3", enc(topic_id))),
+            Some(&alice_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(redaction.0, 200, "{}", redaction.1);
+    let full = server
+        .call("GET", &rooms_path(&room, "state"), Some(&bob_token), None)
+        .await
+        .1;
+    assert!(!full.to_string().contains("my phone number"), "{full}");
+    let initial = server.sync(&bob_token, None, 0, None).await.to_string();
+    assert!(!initial.contains("my phone number"), "{initial}");
 }
 
 #[tokio::test]

@@ -92,7 +92,10 @@ impl RocksDb {
         let engine = RocksDb {
             db,
             sync_writes: opts.sync_writes,
-            counter: Mutex::new(Counter { current: 0, reserved: 0 }),
+            counter: Mutex::new(Counter {
+                current: 0,
+                reserved: 0,
+            }),
         };
         let ceiling = match engine.get(Table::Global, COUNTER_KEY.as_bytes())? {
             Some(bytes) => decode_u64(&bytes)?,
@@ -227,7 +230,10 @@ mod tests {
                 .unwrap(),
             b"A"
         );
-        assert!(db.next_count().unwrap() > 2, "the counter never repeats after a restart");
+        assert!(
+            db.next_count().unwrap() > 2,
+            "the counter never repeats after a restart"
+        );
     }
 
     #[test]

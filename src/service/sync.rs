@@ -347,9 +347,7 @@ fn sync_room(
     let senders: HashSet<&str> = timeline.iter().map(|e| e.sender()).collect();
     let mut state = Vec::new();
     if full_state || new_join {
-        for event in s.timeline.state_events(s, start_snapshot)? {
-            state.push(event);
-        }
+        state.extend(s.timeline.state_events(s, start_snapshot)?.iter().cloned());
     } else if limited {
         // State that changed between `since` and the start of the timeline.
         let before = s.state.load_snapshot(s.timeline.snapshot_at(record, since_pos)?)?;

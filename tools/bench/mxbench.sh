@@ -25,7 +25,7 @@ venv="${MXBENCH_VENV:-/tmp/bench-venv}"
 
 port=18168
 dir=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 # The harness registers through the dummy flow; it logs in hundreds of
 # times, so the password cost is Synapse's order (bcrypt 12 ≈ argon2 at 19 MiB).
 cat > "$dir/conduit.toml" <<TOML

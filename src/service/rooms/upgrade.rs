@@ -123,7 +123,7 @@ impl RoomsService {
         send(&new_room, "m.room.power_levels", "", levels)?;
 
         // 3. Transferable state, and the bans.
-        for event in &old_state {
+        for event in old_state.iter() {
             let event_type = event.event_type();
             let Some(key) = event.state_key() else { continue };
             let Some(body) = event.content().cloned() else { continue };

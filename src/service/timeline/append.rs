@@ -304,6 +304,7 @@ impl TimelineService {
                     event_id.as_str(),
                 );
             }
+            let redacts_state = redaction_target.as_ref().is_some_and(|(_, t)| t.state_key().is_some());
             if let Some((target_meta, target)) = redaction_target {
                 s.search.unindex(&mut batch, target_meta.short_room_id, &target);
                 let because = RedactedBecause::from_json(client_object(&object));
@@ -330,8 +331,13 @@ impl TimelineService {
                 let mut state = self.state_events(s, before_id)?;
                 if let Some(key) = &spec.state_key {
                     let event_type = spec.event_type.to_string();
-                    state.retain(|e| !(e.event_type() == event_type && e.state_key() == Some(key.as_str())));
-                    state.push(stored_event.clone());
+                    let mut changed: Vec<StoredEvent> = state
+                        .iter()
+                        .filter(|e| !(e.event_type() == event_type && e.state_key() == Some(key.as_str())))
+                        .cloned()
+                        .collect();
+                    changed.push(stored_event.clone());
+                    state = std::sync::Arc::new(changed);
                 }
                 let context = s.push.room_context(s, rules, &state, sender.as_str())?;
                 if !context.recipients.is_empty() {
@@ -340,6 +346,9 @@ impl TimelineService {
                 }
             }
             self.tables.write(batch)?;
+            if redacts_state {
+                self.clear_state_cache();
+            }
             for member in self.tables.members(room_id_owned.as_str()) {
                 let (user, membership) = member?;
                 if matches!(membership.as_str(), "join" | "invite" | "knock") {

@@ -205,7 +205,23 @@ pub struct TimelineService {
     tables: RoomTables,
     pub stream: Arc<Stream>,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
+    state_cache: Mutex<StateCache>,
 }
+
+/// Parsed room states by snapshot ID. Snapshots never change, so entries
+/// stay valid, except that redacting a state event rewrites it in storage:
+/// that clears the cache and bumps `generation`, and a reader that began
+/// before the bump does not put what it read back.
+#[derive(Default)]
+struct StateCache {
+    generation: u64,
+    states: HashMap<u64, Arc<Vec<StoredEvent>>>,
+    /// Insertion order, oldest first, for eviction.
+    order: std::collections::VecDeque<u64>,
+}
+
+/// Room states kept parsed: the recently active rooms' current states.
+const STATE_CACHE_ENTRIES: usize = 128;
 
 fn to_object(value: JsonValue) -> ServiceResult<CanonicalJsonObject> {
     match CanonicalJsonValue::try_from(value) {
@@ -227,6 +243,7 @@ impl TimelineService {
             tables: RoomTables::new(db),
             stream,
             room_locks: Mutex::new(HashMap::new()),
+            state_cache: Mutex::new(StateCache::default()),
         }
     }
 
@@ -314,7 +331,14 @@ impl TimelineService {
     }
 
     /// The state of a room as `(type, state_key) → event`, from a snapshot.
-    pub fn state_events(&self, s: &Services, snapshot: u64) -> ServiceResult<Vec<StoredEvent>> {
+    pub fn state_events(&self, s: &Services, snapshot: u64) -> ServiceResult<Arc<Vec<StoredEvent>>> {
+        let generation = {
+            let cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = cache.states.get(&snapshot) {
+                return Ok(hit.clone());
+            }
+            cache.generation
+        };
         let map = s.state.load_snapshot(snapshot)?;
         let mut out = Vec::with_capacity(map.len());
         for short in map.values() {
@@ -323,7 +347,26 @@ impl TimelineService {
                 out.push(e);
             }
         }
+        let out = Arc::new(out);
+        let mut cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.generation == generation && !cache.states.contains_key(&snapshot) {
+            if cache.order.len() >= STATE_CACHE_ENTRIES {
+                if let Some(oldest) = cache.order.pop_front() {
+                    cache.states.remove(&oldest);
+                }
+            }
+            cache.order.push_back(snapshot);
+            cache.states.insert(snapshot, out.clone());
+        }
         Ok(out)
+    }
+
+    /// Forgets every cached state (a state event was redacted).
+    fn clear_state_cache(&self) {
+        let mut cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.generation += 1;
+        cache.states.clear();
+        cache.order.clear();
     }
 
     /// One state event from a snapshot.

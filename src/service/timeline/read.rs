@@ -209,7 +209,7 @@ impl TimelineService {
 
     pub fn readable_state(&self, s: &Services, user: &UserId, room_id: &RoomId) -> ServiceResult<Vec<StoredEvent>> {
         let (_, snapshot) = self.readable_snapshot(s, user, room_id)?;
-        self.state_events(s, snapshot)
+        Ok(self.state_events(s, snapshot)?.to_vec())
     }
 
     /// The room's member events as `user` may see them, optionally at a
