@@ -29,12 +29,7 @@ impl DirectoryTables {
 
     pub fn put_alias(&self, alias: &str, record: &AliasRecord) -> DbResult<()> {
         let mut batch = Batch::new();
-        batch.put(Table::RoomAliases, keys::encode(alias), to_record(record));
-        batch.put(
-            Table::AliasesByRoom,
-            keys::encode(&(record.room_id.as_str(), alias)),
-            Vec::new(),
-        );
+        Self::add_alias(&mut batch, alias, record);
         self.db.write(batch)
     }
 
@@ -42,13 +37,17 @@ impl DirectoryTables {
     pub fn move_alias(&self, alias: &str, from_room_id: &str, record: &AliasRecord) -> DbResult<()> {
         let mut batch = Batch::new();
         batch.delete(Table::AliasesByRoom, keys::encode(&(from_room_id, alias)));
+        Self::add_alias(&mut batch, alias, record);
+        self.db.write(batch)
+    }
+
+    fn add_alias(batch: &mut Batch, alias: &str, record: &AliasRecord) {
         batch.put(Table::RoomAliases, keys::encode(alias), to_record(record));
         batch.put(
             Table::AliasesByRoom,
             keys::encode(&(record.room_id.as_str(), alias)),
             Vec::new(),
         );
-        self.db.write(batch)
     }
 
     pub fn delete_alias(&self, alias: &str, room_id: &str) -> DbResult<()> {

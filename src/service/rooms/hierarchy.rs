@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{json, Value as JsonValue};
 
-use super::{directory_entry, RoomsService};
+use super::{directory_entry, in_an_allowed_room, RoomsService};
 use crate::service::timeline::StoredEvent;
 use crate::service::{ServiceError, ServiceResult, Services};
 
@@ -200,21 +200,7 @@ impl RoomsService {
         };
         match rules.content_str("join_rule") {
             Some("public" | "knock" | "knock_restricted") => Ok(true),
-            Some("restricted") => {
-                let allow = rules
-                    .content()
-                    .and_then(|c| c.get("allow"))
-                    .map(|v| JsonValue::from(v.clone()))
-                    .unwrap_or(JsonValue::Null);
-                for condition in allow.as_array().into_iter().flatten() {
-                    if let Some(Ok(allowed)) = condition["room_id"].as_str().map(RoomId::parse) {
-                        if s.timeline.is_joined(&allowed, user)? {
-                            return Ok(true);
-                        }
-                    }
-                }
-                Ok(false)
-            }
+            Some("restricted") => in_an_allowed_room(s, &rules, user),
             _ => Ok(false),
         }
     }

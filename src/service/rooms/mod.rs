@@ -543,24 +543,7 @@ impl RoomsService {
         ) {
             return Ok(None);
         }
-        let allow = join_rules
-            .content()
-            .and_then(|c| c.get("allow"))
-            .map(|v| JsonValue::from(v.clone()))
-            .unwrap_or(JsonValue::Null);
-        let mut allowed = false;
-        for condition in allow.as_array().into_iter().flatten() {
-            if condition["type"] != "m.room_membership" {
-                continue;
-            }
-            let Some(Ok(allowed_room)) = condition["room_id"].as_str().map(RoomId::parse) else {
-                continue;
-            };
-            if s.timeline.is_joined(&allowed_room, user)? {
-                allowed = true;
-                break;
-            }
-        }
+        let allowed = in_an_allowed_room(s, &join_rules, user)?;
         if !allowed {
             return Err(ServiceError::Forbidden(
                 "this room admits members of certain other rooms only: join one of them first, or ask for an invite"
@@ -637,6 +620,27 @@ impl RoomsService {
         }
         Ok(out)
     }
+}
+
+/// Whether `user` is joined to one of the rooms a restricted join rule's
+/// `allow` list names.
+fn in_an_allowed_room(s: &Services, join_rules: &StoredEvent, user: &UserId) -> ServiceResult<bool> {
+    let allow = join_rules
+        .content()
+        .and_then(|c| c.get("allow"))
+        .map(|v| JsonValue::from(v.clone()))
+        .unwrap_or(JsonValue::Null);
+    for condition in allow.as_array().into_iter().flatten() {
+        if condition["type"] != "m.room_membership" {
+            continue;
+        }
+        if let Some(Ok(allowed_room)) = condition["room_id"].as_str().map(RoomId::parse) {
+            if s.timeline.is_joined(&allowed_room, user)? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Who may do what in a room: its power levels and its creators.
