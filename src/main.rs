@@ -23,7 +23,7 @@ enum Command {
 }
 
 /// glibc raises its mmap threshold after the first large free and from then
-/// on keeps large buffers (argon2's 19 MiB, big request bodies) in the heap
+/// on keeps large buffers (argon2's buffer, big request bodies) in the heap
 /// once freed, so a long-running server's memory only grows. A fixed
 /// threshold keeps every block of 1 MiB or more mapped on its own and given
 /// back when freed.

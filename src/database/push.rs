@@ -37,15 +37,14 @@ impl PushTables {
 
     /// A user's unread notifications in a room, oldest first.
     pub fn notifications(&self, user_id: &str, room_id: &str) -> DbResult<Vec<(u64, NotificationRecord)>> {
+        let prefix = keys::encode(&(user_id, room_id));
+        let prefix_len = prefix.len();
         self.db
-            .scan_prefix(
-                Table::Notifications,
-                keys::encode(&(user_id, room_id)),
-                Direction::Forward,
-            )
+            .scan_prefix(Table::Notifications, prefix, Direction::Forward)
             .map(|r| {
                 let (k, v) = r?;
-                let (_, _, count): (String, String, u64) = decode_key(Table::Notifications, &k)?;
+                // Only the count is new to us: the prefix is known.
+                let count: u64 = decode_key(Table::Notifications, &k[prefix_len..])?;
                 Ok((count, from_record(Table::Notifications, &v)?))
             })
             .collect()

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use ruma::api::client::filter::{FilterDefinition, RoomEventFilter};
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
 use super::push::Counts;
@@ -41,7 +42,7 @@ pub struct SyncRoom {
     pub limited: bool,
     pub prev_batch: Option<String>,
     /// State events (sync format), or stripped state for invites and knocks.
-    pub state: Vec<JsonValue>,
+    pub state: Vec<Box<RawValue>>,
     pub account_data: Vec<JsonValue>,
     pub joined_count: u64,
     pub invited_count: u64,
@@ -345,10 +346,15 @@ fn sync_room(
     let state_filter = &filter.room.state;
     let lazy = !state_filter.lazy_load_options.is_disabled();
     let senders: HashSet<&str> = timeline.iter().map(|e| e.sender()).collect();
+    // The whole state (shared with the state cache, not copied), or the
+    // events of a gap.
+    let whole_state = if full_state || new_join {
+        Some(s.timeline.state_events(s, start_snapshot)?)
+    } else {
+        None
+    };
     let mut state = Vec::new();
-    if full_state || new_join {
-        state.extend(s.timeline.state_events(s, start_snapshot)?.iter().cloned());
-    } else if limited {
+    if whole_state.is_none() && limited {
         // State that changed between `since` and the start of the timeline.
         let before = s.state.load_snapshot(s.timeline.snapshot_at(record, since_pos)?)?;
         let after = s.state.load_snapshot(start_snapshot)?;
@@ -360,7 +366,7 @@ fn sync_room(
             }
         }
     }
-    if lazy && !(full_state || new_join) {
+    if lazy && whole_state.is_none() {
         // A lazy-loading client only has the members it was sent: give it
         // those of the timeline's senders (a few redundant ones are cheaper
         // than remembering what each device holds).
@@ -375,8 +381,10 @@ fn sync_room(
     }
     let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
     let viewer = Some((user, device));
-    let state: Vec<JsonValue> = state
+    let state = whole_state
         .iter()
+        .flat_map(|w| w.iter())
+        .chain(state.iter())
         .filter(|e| !in_timeline.contains(e.event_id.as_str()))
         .filter(|e| event_passes(state_filter, e))
         .filter(|e| {
@@ -384,8 +392,8 @@ fn sync_room(
                 || e.event_type() != "m.room.member"
                 || e.state_key().is_some_and(|k| senders.contains(k) || k == user.as_str())
         })
-        .map(|e| e.to_client(false, viewer))
-        .collect();
+        .map(|e| e.to_client_raw(false, viewer))
+        .collect::<ServiceResult<_>>()?;
 
     let (joined_count, invited_count, heroes) = summary(s, room_id, user)?;
     let threads_apart = filter.room.timeline.unread_thread_notifications;
@@ -443,7 +451,7 @@ fn summary(s: &Services, room_id: &OwnedRoomId, user: &UserId) -> ServiceResult<
 }
 
 /// The stripped state an invited or knocking user sees.
-fn stripped_state(s: &Services, user: &UserId, record: &RoomRecord) -> ServiceResult<Vec<JsonValue>> {
+fn stripped_state(s: &Services, user: &UserId, record: &RoomRecord) -> ServiceResult<Vec<Box<RawValue>>> {
     let mut out = Vec::new();
     for (event_type, key) in [
         ("m.room.create", ""),
@@ -457,12 +465,16 @@ fn stripped_state(s: &Services, user: &UserId, record: &RoomRecord) -> ServiceRe
     ] {
         if let Some(event) = s.timeline.state_event(s, record.state_snapshot, event_type, key)? {
             let client = event.to_client(false, None);
-            out.push(serde_json::json!({
+            let stripped = serde_json::json!({
                 "type": client["type"],
                 "state_key": client["state_key"],
                 "sender": client["sender"],
                 "content": client["content"],
-            }));
+            });
+            out.push(
+                serde_json::value::to_raw_value(&stripped)
+                    .map_err(|e| ServiceError::Internal(format!("stripped state: {e}")))?,
+            );
         }
     }
     Ok(out)

@@ -37,7 +37,7 @@ echo "idle_rss_kib: $(awk '/VmRSS/ {print $2}' /proc/$pid/status)"
 
 echo "--- wrk"
 bash tools/bench/wrk_floor.sh "$base" 10 64
-echo "--- password cost (argon2id defaults: 19 MiB, t=2, p=1)"
+echo "--- password cost (argon2id defaults: 7 MiB, t=5, p=1)"
 bash tools/bench/auth_cost.sh "$base" 20
 echo "peak_rss_kib: $(awk '/VmHWM/ {print $2}' /proc/$pid/status)"
 kill -TERM $pid; wait $pid || true

@@ -27,7 +27,7 @@ port=18168
 dir=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 # The harness registers through the dummy flow; it logs in hundreds of
-# times, so the password cost is Synapse's order (bcrypt 12 ≈ argon2 at 19 MiB).
+# times, so the password cost is Synapse's order (bcrypt 12 ≈ argon2id at its defaults).
 cat > "$dir/conduit.toml" <<TOML
 [global]
 server_name = "localhost"

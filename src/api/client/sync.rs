@@ -8,6 +8,7 @@ use ruma::api::client::sync::sync_events::v3::{
     self, Filter, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, State, StateEvents, Timeline,
 };
 use ruma::api::client::sync::sync_events::UnreadNotificationsCount;
+use ruma::serde::Raw;
 use ruma::UInt;
 
 use super::raw;
@@ -87,7 +88,6 @@ fn into_response(result: SyncResult) -> Result<v3::Response, ApiError> {
     response.presence.events = result.presence.iter().map(raw).collect::<Result<_, _>>()?;
     for room in result.rooms {
         let timeline_events = room.timeline.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
-        let state_events = room.state.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
         let account_data = room.account_data.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
         let mut timeline = Timeline::new();
         timeline.events = timeline_events;
@@ -97,7 +97,7 @@ fn into_response(result: SyncResult) -> Result<v3::Response, ApiError> {
             RoomSection::Join => {
                 let mut joined = JoinedRoom::new();
                 joined.timeline = timeline;
-                joined.state = State::Before(state_section(state_events));
+                joined.state = State::Before(state_section(room.state.into_iter().map(Raw::from_json).collect()));
                 joined.account_data.events = account_data;
                 joined.summary.joined_member_count = UInt::new(room.joined_count);
                 joined.summary.invited_member_count = UInt::new(room.invited_count);
@@ -114,17 +114,17 @@ fn into_response(result: SyncResult) -> Result<v3::Response, ApiError> {
             RoomSection::Leave => {
                 let mut left = LeftRoom::new();
                 left.timeline = timeline;
-                left.state = State::Before(state_section(state_events));
+                left.state = State::Before(state_section(room.state.into_iter().map(Raw::from_json).collect()));
                 left.account_data.events = account_data;
                 response.rooms.leave.insert(room.room_id, left);
             }
             RoomSection::Invite => {
-                let stripped = room.state.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
+                let stripped: Vec<_> = room.state.into_iter().map(Raw::from_json).collect();
                 let invited = InvitedRoom::from(InviteState::from(stripped));
                 response.rooms.invite.insert(room.room_id, invited);
             }
             RoomSection::Knock => {
-                let stripped = room.state.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
+                let stripped: Vec<_> = room.state.into_iter().map(Raw::from_json).collect();
                 let mut knock_state = KnockState::new();
                 knock_state.events = stripped;
                 let knocked = KnockedRoom::from(knock_state);

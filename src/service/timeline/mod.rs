@@ -23,6 +23,8 @@ use ruma::room_version_rules::RoomVersionRules;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
 };
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
 use super::pdu::Pdu;
@@ -138,7 +140,6 @@ impl StoredEvent {
         }
     }
 
-    /// A string field of the content.
     pub fn origin_server_ts(&self) -> u64 {
         match self.json.get("origin_server_ts") {
             Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or(0),
@@ -146,6 +147,7 @@ impl StoredEvent {
         }
     }
 
+    /// A string field of the content.
     pub fn content_str(&self, name: &str) -> Option<&str> {
         match self.content()?.get(name) {
             Some(CanonicalJsonValue::String(s)) => Some(s),
@@ -156,48 +158,119 @@ impl StoredEvent {
     /// The event in the client format: `room_id` only when asked for, and
     /// `unsigned.transaction_id` only for the device that sent it.
     pub fn to_client(&self, with_room_id: bool, viewer: Option<(&UserId, &str)>) -> JsonValue {
-        let mut out = serde_json::Map::new();
-        for key in ["type", "content", "sender", "origin_server_ts", "state_key", "redacts"] {
-            if let Some(v) = self.json.get(key) {
-                out.insert(key.to_owned(), v.clone().into());
-            }
+        serde_json::to_value(self.client_view(with_room_id, viewer)).unwrap_or(JsonValue::Null)
+    }
+
+    /// The same, written straight to JSON text: no intermediate value for
+    /// the large, unmodified parts of a response (state in /sync).
+    pub fn to_client_raw(&self, with_room_id: bool, viewer: Option<(&UserId, &str)>) -> ServiceResult<Box<RawValue>> {
+        serde_json::value::to_raw_value(&self.client_view(with_room_id, viewer))
+            .map_err(|e| internal("client event", e))
+    }
+
+    fn client_view<'a>(&'a self, with_room_id: bool, viewer: Option<(&'a UserId, &'a str)>) -> ClientView<'a> {
+        ClientView {
+            event: self,
+            with_room_id,
+            viewer,
         }
-        // v11 moved `redacts` into the content; clients still read it on top.
-        if !out.contains_key("redacts") && self.event_type() == "m.room.redaction" {
-            if let Some(r) = self.content_str("redacts") {
-                out.insert("redacts".to_owned(), r.into());
-            }
-        }
-        out.insert("event_id".to_owned(), self.event_id.as_str().into());
-        if with_room_id {
-            if let Some(v) = self.json.get("room_id") {
-                out.insert("room_id".to_owned(), v.clone().into());
-            } else if let Some(room_id) = self.room_id_of_create() {
-                out.insert("room_id".to_owned(), room_id.into());
-            }
-        }
-        let mut unsigned = match self.json.get("unsigned") {
-            Some(CanonicalJsonValue::Object(u)) => JsonValue::from(CanonicalJsonValue::Object(u.clone())),
-            _ => JsonValue::Object(Default::default()),
-        };
-        if let JsonValue::Object(u) = &mut unsigned {
-            if let Some(CanonicalJsonValue::Integer(ts)) = self.json.get("origin_server_ts") {
-                let age = (now_ms() as i64).saturating_sub(i64::from(*ts)).max(0);
-                u.insert("age".to_owned(), age.into());
-            }
-            if let (Some((device, txn)), Some((user, viewer_device))) = (&self.txn, viewer) {
-                if user.as_str() == self.sender() && viewer_device == device {
-                    u.insert("transaction_id".to_owned(), txn.as_str().into());
-                }
-            }
-        }
-        out.insert("unsigned".to_owned(), unsigned);
-        JsonValue::Object(out)
     }
 
     /// A v12 create event names no room; its room ID is its own event ID.
     fn room_id_of_create(&self) -> Option<String> {
         (self.event_type() == "m.room.create").then(|| format!("!{}", &self.event_id.as_str()[1..]))
+    }
+}
+
+/// A stored event as clients see it, serialized from the stored JSON
+/// without copying it.
+struct ClientView<'a> {
+    event: &'a StoredEvent,
+    with_room_id: bool,
+    viewer: Option<(&'a UserId, &'a str)>,
+}
+
+impl Serialize for ClientView<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = self.event;
+        let mut map = ser.serialize_map(None)?;
+        for key in ["type", "content", "sender", "origin_server_ts", "state_key", "redacts"] {
+            if let Some(v) = e.json.get(key) {
+                map.serialize_entry(key, v)?;
+            }
+        }
+        // v11 moved `redacts` into the content; clients still read it on top.
+        if !e.json.contains_key("redacts") && e.event_type() == "m.room.redaction" {
+            if let Some(r) = e.content_str("redacts") {
+                map.serialize_entry("redacts", r)?;
+            }
+        }
+        map.serialize_entry("event_id", e.event_id.as_str())?;
+        if self.with_room_id {
+            if let Some(v) = e.json.get("room_id") {
+                map.serialize_entry("room_id", v)?;
+            } else if let Some(room_id) = e.room_id_of_create() {
+                map.serialize_entry("room_id", &room_id)?;
+            }
+        }
+        let age = match e.json.get("origin_server_ts") {
+            Some(CanonicalJsonValue::Integer(ts)) => Some((now_ms() as i64).saturating_sub(i64::from(*ts)).max(0)),
+            _ => None,
+        };
+        let transaction_id = match (&e.txn, self.viewer) {
+            (Some((device, txn)), Some((user, viewer_device)))
+                if user.as_str() == e.sender() && viewer_device == device =>
+            {
+                Some(txn.as_str())
+            }
+            _ => None,
+        };
+        let stored = match e.json.get("unsigned") {
+            Some(CanonicalJsonValue::Object(u)) => Some(u),
+            _ => None,
+        };
+        map.serialize_entry(
+            "unsigned",
+            &UnsignedView {
+                stored,
+                age,
+                transaction_id,
+            },
+        )?;
+        map.end()
+    }
+}
+
+/// `unsigned`: what is stored, with the age and the sender's transaction
+/// ID computed for this reader.
+struct UnsignedView<'a> {
+    stored: Option<&'a CanonicalJsonObject>,
+    age: Option<i64>,
+    transaction_id: Option<&'a str>,
+}
+
+impl Serialize for UnsignedView<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = ser.serialize_map(None)?;
+        for (key, value) in self.stored.into_iter().flatten() {
+            let computed = match key.as_str() {
+                "age" => self.age.is_some(),
+                "transaction_id" => self.transaction_id.is_some(),
+                _ => false,
+            };
+            if !computed {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        if let Some(age) = self.age {
+            map.serialize_entry("age", &age)?;
+        }
+        if let Some(txn) = self.transaction_id {
+            map.serialize_entry("transaction_id", txn)?;
+        }
+        map.end()
     }
 }
 
@@ -208,20 +281,68 @@ pub struct TimelineService {
     state_cache: Mutex<StateCache>,
 }
 
-/// Parsed room states by snapshot ID. Snapshots never change, so entries
-/// stay valid, except that redacting a state event rewrites it in storage:
-/// that clears the cache and bumps `generation`, and a reader that began
-/// before the bump does not put what it read back.
+/// Parsed room states by snapshot ID: for each room only the snapshot read
+/// last (mostly its current state, which sends and syncs ask for), and at
+/// most [`STATE_CACHE_EVENTS`] events in all, so a huge room is not held.
+/// Snapshots never change, so entries stay valid, except that redacting a
+/// state event rewrites it in storage: that clears the cache and bumps
+/// `generation`, and a reader that began before the bump does not put what
+/// it read back.
 #[derive(Default)]
 struct StateCache {
     generation: u64,
-    states: HashMap<u64, Arc<Vec<StoredEvent>>>,
+    states: HashMap<u64, CachedState>,
+    /// Each room's cached snapshot.
+    by_room: HashMap<String, u64>,
     /// Insertion order, oldest first, for eviction.
     order: std::collections::VecDeque<u64>,
+    events: usize,
 }
 
-/// Room states kept parsed: the recently active rooms' current states.
-const STATE_CACHE_ENTRIES: usize = 128;
+struct CachedState {
+    room_id: String,
+    events: Arc<Vec<StoredEvent>>,
+}
+
+impl StateCache {
+    fn insert(&mut self, snapshot: u64, room_id: String, events: Arc<Vec<StoredEvent>>) {
+        if events.len() > STATE_CACHE_EVENTS || self.states.contains_key(&snapshot) {
+            return;
+        }
+        if let Some(older) = self.by_room.get(&room_id).copied() {
+            self.remove(older);
+        }
+        while self.events + events.len() > STATE_CACHE_EVENTS {
+            let Some(oldest) = self.order.front().copied() else {
+                break;
+            };
+            self.remove(oldest);
+        }
+        self.events += events.len();
+        self.order.push_back(snapshot);
+        self.by_room.insert(room_id.clone(), snapshot);
+        self.states.insert(snapshot, CachedState { room_id, events });
+    }
+
+    fn remove(&mut self, snapshot: u64) {
+        if let Some(gone) = self.states.remove(&snapshot) {
+            self.events -= gone.events.len();
+            self.by_room.remove(&gone.room_id);
+            self.order.retain(|s| *s != snapshot);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.generation += 1;
+        self.states.clear();
+        self.by_room.clear();
+        self.order.clear();
+        self.events = 0;
+    }
+}
+
+/// Parsed state events kept at most (a few KiB each).
+const STATE_CACHE_EVENTS: usize = 4096;
 
 fn to_object(value: JsonValue) -> ServiceResult<CanonicalJsonObject> {
     match CanonicalJsonValue::try_from(value) {
@@ -335,7 +456,7 @@ impl TimelineService {
         let generation = {
             let cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(hit) = cache.states.get(&snapshot) {
-                return Ok(hit.clone());
+                return Ok(hit.events.clone());
             }
             cache.generation
         };
@@ -348,25 +469,19 @@ impl TimelineService {
             }
         }
         let out = Arc::new(out);
+        let Some(room_id) = out.iter().find_map(StoredEvent::room_id) else {
+            return Ok(out);
+        };
         let mut cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.generation == generation && !cache.states.contains_key(&snapshot) {
-            if cache.order.len() >= STATE_CACHE_ENTRIES {
-                if let Some(oldest) = cache.order.pop_front() {
-                    cache.states.remove(&oldest);
-                }
-            }
-            cache.order.push_back(snapshot);
-            cache.states.insert(snapshot, out.clone());
+        if cache.generation == generation {
+            cache.insert(snapshot, room_id, out.clone());
         }
         Ok(out)
     }
 
     /// Forgets every cached state (a state event was redacted).
     fn clear_state_cache(&self) {
-        let mut cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.generation += 1;
-        cache.states.clear();
-        cache.order.clear();
+        self.state_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// One state event from a snapshot.
@@ -438,4 +553,39 @@ fn stored(event_id: OwnedEventId, count: u64, record: TimelineRecord) -> Service
         json,
         txn: record.txn,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_of(n: usize) -> Arc<Vec<StoredEvent>> {
+        let event = |i: usize| StoredEvent {
+            event_id: OwnedEventId::try_from(format!("$e{i}:x")).unwrap(),
+            count: i as u64,
+            json: CanonicalJsonObject::new(),
+            txn: None,
+        };
+        Arc::new((0..n).map(event).collect())
+    }
+
+    #[test]
+    fn state_cache_keeps_one_snapshot_per_room_within_its_event_budget() {
+        let mut cache = StateCache::default();
+        cache.insert(1, "!a:x".to_owned(), state_of(10));
+        cache.insert(2, "!a:x".to_owned(), state_of(11));
+        assert!(!cache.states.contains_key(&1), "a room's older snapshot goes");
+        assert_eq!(cache.events, 11);
+        cache.insert(3, "!b:x".to_owned(), state_of(STATE_CACHE_EVENTS - 11));
+        assert_eq!(cache.events, STATE_CACHE_EVENTS);
+        // Over the budget: the oldest room makes way.
+        cache.insert(4, "!c:x".to_owned(), state_of(5));
+        assert!(!cache.states.contains_key(&2) && !cache.by_room.contains_key("!a:x"));
+        assert_eq!(cache.events, STATE_CACHE_EVENTS - 11 + 5);
+        // A state larger than the whole budget is not kept.
+        cache.insert(5, "!d:x".to_owned(), state_of(STATE_CACHE_EVENTS + 1));
+        assert!(!cache.states.contains_key(&5));
+        cache.clear();
+        assert_eq!((cache.events, cache.states.len(), cache.generation), (0, 0, 1));
+    }
 }
