@@ -97,6 +97,10 @@ pub enum Table {
     /// room_id: str, count: u64)`, count being the event's stream position.
     /// Value: bincode `NotificationRecord` (highlight, thread root).
     Notifications,
+    /// Each user's unread counts per room (`push.rs`), kept with the
+    /// entries of [`Table::Notifications`] so a /sync need not count them.
+    /// Key: `(user_id: str, room_id: str)`. Value: bincode `UnreadRecord`.
+    UnreadCounts,
     /// Events that relate to another (`relations.rs`). Key: `(parent_event_id:
     /// str, count: u64)`, count being the relating event's stream position.
     /// Value: bincode `RelationRecord` (relating event ID, rel_type, type, sender).
@@ -123,7 +127,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 32] = [
+    pub const ALL: [Table; 33] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -150,6 +154,7 @@ impl Table {
         Table::PublicRooms,
         Table::Receipts,
         Table::Notifications,
+        Table::UnreadCounts,
         Table::Relations,
         Table::ThreadRoots,
         Table::Presence,
@@ -187,6 +192,7 @@ impl Table {
             Table::PublicRooms => "public_rooms",
             Table::Receipts => "receipts",
             Table::Notifications => "notifications",
+            Table::UnreadCounts => "unread_counts",
             Table::Relations => "relations",
             Table::ThreadRoots => "thread_roots",
             Table::Presence => "presence",

@@ -1,5 +1,7 @@
 //! Typed access to [`Table::Notifications`] (owned by `service::push`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{decode_key, from_record, keys, to_record, Batch, Db, DbResult, Direction, Table};
@@ -9,6 +11,14 @@ pub struct NotificationRecord {
     pub highlight: bool,
     /// The thread root, for an event in a thread.
     pub thread_id: Option<String>,
+}
+
+/// Unread notifications and highlights of one user in one room: outside
+/// threads, and per thread root.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnreadRecord {
+    pub main: (u64, u64),
+    pub threads: BTreeMap<String, (u64, u64)>,
 }
 
 pub struct PushTables {
@@ -50,11 +60,35 @@ impl PushTables {
             .collect()
     }
 
-    pub fn delete_notifications(&self, user_id: &str, room_id: &str, counts: &[u64]) -> DbResult<()> {
+    /// Deletes notifications and records the counts left, in one write.
+    pub fn delete_notifications(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        counts: &[u64],
+        left: &UnreadRecord,
+    ) -> DbResult<()> {
         let mut batch = Batch::new();
         for count in counts {
             batch.delete(Table::Notifications, keys::encode(&(user_id, room_id, *count)));
         }
+        self.put_unread(&mut batch, user_id, room_id, left);
         self.db.write(batch)
+    }
+
+    /// The stored counts; `None` in a database from before they were kept.
+    pub fn unread(&self, user_id: &str, room_id: &str) -> DbResult<Option<UnreadRecord>> {
+        self.db
+            .get(Table::UnreadCounts, &keys::encode(&(user_id, room_id)))?
+            .map(|v| from_record(Table::UnreadCounts, &v))
+            .transpose()
+    }
+
+    pub fn put_unread(&self, batch: &mut Batch, user_id: &str, room_id: &str, record: &UnreadRecord) {
+        batch.put(
+            Table::UnreadCounts,
+            keys::encode(&(user_id, room_id)),
+            to_record(record),
+        );
     }
 }

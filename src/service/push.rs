@@ -5,7 +5,9 @@
 //! local member but its sender when it is stored; an event that notifies
 //! leaves an entry in the notifications table, in the event's own batch. A
 //! read receipt removes the entries it covers, so the counts /sync reports
-//! are simply the entries left.
+//! are the entries left. Those counts are also kept per user and room,
+//! written with the entries under the room's write lock, so that a /sync
+//! reads one record per room instead of counting.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +20,7 @@ use serde_json::Value as JsonValue;
 
 use super::timeline::StoredEvent;
 use super::{ServiceError, ServiceResult, Services};
-use crate::database::push::{NotificationRecord, PushTables};
+use crate::database::push::{NotificationRecord, PushTables, UnreadRecord};
 use crate::database::{Batch, Db};
 
 pub const PUSH_RULES: &str = "m.push_rules";
@@ -190,8 +192,11 @@ impl PushService {
                     highlight: actions.iter().any(|a| a.is_highlight()),
                     thread_id: thread_id.clone(),
                 };
+                let mut unread = self.unread(user, room_id)?;
+                add(&mut unread, &record);
                 self.tables
                     .put_notification(batch, user.as_str(), room_id.as_str(), count, &record);
+                self.tables.put_unread(batch, user.as_str(), room_id.as_str(), &unread);
             }
         }
         Ok(())
@@ -205,39 +210,68 @@ impl PushService {
         room_id: &RoomId,
         threads_apart: bool,
     ) -> ServiceResult<(Counts, BTreeMap<String, Counts>)> {
-        let mut main = Counts::default();
-        let mut threads: BTreeMap<String, Counts> = BTreeMap::new();
-        for (_, record) in self.tables.notifications(user.as_str(), room_id.as_str())? {
-            let counts = match (&record.thread_id, threads_apart) {
-                (Some(thread), true) => threads.entry(thread.clone()).or_default(),
-                _ => &mut main,
-            };
-            counts.notifications += 1;
-            counts.highlights += u64::from(record.highlight);
+        let unread = self.unread(user, room_id)?;
+        let counts = |(notifications, highlights): (u64, u64)| Counts {
+            notifications,
+            highlights,
+        };
+        let mut main = counts(unread.main);
+        let mut threads = BTreeMap::new();
+        for (thread, in_thread) in unread.threads {
+            if threads_apart {
+                threads.insert(thread, counts(in_thread));
+            } else {
+                main.notifications += in_thread.0;
+                main.highlights += in_thread.1;
+            }
         }
         Ok((main, threads))
     }
 
+    /// The stored counts, or, in a database from before they were kept,
+    /// counted from the entries.
+    fn unread(&self, user: &UserId, room_id: &RoomId) -> ServiceResult<UnreadRecord> {
+        if let Some(record) = self.tables.unread(user.as_str(), room_id.as_str())? {
+            return Ok(record);
+        }
+        let mut unread = UnreadRecord::default();
+        for (_, record) in self.tables.notifications(user.as_str(), room_id.as_str())? {
+            add(&mut unread, &record);
+        }
+        Ok(unread)
+    }
+
     /// A read receipt at stream position `up_to` clears what it covers.
+    /// Call it under the room's write lock, which also guards the counts.
     pub fn clear(&self, user: &UserId, room_id: &RoomId, up_to: u64, scope: &ReceiptScope) -> ServiceResult<()> {
-        let covered: Vec<u64> = self
-            .tables
-            .notifications(user.as_str(), room_id.as_str())?
-            .into_iter()
-            .filter(|(count, record)| {
-                *count <= up_to
-                    && match scope {
-                        ReceiptScope::All => true,
-                        ReceiptScope::Main => record.thread_id.is_none(),
-                        ReceiptScope::Thread(t) => record.thread_id.as_deref() == Some(t.as_str()),
-                    }
-            })
-            .map(|(count, _)| count)
-            .collect();
+        let mut covered = Vec::new();
+        let mut left = UnreadRecord::default();
+        for (count, record) in self.tables.notifications(user.as_str(), room_id.as_str())? {
+            let in_scope = match scope {
+                ReceiptScope::All => true,
+                ReceiptScope::Main => record.thread_id.is_none(),
+                ReceiptScope::Thread(t) => record.thread_id.as_deref() == Some(t.as_str()),
+            };
+            if count <= up_to && in_scope {
+                covered.push(count);
+            } else {
+                add(&mut left, &record);
+            }
+        }
         if !covered.is_empty() {
             self.tables
-                .delete_notifications(user.as_str(), room_id.as_str(), &covered)?;
+                .delete_notifications(user.as_str(), room_id.as_str(), &covered, &left)?;
         }
         Ok(())
     }
+}
+
+/// Counts one more notification.
+fn add(unread: &mut UnreadRecord, record: &NotificationRecord) {
+    let counts = match &record.thread_id {
+        Some(thread) => unread.threads.entry(thread.clone()).or_default(),
+        None => &mut unread.main,
+    };
+    counts.0 += 1;
+    counts.1 += u64::from(record.highlight);
 }

@@ -83,7 +83,8 @@ impl ReceiptsService {
                     Some("main") => ReceiptScope::Main,
                     Some(root) => ReceiptScope::Thread(root.to_owned()),
                 };
-                s.push.clear(user, room_id, event.count, &scope)
+                s.timeline
+                    .under_room_lock(room_id, || s.push.clear(user, room_id, event.count, &scope))
             });
         // Public receipts reach everyone in the room; private ones their owner.
         let mut woken: Vec<OwnedUserId> = vec![user.to_owned()];

@@ -341,6 +341,11 @@ impl StateCache {
     }
 }
 
+/// The order of a parsed state: by type, then state key.
+fn state_order(event: &StoredEvent) -> (&str, Option<&str>) {
+    (event.event_type(), event.state_key())
+}
+
 /// Parsed state events kept at most (a few KiB each).
 const STATE_CACHE_EVENTS: usize = 4096;
 
@@ -372,6 +377,14 @@ impl TimelineService {
     fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
         let mut locks = self.room_locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(room_id.to_owned()).or_default().clone()
+    }
+
+    /// Runs `f` while holding the room's write lock (for writes other
+    /// services keep consistent with the room's events).
+    pub fn under_room_lock<R>(&self, room_id: &RoomId, f: impl FnOnce() -> R) -> R {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        f()
     }
 
     pub fn room(&self, room_id: &RoomId) -> ServiceResult<Option<RoomRecord>> {
@@ -468,6 +481,8 @@ impl TimelineService {
                 out.push(e);
             }
         }
+        // Sorted, so that one entry can be found by binary search.
+        out.sort_unstable_by(|a, b| state_order(a).cmp(&state_order(b)));
         let out = Arc::new(out);
         let Some(room_id) = out.iter().find_map(StoredEvent::room_id) else {
             return Ok(out);
@@ -492,6 +507,14 @@ impl TimelineService {
         event_type: &str,
         state_key: &str,
     ) -> ServiceResult<Option<StoredEvent>> {
+        let cached = {
+            let cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.states.get(&snapshot).map(|c| c.events.clone())
+        };
+        if let Some(state) = cached {
+            let found = state.binary_search_by(|e| state_order(e).cmp(&(event_type, Some(state_key))));
+            return Ok(found.ok().map(|i| state[i].clone()));
+        }
         let Some(key) = s.state.find_short_state_key(event_type, state_key)? else {
             return Ok(None);
         };
