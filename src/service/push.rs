@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
-use ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::push::{FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::serde::Raw;
 use ruma::{OwnedUserId, RoomId, UInt, UserId};
@@ -171,7 +171,14 @@ impl PushService {
             .map(Raw::from_json)
             .map_err(|e| ServiceError::Internal(format!("event for push rules: {e}")))?;
         let thread_id = thread_of(event);
+        // Flattened once for all recipients (ruma's `get_actions` would
+        // flatten it again for each).
+        let flat = FlattenedJson::from_raw(&raw);
+        let sender = event.get("sender").and_then(JsonValue::as_str);
         for (user, display_name) in &context.recipients {
+            if sender == Some(user.as_str()) {
+                continue;
+            }
             let rules = self.ruleset(s, user)?;
             let mut ctx = PushConditionRoomCtx::new(
                 room_id.to_owned(),
@@ -183,10 +190,19 @@ impl PushService {
             // Evaluation is async in ruma for rules that may ask the server
             // more questions (thread subscriptions); ours answer from memory,
             // so the future is ready on its first poll.
-            let Some(actions) = ready(rules.get_actions(&raw, &ctx)) else {
-                tracing::warn!(%user, "push rule evaluation did not complete; no notification");
-                continue;
-            };
+            let mut actions: &[_] = &[];
+            for rule in &rules {
+                match ready(rule.applies(&flat, &ctx)) {
+                    Some(true) => {
+                        actions = rule.actions();
+                        break;
+                    }
+                    Some(false) => {}
+                    None => {
+                        tracing::warn!(%user, "push rule evaluation did not complete; rule skipped");
+                    }
+                }
+            }
             if actions.iter().any(|a| a.should_notify()) {
                 let record = NotificationRecord {
                     highlight: actions.iter().any(|a| a.is_highlight()),

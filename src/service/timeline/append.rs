@@ -13,7 +13,7 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::{internal, EventSpec, StoredEvent, TimelineService, Txn, MAX_STATE_KEY_BYTES};
+use super::{internal, state_order, EventSpec, StoredEvent, TimelineService, Txn, MAX_STATE_KEY_BYTES};
 use crate::database::rooms::{EventMeta, RoomRecord, TimelineRecord};
 use crate::database::Batch;
 use crate::service::pdu::{build_pdu, EventRef, NewPdu, Pdu};
@@ -320,24 +320,24 @@ impl TimelineService {
                 event_id: event_id.clone(),
                 count,
                 json: object.clone(),
-                txn: None,
+                txn: txn.map(|t| (t.device_id.clone(), t.txn_id.clone())),
             };
             s.relations.index(s, &mut batch, &room_id_owned, &stored_event)?;
             s.search.index(&mut batch, room_record.short_id, &stored_event);
             // Unread notifications of the room's other local members.
+            let mut state_after_parsed = None;
             if spec.event_type != TimelineEventType::RoomCreate {
                 // The state after this event; the event itself is not
                 // readable by its short ID until the batch lands.
                 let mut state = self.state_events(s, before_id)?;
-                if let Some(key) = &spec.state_key {
-                    let event_type = spec.event_type.to_string();
-                    let mut changed: Vec<StoredEvent> = state
-                        .iter()
-                        .filter(|e| !(e.event_type() == event_type && e.state_key() == Some(key.as_str())))
-                        .cloned()
-                        .collect();
-                    changed.push(stored_event.clone());
+                if spec.state_key.is_some() {
+                    let mut changed: Vec<StoredEvent> = state.as_ref().clone();
+                    match changed.binary_search_by(|e| state_order(e).cmp(&state_order(&stored_event))) {
+                        Ok(i) => changed[i] = stored_event.clone(),
+                        Err(i) => changed.insert(i, stored_event.clone()),
+                    }
                     state = std::sync::Arc::new(changed);
+                    state_after_parsed = Some(state.clone());
                 }
                 let context = s.push.room_context(s, rules, &state, sender.as_str())?;
                 if !context.recipients.is_empty() {
@@ -348,6 +348,11 @@ impl TimelineService {
             self.tables.write(batch)?;
             if redacts_state {
                 self.clear_state_cache();
+            } else if let Some(state) = state_after_parsed {
+                // The next event's state before: worth keeping parsed. No
+                // generation check needed: only a redaction in this room,
+                // which waits for its lock, could make it stale.
+                self.remember_state(after_id, room_id_owned.to_string(), state);
             }
             for member in self.tables.members(room_id_owned.as_str()) {
                 let (user, membership) = member?;

@@ -342,7 +342,7 @@ impl StateCache {
 }
 
 /// The order of a parsed state: by type, then state key.
-fn state_order(event: &StoredEvent) -> (&str, Option<&str>) {
+pub(super) fn state_order(event: &StoredEvent) -> (&str, Option<&str>) {
     (event.event_type(), event.state_key())
 }
 
@@ -492,6 +492,12 @@ impl TimelineService {
             cache.insert(snapshot, room_id, out.clone());
         }
         Ok(out)
+    }
+
+    /// Keeps a state built while appending an event.
+    fn remember_state(&self, snapshot: u64, room_id: String, state: Arc<Vec<StoredEvent>>) {
+        let mut cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert(snapshot, room_id, state);
     }
 
     /// Forgets every cached state (a state event was redacted).
