@@ -105,6 +105,11 @@ pub enum Table {
     /// str, count: u64)`, count being the relating event's stream position.
     /// Value: bincode `RelationRecord` (relating event ID, rel_type, type, sender).
     Relations,
+    /// Events that have at least one entry in [`Table::Relations`]
+    /// (`relations.rs`), so reading an event without any costs a point
+    /// lookup (answered by the bloom filter) instead of a scan. Key:
+    /// `(parent_event_id: str)`. Value: empty.
+    RelationParents,
     /// Thread roots of each room (`relations.rs`). Key: `(room_id: str,
     /// root_event_id: str)`. Value: the stream position of the thread's
     /// latest event, `u64` big-endian.
@@ -127,7 +132,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 33] = [
+    pub const ALL: [Table; 34] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -156,6 +161,7 @@ impl Table {
         Table::Notifications,
         Table::UnreadCounts,
         Table::Relations,
+        Table::RelationParents,
         Table::ThreadRoots,
         Table::Presence,
         Table::PresenceChanges,
@@ -194,6 +200,7 @@ impl Table {
             Table::Notifications => "notifications",
             Table::UnreadCounts => "unread_counts",
             Table::Relations => "relations",
+            Table::RelationParents => "relation_parents",
             Table::ThreadRoots => "thread_roots",
             Table::Presence => "presence",
             Table::PresenceChanges => "presence_changes",

@@ -137,7 +137,7 @@ impl Services {
             typing: typing::TypingService::new(stream.clone()),
             presence: presence::PresenceService::new(db.clone(), stream.clone()),
             push: push::PushService::new(db.clone()),
-            relations: relations::RelationsService::new(db.clone()),
+            relations: relations::RelationsService::open(db.clone())?,
             reports: reports::ReportsService::new(db.clone()),
             search: search::SearchService::new(db.clone()),
             timeline: timeline::TimelineService::new(db.clone(), stream),

@@ -36,10 +36,15 @@ pub fn relation_of(content: &JsonValue) -> Option<(String, String)> {
 }
 
 impl RelationsService {
-    pub fn new(db: Db) -> Self {
-        Self {
-            tables: RelationTables::new(db),
+    /// Opens the service, completing the index of related events in a
+    /// database from before it was kept.
+    pub fn open(db: Db) -> ServiceResult<Self> {
+        let tables = RelationTables::new(db);
+        let added = tables.backfill_parents()?;
+        if added > 0 {
+            tracing::info!(added, "index of related events filled in");
         }
+        Ok(Self { tables })
     }
 
     /// Indexes a new event that relates to an earlier one of the same room
@@ -185,6 +190,10 @@ impl RelationsService {
     /// The aggregations clients expect in `unsigned.m.relations`: the latest
     /// edit by the original sender, the thread summary, references.
     pub fn bundle(&self, s: &Services, event: &StoredEvent, viewer: &UserId) -> ServiceResult<Option<JsonValue>> {
+        // Most events have no relations: one point lookup says so.
+        if !self.tables.has_relations(event.event_id.as_str())? {
+            return Ok(None);
+        }
         let relations = self.tables.relations(event.event_id.as_str())?;
         if relations.is_empty() {
             return Ok(None);
