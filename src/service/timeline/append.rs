@@ -320,7 +320,7 @@ impl TimelineService {
                 event_id: event_id.clone(),
                 count,
                 json: object.clone(),
-                txn: txn.map(|t| (t.device_id.clone(), t.txn_id.clone())),
+                txn: stored.txn.clone(),
             };
             s.relations.index(s, &mut batch, &room_id_owned, &stored_event)?;
             s.search.index(&mut batch, room_record.short_id, &stored_event);
