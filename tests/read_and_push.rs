@@ -86,8 +86,10 @@ async fn unread_counts_rise_and_a_receipt_clears_them() {
         "{receipts}"
     );
 
-    // A private receipt also clears, and only its owner sees it.
+    // A private receipt also clears, and only its owner sees it. The new
+    // message counts on top of the cleared (stored) counts first.
     let more = server.send_text(&alice, &room_id, "more").await;
+    assert_eq!(counts(&server.sync(&bob, None, 0, None).await, &room_id), (1, 0));
     assert_eq!(
         receipt(&server, &bob, &room_id, "m.read.private", &more, json!({})).await,
         200
