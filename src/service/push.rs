@@ -9,7 +9,8 @@
 //! written with the entries under the room's write lock, so that a /sync
 //! reads one record per room instead of counting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
 use ruma::push::{FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
@@ -43,8 +44,19 @@ pub enum ReceiptScope {
     Thread(String),
 }
 
+/// Rulesets kept in memory at most; a family server's users all fit, and a
+/// default ruleset is a few KiB.
+const CACHED_RULESETS: usize = 256;
+
 pub struct PushService {
     tables: PushTables,
+    /// Each recent recipient's parsed rules. Every event is evaluated for
+    /// every local member, so reading and parsing (or, for most users,
+    /// building the defaults) once per member per event was the biggest
+    /// per-recipient cost. The lock is also held across a fill from storage
+    /// and across a change, so a stale read can never be cached over a newer
+    /// write, and two changes to one user's rules cannot lose each other.
+    rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
 }
 
 /// What the rules of every member need to know about the room, once per event.
@@ -79,11 +91,45 @@ impl PushService {
     pub fn new(db: Db) -> Self {
         Self {
             tables: PushTables::new(db),
+            rulesets: Mutex::new(HashMap::new()),
         }
     }
 
     /// The user's rules: stored, or the spec's defaults.
-    pub fn ruleset(&self, s: &Services, user: &UserId) -> ServiceResult<Ruleset> {
+    pub fn ruleset(&self, s: &Services, user: &UserId) -> ServiceResult<Arc<Ruleset>> {
+        let mut cache = self.rulesets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rules) = cache.get(user) {
+            return Ok(Arc::clone(rules));
+        }
+        let rules = Arc::new(self.stored_ruleset(s, user)?);
+        remember(&mut cache, user, Arc::clone(&rules));
+        Ok(rules)
+    }
+
+    /// Changes the user's rules with `change` and stores them, one change at
+    /// a time.
+    pub fn change_ruleset<T>(
+        &self,
+        s: &Services,
+        user: &UserId,
+        change: impl FnOnce(&mut Ruleset) -> ServiceResult<T>,
+    ) -> ServiceResult<T> {
+        let mut cache = self.rulesets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rules = match cache.get(user) {
+            Some(rules) => Ruleset::clone(rules),
+            None => self.stored_ruleset(s, user)?,
+        };
+        let answer = change(&mut rules)?;
+        let json = serde_json::to_string(&serde_json::json!({ "global": &rules }))
+            .map_err(|e| ServiceError::Internal(format!("push rules: {e}")))?;
+        // Forget the old rules first, so a failed write leaves nothing stale.
+        cache.remove(user);
+        s.account_data.put(user, None, PUSH_RULES, &json)?;
+        remember(&mut cache, user, Arc::new(rules));
+        Ok(answer)
+    }
+
+    fn stored_ruleset(&self, s: &Services, user: &UserId) -> ServiceResult<Ruleset> {
         match s.account_data.get(user, None, PUSH_RULES) {
             Ok(raw) => {
                 let value: JsonValue = serde_json::from_str(raw.get())
@@ -94,12 +140,6 @@ impl PushService {
             Err(ServiceError::NotFound(_)) => Ok(Ruleset::server_default(user)),
             Err(e) => Err(e),
         }
-    }
-
-    pub fn save_ruleset(&self, s: &Services, user: &UserId, rules: &Ruleset) -> ServiceResult<()> {
-        let json = serde_json::to_string(&serde_json::json!({ "global": rules }))
-            .map_err(|e| ServiceError::Internal(format!("push rules: {e}")))?;
-        s.account_data.put(user, None, PUSH_RULES, &json)
     }
 
     /// Builds the room context for evaluating an event.
@@ -191,7 +231,7 @@ impl PushService {
             // more questions (thread subscriptions); ours answer from memory,
             // so the future is ready on its first poll.
             let mut actions: &[_] = &[];
-            for rule in &rules {
+            for rule in rules.iter() {
                 match ready(rule.applies(&flat, &ctx)) {
                     Some(true) => {
                         actions = rule.actions();
@@ -280,6 +320,15 @@ impl PushService {
         }
         Ok(())
     }
+}
+
+/// Caches `rules`, starting over when the cache is full (cheaper than
+/// tracking use, and refilled within one message per member).
+fn remember(cache: &mut HashMap<OwnedUserId, Arc<Ruleset>>, user: &UserId, rules: Arc<Ruleset>) {
+    if cache.len() >= CACHED_RULESETS {
+        cache.clear();
+    }
+    cache.insert(user.to_owned(), rules);
 }
 
 /// Counts one more notification.

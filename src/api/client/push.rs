@@ -53,13 +53,7 @@ async fn change_rules(
     change: impl FnOnce(&mut Ruleset) -> ServiceResult<()> + Send + 'static,
 ) -> Result<(), ApiError> {
     let user = user.to_owned();
-    Ok(services
-        .run(move |s| {
-            let mut rules = s.push.ruleset(s, &user)?;
-            change(&mut rules)?;
-            s.push.save_ruleset(s, &user, &rules)
-        })
-        .await?)
+    Ok(services.run(move |s| s.push.change_ruleset(s, &user, change)).await?)
 }
 
 async fn all_rules(
@@ -68,7 +62,7 @@ async fn all_rules(
 ) -> Result<get_pushrules_all::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let rules = services.run(move |s| s.push.ruleset(s, &user)).await?;
-    Ok(get_pushrules_all::v3::Response::new(rules))
+    Ok(get_pushrules_all::v3::Response::new(Ruleset::clone(&rules)))
 }
 
 async fn rule(
