@@ -70,6 +70,10 @@ pub struct Config {
     pub allow_unstable_room_versions: bool,
     #[serde(default = "defaults::default_room_version")]
     pub default_room_version: RoomVersionId,
+    /// The most to-device messages (encryption key shares, verification
+    /// steps) waiting for one device; sends beyond it are refused.
+    #[serde(default = "defaults::max_to_device_queue")]
+    pub max_to_device_queue: usize,
 
     // Keys of upstream Conduit's file that this build accepts, so an
     // operator's file keeps working, but does not act on (yet).
@@ -141,6 +145,9 @@ mod defaults {
     }
     pub fn max_request_size() -> u32 {
         20 * 1024 * 1024
+    }
+    pub fn max_to_device_queue() -> usize {
+        10_000
     }
     pub fn yes() -> bool {
         true
@@ -234,6 +241,9 @@ impl Config {
         }
         if self.db_cache_capacity_mb.is_nan() || self.db_cache_capacity_mb <= 0.0 {
             return Err(key_error("db_cache_capacity_mb", "must be greater than 0"));
+        }
+        if self.max_to_device_queue == 0 {
+            return Err(key_error("max_to_device_queue", "must be greater than 0"));
         }
         if self.max_request_size < 1024 {
             return Err(key_error("max_request_size", "must be at least 1024 bytes"));

@@ -68,6 +68,7 @@ impl ApiError {
                 S::RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
                 S::AliasExists => (StatusCode::CONFLICT, "M_UNKNOWN"),
                 S::BadAlias(_) => (StatusCode::BAD_REQUEST, "M_BAD_ALIAS"),
+                S::LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
             },
         }
     }

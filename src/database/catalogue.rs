@@ -129,10 +129,43 @@ pub enum Table {
     /// searchable text. Key: `(short_room_id: u64, word: str, count: u64)`,
     /// count being the event's stream position. Value: empty.
     SearchWords,
+    /// Devices' identity keys (`e2e_keys.rs`). Key: `(user_id: str,
+    /// device_id: str)`. Value: the signed device keys as JSON, as uploaded
+    /// plus signatures the owner's self-signing key added.
+    DeviceKeys,
+    /// Unclaimed one-time keys (`e2e_keys.rs`). Key: `(user_id: str,
+    /// device_id: str, algorithm: str, key_id: str)`, key_id in full
+    /// (`signed_curve25519:AAAAHQ`). Value: the key as JSON.
+    OneTimeKeys,
+    /// Each device's fallback key per algorithm (`e2e_keys.rs`). Key:
+    /// `(user_id: str, device_id: str, algorithm: str)`. Value: bincode
+    /// `FallbackKeyRecord` (key ID, JSON, used flag).
+    FallbackKeys,
+    /// Cross-signing keys (`e2e_keys.rs`). Key: `(user_id: str, usage: str)`,
+    /// usage `master`, `self_signing` or `user_signing`. Value: the key as
+    /// JSON with the owner's own signatures.
+    CrossSigningKeys,
+    /// Signatures one user made on another's key (`e2e_keys.rs`), shown only
+    /// to the signer. Key: `(target_user_id: str, target_key_id: str,
+    /// signer_user_id: str)`, target_key_id being a device ID or a
+    /// cross-signing public key. Value: JSON object of signer key ID to
+    /// signature.
+    KeySignatures,
+    /// Whose keys changed when (`e2e_keys.rs`), for `device_lists` in /sync
+    /// and `/keys/changes`. Key: `(count: u64)`, a stream position. Value:
+    /// the user ID, UTF-8.
+    DeviceListChanges,
+    /// Queued to-device messages (`to_device.rs`). Key: `(user_id: str,
+    /// device_id: str, count: u64)`, count being the stream position it was
+    /// sent at. Value: JSON `{type, sender, content}`.
+    ToDeviceMessages,
+    /// To-device transaction IDs already handled (`to_device.rs`). Key:
+    /// `(sender_user_id: str, sender_device_id: str, txn_id: str)`. Value: empty.
+    ToDeviceTxnIds,
 }
 
 impl Table {
-    pub const ALL: [Table; 34] = [
+    pub const ALL: [Table; 42] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -167,6 +200,14 @@ impl Table {
         Table::PresenceChanges,
         Table::Reports,
         Table::SearchWords,
+        Table::DeviceKeys,
+        Table::OneTimeKeys,
+        Table::FallbackKeys,
+        Table::CrossSigningKeys,
+        Table::KeySignatures,
+        Table::DeviceListChanges,
+        Table::ToDeviceMessages,
+        Table::ToDeviceTxnIds,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -206,6 +247,14 @@ impl Table {
             Table::PresenceChanges => "presence_changes",
             Table::Reports => "reports",
             Table::SearchWords => "search_words",
+            Table::DeviceKeys => "device_keys",
+            Table::OneTimeKeys => "one_time_keys",
+            Table::FallbackKeys => "fallback_keys",
+            Table::CrossSigningKeys => "cross_signing_keys",
+            Table::KeySignatures => "key_signatures",
+            Table::DeviceListChanges => "device_list_changes",
+            Table::ToDeviceMessages => "to_device_messages",
+            Table::ToDeviceTxnIds => "to_device_txn_ids",
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod catalogue;
 pub mod devices;
 pub mod directory;
+pub mod e2e_keys;
 pub mod engine;
 pub mod filters;
 pub mod keys;
@@ -19,6 +20,7 @@ pub mod rooms;
 pub mod search;
 pub mod server_keys;
 pub mod state;
+pub mod to_device;
 pub mod uiaa;
 pub mod users;
 

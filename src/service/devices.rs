@@ -4,7 +4,7 @@ use ruma::api::client::device::Device;
 use ruma::{MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedUserId, UInt, UserId};
 use sha2::{Digest, Sha256};
 
-use super::{now_ms, random_string, ServiceError, ServiceResult};
+use super::{now_ms, random_string, ServiceError, ServiceResult, Services};
 use crate::database::devices::{DeviceRecord, DevicesTables};
 use crate::database::{Batch, Db};
 
@@ -152,32 +152,73 @@ impl DevicesService {
         Ok(self.tables.write(batch)?)
     }
 
-    /// Deletes these devices (unknown IDs are skipped, as the spec allows) and
-    /// their tokens, in one write.
-    pub fn delete(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> ServiceResult<()> {
+    /// Deletes these devices (unknown IDs are skipped, as the spec allows),
+    /// their tokens, keys and queued to-device messages, in one write; the
+    /// user's contacts learn that the device list changed.
+    pub fn delete(&self, s: &Services, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> ServiceResult<()> {
         let mut batch = Batch::new();
+        let mut removed = false;
         for device_id in device_ids {
             if let Some(record) = self.tables.get(user_id.as_str(), device_id.as_str())? {
-                self.tables
-                    .delete(&mut batch, user_id.as_str(), device_id.as_str(), &record);
+                self.delete_in(s, &mut batch, user_id, device_id.as_str(), &record)?;
+                removed = true;
             }
         }
-        Ok(self.tables.write(batch)?)
+        if removed {
+            s.e2e_keys.write_with_change(s, batch, user_id)
+        } else {
+            Ok(())
+        }
     }
 
-    /// Adds deletes of every device of the user but `keep` to `batch`.
-    pub fn delete_all_in(&self, batch: &mut Batch, user_id: &UserId, keep: Option<&str>) -> ServiceResult<()> {
+    fn delete_in(
+        &self,
+        s: &Services,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &str,
+        record: &DeviceRecord,
+    ) -> ServiceResult<()> {
+        self.tables.delete(batch, user_id.as_str(), device_id, record);
+        s.e2e_keys.delete_device_in(batch, user_id, device_id)?;
+        s.to_device.delete_device_in(batch, user_id, device_id)
+    }
+
+    /// Adds deletes of every device of the user but `keep` to `batch`;
+    /// answers whether there were any. Write the batch with
+    /// `e2e_keys.write_with_change` when there were.
+    pub fn delete_all_in(
+        &self,
+        s: &Services,
+        batch: &mut Batch,
+        user_id: &UserId,
+        keep: Option<&str>,
+    ) -> ServiceResult<bool> {
+        let mut removed = false;
         for (device_id, record) in self.tables.list(user_id.as_str())? {
             if Some(device_id.as_str()) != keep {
-                self.tables.delete(batch, user_id.as_str(), &device_id, &record);
+                self.delete_in(s, batch, user_id, &device_id, &record)?;
+                removed = true;
             }
+        }
+        Ok(removed)
+    }
+
+    pub fn delete_all(&self, s: &Services, user_id: &UserId) -> ServiceResult<()> {
+        let mut batch = Batch::new();
+        if self.delete_all_in(s, &mut batch, user_id, None)? {
+            s.e2e_keys.write_with_change(s, batch, user_id)?;
         }
         Ok(())
     }
 
-    pub fn delete_all(&self, user_id: &UserId) -> ServiceResult<()> {
-        let mut batch = Batch::new();
-        self.delete_all_in(&mut batch, user_id, None)?;
-        Ok(self.tables.write(batch)?)
+    /// Each device's display name, by device ID.
+    pub fn display_names(&self, user_id: &UserId) -> ServiceResult<std::collections::HashMap<String, Option<String>>> {
+        Ok(self
+            .tables
+            .list(user_id.as_str())?
+            .into_iter()
+            .map(|(id, r)| (id, r.display_name))
+            .collect())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod devices;
+pub mod e2e_keys;
 pub mod filters;
 pub mod password;
 pub mod pdu;
@@ -18,6 +19,7 @@ pub mod state;
 pub mod stream;
 pub mod sync;
 pub mod timeline;
+pub mod to_device;
 pub mod typing;
 pub mod uiaa;
 pub mod users;
@@ -72,6 +74,9 @@ pub enum ServiceError {
     AliasExists,
     #[error("{0}")]
     BadAlias(String),
+    /// A bound on stored data that retrying soon will not lift.
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -98,6 +103,8 @@ pub struct Services {
     pub relations: relations::RelationsService,
     pub reports: reports::ReportsService,
     pub search: search::SearchService,
+    pub e2e_keys: e2e_keys::E2eKeysService,
+    pub to_device: to_device::ToDeviceService,
 }
 
 impl Services {
@@ -140,6 +147,8 @@ impl Services {
             relations: relations::RelationsService::open(db.clone())?,
             reports: reports::ReportsService::new(db.clone()),
             search: search::SearchService::new(db.clone()),
+            e2e_keys: e2e_keys::E2eKeysService::new(db.clone()),
+            to_device: to_device::ToDeviceService::new(db.clone(), config.max_to_device_queue),
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
             config,

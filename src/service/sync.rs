@@ -15,6 +15,7 @@ use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
+use super::e2e_keys::DeviceListUpdates;
 use super::push::Counts;
 use super::timeline::{StoredEvent, VisibilityCache};
 use super::{ServiceError, ServiceResult, Services};
@@ -81,11 +82,21 @@ pub struct SyncResult {
     pub account_data: Vec<JsonValue>,
     /// `m.presence` events.
     pub presence: Vec<JsonValue>,
+    pub to_device: Vec<Box<RawValue>>,
+    pub device_lists: DeviceListUpdates,
+    /// The syncing device's unclaimed one-time keys, per algorithm.
+    pub one_time_key_counts: BTreeMap<String, u64>,
+    pub unused_fallback_key_types: Vec<String>,
 }
 
 impl SyncResult {
+    /// Whether nothing changed (key counts are always sent, so they do not count).
     pub fn is_empty(&self) -> bool {
-        self.rooms.is_empty() && self.account_data.is_empty() && self.presence.is_empty()
+        self.rooms.is_empty()
+            && self.account_data.is_empty()
+            && self.presence.is_empty()
+            && self.to_device.is_empty()
+            && self.device_lists.is_empty()
     }
 }
 
@@ -163,6 +174,10 @@ pub fn sync(
     filter: &FilterDefinition,
     full_state: bool,
 ) -> ServiceResult<SyncResult> {
+    // To-device messages first: when more wait than one response carries,
+    // the whole response stops before the first one left out.
+    let to_device = s.to_device.deliver(user, device, since, up_to)?;
+    let up_to = to_device.stop_at.unwrap_or(up_to);
     let account_data = s.account_data.changed_since(user, since.unwrap_or(0))?;
     let mut room_account_data: BTreeMap<String, Vec<JsonValue>> = BTreeMap::new();
     let mut global = Vec::new();
@@ -214,11 +229,21 @@ pub fn sync(
         }
     }
     let presence = s.presence.sync_events(s, user, since, up_to, &filter.presence)?;
+    // Device lists tell what changed since the last sync; an initial sync
+    // has nothing to compare with.
+    let device_lists = match since {
+        Some(since) => s.e2e_keys.device_list_updates(s, user, since, up_to)?,
+        None => DeviceListUpdates::default(),
+    };
     Ok(SyncResult {
         next_batch: up_to,
         rooms,
         account_data: global,
         presence,
+        to_device: to_device.events,
+        device_lists,
+        one_time_key_counts: s.e2e_keys.one_time_key_counts(user, device)?,
+        unused_fallback_key_types: s.e2e_keys.unused_fallback_key_types(user, device)?,
     })
 }
 

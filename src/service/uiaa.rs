@@ -17,6 +17,8 @@ pub enum Purpose {
     ChangePassword,
     DeleteDevices,
     Deactivate,
+    /// Replacing cross-signing keys.
+    SigningKeys,
 }
 
 impl Purpose {
@@ -26,6 +28,7 @@ impl Purpose {
             Purpose::ChangePassword => "change_password",
             Purpose::DeleteDevices => "delete_devices",
             Purpose::Deactivate => "deactivate",
+            Purpose::SigningKeys => "signing_keys",
         }
     }
 }

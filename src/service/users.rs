@@ -7,7 +7,7 @@ use ruma::{OwnedServerName, OwnedUserId, UserId};
 
 use super::devices::DevicesService;
 use super::password::PasswordHasher;
-use super::{now_ms, random_string, ServiceError, ServiceResult};
+use super::{now_ms, random_string, ServiceError, ServiceResult, Services};
 use crate::config::Config;
 use crate::database::users::{UserRecord, UsersTables};
 use crate::database::{Batch, Db};
@@ -168,7 +168,7 @@ impl UsersService {
     /// the user is removed in the same write.
     pub fn change_password(
         &self,
-        devices: &DevicesService,
+        s: &Services,
         user_id: &UserId,
         new_password: &str,
         logout_others_than: Option<Option<&str>>,
@@ -181,14 +181,16 @@ impl UsersService {
         let mut batch = Batch::new();
         self.tables.put(&mut batch, user_id.as_str(), &record);
         if let Some(keep) = logout_others_than {
-            devices.delete_all_in(&mut batch, user_id, keep)?;
+            if s.devices.delete_all_in(s, &mut batch, user_id, keep)? {
+                return s.e2e_keys.write_with_change(s, batch, user_id);
+            }
         }
         Ok(self.tables.write(batch)?)
     }
 
     /// Deactivates the account: no password, no devices, no profile; the ID
     /// stays taken.
-    pub fn deactivate(&self, devices: &DevicesService, user_id: &UserId) -> ServiceResult<()> {
+    pub fn deactivate(&self, s: &Services, user_id: &UserId) -> ServiceResult<()> {
         let mut record = self
             .tables
             .get(user_id.as_str())?
@@ -200,7 +202,9 @@ impl UsersService {
         for field in [DISPLAYNAME, AVATAR_URL] {
             self.tables.set_profile_field(&mut batch, user_id.as_str(), field, None);
         }
-        devices.delete_all_in(&mut batch, user_id, None)?;
+        if s.devices.delete_all_in(s, &mut batch, user_id, None)? {
+            return s.e2e_keys.write_with_change(s, batch, user_id);
+        }
         Ok(self.tables.write(batch)?)
     }
 

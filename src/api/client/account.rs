@@ -91,8 +91,7 @@ async fn change_password(
             s.uiaa
                 .authenticate(&s.users, Some(&user_id), Purpose::ChangePassword, body.auth.as_ref())?;
             let logout_others = body.logout_devices.then_some(Some(device_id.as_str()));
-            s.users
-                .change_password(&s.devices, &user_id, &body.new_password, logout_others)
+            s.users.change_password(s, &user_id, &body.new_password, logout_others)
         })
         .await?;
     Ok(change_password::v3::Response::new())
@@ -108,7 +107,7 @@ async fn deactivate(
         .run(move |s| {
             s.uiaa
                 .authenticate(&s.users, Some(&user_id), Purpose::Deactivate, auth.as_ref())?;
-            s.users.deactivate(&s.devices, &user_id)
+            s.users.deactivate(s, &user_id)
         })
         .await?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))

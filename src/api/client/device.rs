@@ -61,7 +61,7 @@ async fn delete_one(
             s.devices.get(&user_id, body.device_id.as_str())?;
             s.uiaa
                 .authenticate(&s.users, Some(&user_id), Purpose::DeleteDevices, body.auth.as_ref())?;
-            s.devices.delete(&user_id, &[body.device_id])
+            s.devices.delete(s, &user_id, &[body.device_id])
         })
         .await?;
     Ok(delete_device::v3::Response::new())
@@ -77,7 +77,7 @@ async fn delete_many(
         .run(move |s| {
             s.uiaa
                 .authenticate(&s.users, Some(&user_id), Purpose::DeleteDevices, body.auth.as_ref())?;
-            s.devices.delete(&user_id, &body.devices)
+            s.devices.delete(s, &user_id, &body.devices)
         })
         .await?;
     Ok(delete_devices::v3::Response::new())

@@ -5,6 +5,7 @@ mod account_data;
 mod device;
 mod discovery;
 mod filter;
+mod keys;
 mod membership;
 mod message;
 mod presence;
@@ -48,6 +49,7 @@ pub fn register_routes(router: &mut Router) {
     profile::register_routes(router);
     account_data::register_routes(router);
     filter::register_routes(router);
+    keys::register_routes(router);
     user_directory::register_routes(router);
     room::register_routes(router);
     membership::register_routes(router);

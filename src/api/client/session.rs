@@ -83,7 +83,9 @@ fn parse_login_name(services: &Services, name: &str) -> Result<OwnedUserId, ApiE
 async fn logout(services: Arc<Services>, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response, ApiError> {
     let user_id = req.user()?.to_owned();
     let device_id = req.sender_device.clone().ok_or(ApiError::MissingToken)?;
-    services.run(move |s| s.devices.delete(&user_id, &[device_id])).await?;
+    services
+        .run(move |s| s.devices.delete(s, &user_id, &[device_id]))
+        .await?;
     Ok(logout::v3::Response::new())
 }
 
@@ -92,6 +94,6 @@ async fn logout_all(
     req: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response, ApiError> {
     let user_id = req.user()?.to_owned();
-    services.run(move |s| s.devices.delete_all(&user_id)).await?;
+    services.run(move |s| s.devices.delete_all(s, &user_id)).await?;
     Ok(logout_all::v3::Response::new())
 }

@@ -9,7 +9,7 @@ use ruma::api::client::sync::sync_events::v3::{
 };
 use ruma::api::client::sync::sync_events::UnreadNotificationsCount;
 use ruma::serde::Raw;
-use ruma::UInt;
+use ruma::{OneTimeKeyAlgorithm, UInt};
 
 use super::raw;
 use crate::api::{ApiError, Router, Ruma};
@@ -82,10 +82,36 @@ fn state_section(events: Vec<ruma::serde::Raw<ruma::events::AnySyncStateEvent>>)
     state
 }
 
+fn user_ids(ids: impl IntoIterator<Item = String>) -> Vec<ruma::OwnedUserId> {
+    ids.into_iter()
+        .filter_map(|id| ruma::OwnedUserId::try_from(id).ok())
+        .collect()
+}
+
 fn into_response(result: SyncResult) -> Result<v3::Response, ApiError> {
     let mut response = v3::Response::new(sync_service::token(result.next_batch));
     response.account_data.events = result.account_data.iter().map(raw).collect::<Result<_, _>>()?;
     response.presence.events = result.presence.iter().map(raw).collect::<Result<_, _>>()?;
+    response.to_device.events = result.to_device.into_iter().map(Raw::from_json).collect();
+    response.device_lists.changed = user_ids(result.device_lists.changed);
+    response.device_lists.left = user_ids(result.device_lists.left);
+    response.device_one_time_keys_count = result
+        .one_time_key_counts
+        .into_iter()
+        .map(|(algorithm, n)| {
+            (
+                OneTimeKeyAlgorithm::from(algorithm.as_str()),
+                UInt::new(n).unwrap_or_default(),
+            )
+        })
+        .collect();
+    response.device_unused_fallback_key_types = Some(
+        result
+            .unused_fallback_key_types
+            .iter()
+            .map(|a| OneTimeKeyAlgorithm::from(a.as_str()))
+            .collect(),
+    );
     for room in result.rooms {
         let timeline_events = room.timeline.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
         let account_data = room.account_data.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
