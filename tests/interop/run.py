@@ -11,10 +11,15 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
+import json
 
 from nio.api import RoomVisibility
 from nio import (
     AsyncClient,
+    AsyncClientConfig,
+    MegolmEvent,
     DevicesResponse,
     InviteMemberEvent,
     JoinResponse,
@@ -225,6 +230,89 @@ async def nio_two_users_chat(base):
         await bob.close()
 
 
+async def encrypted_client(base, name, store):
+    """A registered matrix-nio client with end-to-end encryption (vodozemac)."""
+    config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False)
+    client = AsyncClient(base, name, store_path=store, config=config)
+    reg = await client.register(name, "pw-" + name, name + " device")
+    assert isinstance(reg, RegisterResponse), f"register {name}: {reg}"
+    return client
+
+
+async def e2e_sync(client, timeout=0):
+    """One sync plus the key work nio's sync_forever would do after it."""
+    resp = await client.sync(timeout=timeout, sync_filter=SYNC_FILTER)
+    assert isinstance(resp, SyncResponse), f"sync: {resp}"
+    if client.should_upload_keys:
+        await client.keys_upload()
+    if client.should_query_keys:
+        await client.keys_query()
+    if client.should_claim_keys:
+        await client.keys_claim(client.get_users_for_key_claiming())
+    await client.send_to_device_messages()
+    return resp
+
+
+async def wait_for_text(client, room_id, sender, body, deadline):
+    """Syncs until a decrypted text `body` from `sender` arrives; fails on
+    an event that stayed encrypted."""
+    while time.monotonic() < deadline:
+        resp = await e2e_sync(client, timeout=2000)
+        room = resp.rooms.join.get(room_id)
+        for event in room.timeline.events if room else []:
+            assert not isinstance(event, MegolmEvent), f"{client.user_id} could not decrypt {event.event_id}"
+            if isinstance(event, RoomMessageText) and event.sender == sender and event.body == body:
+                return event
+    raise AssertionError(f"{client.user_id} never received {body!r}")
+
+
+async def nio_encrypted_room(base):
+    """Two matrix-nio users in an encrypted room: each decrypts the other's
+    message, and every message the server stores there is m.room.encrypted."""
+    stores = [tempfile.TemporaryDirectory(), tempfile.TemporaryDirectory()]
+    alice = await encrypted_client(base, "ealice", stores[0].name)
+    bob = await encrypted_client(base, "ebob", stores[1].name)
+    try:
+        for client in (alice, bob):
+            await e2e_sync(client)
+        created = await alice.room_create(
+            name="Secrets",
+            invite=[bob.user_id],
+            initial_state=[{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        )
+        assert isinstance(created, RoomCreateResponse), f"room_create: {created}"
+        room_id = created.room_id
+        await e2e_sync(bob)
+        joined = await bob.join(room_id)
+        assert isinstance(joined, JoinResponse), f"join: {joined}"
+        for client in (alice, bob, alice, bob):
+            await e2e_sync(client)
+        assert alice.rooms[room_id].encrypted, "alice's client does not see the room as encrypted"
+
+        deadline = time.monotonic() + 60
+        for sender, receiver, body in [(alice, bob, "secret from alice"), (bob, alice, "secret from bob")]:
+            sent = await sender.room_send(
+                room_id, "m.room.message", {"msgtype": "m.text", "body": body}, ignore_unverified_devices=True
+            )
+            assert isinstance(sent, RoomSendResponse), f"send: {sent}"
+            await wait_for_text(receiver, room_id, sender.user_id, body, deadline)
+
+        # What the server holds: ciphertext only.
+        url = f"{base}/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/messages?dir=b&limit=1000"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {alice.access_token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            chunk = json.load(response)["chunk"]
+        messages = [e for e in chunk if "state_key" not in e]
+        assert len(messages) == 2, f"expected 2 messages, server has {[e['type'] for e in messages]}"
+        assert all(e["type"] == "m.room.encrypted" for e in messages), [e["type"] for e in messages]
+        assert all("body" not in json.dumps(e["content"]) for e in messages), "plaintext on the server"
+    finally:
+        await alice.close()
+        await bob.close()
+        for store in stores:
+            store.cleanup()
+
+
 def commander(base, workdir, *args):
     """Runs matrix-commander (installed next to this Python) and returns its
     standard output; fails on a non-zero exit."""
@@ -273,7 +361,13 @@ async def commander_through_an_alias(base):
         subprocess.run(["rm", "-rf", workdir], check=False)
 
 
-TESTS = [nio_account_basics, nio_wrong_password_is_refused, nio_two_users_chat, commander_through_an_alias]
+TESTS = [
+    nio_account_basics,
+    nio_wrong_password_is_refused,
+    nio_two_users_chat,
+    nio_encrypted_room,
+    commander_through_an_alias,
+]
 
 
 def main():
