@@ -69,6 +69,7 @@ impl ApiError {
                 S::AliasExists => (StatusCode::CONFLICT, "M_UNKNOWN"),
                 S::BadAlias(_) => (StatusCode::BAD_REQUEST, "M_BAD_ALIAS"),
                 S::LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+                S::WrongRoomKeysVersion(_) => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
             },
         }
     }
@@ -87,6 +88,9 @@ impl ResponseError for ApiError {
                 serde_json::to_value(info).unwrap_or_else(|_| json!({}))
             }
             ApiError::UnknownToken => json!({"errcode": errcode, "error": self.to_string(), "soft_logout": false}),
+            ApiError::Service(ServiceError::WrongRoomKeysVersion(current)) => {
+                json!({"errcode": errcode, "error": self.to_string(), "current_version": current})
+            }
             ApiError::Internal(detail) | ApiError::Service(ServiceError::Internal(detail)) => {
                 tracing::error!(%detail, "internal error");
                 json!({"errcode": errcode, "error": "internal server error"})

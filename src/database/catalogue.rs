@@ -162,10 +162,17 @@ pub enum Table {
     /// To-device transaction IDs already handled (`to_device.rs`). Key:
     /// `(sender_user_id: str, sender_device_id: str, txn_id: str)`. Value: empty.
     ToDeviceTxnIds,
+    /// Server-side key backup versions (`key_backups.rs`). Key: `(user_id:
+    /// str, version: u64)`. Value: bincode `BackupVersionRecord` (algorithm
+    /// and auth_data JSON, etag, key count, deleted flag).
+    BackupVersions,
+    /// Backed-up room keys (`key_backups.rs`). Key: `(user_id: str, version:
+    /// u64, room_id: str, session_id: str)`. Value: the `KeyBackupData` JSON.
+    BackupKeys,
 }
 
 impl Table {
-    pub const ALL: [Table; 42] = [
+    pub const ALL: [Table; 44] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -208,6 +215,8 @@ impl Table {
         Table::DeviceListChanges,
         Table::ToDeviceMessages,
         Table::ToDeviceTxnIds,
+        Table::BackupVersions,
+        Table::BackupKeys,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -255,6 +264,8 @@ impl Table {
             Table::DeviceListChanges => "device_list_changes",
             Table::ToDeviceMessages => "to_device_messages",
             Table::ToDeviceTxnIds => "to_device_txn_ids",
+            Table::BackupVersions => "backup_versions",
+            Table::BackupKeys => "backup_keys",
         }
     }
 }

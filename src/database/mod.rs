@@ -8,6 +8,7 @@ pub mod directory;
 pub mod e2e_keys;
 pub mod engine;
 pub mod filters;
+pub mod key_backups;
 pub mod keys;
 pub mod meta;
 pub mod presence;

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod devices;
 pub mod e2e_keys;
 pub mod filters;
+pub mod key_backups;
 pub mod password;
 pub mod pdu;
 pub mod presence;
@@ -74,6 +75,10 @@ pub enum ServiceError {
     AliasExists,
     #[error("{0}")]
     BadAlias(String),
+    /// A key backup write names a version that is not the current one (the
+    /// current one, if any, is carried along).
+    #[error("this is not the current key backup version")]
+    WrongRoomKeysVersion(Option<String>),
     /// A bound on stored data that retrying soon will not lift.
     #[error("{0}")]
     LimitExceeded(String),
@@ -105,6 +110,7 @@ pub struct Services {
     pub search: search::SearchService,
     pub e2e_keys: e2e_keys::E2eKeysService,
     pub to_device: to_device::ToDeviceService,
+    pub key_backups: key_backups::KeyBackupsService,
 }
 
 impl Services {
@@ -149,6 +155,7 @@ impl Services {
             search: search::SearchService::new(db.clone()),
             e2e_keys: e2e_keys::E2eKeysService::new(db.clone()),
             to_device: to_device::ToDeviceService::new(db.clone(), config.max_to_device_queue),
+            key_backups: key_backups::KeyBackupsService::new(db.clone()),
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
             config,

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod backup;
 mod device;
 mod discovery;
 mod filter;
@@ -48,6 +49,7 @@ pub fn register_routes(router: &mut Router) {
     device::register_routes(router);
     profile::register_routes(router);
     account_data::register_routes(router);
+    backup::register_routes(router);
     filter::register_routes(router);
     keys::register_routes(router);
     user_directory::register_routes(router);
