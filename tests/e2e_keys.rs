@@ -611,3 +611,94 @@ fn strip_signatures(mut key: Value) -> Value {
     key.as_object_mut().unwrap().remove("signatures");
     key
 }
+
+const DEHYDRATED: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+
+fn dehydrated(user: &str, device: &str, key: &Ed25519KeyPair) -> Value {
+    json!({
+        "device_id": device,
+        "initial_device_display_name": "Backup device",
+        "device_data": {"algorithm": "org.matrix.msc3814.v1.olm", "device_pickle": "opaque"},
+        "device_keys": device_keys(user, device, key),
+        "one_time_keys": {"signed_curve25519:AAAAAQ": one_time_key(1)},
+    })
+}
+
+#[tokio::test]
+async fn a_dehydrated_device_keeps_messages_for_the_next_login() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, alice_dev) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    assert_error(
+        &server.call("GET", DEHYDRATED, Some(&alice), None).await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    // Keys that do not verify leave nothing behind; a normal device's ID is refused.
+    let mut forged = dehydrated(&alice_id, "DEHYDRATED1", &new_key("DEHYDRATED1"));
+    forged["device_keys"]["keys"]["curve25519:DEHYDRATED1"] = json!("forged");
+    let (status, _) = server.call("PUT", DEHYDRATED, Some(&alice), Some(forged)).await;
+    assert_eq!(status, 400);
+    assert_eq!(server.call("GET", DEHYDRATED, Some(&alice), None).await.0, 404);
+    let (status, _) = server
+        .call(
+            "PUT",
+            DEHYDRATED,
+            Some(&alice),
+            Some(dehydrated(&alice_id, &alice_dev, &new_key(&alice_dev))),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    let (status, body) = server
+        .call(
+            "PUT",
+            DEHYDRATED,
+            Some(&alice),
+            Some(dehydrated(&alice_id, "DEHYDRATED1", &new_key("DEHYDRATED1"))),
+        )
+        .await;
+    assert_eq!((status, &body["device_id"]), (200, &json!("DEHYDRATED1")), "{body}");
+    let (_, got) = server.call("GET", DEHYDRATED, Some(&alice), None).await;
+    assert_eq!(got["device_data"]["device_pickle"], "opaque");
+
+    // Bob finds the device, claims its key and sends it a message.
+    let keys = query(&server, &bob, &[&alice_id]).await;
+    assert!(keys["device_keys"][&alice_id]["DEHYDRATED1"].is_object(), "{keys}");
+    let claimed = claim(&server, &bob, &alice_id, "DEHYDRATED1").await;
+    assert_eq!(claimed["signed_curve25519:AAAAAQ"], one_time_key(1));
+    let (status, _) = send_to_device(
+        &server,
+        &bob,
+        "d1",
+        json!({ &alice_id: { "DEHYDRATED1": {"body": "room key"} } }),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Alice's next client reads the messages, then acknowledges them.
+    let events_path = format!("{DEHYDRATED}/DEHYDRATED1/events");
+    let (status, page) = server.call("POST", &events_path, Some(&alice), Some(json!({}))).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["events"][0]["content"]["body"], "room key");
+    let (_, next) = server
+        .call(
+            "POST",
+            &events_path,
+            Some(&alice),
+            Some(json!({"next_batch": page["next_batch"]})),
+        )
+        .await;
+    assert_eq!(next["events"], json!([]), "{next}");
+    // Only the owner's own dehydrated device can be read.
+    let (status, _) = server.call("POST", &events_path, Some(&bob), Some(json!({}))).await;
+    assert_eq!(status, 404);
+
+    let (status, deleted) = server.call("DELETE", DEHYDRATED, Some(&alice), None).await;
+    assert_eq!((status, &deleted["device_id"]), (200, &json!("DEHYDRATED1")));
+    assert_eq!(server.call("GET", DEHYDRATED, Some(&alice), None).await.0, 404);
+    assert!(query(&server, &bob, &[&alice_id]).await["device_keys"][&alice_id]
+        .get("DEHYDRATED1")
+        .is_none());
+}

@@ -169,10 +169,15 @@ pub enum Table {
     /// Backed-up room keys (`key_backups.rs`). Key: `(user_id: str, version:
     /// u64, room_id: str, session_id: str)`. Value: the `KeyBackupData` JSON.
     BackupKeys,
+    /// Each user's dehydrated device (MSC3814, `dehydrated_devices.rs`): a
+    /// device kept on the server to receive keys while the user has no
+    /// client open. Key: `(user_id: str)`. Value: bincode
+    /// `DehydratedDeviceRecord` (device ID, opaque device data JSON).
+    DehydratedDevices,
 }
 
 impl Table {
-    pub const ALL: [Table; 44] = [
+    pub const ALL: [Table; 45] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -217,6 +222,7 @@ impl Table {
         Table::ToDeviceTxnIds,
         Table::BackupVersions,
         Table::BackupKeys,
+        Table::DehydratedDevices,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -266,6 +272,7 @@ impl Table {
             Table::ToDeviceTxnIds => "to_device_txn_ids",
             Table::BackupVersions => "backup_versions",
             Table::BackupKeys => "backup_keys",
+            Table::DehydratedDevices => "dehydrated_devices",
         }
     }
 }

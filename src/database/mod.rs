@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod catalogue;
+pub mod dehydrated_devices;
 pub mod devices;
 pub mod directory;
 pub mod e2e_keys;

@@ -2,6 +2,7 @@
 //! tables and reaches storage only through them.
 
 pub mod account_data;
+pub mod dehydrated_devices;
 pub mod devices;
 pub mod e2e_keys;
 pub mod filters;
@@ -111,6 +112,7 @@ pub struct Services {
     pub e2e_keys: e2e_keys::E2eKeysService,
     pub to_device: to_device::ToDeviceService,
     pub key_backups: key_backups::KeyBackupsService,
+    pub dehydrated_devices: dehydrated_devices::DehydratedDevicesService,
 }
 
 impl Services {
@@ -156,6 +158,7 @@ impl Services {
             e2e_keys: e2e_keys::E2eKeysService::new(db.clone()),
             to_device: to_device::ToDeviceService::new(db.clone(), config.max_to_device_queue),
             key_backups: key_backups::KeyBackupsService::new(db.clone()),
+            dehydrated_devices: dehydrated_devices::DehydratedDevicesService::new(db.clone()),
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
             config,

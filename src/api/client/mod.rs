@@ -3,6 +3,7 @@
 mod account;
 mod account_data;
 mod backup;
+mod dehydrated_device;
 mod device;
 mod discovery;
 mod filter;
@@ -50,6 +51,7 @@ pub fn register_routes(router: &mut Router) {
     profile::register_routes(router);
     account_data::register_routes(router);
     backup::register_routes(router);
+    dehydrated_device::register_routes(router);
     filter::register_routes(router);
     keys::register_routes(router);
     user_directory::register_routes(router);
