@@ -755,10 +755,22 @@ impl E2eKeysService {
         to: u64,
     ) -> ServiceResult<DeviceListUpdates> {
         let mut updates = DeviceListUpdates::default();
-        let peers = self.encrypted_peers(s, user)?;
-        for (_, changed) in self.tables.device_list_changes(from, to)? {
-            if changed == user.as_str() || peers.contains(&changed) {
-                updates.changed.insert(changed);
+        // Who shares an encrypted room with the user: read only when some
+        // change needs it, since most syncs have none.
+        let mut peers: Option<HashSet<String>> = None;
+        let mut peers_of = |s: &Services| -> ServiceResult<HashSet<String>> {
+            if peers.is_none() {
+                peers = Some(self.encrypted_peers(s, user)?);
+            }
+            Ok(peers.clone().unwrap_or_default())
+        };
+        let changes = self.tables.device_list_changes(from, to)?;
+        if !changes.is_empty() {
+            let peers = peers_of(s)?;
+            for (_, changed) in changes {
+                if changed == user.as_str() || peers.contains(&changed) {
+                    updates.changed.insert(changed);
+                }
             }
         }
         // Membership changes in encrypted rooms: whom the user started or
@@ -820,6 +832,10 @@ impl E2eKeysService {
                 }
             }
         }
+        if gone.is_empty() {
+            return Ok(updates);
+        }
+        let peers = peers_of(s)?;
         for member in gone {
             if member != user.as_str() && !peers.contains(&member) {
                 updates.changed.remove(&member);
