@@ -137,11 +137,20 @@ async fn device_keys_are_checked_stored_and_queried() {
     assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 2);
 
     // Bob sees the keys exactly as signed, with the device's name.
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/devices/{alice_dev}"),
+            Some(&alice),
+            Some(json!({"display_name": "Alice's laptop"})),
+        )
+        .await;
+    assert_eq!(status, 200);
     let got = query(&server, &bob, &[&alice_id]).await;
     let device = &got["device_keys"][&alice_id][&alice_dev];
     assert_eq!(device["keys"], keys["keys"]);
     assert_eq!(device["signatures"], keys["signatures"]);
-    assert!(device["unsigned"]["device_display_name"].is_string() || device["unsigned"].is_null());
+    assert_eq!(device["unsigned"]["device_display_name"], "Alice's laptop");
 
     // The same keys again are fine; different keys for the device are not.
     assert_eq!(upload(&server, &alice, json!({ "device_keys": keys })).await.0, 200);
