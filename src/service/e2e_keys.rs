@@ -758,15 +758,9 @@ impl E2eKeysService {
         // Who shares an encrypted room with the user: read only when some
         // change needs it, since most syncs have none.
         let mut peers: Option<HashSet<String>> = None;
-        let mut peers_of = |s: &Services| -> ServiceResult<HashSet<String>> {
-            if peers.is_none() {
-                peers = Some(self.encrypted_peers(s, user)?);
-            }
-            Ok(peers.clone().unwrap_or_default())
-        };
         let changes = self.tables.device_list_changes(from, to)?;
         if !changes.is_empty() {
-            let peers = peers_of(s)?;
+            let peers = peers.insert(self.encrypted_peers(s, user)?);
             for (_, changed) in changes {
                 if changed == user.as_str() || peers.contains(&changed) {
                     updates.changed.insert(changed);
@@ -835,7 +829,10 @@ impl E2eKeysService {
         if gone.is_empty() {
             return Ok(updates);
         }
-        let peers = peers_of(s)?;
+        let peers = match peers {
+            Some(peers) => peers,
+            None => self.encrypted_peers(s, user)?,
+        };
         for member in gone {
             if member != user.as_str() && !peers.contains(&member) {
                 updates.changed.remove(&member);
