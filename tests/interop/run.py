@@ -361,19 +361,98 @@ async def commander_through_an_alias(base):
         subprocess.run(["rm", "-rf", workdir], check=False)
 
 
+# The matrix-sdk scenario binary (tests/interop/sdk), built by scripts/test.
+SDK_BINARY = None
+# Its errors without a backtrace, so a failure's message fits the report.
+SDK_ENV = dict(os.environ, RUST_LIB_BACKTRACE="0")
+
+
+async def run_sdk(*args, timeout=100):
+    """Runs the matrix-sdk scenario binary to its end; fails on a non-zero exit."""
+    proc = await asyncio.create_subprocess_exec(
+        SDK_BINARY, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=SDK_ENV
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, f"matrix-sdk {args[0]} exited {proc.returncode}: {err.decode()[-800:]}"
+    return out.decode()
+
+
+async def sdk_backup_and_verify(base):
+    """matrix-sdk: two users chat in an encrypted room and verify each
+    other's cross-signing identity; a second login of one of them recovers
+    from secret storage and key backup and decrypts the earlier history.
+    The scenario and its checks are in tests/interop/sdk/src/main.rs."""
+    await run_sdk("backup-and-verify", base)
+
+
+async def nio_and_sdk_encrypted_room(base):
+    """A matrix-nio user and a matrix-sdk user in one encrypted room: each
+    decrypts the other's message."""
+    stores = [tempfile.TemporaryDirectory()]
+    alice = await encrypted_client(base, "nioalice", stores[0].name)
+    sdk_user = await registered(base, "sdkuser")
+    await sdk_user.close()
+    sdk = None
+    try:
+        await e2e_sync(alice)
+        created = await alice.room_create(
+            name="Mixed",
+            invite=[sdk_user.user_id],
+            initial_state=[{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        )
+        assert isinstance(created, RoomCreateResponse), f"room_create: {created}"
+        room_id = created.room_id
+        sdk = await asyncio.create_subprocess_exec(
+            SDK_BINARY, "reply", base, "sdkuser", "pw-sdkuser", room_id, "hello matrix-sdk", "hello matrix-nio",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=SDK_ENV,
+        )
+        line = await asyncio.wait_for(sdk.stdout.readline(), 60)
+        assert line == b"joined\n", f"matrix-sdk did not join: {line!r} {(await sdk.stderr.read()).decode()[-800:]}"
+
+        # Send only once nio knows the matrix-sdk device, so the room key reaches it.
+        deadline = time.monotonic() + 60
+        while not list(alice.device_store.active_user_devices(sdk_user.user_id)):
+            assert time.monotonic() < deadline, "matrix-nio never learned the matrix-sdk device"
+            await e2e_sync(alice, timeout=1000)
+        sent = await alice.room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": "hello matrix-sdk"}, ignore_unverified_devices=True
+        )
+        assert isinstance(sent, RoomSendResponse), f"send: {sent}"
+        await wait_for_text(alice, room_id, sdk_user.user_id, "hello matrix-nio", deadline)
+        out, err = await asyncio.wait_for(sdk.communicate(), 30)
+        assert sdk.returncode == 0, f"matrix-sdk exited {sdk.returncode}: {err.decode()[-800:]}"
+        assert out == b"replied\n", out
+    finally:
+        if sdk is not None and sdk.returncode is None:
+            sdk.kill()
+            await sdk.wait()
+        await alice.close()
+        for store in stores:
+            store.cleanup()
+
+
 TESTS = [
     nio_account_basics,
     nio_wrong_password_is_refused,
     nio_two_users_chat,
     nio_encrypted_room,
     commander_through_an_alias,
+    sdk_backup_and_verify,
+    nio_and_sdk_encrypted_room,
 ]
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
+    parser.add_argument("--sdk-binary", required=True)
     args = parser.parse_args()
+    global SDK_BINARY
+    SDK_BINARY = args.sdk_binary
     passed = failed = 0
     for test in TESTS:
         server = Conduit(args.binary)
