@@ -345,8 +345,11 @@ impl SearchService {
             }
             context["start"] = super::sync::token(around.first.saturating_sub(1)).into();
             context["end"] = super::sync::token(around.last).into();
-            context["events_before"] = s.timeline.client_events(s, &around.before, true, viewer)?.into();
-            context["events_after"] = s.timeline.client_events(s, &around.after, true, viewer)?.into();
+            for (key, events) in [("events_before", &around.before), ("events_after", &around.after)] {
+                let events = s.timeline.client_events(s, events, true, viewer)?;
+                context[key] =
+                    serde_json::to_value(events).map_err(|e| ServiceError::Internal(format!("search context: {e}")))?;
+            }
         }
         Ok(context)
     }

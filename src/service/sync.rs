@@ -39,7 +39,7 @@ pub enum RoomSection {
 pub struct SyncRoom {
     pub room_id: OwnedRoomId,
     pub section: RoomSection,
-    pub timeline: Vec<JsonValue>,
+    pub timeline: Vec<Box<RawValue>>,
     pub limited: bool,
     pub prev_batch: Option<String>,
     /// State events (sync format), or stripped state for invites and knocks.

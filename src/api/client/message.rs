@@ -8,6 +8,7 @@ use ruma::api::client::room::get_event_by_timestamp;
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use ruma::api::Direction as ApiDirection;
 use ruma::events::TimelineEventType;
+use ruma::serde::Raw;
 use ruma::{CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::Value as JsonValue;
 
@@ -175,7 +176,7 @@ async fn messages(
     let mut response = get_message_events::v3::Response::new();
     response.start = page.start;
     response.end = page.end;
-    response.chunk = page.chunk.iter().map(raw).collect::<Result<_, _>>()?;
+    response.chunk = page.chunk.into_iter().map(Raw::from_json).collect();
     response.state = page.state.iter().map(raw).collect::<Result<_, _>>()?;
     Ok(response)
 }

@@ -13,7 +13,6 @@ use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, UInt};
 use serde_json::{Map, Value as JsonValue};
 
-use super::raw;
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::rooms::{CreateRoom, HierarchyQuery, Preset};
 use crate::service::Services;
@@ -107,7 +106,7 @@ async fn get_event(
                 .visible_event(s, &user, &body.room_id, &body.event_id, &device)
         })
         .await?;
-    Ok(get_room_event::v3::Response::new(raw(&event)?))
+    Ok(get_room_event::v3::Response::new(Raw::from_json(event)))
 }
 
 async fn create_alias(

@@ -113,7 +113,7 @@ fn into_response(result: SyncResult) -> Result<v3::Response, ApiError> {
             .collect(),
     );
     for room in result.rooms {
-        let timeline_events = room.timeline.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
+        let timeline_events = room.timeline.into_iter().map(Raw::from_json).collect();
         let account_data = room.account_data.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
         let mut timeline = Timeline::new();
         timeline.events = timeline_events;

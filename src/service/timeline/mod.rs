@@ -12,6 +12,7 @@
 mod append;
 mod read;
 mod resolve;
+mod stored_json;
 
 pub use read::{Around, VisibilityCache};
 
@@ -82,7 +83,7 @@ pub struct Pagination {
 pub struct Page {
     pub start: String,
     pub end: Option<String>,
-    pub chunk: Vec<JsonValue>,
+    pub chunk: Vec<Box<RawValue>>,
     pub state: Vec<JsonValue>,
 }
 
@@ -91,9 +92,9 @@ pub struct Page {
 pub struct Context {
     pub start: String,
     pub end: String,
-    pub events_before: Vec<JsonValue>,
-    pub event: JsonValue,
-    pub events_after: Vec<JsonValue>,
+    pub events_before: Vec<Box<RawValue>>,
+    pub event: Box<RawValue>,
+    pub events_after: Vec<Box<RawValue>>,
     pub state: Vec<JsonValue>,
 }
 
@@ -164,8 +165,19 @@ impl StoredEvent {
     /// The same, written straight to JSON text: no intermediate value for
     /// the large, unmodified parts of a response (state in /sync).
     pub fn to_client_raw(&self, with_room_id: bool, viewer: Option<(&UserId, &str)>) -> ServiceResult<Box<RawValue>> {
-        serde_json::value::to_raw_value(&self.client_view(with_room_id, viewer))
-            .map_err(|e| internal("client event", e))
+        self.to_client_raw_bundled(with_room_id, viewer, None)
+    }
+
+    /// The same, with bundled aggregations in `unsigned.m.relations`.
+    pub fn to_client_raw_bundled(
+        &self,
+        with_room_id: bool,
+        viewer: Option<(&UserId, &str)>,
+        relations: Option<&JsonValue>,
+    ) -> ServiceResult<Box<RawValue>> {
+        let mut view = self.client_view(with_room_id, viewer);
+        view.relations = relations;
+        serde_json::value::to_raw_value(&view).map_err(|e| internal("client event", e))
     }
 
     fn client_view<'a>(&'a self, with_room_id: bool, viewer: Option<(&'a UserId, &'a str)>) -> ClientView<'a> {
@@ -173,6 +185,7 @@ impl StoredEvent {
             event: self,
             with_room_id,
             viewer,
+            relations: None,
         }
     }
 
@@ -188,6 +201,8 @@ struct ClientView<'a> {
     event: &'a StoredEvent,
     with_room_id: bool,
     viewer: Option<(&'a UserId, &'a str)>,
+    /// Bundled aggregations for `unsigned.m.relations`.
+    relations: Option<&'a JsonValue>,
 }
 
 impl Serialize for ClientView<'_> {
@@ -236,6 +251,7 @@ impl Serialize for ClientView<'_> {
                 stored,
                 age,
                 transaction_id,
+                relations: self.relations,
             },
         )?;
         map.end()
@@ -248,6 +264,7 @@ struct UnsignedView<'a> {
     stored: Option<&'a CanonicalJsonObject>,
     age: Option<i64>,
     transaction_id: Option<&'a str>,
+    relations: Option<&'a JsonValue>,
 }
 
 impl Serialize for UnsignedView<'_> {
@@ -258,6 +275,7 @@ impl Serialize for UnsignedView<'_> {
             let computed = match key.as_str() {
                 "age" => self.age.is_some(),
                 "transaction_id" => self.transaction_id.is_some(),
+                "m.relations" => self.relations.is_some(),
                 _ => false,
             };
             if !computed {
@@ -269,6 +287,9 @@ impl Serialize for UnsignedView<'_> {
         }
         if let Some(txn) = self.transaction_id {
             map.serialize_entry("transaction_id", txn)?;
+        }
+        if let Some(relations) = self.relations {
+            map.serialize_entry("m.relations", relations)?;
         }
         map.end()
     }
@@ -439,7 +460,7 @@ impl TimelineService {
         self.tables.events(record.short_id, from, direction).map(|r| {
             let (count, rec) = r?;
             // Stored events carry their ID (see `TimelineRecord`); parse once.
-            let json: CanonicalJsonObject = serde_json::from_str(&rec.json).map_err(|e| internal("stored event", e))?;
+            let json = stored_json::parse_object(&rec.json).map_err(|e| internal("stored event", e))?;
             let id = match json.get("event_id") {
                 Some(CanonicalJsonValue::String(id)) => {
                     OwnedEventId::try_from(id.as_str()).map_err(|e| internal("stored event ID", e))?
@@ -575,7 +596,7 @@ impl TimelineService {
 }
 
 fn stored(event_id: OwnedEventId, count: u64, record: TimelineRecord) -> ServiceResult<StoredEvent> {
-    let json: CanonicalJsonObject = serde_json::from_str(&record.json).map_err(|e| internal("stored event", e))?;
+    let json = stored_json::parse_object(&record.json).map_err(|e| internal("stored event", e))?;
     Ok(StoredEvent {
         event_id,
         count,

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use ruma::{EventId, RoomId, UserId};
+use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
 use super::{Context, Page, Pagination, StoredEvent, TimelineService, MAX_PAGE};
@@ -37,12 +38,9 @@ impl TimelineService {
         event: &StoredEvent,
         with_room_id: bool,
         viewer: (&UserId, &str),
-    ) -> ServiceResult<JsonValue> {
-        let mut out = event.to_client(with_room_id, Some(viewer));
-        if let Some(bundle) = s.relations.bundle(s, event, viewer.0)? {
-            out["unsigned"]["m.relations"] = bundle;
-        }
-        Ok(out)
+    ) -> ServiceResult<Box<RawValue>> {
+        let bundle = s.relations.bundle(s, event, viewer.0)?;
+        event.to_client_raw_bundled(with_room_id, Some(viewer), bundle.as_ref())
     }
 
     pub fn client_events(
@@ -51,7 +49,7 @@ impl TimelineService {
         events: &[StoredEvent],
         with_room_id: bool,
         viewer: (&UserId, &str),
-    ) -> ServiceResult<Vec<JsonValue>> {
+    ) -> ServiceResult<Vec<Box<RawValue>>> {
         events
             .iter()
             .map(|e| self.client_event(s, e, with_room_id, viewer))
@@ -248,7 +246,7 @@ impl TimelineService {
         room_id: &RoomId,
         event_id: &EventId,
         device: &str,
-    ) -> ServiceResult<JsonValue> {
+    ) -> ServiceResult<Box<RawValue>> {
         let not_found = || ServiceError::NotFound("event not found".to_owned());
         self.room_or_404(room_id)?;
         let meta = self.event_meta(event_id)?.ok_or_else(not_found)?;
