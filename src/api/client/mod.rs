@@ -36,8 +36,8 @@ fn only_own(sender: &UserId, target: &UserId, what: &str) -> Result<(), ApiError
     }
 }
 
-/// A JSON value (or JSON text) as the ruma type a response carries.
-fn raw<T>(value: &impl serde::Serialize) -> Result<Raw<T>, ApiError> {
+/// A JSON value as the ruma type a response carries.
+fn raw<T>(value: &serde_json::Value) -> Result<Raw<T>, ApiError> {
     serde_json::value::to_raw_value(value)
         .map(Raw::from_json)
         .map_err(|e| ApiError::Internal(format!("serializing an event: {e}")))

@@ -8,6 +8,7 @@ use ruma::api::client::relations::{
 };
 use ruma::api::client::threads::get_threads;
 use ruma::api::Direction as ApiDirection;
+use ruma::serde::Raw;
 use ruma::{OwnedEventId, OwnedRoomId, UInt};
 
 use super::raw;
@@ -73,7 +74,7 @@ async fn query<T>(
             ))
         })
         .await?;
-    Ok((events.iter().map(raw).collect::<Result<_, _>>()?, next.map(token)))
+    Ok((events.into_iter().map(Raw::from_json).collect(), next.map(token)))
 }
 
 async fn relations(
@@ -164,7 +165,7 @@ async fn threads(
             ))
         })
         .await?;
-    let mut response = get_threads::v1::Response::new(events.iter().map(raw).collect::<Result<_, _>>()?);
+    let mut response = get_threads::v1::Response::new(events.into_iter().map(Raw::from_json).collect());
     response.next_batch = next.map(token);
     Ok(response)
 }
@@ -185,9 +186,9 @@ async fn context(
     let mut response = get_context::v3::Response::new();
     response.start = Some(ctx.start);
     response.end = Some(ctx.end);
-    response.events_before = ctx.events_before.iter().map(raw).collect::<Result<_, _>>()?;
-    response.event = Some(raw(&ctx.event)?);
-    response.events_after = ctx.events_after.iter().map(raw).collect::<Result<_, _>>()?;
+    response.events_before = ctx.events_before.into_iter().map(Raw::from_json).collect();
+    response.event = Some(Raw::from_json(ctx.event));
+    response.events_after = ctx.events_after.into_iter().map(Raw::from_json).collect();
     response.state = ctx.state.iter().map(raw).collect::<Result<_, _>>()?;
     Ok(response)
 }

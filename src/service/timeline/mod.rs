@@ -163,7 +163,7 @@ impl StoredEvent {
     }
 
     /// The same, written straight to JSON text: no intermediate value for
-    /// the large, unmodified parts of a response (state in /sync).
+    /// what goes out unmodified (state and timelines).
     pub fn to_client_raw(&self, with_room_id: bool, viewer: Option<(&UserId, &str)>) -> ServiceResult<Box<RawValue>> {
         self.to_client_raw_bundled(with_room_id, viewer, None)
     }
