@@ -326,7 +326,9 @@ fn sync_room(
     let new_join = since.is_none() || (membership_changed && section == RoomSection::Join);
     let mut timeline: Vec<StoredEvent> = Vec::new();
     let mut limited = false;
-    let mut first_seen: Option<u64> = None;
+    // The state before the earliest visible event scanned: where the
+    // timeline starts.
+    let mut first_seen_state: Option<u64> = None;
     let mut scanned = 0usize;
     let mut visibility = VisibilityCache::default();
     for event in s.timeline.events(record, Some(end), Direction::Backward) {
@@ -356,7 +358,7 @@ fn sync_room(
             limited = true;
             break;
         }
-        first_seen = Some(event.count);
+        first_seen_state = Some(meta.state_before);
         if event_passes(timeline_filter, &event) {
             timeline.push(event);
         }
@@ -364,8 +366,8 @@ fn sync_room(
     timeline.reverse();
 
     // The state at the start of the timeline.
-    let start_snapshot = match first_seen {
-        Some(count) => snapshot_before_count(s, record, count)?,
+    let start_snapshot = match first_seen_state {
+        Some(snapshot) => snapshot,
         None => s.timeline.snapshot_at(record, end)?,
     };
     let state_filter = &filter.room.state;
@@ -442,17 +444,6 @@ fn sync_room(
         unread,
         unread_threads,
     }))
-}
-
-/// The state snapshot just before the event at `count`.
-fn snapshot_before_count(s: &Services, record: &RoomRecord, count: u64) -> ServiceResult<u64> {
-    if let Some(event) = s.timeline.events(record, Some(count), Direction::Forward).next() {
-        let event = event?;
-        if let Some(meta) = s.timeline.event_meta(&event.event_id)? {
-            return Ok(meta.state_before);
-        }
-    }
-    Ok(record.state_snapshot)
 }
 
 /// Joined and invited counts, and up to five other members as heroes.
