@@ -236,3 +236,62 @@ async fn an_encrypted_room_works_like_any_other() {
     let thread_after = &joined(&after, &room)["unread_thread_notifications"][&root]["notification_count"];
     assert!(thread_after.is_null() || *thread_after == 0, "{after}");
 }
+
+#[tokio::test]
+async fn the_operator_can_turn_off_encryption_and_room_creation() {
+    let encryption_state = json!({"type": "m.room.encryption", "state_key": "",
+        "content": {"algorithm": "m.megolm.v1.aes-sha2"}});
+
+    let server = TestServer::start_with("allow_encryption = false").await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let refused = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice),
+            Some(json!({"name": "Secret", "initial_state": [encryption_state]})),
+        )
+        .await;
+    assert_eq!(
+        (refused.0, refused.1["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{}",
+        refused.1
+    );
+    // The refusal left no room behind.
+    let (_, rooms) = server
+        .call("GET", "/_matrix/client/v3/joined_rooms", Some(&alice), None)
+        .await;
+    assert_eq!(rooms["joined_rooms"], json!([]), "{rooms}");
+    // Nor can an existing room be switched to encryption.
+    let room = server.create_room(&alice, json!({"name": "Plain"})).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.encryption/", enc(&room));
+    let refused = server
+        .call(
+            "PUT",
+            &path,
+            Some(&alice),
+            Some(json!({"algorithm": "m.megolm.v1.aes-sha2"})),
+        )
+        .await;
+    assert_eq!(
+        (refused.0, refused.1["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{}",
+        refused.1
+    );
+    let (status, _) = server.call("GET", &path, Some(&alice), None).await;
+    assert_eq!(status, 404);
+
+    let server = TestServer::start_with("allow_room_creation = false").await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let refused = server
+        .call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({})))
+        .await;
+    assert_eq!(
+        (refused.0, refused.1["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{}",
+        refused.1
+    );
+}

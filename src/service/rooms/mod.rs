@@ -78,6 +78,23 @@ impl RoomsService {
     }
 
     pub fn create_room(&self, s: &Services, sender: &UserId, req: CreateRoom) -> ServiceResult<OwnedRoomId> {
+        // The server's own refusals come before the first event, so they leave
+        // no half-made room behind.
+        if !s.config.allow_room_creation {
+            return Err(ServiceError::Forbidden(
+                "room creation is disabled on this server".to_owned(),
+            ));
+        }
+        for (event_type, _, _) in &req.initial_state {
+            if matches!(event_type.as_str(), "m.room.create" | "m.room.member") {
+                return Err(ServiceError::BadJson(format!(
+                    "{event_type} cannot be set in initial_state"
+                )));
+            }
+            if event_type == ENCRYPTION {
+                encryption_allowed(s)?;
+            }
+        }
         let version = req
             .room_version
             .clone()
@@ -229,13 +246,8 @@ impl RoomsService {
             )?;
         }
 
-        // 6. The client's initial state.
+        // 6. The client's initial state (checked above).
         for (event_type, key, body) in req.initial_state {
-            if matches!(event_type.as_str(), "m.room.create" | "m.room.member") {
-                return Err(ServiceError::BadJson(format!(
-                    "{event_type} cannot be set in initial_state"
-                )));
-            }
             send_state(event_type.as_str().into(), &key, body)?;
         }
 
@@ -310,6 +322,9 @@ impl RoomsService {
             return Err(ServiceError::Forbidden(
                 "a room's create event cannot be replaced".to_owned(),
             ));
+        }
+        if event_type == ENCRYPTION {
+            encryption_allowed(s)?;
         }
         let spec = EventSpec {
             event_type: event_type.into(),
@@ -725,4 +740,19 @@ fn directory_entry(room_id: &RoomId, state: &[StoredEvent]) -> JsonValue {
         }
     }
     entry
+}
+
+const ENCRYPTION: &str = "m.room.encryption";
+
+/// `allow_encryption = false` stops clients from turning encryption on, in
+/// new rooms and old ones. An upgrade still carries an encrypted room's
+/// setting over: the operator's switch must not silently decrypt a room.
+fn encryption_allowed(s: &Services) -> ServiceResult<()> {
+    if s.config.allow_encryption {
+        Ok(())
+    } else {
+        Err(ServiceError::Forbidden(
+            "end-to-end encryption is disabled on this server".to_owned(),
+        ))
+    }
 }
