@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{enc, TestServer};
+use common::{assert_error, enc, TestServer};
 use serde_json::{json, Value};
 
 /// What a client sends after encrypting: the ciphertext is opaque here.
@@ -28,6 +28,18 @@ async fn send_encrypted(server: &TestServer, token: &str, room: &str, txn: &str,
     let (status, resp) = server.call("PUT", &path, Some(token), Some(content)).await;
     assert_eq!(status, 200, "{resp}");
     resp["event_id"].as_str().unwrap().to_owned()
+}
+
+/// GETs a page of events (`chunk`) and returns their IDs in order.
+async fn chunk_ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
+    let (status, page) = server.call("GET", path, Some(token), None).await;
+    assert_eq!(status, 200, "{page}");
+    page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn joined<'a>(sync: &'a Value, room: &str) -> &'a Value {
@@ -57,7 +69,7 @@ async fn an_encrypted_room_works_like_any_other() {
         (200, Some("m.megolm.v1.aes-sha2")),
         "{state}"
     );
-    let (status, refused) = server
+    let refused = server
         .call(
             "PUT",
             &path,
@@ -65,11 +77,7 @@ async fn an_encrypted_room_works_like_any_other() {
             Some(json!({"algorithm": "m.megolm.v1.aes-sha2"})),
         )
         .await;
-    assert_eq!(
-        (status, refused["errcode"].as_str()),
-        (403, Some("M_FORBIDDEN")),
-        "{refused}"
-    );
+    assert_error(&refused, 403, "M_FORBIDDEN");
 
     let first = server.sync(&bob, None, 0, None).await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
@@ -126,42 +134,14 @@ async fn an_encrypted_room_works_like_any_other() {
     assert_eq!((main_count, thread_count), (1, Some(1)), "{sync}");
 
     // Relations and threads are found through the clear-text m.relates_to.
-    let (status, relations) = server
-        .call(
-            "GET",
-            &format!(
-                "/_matrix/client/v1/rooms/{}/relations/{}/m.thread",
-                enc(&room),
-                enc(&root)
-            ),
-            Some(&bob),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{relations}");
-    let related: Vec<&str> = relations["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(related, [in_thread.as_str()], "{relations}");
-    let (status, threads) = server
-        .call(
-            "GET",
-            &format!("/_matrix/client/v1/rooms/{}/threads", enc(&room)),
-            Some(&bob),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{threads}");
-    let roots: Vec<&str> = threads["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(roots, [root.as_str()], "{threads}");
+    let thread_path = format!(
+        "/_matrix/client/v1/rooms/{}/relations/{}/m.thread",
+        enc(&room),
+        enc(&root)
+    );
+    assert_eq!(chunk_ids(&server, &bob, &thread_path).await, [in_thread.as_str()]);
+    let threads_path = format!("/_matrix/client/v1/rooms/{}/threads", enc(&room));
+    assert_eq!(chunk_ids(&server, &bob, &threads_path).await, [root.as_str()]);
 
     // The root carries its thread summary and its edit in bundled aggregations.
     let (status, event) = server
@@ -186,25 +166,14 @@ async fn an_encrypted_room_works_like_any_other() {
 
     // /messages serves the ciphertext too, and an event-type filter sees it.
     let filter = enc(&json!({"types": ["m.room.encrypted"]}).to_string());
-    let (status, page) = server
-        .call(
-            "GET",
-            &format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&filter={filter}",
-                enc(&room)
-            ),
-            Some(&bob),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let paged: Vec<&str> = page["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(paged, [edit.as_str(), in_thread.as_str(), root.as_str()], "{page}");
+    let messages_path = format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&filter={filter}",
+        enc(&room)
+    );
+    assert_eq!(
+        chunk_ids(&server, &bob, &messages_path).await,
+        [edit.as_str(), in_thread.as_str(), root.as_str()]
+    );
 
     // A read receipt on the last event brings bob's counts back to zero.
     let (status, resp) = server
@@ -252,12 +221,7 @@ async fn the_operator_can_turn_off_encryption_and_room_creation() {
             Some(json!({"name": "Secret", "initial_state": [encryption_state]})),
         )
         .await;
-    assert_eq!(
-        (refused.0, refused.1["errcode"].as_str()),
-        (403, Some("M_FORBIDDEN")),
-        "{}",
-        refused.1
-    );
+    assert_error(&refused, 403, "M_FORBIDDEN");
     // The refusal left no room behind.
     let (_, rooms) = server
         .call("GET", "/_matrix/client/v3/joined_rooms", Some(&alice), None)
@@ -274,12 +238,7 @@ async fn the_operator_can_turn_off_encryption_and_room_creation() {
             Some(json!({"algorithm": "m.megolm.v1.aes-sha2"})),
         )
         .await;
-    assert_eq!(
-        (refused.0, refused.1["errcode"].as_str()),
-        (403, Some("M_FORBIDDEN")),
-        "{}",
-        refused.1
-    );
+    assert_error(&refused, 403, "M_FORBIDDEN");
     let (status, _) = server.call("GET", &path, Some(&alice), None).await;
     assert_eq!(status, 404);
 
@@ -288,10 +247,5 @@ async fn the_operator_can_turn_off_encryption_and_room_creation() {
     let refused = server
         .call("POST", "/_matrix/client/v3/createRoom", Some(&alice), Some(json!({})))
         .await;
-    assert_eq!(
-        (refused.0, refused.1["errcode"].as_str()),
-        (403, Some("M_FORBIDDEN")),
-        "{}",
-        refused.1
-    );
+    assert_error(&refused, 403, "M_FORBIDDEN");
 }

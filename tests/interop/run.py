@@ -266,6 +266,17 @@ async def wait_for_text(client, room_id, sender, body, deadline):
     raise AssertionError(f"{client.user_id} never received {body!r}")
 
 
+async def create_encrypted_room(client, name, invitee):
+    """Creates a Megolm-encrypted room inviting `invitee`; returns its ID."""
+    created = await client.room_create(
+        name=name,
+        invite=[invitee],
+        initial_state=[{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+    )
+    assert isinstance(created, RoomCreateResponse), f"room_create: {created}"
+    return created.room_id
+
+
 async def nio_encrypted_room(base):
     """Two matrix-nio users in an encrypted room: each decrypts the other's
     message, and every message the server stores there is m.room.encrypted."""
@@ -275,13 +286,7 @@ async def nio_encrypted_room(base):
     try:
         for client in (alice, bob):
             await e2e_sync(client)
-        created = await alice.room_create(
-            name="Secrets",
-            invite=[bob.user_id],
-            initial_state=[{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
-        )
-        assert isinstance(created, RoomCreateResponse), f"room_create: {created}"
-        room_id = created.room_id
+        room_id = await create_encrypted_room(alice, "Secrets", bob.user_id)
         await e2e_sync(bob)
         joined = await bob.join(room_id)
         assert isinstance(joined, JoinResponse), f"join: {joined}"
@@ -392,20 +397,14 @@ async def sdk_backup_and_verify(base):
 async def nio_and_sdk_encrypted_room(base):
     """A matrix-nio user and a matrix-sdk user in one encrypted room: each
     decrypts the other's message."""
-    stores = [tempfile.TemporaryDirectory()]
-    alice = await encrypted_client(base, "nioalice", stores[0].name)
+    store = tempfile.TemporaryDirectory()
+    alice = await encrypted_client(base, "nioalice", store.name)
     sdk_user = await registered(base, "sdkuser")
     await sdk_user.close()
     sdk = None
     try:
         await e2e_sync(alice)
-        created = await alice.room_create(
-            name="Mixed",
-            invite=[sdk_user.user_id],
-            initial_state=[{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
-        )
-        assert isinstance(created, RoomCreateResponse), f"room_create: {created}"
-        room_id = created.room_id
+        room_id = await create_encrypted_room(alice, "Mixed", sdk_user.user_id)
         sdk = await asyncio.create_subprocess_exec(
             SDK_BINARY, "reply", base, "sdkuser", "pw-sdkuser", room_id, "hello matrix-sdk", "hello matrix-nio",
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=SDK_ENV,
@@ -431,8 +430,7 @@ async def nio_and_sdk_encrypted_room(base):
             sdk.kill()
             await sdk.wait()
         await alice.close()
-        for store in stores:
-            store.cleanup()
+        store.cleanup()
 
 
 TESTS = [
