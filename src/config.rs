@@ -74,6 +74,21 @@ pub struct Config {
     /// steps) waiting for one device; sends beyond it are refused.
     #[serde(default = "defaults::max_to_device_queue")]
     pub max_to_device_queue: usize,
+    /// Media uploaded before this time stays readable through the old,
+    /// unauthenticated `/_matrix/media/v3/download` and `/thumbnail`; newer
+    /// media only through the authenticated endpoints. Unset: none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_media_cutover: Option<PointInTime>,
+    /// How many `/create`d media IDs one user may have waiting for content.
+    #[serde(default = "defaults::max_pending_media_uploads")]
+    pub max_pending_media_uploads: usize,
+    /// Whether `/preview_url` fetches pages for clients.
+    #[serde(default)]
+    pub url_preview_enabled: bool,
+    /// Address ranges URL previews may reach although they are not public
+    /// (loopback, private, link-local, ...), e.g. `["192.168.1.0/24"]`.
+    #[serde(default)]
+    pub url_preview_allowed_ranges: Vec<IpRange>,
 
     // Keys of upstream Conduit's file that this build accepts, so an
     // operator's file keeps working, but does not act on (yet).
@@ -105,6 +120,87 @@ pub struct Config {
     pub turn_ttl: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emergency_password: Option<String>,
+}
+
+/// An address range in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare
+/// address is a range of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IpRange {
+    pub network: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpRange {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_match(&net.octets(), &ip.octets(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_match(net: &[u8], ip: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    net[..full] == ip[..full] && (rest == 0 || (net[full] ^ ip[full]) >> (8 - rest) == 0)
+}
+
+impl TryFrom<String> for IpRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text.as_str(), None),
+        };
+        let network: IpAddr = addr.parse().map_err(|_| format!("`{text}` is not an address range"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(IpRange { network, prefix })
+    }
+}
+
+impl From<IpRange> for String {
+    fn from(range: IpRange) -> String {
+        format!("{}/{}", range.network, range.prefix)
+    }
+}
+
+/// A date or date-time (`2024-09-01`, `2024-09-01T12:00:00Z`), as a TOML
+/// date-time or a string; UTC unless an offset is given.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PointInTime {
+    text: String,
+    /// Milliseconds since the Unix epoch.
+    pub ms: u64,
+}
+
+impl TryFrom<String> for PointInTime {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse::<toml::value::Datetime>()
+            .ok()
+            .and_then(|t| datetime_ms(&t))
+            .map(|ms| PointInTime { text: text.clone(), ms })
+            .ok_or_else(|| format!("`{text}` is not a date from 1970 on, such as 2024-09-01 or 2024-09-01T00:00:00Z"))
+    }
+}
+
+impl From<PointInTime> for String {
+    fn from(time: PointInTime) -> String {
+        time.text
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -148,6 +244,9 @@ mod defaults {
     }
     pub fn max_to_device_queue() -> usize {
         10_000
+    }
+    pub fn max_pending_media_uploads() -> usize {
+        5
     }
     pub fn yes() -> bool {
         true
@@ -270,12 +369,40 @@ impl Config {
         Ok(())
     }
 
+    /// `legacy_media_cutover` in milliseconds since the Unix epoch.
+    pub fn legacy_media_cutover_ms(&self) -> Option<u64> {
+        self.legacy_media_cutover.as_ref().map(|t| t.ms)
+    }
+
     /// The effective config as a TOML document.
     pub fn to_toml(&self) -> String {
         let mut doc = BTreeMap::new();
         doc.insert("global", self);
         toml::to_string_pretty(&doc).expect("config serializes")
     }
+}
+
+/// A TOML date or date-time as milliseconds since the Unix epoch (UTC when
+/// no offset is given).
+fn datetime_ms(value: &toml::value::Datetime) -> Option<u64> {
+    let date = value.date?;
+    let (y, m, d) = (i64::from(date.year), i64::from(date.month), i64::from(date.day));
+    // Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar.
+    let (y, m) = if m <= 2 { (y - 1, m + 12) } else { (y, m) };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * (m - 3) + 2) / 5 + d - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let mut seconds = days * 86_400;
+    if let Some(time) = value.time {
+        seconds += i64::from(time.hour) * 3600 + i64::from(time.minute) * 60 + i64::from(time.second);
+    }
+    if let Some(toml::value::Offset::Custom { minutes }) = value.offset {
+        seconds -= i64::from(minutes) * 60;
+    }
+    let millis = seconds * 1000 + value.time.map_or(0, |t| i64::from(t.nanosecond / 1_000_000));
+    u64::try_from(millis).ok()
 }
 
 fn key_error(key: &str, message: &str) -> ConfigError {
@@ -421,6 +548,30 @@ mod tests {
         );
         let bad_delegation = load_str("[global.well_known]\nserver = \"https://x/\"\n", &[]).unwrap_err();
         assert_eq!(key_of(bad_delegation), "well_known.server");
+    }
+
+    #[test]
+    fn media_settings_are_read() {
+        let c = load_str(
+            "[global]\nlegacy_media_cutover = 2024-09-01T12:00:00Z\nurl_preview_allowed_ranges = [\"127.0.0.0/8\", \"::1\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.legacy_media_cutover_ms(), Some(1_725_192_000_000));
+        let loopback = c.url_preview_allowed_ranges[0];
+        assert!(loopback.contains("127.1.2.3".parse().unwrap()));
+        assert!(!loopback.contains("128.0.0.1".parse().unwrap()));
+        assert!(c.url_preview_allowed_ranges[1].contains("::1".parse().unwrap()));
+        let c = load_str("", &[("CONDUIT_LEGACY_MEDIA_CUTOVER", "1970-01-02")]).unwrap();
+        assert_eq!(c.legacy_media_cutover_ms(), Some(86_400_000));
+        assert_eq!(
+            key_of(load_str("[global]\nurl_preview_allowed_ranges = [\"10.0.0.0/33\"]\n", &[]).unwrap_err()),
+            "url_preview_allowed_ranges[0]"
+        );
+        assert_eq!(
+            key_of(load_str("[global]\nlegacy_media_cutover = 1969-12-31\n", &[]).unwrap_err()),
+            "legacy_media_cutover"
+        );
     }
 
     #[test]

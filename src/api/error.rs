@@ -70,6 +70,9 @@ impl ApiError {
                 S::BadAlias(_) => (StatusCode::BAD_REQUEST, "M_BAD_ALIAS"),
                 S::LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
                 S::WrongRoomKeysVersion(_) => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
+                S::CannotOverwriteMedia => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
+                S::NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
+                S::RemoteFailed(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
             },
         }
     }

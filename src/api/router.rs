@@ -125,6 +125,42 @@ impl Router {
         }
     }
 
+    /// Registers a handler that reads the request itself (media streams
+    /// bodies both ways, which ruma's whole-body types cannot), under each
+    /// of `paths` for `method` (and HEAD for GET). Path variables are
+    /// actix's `{name}`, read with `req.match_info()`.
+    pub fn add_raw<F, Fut>(&mut self, method: Method, paths: &[&'static str], handler: F)
+    where
+        F: Fn(Arc<Services>, HttpRequest, web::Payload) -> Fut + Clone + 'static,
+        Fut: Future<Output = Result<HttpResponse, ApiError>> + 'static,
+    {
+        let mut methods = vec![method.clone()];
+        if method == Method::GET {
+            methods.push(Method::HEAD);
+        }
+        for &path in paths {
+            for method in &methods {
+                let handler = handler.clone();
+                let route = web::route().method(method.clone()).to(
+                    move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
+                        let work = handler(services.into_inner(), req, payload);
+                        async move {
+                            match AssertUnwindSafe(work).catch_unwind().await {
+                                Ok(Ok(response)) => response,
+                                Ok(Err(error)) => error.error_response(),
+                                Err(_) => {
+                                    tracing::error!(path, "request handler panicked");
+                                    ApiError::Internal("handler panicked".to_owned()).error_response()
+                                }
+                            }
+                        }
+                    },
+                );
+                self.routes.push((path, method.clone(), route));
+            }
+        }
+    }
+
     pub fn configure(self, cfg: &mut web::ServiceConfig) {
         let mut routes = self.routes;
         // actix tries services in order: literal segments must win over
@@ -339,6 +375,38 @@ where
         Some((user, device)) => Ok((Some(user), Some(device))),
         None => Err(ApiError::UnknownToken),
     }
+}
+
+/// The user and device behind a raw request's access token (the
+/// `Authorization: Bearer` header, or the deprecated `access_token` query
+/// parameter that older clients still put in media URLs).
+pub async fn authenticate_raw(
+    services: &Arc<Services>,
+    req: &HttpRequest,
+) -> Result<(OwnedUserId, OwnedDeviceId), ApiError> {
+    let from_header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let token = match from_header {
+        Some(token) => token,
+        None => web::Query::<TokenQuery>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.into_inner().access_token)
+            .ok_or(ApiError::MissingToken)?,
+    };
+    let client_ip = req.connection_info().realip_remote_addr().map(strip_port);
+    services
+        .run(move |s| s.devices.authenticate(&token, client_ip.as_deref()))
+        .await?
+        .ok_or(ApiError::UnknownToken)
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    access_token: Option<String>,
 }
 
 /// Bad JSON syntax (or no body at all) is `M_NOT_JSON`; well-formed JSON of

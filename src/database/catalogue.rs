@@ -174,10 +174,22 @@ pub enum Table {
     /// client open. Key: `(user_id: str)`. Value: bincode
     /// `DehydratedDeviceRecord` (device ID, opaque device data JSON).
     DehydratedDevices,
+    /// Media known by `mxc://` URI (`media.rs`). Key: `(server_name: str,
+    /// media_id: str)`. Value: bincode `MediaRecord` (uploader, times, and
+    /// once uploaded the content's SHA-256, which names its file under the
+    /// media directory, size, type and file name).
+    Media,
+    /// Asynchronous uploads not yet done (`media.rs`), to bound each user's.
+    /// Key: `(user_id: str, media_id: str)`. Value: the expiry time in ms,
+    /// `u64` big-endian.
+    PendingMedia,
+    /// Cached URL previews (`media.rs`). Key: `(url: str)`. Value: bincode
+    /// `UrlPreviewRecord` (fetch time, OpenGraph JSON).
+    UrlPreviews,
 }
 
 impl Table {
-    pub const ALL: [Table; 45] = [
+    pub const ALL: [Table; 48] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -223,6 +235,9 @@ impl Table {
         Table::BackupVersions,
         Table::BackupKeys,
         Table::DehydratedDevices,
+        Table::Media,
+        Table::PendingMedia,
+        Table::UrlPreviews,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -273,6 +288,9 @@ impl Table {
             Table::BackupVersions => "backup_versions",
             Table::BackupKeys => "backup_keys",
             Table::DehydratedDevices => "dehydrated_devices",
+            Table::Media => "media",
+            Table::PendingMedia => "pending_media",
+            Table::UrlPreviews => "url_previews",
         }
     }
 }

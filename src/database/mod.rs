@@ -11,6 +11,7 @@ pub mod engine;
 pub mod filters;
 pub mod key_backups;
 pub mod keys;
+pub mod media;
 pub mod meta;
 pub mod presence;
 pub mod push;

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod e2e_keys;
 pub mod filters;
 pub mod key_backups;
+pub mod media;
 pub mod password;
 pub mod pdu;
 pub mod presence;
@@ -83,6 +84,15 @@ pub enum ServiceError {
     /// A bound on stored data that retrying soon will not lift.
     #[error("{0}")]
     LimitExceeded(String),
+    /// `PUT /upload/{server}/{id}` to an ID that already has content.
+    #[error("this media ID already has its content")]
+    CannotOverwriteMedia,
+    /// A pending upload did not arrive within the download's wait.
+    #[error("the content of this media has not been uploaded yet")]
+    NotYetUploaded,
+    /// Another server (a previewed web site) failed us.
+    #[error("{0}")]
+    RemoteFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -113,6 +123,7 @@ pub struct Services {
     pub to_device: to_device::ToDeviceService,
     pub key_backups: key_backups::KeyBackupsService,
     pub dehydrated_devices: dehydrated_devices::DehydratedDevicesService,
+    pub media: media::MediaService,
 }
 
 impl Services {
@@ -161,6 +172,7 @@ impl Services {
             dehydrated_devices: dehydrated_devices::DehydratedDevicesService::new(db.clone()),
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
+            media: media::MediaService::open(db.clone(), &config)?,
             config,
             db,
         })

@@ -118,6 +118,11 @@ impl TestServer {
         self.spawn();
     }
 
+    /// The server process's ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

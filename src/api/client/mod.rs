@@ -8,6 +8,7 @@ mod device;
 mod discovery;
 mod filter;
 mod keys;
+mod media;
 mod membership;
 mod message;
 mod presence;
@@ -65,4 +66,5 @@ pub fn register_routes(router: &mut Router) {
     report::register_routes(router);
     search::register_routes(router);
     relations::register_routes(router);
+    media::register_routes(router);
 }

@@ -1,0 +1,480 @@
+//! The media repository: uploads streamed to disk under their SHA-256,
+//! `mxc://` URIs mapped to files in [`MediaTables`], thumbnails cached next
+//! to the originals, and URL previews.
+//!
+//! Layout under the media directory (`<database_path>/media`):
+//! - `files/ab/abcdef…`: content, named by the hex SHA-256, so identical
+//!   uploads are stored once;
+//! - `thumbnails/abcdef…/320x240-scale.jpg`: thumbnails of that content;
+//! - `tmp/`: uploads in progress, renamed into `files/` only once complete
+//!   and synced, so a file under `files/` is always whole. Emptied at start.
+
+mod preview;
+mod thumbnail;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ruma::{OwnedMxcUri, OwnedServerName, UserId};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+pub use preview::PreviewConfig;
+pub use thumbnail::{Method, ThumbnailRequest};
+
+use super::{now_ms, random_string, ServiceError, ServiceResult};
+use crate::config::Config;
+use crate::database::media::{MediaContent, MediaRecord, MediaTables};
+use crate::database::Db;
+
+/// How long an ID from `/create` waits for its upload (the spec's advice).
+const PENDING_UPLOAD_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest a download waits for a pending upload, whatever the client asks.
+const MAX_DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
+/// Writes to disk in blocks this large: few system calls, little memory.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// A stored file ready to be served.
+#[derive(Debug, Clone)]
+pub struct ServedFile {
+    pub path: PathBuf,
+    pub content_type: String,
+    pub filename: Option<String>,
+}
+
+/// What a download finds: the file and whether the unauthenticated
+/// endpoints may still serve it.
+#[derive(Debug, Clone)]
+pub struct Download {
+    pub file: ServedFile,
+    pub legacy_allowed: bool,
+}
+
+pub struct MediaService {
+    store: Arc<Store>,
+    dir: PathBuf,
+    max_upload: u64,
+    /// Woken whenever an asynchronous upload completes.
+    uploaded: tokio::sync::Notify,
+    preview: preview::Previewer,
+}
+
+/// What the blocking work (storage, image decoding) needs, shared with the
+/// threads that do it.
+struct Store {
+    tables: MediaTables,
+    server_name: OwnedServerName,
+    dir: PathBuf,
+    max_pending_uploads: usize,
+    legacy_cutover_ms: Option<u64>,
+    /// Serializes the check-and-write that completes an upload to an ID.
+    complete_lock: Mutex<()>,
+    /// One thumbnail is made at a time: decoding is the memory peak.
+    thumbnail_lock: Mutex<()>,
+}
+
+impl MediaService {
+    /// Opens the media directory next to the database, emptying `tmp/` of
+    /// uploads a crash interrupted.
+    pub fn open(db: Db, config: &Config) -> ServiceResult<Self> {
+        let dir = config.database_path.join("media");
+        let tmp = dir.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io_error("clearing media/tmp", e))?;
+        }
+        for sub in ["files", "thumbnails", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_error("creating the media directory", e))?;
+        }
+        let store = Store {
+            tables: MediaTables::new(db.clone()),
+            server_name: config.server_name.clone(),
+            dir: dir.clone(),
+            max_pending_uploads: config.max_pending_media_uploads,
+            legacy_cutover_ms: config.legacy_media_cutover_ms(),
+            complete_lock: Mutex::new(()),
+            thumbnail_lock: Mutex::new(()),
+        };
+        Ok(Self {
+            store: Arc::new(store),
+            max_upload: u64::from(config.max_request_size),
+            uploaded: tokio::sync::Notify::new(),
+            preview: preview::Previewer::new(PreviewConfig::from(config), MediaTables::new(db))?,
+            dir,
+        })
+    }
+
+    /// The largest upload accepted, in bytes.
+    pub fn max_upload_size(&self) -> u64 {
+        self.max_upload
+    }
+
+    /// Starts an upload: bytes go to a temporary file as they arrive.
+    pub async fn begin_upload(&self) -> ServiceResult<UploadSink> {
+        UploadSink::create(self.dir.join("tmp"), self.max_upload).await
+    }
+
+    /// A new `mxc://` URI for content uploaded later (`/create`), and when
+    /// it expires. Expired IDs of the user are dropped; too many live ones
+    /// are refused.
+    pub async fn create_pending(&self, user: &UserId) -> ServiceResult<(OwnedMxcUri, u64)> {
+        let user = user.to_owned();
+        self.blocking(move |store| store.create_pending(&user)).await
+    }
+
+    /// Checks that `user` may upload to an ID from `/create`, before its
+    /// bytes are read.
+    pub async fn check_pending(&self, user: &UserId, server_name: &str, media_id: &str) -> ServiceResult<()> {
+        let (user, server_name, media_id) = (user.to_owned(), server_name.to_owned(), media_id.to_owned());
+        self.blocking(move |store| store.pending_record(&user, &server_name, &media_id).map(|_| ()))
+            .await
+    }
+
+    /// Completes an upload: the file is synced and moved under its hash,
+    /// then recorded under a new media ID or, for `/create`'s IDs, `target`.
+    pub async fn complete_upload(
+        &self,
+        sink: UploadSink,
+        uploader: &UserId,
+        content_type: Option<String>,
+        filename: Option<String>,
+        target: Option<(&str, &str)>,
+    ) -> ServiceResult<OwnedMxcUri> {
+        let (sha256, size) = sink.finish(&self.dir.join("files")).await?;
+        let content = MediaContent {
+            sha256,
+            size,
+            content_type,
+            filename,
+            uploaded_ms: now_ms(),
+        };
+        let uploader = uploader.to_owned();
+        let target = target.map(|(s, m)| (s.to_owned(), m.to_owned()));
+        let pending = target.is_some();
+        let uri = self
+            .blocking(move |store| store.record_upload(&uploader, content, target))
+            .await?;
+        if pending {
+            self.uploaded.notify_waiters();
+        }
+        Ok(uri)
+    }
+
+    /// The content behind `mxc://server_name/media_id`, waiting up to
+    /// `wait` for a pending upload. Remote media is not found until there is
+    /// federation to fetch it.
+    pub async fn download(&self, server_name: &str, media_id: &str, wait: Duration) -> ServiceResult<Download> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_DOWNLOAD_WAIT);
+        loop {
+            // Registered before the lookup, so a completion in between wakes us.
+            let woken = self.uploaded.notified();
+            let (server, id) = (server_name.to_owned(), media_id.to_owned());
+            if let Some(download) = self.blocking(move |store| store.download(&server, &id)).await? {
+                return Ok(download);
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return Err(ServiceError::NotYetUploaded);
+            }
+        }
+    }
+
+    /// A thumbnail of `download`'s content (made once per size class and
+    /// kept), or the original when it is already small enough.
+    pub async fn thumbnail(&self, download: Download, request: ThumbnailRequest) -> ServiceResult<ServedFile> {
+        self.blocking(move |store| store.thumbnail(&download.file, request))
+            .await
+    }
+
+    /// OpenGraph data for `url`, fetched for `user` or from the cache.
+    pub async fn preview_url(&self, user: &UserId, url: &str) -> ServiceResult<serde_json::Value> {
+        if let Some(cached) = self.preview.cached(url).await? {
+            return Ok(cached);
+        }
+        let (mut og, image) = self.preview.fetch(url).await?;
+        if let Some(image) = image {
+            // The page's image becomes media of this server, so clients fetch
+            // it through the media endpoints.
+            let mut sink = self.begin_upload().await?;
+            sink.write(&image.bytes).await?;
+            let uri = self
+                .complete_upload(sink, user, Some(image.content_type.clone()), None, None)
+                .await?;
+            og["og:image"] = uri.to_string().into();
+            og["og:image:type"] = image.content_type.into();
+            og["matrix:image:size"] = image.bytes.len().into();
+            if let Some((w, h)) = image.dimensions {
+                og["og:image:width"] = w.into();
+                og["og:image:height"] = h.into();
+            }
+        }
+        self.preview.store(url, &og).await?;
+        Ok(og)
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> ServiceResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> ServiceResult<T> + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|_| ServiceError::Internal("media work panicked or was cancelled".to_owned()))?
+    }
+}
+
+impl Store {
+    fn create_pending(&self, user: &UserId) -> ServiceResult<(OwnedMxcUri, u64)> {
+        let now = now_ms();
+        let mut live = 0;
+        for (media_id, expires) in self.tables.pending_of(user.as_str())? {
+            if expires <= now {
+                self.tables
+                    .delete(self.server_name.as_str(), &media_id, user.as_str())?;
+            } else {
+                live += 1;
+            }
+        }
+        if live >= self.max_pending_uploads {
+            return Err(ServiceError::LimitExceeded(format!(
+                "you already have {live} uploads waiting for their content"
+            )));
+        }
+        let media_id = new_media_id();
+        let expires = now + PENDING_UPLOAD_LIFETIME.as_millis() as u64;
+        let record = MediaRecord {
+            uploader: user.to_string(),
+            created_ms: now,
+            expires_ms: Some(expires),
+            content: None,
+        };
+        self.tables.put(self.server_name.as_str(), &media_id, &record)?;
+        Ok((self.mxc(&media_id), expires))
+    }
+
+    fn pending_record(&self, user: &UserId, server_name: &str, media_id: &str) -> ServiceResult<MediaRecord> {
+        let unknown = || ServiceError::NotFound("unknown or expired media ID".to_owned());
+        if server_name != self.server_name.as_str() || !valid_media_id(media_id) {
+            return Err(unknown());
+        }
+        let record = self.tables.get(server_name, media_id)?.ok_or_else(unknown)?;
+        if record.content.is_some() {
+            return Err(ServiceError::CannotOverwriteMedia);
+        }
+        if record.uploader != user.as_str() {
+            return Err(ServiceError::Forbidden(
+                "this media ID was created by another user".to_owned(),
+            ));
+        }
+        if record.expires_ms.is_some_and(|e| e <= now_ms()) {
+            return Err(unknown());
+        }
+        Ok(record)
+    }
+
+    fn record_upload(
+        &self,
+        uploader: &UserId,
+        content: MediaContent,
+        target: Option<(String, String)>,
+    ) -> ServiceResult<OwnedMxcUri> {
+        match target {
+            None => {
+                let media_id = new_media_id();
+                let record = MediaRecord {
+                    uploader: uploader.to_string(),
+                    created_ms: content.uploaded_ms,
+                    expires_ms: None,
+                    content: Some(content),
+                };
+                self.tables.put(self.server_name.as_str(), &media_id, &record)?;
+                Ok(self.mxc(&media_id))
+            }
+            Some((server_name, media_id)) => {
+                let _guard = self.complete_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut record = self.pending_record(uploader, &server_name, &media_id)?;
+                record.expires_ms = None;
+                record.content = Some(content);
+                self.tables.put(&server_name, &media_id, &record)?;
+                Ok(self.mxc(&media_id))
+            }
+        }
+    }
+
+    /// The download, or `None` while the upload is pending.
+    fn download(&self, server_name: &str, media_id: &str) -> ServiceResult<Option<Download>> {
+        if server_name != self.server_name.as_str() {
+            return Err(ServiceError::NotFound(
+                "media from other servers is not available here yet".to_owned(),
+            ));
+        }
+        let unknown = || ServiceError::NotFound("unknown media".to_owned());
+        if !valid_media_id(media_id) {
+            return Err(unknown());
+        }
+        let record = self.tables.get(server_name, media_id)?.ok_or_else(unknown)?;
+        let Some(content) = record.content else {
+            if record.expires_ms.is_some_and(|e| e <= now_ms()) {
+                return Err(unknown());
+            }
+            return Ok(None);
+        };
+        Ok(Some(Download {
+            legacy_allowed: self.legacy_cutover_ms.is_some_and(|cut| content.uploaded_ms < cut),
+            file: ServedFile {
+                path: content_path(&self.dir.join("files"), &hex(&content.sha256)),
+                content_type: content
+                    .content_type
+                    .unwrap_or_else(|| "application/octet-stream".to_owned()),
+                filename: content.filename,
+            },
+        }))
+    }
+
+    fn thumbnail(&self, original: &ServedFile, request: ThumbnailRequest) -> ServiceResult<ServedFile> {
+        let hash = original
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| ServiceError::Internal("media file without a name".to_owned()))?;
+        let dir = self.dir.join("thumbnails").join(hash);
+        let _guard = self.thumbnail_lock.lock().unwrap_or_else(|e| e.into_inner());
+        thumbnail::serve(original, &dir, &self.dir.join("tmp"), request)
+    }
+
+    fn mxc(&self, media_id: &str) -> OwnedMxcUri {
+        OwnedMxcUri::from(format!("mxc://{}/{media_id}", self.server_name))
+    }
+}
+
+/// An upload in progress: a temporary file and the running hash. Dropped
+/// before [`UploadSink::finish`], it removes its file.
+pub struct UploadSink {
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    path: PathBuf,
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+}
+
+impl UploadSink {
+    async fn create(tmp_dir: PathBuf, limit: u64) -> ServiceResult<Self> {
+        let path = tmp_dir.join(random_string(24));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| io_error("creating an upload file", e))?;
+        Ok(Self {
+            file: Some(tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file)),
+            path,
+            hasher: Sha256::new(),
+            size: 0,
+            limit,
+        })
+    }
+
+    /// Appends bytes; past the size limit the upload is refused (and its
+    /// file removed when the sink is dropped).
+    pub async fn write(&mut self, bytes: &[u8]) -> ServiceResult<()> {
+        self.size += bytes.len() as u64;
+        if self.size > self.limit {
+            return Err(ServiceError::TooLarge(format!(
+                "uploads are limited to {} bytes",
+                self.limit
+            )));
+        }
+        self.hasher.update(bytes);
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| ServiceError::Internal("upload already finished".to_owned()))?;
+        file.write_all(bytes)
+            .await
+            .map_err(|e| io_error("writing an upload", e))
+    }
+
+    /// Syncs the file and moves it to its content address under
+    /// `files_dir` (or drops it when that content is already stored).
+    async fn finish(mut self, files_dir: &Path) -> ServiceResult<([u8; 32], u64)> {
+        let mut writer = self
+            .file
+            .take()
+            .ok_or_else(|| ServiceError::Internal("upload already finished".to_owned()))?;
+        writer.flush().await.map_err(|e| io_error("writing an upload", e))?;
+        let file = writer.into_inner();
+        let sha256: [u8; 32] = self.hasher.clone().finalize().into();
+        let target = content_path(files_dir, &hex(&sha256));
+        let tmp = self.path.clone();
+        let size = self.size;
+        tokio::task::spawn_blocking(move || -> ServiceResult<()> {
+            if target.exists() {
+                drop(file);
+                return std::fs::remove_file(&tmp).map_err(|e| io_error("removing a duplicate upload", e));
+            }
+            let file = file
+                .try_into_std()
+                .map_err(|_| ServiceError::Internal("upload file busy".to_owned()))?;
+            file.sync_all().map_err(|e| io_error("syncing an upload", e))?;
+            drop(file);
+            let parent = target.parent().expect("content paths have a parent");
+            std::fs::create_dir_all(parent).map_err(|e| io_error("creating a media directory", e))?;
+            std::fs::rename(&tmp, &target).map_err(|e| io_error("storing an upload", e))?;
+            // The rename is durable only once its directory is synced.
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error("syncing the media directory", e))
+        })
+        .await
+        .map_err(|_| ServiceError::Internal("storing an upload was cancelled".to_owned()))??;
+        // The file is gone from tmp/ either way; nothing is left to clean up.
+        self.path = PathBuf::new();
+        Ok((sha256, size))
+    }
+}
+
+impl Drop for UploadSink {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `files/ab/abcdef…`: two hex digits of fan-out keep directories small.
+fn content_path(files_dir: &Path, hex: &str) -> PathBuf {
+    files_dir.join(&hex[..2]).join(hex)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn new_media_id() -> String {
+    random_string(32)
+}
+
+/// The spec's media ID alphabet; anything else cannot name our media and
+/// must never reach a path.
+pub fn valid_media_id(media_id: &str) -> bool {
+    !media_id.is_empty()
+        && media_id.len() <= 255
+        && media_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn io_error(what: &str, e: std::io::Error) -> ServiceError {
+    ServiceError::Internal(format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_ids_are_checked_against_the_spec_alphabet() {
+        assert!(valid_media_id("AbC_09-x"));
+        for bad in ["", "../etc", "a/b", "a.b", "%2e", "ä"] {
+            assert!(!valid_media_id(bad), "{bad}");
+        }
+    }
+}
