@@ -110,7 +110,10 @@ impl Router {
                                     handle::<R, F, Fut>(handler, services.into_inner(), req, payload, path, arg_count);
                                 match AssertUnwindSafe(work).catch_unwind().await {
                                     Ok(Ok(response)) => response,
-                                    Ok(Err(error)) => error.error_response(),
+                                    Ok(Err(error)) => {
+                                        let body_cut_short = matches!(error, ApiError::TooLarge { .. });
+                                        error_response(&error, body_cut_short)
+                                    }
                                     Err(_) => {
                                         tracing::error!(path, "request handler panicked");
                                         ApiError::Internal("handler panicked".to_owned()).error_response()
@@ -143,11 +146,13 @@ impl Router {
                 let handler = handler.clone();
                 let route = web::route().method(method.clone()).to(
                     move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
+                        let has_body = matches!(*req.method(), Method::POST | Method::PUT);
                         let work = handler(services.into_inner(), req, payload);
                         async move {
                             match AssertUnwindSafe(work).catch_unwind().await {
                                 Ok(Ok(response)) => response,
-                                Ok(Err(error)) => error.error_response(),
+                                // The handler may have stopped reading the body anywhere.
+                                Ok(Err(error)) => error_response(&error, has_body),
                                 Err(_) => {
                                     tracing::error!(path, "request handler panicked");
                                     ApiError::Internal("handler panicked".to_owned()).error_response()
@@ -325,6 +330,19 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// The error's response; `body_cut_short` when the request body may be
+/// partly unread, so the connection is closed after it instead of reused
+/// with the rest of that body still in it.
+fn error_response(error: &ApiError, body_cut_short: bool) -> HttpResponse {
+    let mut response = error.error_response();
+    if body_cut_short {
+        response
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    response
 }
 
 /// The values of the pattern's `{variables}` in the raw path, fully

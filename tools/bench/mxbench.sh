@@ -40,7 +40,5 @@ for _ in $(seq 1 500); do
     curl -sf "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
     sleep 0.01
 done
-# Media arrives with the media issue; every other scenario runs.
 "$venv/bin/python" ../shared/bench/mxbench.py run --base-url "http://127.0.0.1:$port" --scale "$scale" \
-    --scenarios whoami,register,login,rooms,send,sync,e2e,messages \
     --pid "$pid" --label "conduit-$scale" --out "$out" "$@"

@@ -270,10 +270,15 @@ async fn receive(services: &Services, req: &HttpRequest, mut payload: web::Paylo
     if announced.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let mut sink = services.media.begin_upload().await?;
+    let mut sink = services.media.begin_upload();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ServiceError::BadRequest(format!("could not read the upload: {e}")))?;
-        sink.write(&chunk).await?;
+        match chunk {
+            Ok(chunk) => sink.write(&chunk).await?,
+            Err(e) => {
+                sink.discard().await;
+                return Err(ServiceError::BadRequest(format!("could not read the upload: {e}")).into());
+            }
+        }
     }
     Ok(sink)
 }

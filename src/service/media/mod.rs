@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ruma::{OwnedMxcUri, OwnedServerName, UserId};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 
 pub use preview::PreviewConfig;
 pub use thumbnail::{Method, ThumbnailRequest};
@@ -32,8 +32,10 @@ use crate::database::Db;
 const PENDING_UPLOAD_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest a download waits for a pending upload, whatever the client asks.
 const MAX_DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
-/// Writes to disk in blocks this large: few system calls, little memory.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Uploads reach disk in blocks this large, written and hashed on a
+/// blocking thread while the next block arrives; at most two blocks are in
+/// memory per upload.
+const WRITE_BLOCK: usize = 256 * 1024;
 
 /// A stored file ready to be served.
 #[derive(Debug, Clone)]
@@ -68,6 +70,8 @@ struct Store {
     dir: PathBuf,
     max_pending_uploads: usize,
     legacy_cutover_ms: Option<u64>,
+    /// `sync_writes`: media files are synced like database writes.
+    sync_files: bool,
     /// Serializes the check-and-write that completes an upload to an ID.
     complete_lock: Mutex<()>,
     /// One thumbnail is made at a time: decoding is the memory peak.
@@ -92,6 +96,7 @@ impl MediaService {
             dir: dir.clone(),
             max_pending_uploads: config.max_pending_media_uploads,
             legacy_cutover_ms: config.legacy_media_cutover_ms(),
+            sync_files: config.sync_writes,
             complete_lock: Mutex::new(()),
             thumbnail_lock: Mutex::new(()),
         };
@@ -110,8 +115,8 @@ impl MediaService {
     }
 
     /// Starts an upload: bytes go to a temporary file as they arrive.
-    pub async fn begin_upload(&self) -> ServiceResult<UploadSink> {
-        UploadSink::create(self.dir.join("tmp"), self.max_upload).await
+    pub fn begin_upload(&self) -> UploadSink {
+        UploadSink::create(&self.dir.join("tmp"), self.max_upload)
     }
 
     /// A new `mxc://` URI for content uploaded later (`/create`), and when
@@ -140,19 +145,22 @@ impl MediaService {
         filename: Option<String>,
         target: Option<(&str, &str)>,
     ) -> ServiceResult<OwnedMxcUri> {
-        let (sha256, size) = sink.finish(&self.dir.join("files")).await?;
-        let content = MediaContent {
-            sha256,
-            size,
-            content_type,
-            filename,
-            uploaded_ms: now_ms(),
-        };
+        let finished = sink.into_finished().await?;
         let uploader = uploader.to_owned();
         let target = target.map(|(s, m)| (s.to_owned(), m.to_owned()));
         let pending = target.is_some();
         let uri = self
-            .blocking(move |store| store.record_upload(&uploader, content, target))
+            .blocking(move |store| {
+                let (sha256, size) = finished.store(&store.dir.join("files"), store.sync_files)?;
+                let content = MediaContent {
+                    sha256,
+                    size,
+                    content_type,
+                    filename,
+                    uploaded_ms: now_ms(),
+                };
+                store.record_upload(&uploader, content, target)
+            })
             .await?;
         if pending {
             self.uploaded.notify_waiters();
@@ -194,7 +202,7 @@ impl MediaService {
         if let Some(image) = image {
             // The page's image becomes media of this server, so clients fetch
             // it through the media endpoints.
-            let mut sink = self.begin_upload().await?;
+            let mut sink = self.begin_upload();
             sink.write(&image.bytes).await?;
             let uri = self
                 .complete_upload(sink, user, Some(image.content_type.clone()), None, None)
@@ -347,29 +355,37 @@ impl Store {
     }
 }
 
-/// An upload in progress: a temporary file and the running hash. Dropped
-/// before [`UploadSink::finish`], it removes its file.
+/// An upload in progress: a temporary file written in blocks by a blocking
+/// thread (which also hashes them) while the next block is received. Two
+/// blocks at most are in memory. Dropped unfinished, it removes its file.
 pub struct UploadSink {
-    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    /// The file (created with the first block) and hash, here between
+    /// writes; in the writing thread while a block is written.
+    idle: Option<(Option<std::fs::File>, Sha256)>,
+    in_flight: Option<tokio::task::JoinHandle<std::io::Result<Written>>>,
+    block: Vec<u8>,
+    /// The previous block's buffer, back from the writing thread.
+    spare: Vec<u8>,
     path: PathBuf,
-    hasher: Sha256,
     size: u64,
     limit: u64,
 }
 
+/// What the writing thread hands back: the file, the hash so far, and the
+/// emptied block for reuse.
+type Written = (Option<std::fs::File>, Sha256, Vec<u8>);
+
 impl UploadSink {
-    async fn create(tmp_dir: PathBuf, limit: u64) -> ServiceResult<Self> {
-        let path = tmp_dir.join(random_string(24));
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| io_error("creating an upload file", e))?;
-        Ok(Self {
-            file: Some(tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file)),
-            path,
-            hasher: Sha256::new(),
+    fn create(tmp_dir: &Path, limit: u64) -> Self {
+        Self {
+            idle: Some((None, Sha256::new())),
+            in_flight: None,
+            block: Vec::new(),
+            spare: Vec::new(),
+            path: tmp_dir.join(random_string(24)),
             size: 0,
             limit,
-        })
+        }
     }
 
     /// Appends bytes; past the size limit the upload is refused (and its
@@ -377,65 +393,155 @@ impl UploadSink {
     pub async fn write(&mut self, bytes: &[u8]) -> ServiceResult<()> {
         self.size += bytes.len() as u64;
         if self.size > self.limit {
+            // Let a block in flight land, so dropping the sink removes it.
+            let _ = self.settle().await;
             return Err(ServiceError::TooLarge(format!(
                 "uploads are limited to {} bytes",
                 self.limit
             )));
         }
-        self.hasher.update(bytes);
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| ServiceError::Internal("upload already finished".to_owned()))?;
-        file.write_all(bytes)
-            .await
-            .map_err(|e| io_error("writing an upload", e))
+        if self.block.capacity() == 0 {
+            self.block = std::mem::take(&mut self.spare);
+            self.block.reserve_exact(WRITE_BLOCK);
+        }
+        self.block.extend_from_slice(bytes);
+        if self.block.len() >= WRITE_BLOCK {
+            self.settle().await?;
+            let (file, mut hasher) = self.take_idle()?;
+            let block = std::mem::take(&mut self.block);
+            let path = self.path.clone();
+            self.in_flight = Some(tokio::task::spawn_blocking(move || {
+                let mut file = match file {
+                    Some(file) => file,
+                    None => std::fs::File::create(path)?,
+                };
+                hasher.update(&block);
+                file.write_all(&block)?;
+                let mut block = block;
+                block.clear();
+                Ok((Some(file), hasher, block))
+            }));
+        }
+        Ok(())
     }
 
-    /// Syncs the file and moves it to its content address under
-    /// `files_dir` (or drops it when that content is already stored).
-    async fn finish(mut self, files_dir: &Path) -> ServiceResult<([u8; 32], u64)> {
-        let mut writer = self
-            .file
+    /// Abandons the upload (the client went away): its file is removed.
+    pub async fn discard(mut self) {
+        let _ = self.settle().await;
+    }
+
+    /// Waits for the block being written, reusing its buffer.
+    async fn settle(&mut self) -> ServiceResult<()> {
+        if let Some(handle) = self.in_flight.take() {
+            let (file, hasher, spare) = handle
+                .await
+                .map_err(|_| ServiceError::Internal("writing an upload was cancelled".to_owned()))?
+                .map_err(|e| io_error("writing an upload", e))?;
+            self.idle = Some((file, hasher));
+            self.spare = spare;
+        }
+        Ok(())
+    }
+
+    fn take_idle(&mut self) -> ServiceResult<(Option<std::fs::File>, Sha256)> {
+        self.idle
             .take()
-            .ok_or_else(|| ServiceError::Internal("upload already finished".to_owned()))?;
-        writer.flush().await.map_err(|e| io_error("writing an upload", e))?;
-        let file = writer.into_inner();
-        let sha256: [u8; 32] = self.hasher.clone().finalize().into();
-        let target = content_path(files_dir, &hex(&sha256));
-        let tmp = self.path.clone();
-        let size = self.size;
-        tokio::task::spawn_blocking(move || -> ServiceResult<()> {
-            if target.exists() {
-                drop(file);
-                return std::fs::remove_file(&tmp).map_err(|e| io_error("removing a duplicate upload", e));
-            }
-            let file = file
-                .try_into_std()
-                .map_err(|_| ServiceError::Internal("upload file busy".to_owned()))?;
-            file.sync_all().map_err(|e| io_error("syncing an upload", e))?;
-            drop(file);
-            let parent = target.parent().expect("content paths have a parent");
-            std::fs::create_dir_all(parent).map_err(|e| io_error("creating a media directory", e))?;
-            std::fs::rename(&tmp, &target).map_err(|e| io_error("storing an upload", e))?;
-            // The rename is durable only once its directory is synced.
-            std::fs::File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_error("syncing the media directory", e))
+            .ok_or_else(|| ServiceError::Internal("upload already finished".to_owned()))
+    }
+
+    /// Waits for the last write; what remains is finished by
+    /// [`FinishedWrite::store`] on a blocking thread.
+    async fn into_finished(mut self) -> ServiceResult<FinishedWrite> {
+        self.settle().await?;
+        let (file, hasher) = self.take_idle()?;
+        Ok(FinishedWrite {
+            file,
+            hasher,
+            last_block: std::mem::take(&mut self.block),
+            tmp: std::mem::take(&mut self.path),
+            size: self.size,
         })
-        .await
-        .map_err(|_| ServiceError::Internal("storing an upload was cancelled".to_owned()))??;
-        // The file is gone from tmp/ either way; nothing is left to clean up.
-        self.path = PathBuf::new();
-        Ok((sha256, size))
     }
 }
 
 impl Drop for UploadSink {
     fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.path);
+        if self.path.as_os_str().is_empty() {
+            return;
         }
+        let path = std::mem::take(&mut self.path);
+        // A block still in flight may create the file after this: remove it
+        // once the write is done (tmp/ is also emptied at start).
+        if let (Some(write), Ok(runtime)) = (self.in_flight.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                let _ = write.await;
+                let _ = std::fs::remove_file(path);
+            });
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// An upload whose bytes have all arrived, to be stored (blocking).
+struct FinishedWrite {
+    /// `None` when the whole upload fits in its last block.
+    file: Option<std::fs::File>,
+    hasher: Sha256,
+    last_block: Vec<u8>,
+    tmp: PathBuf,
+    size: u64,
+}
+
+impl FinishedWrite {
+    /// Writes the last block, syncs the file and moves it to its content
+    /// address under `files_dir`, or drops it when that content is already
+    /// stored. Returns the SHA-256 and size. Without `sync`, the file and
+    /// its directory entry reach the disk when the kernel gets to them.
+    fn store(self, files_dir: &Path, sync: bool) -> ServiceResult<([u8; 32], u64)> {
+        let FinishedWrite {
+            file,
+            mut hasher,
+            last_block,
+            tmp,
+            size,
+        } = self;
+        let result = (|| {
+            hasher.update(&last_block);
+            let sha256: [u8; 32] = hasher.finalize().into();
+            let target = content_path(files_dir, &hex(&sha256));
+            if target.exists() {
+                // Already stored: a small upload never touches the disk.
+                if file.is_some() {
+                    std::fs::remove_file(&tmp).map_err(|e| io_error("removing a duplicate upload", e))?;
+                }
+                return Ok(sha256);
+            }
+            let mut file = match file {
+                Some(file) => file,
+                None => std::fs::File::create(&tmp).map_err(|e| io_error("creating an upload file", e))?,
+            };
+            file.write_all(&last_block)
+                .map_err(|e| io_error("writing an upload", e))?;
+            if sync {
+                file.sync_all().map_err(|e| io_error("syncing an upload", e))?;
+            }
+            drop(file);
+            let parent = target.parent().expect("content paths have a parent");
+            std::fs::create_dir_all(parent).map_err(|e| io_error("creating a media directory", e))?;
+            std::fs::rename(&tmp, &target).map_err(|e| io_error("storing an upload", e))?;
+            if sync {
+                // The rename is durable only once its directory is synced.
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io_error("syncing the media directory", e))?;
+            }
+            Ok(sha256)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|sha256| (sha256, size))
     }
 }
 
