@@ -400,28 +400,42 @@ impl UploadSink {
                 self.limit
             )));
         }
-        if self.block.capacity() == 0 {
-            self.block = std::mem::take(&mut self.spare);
-            self.block.reserve_exact(WRITE_BLOCK);
+        // Blocks are filled to exactly WRITE_BLOCK (a chunk may straddle
+        // two), so their buffers never grow past it.
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.block.capacity() == 0 {
+                self.block = std::mem::take(&mut self.spare);
+                self.block.reserve_exact(WRITE_BLOCK);
+            }
+            let take = rest.len().min(WRITE_BLOCK - self.block.len());
+            self.block.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.block.len() == WRITE_BLOCK {
+                self.send_block().await?;
+            }
         }
-        self.block.extend_from_slice(bytes);
-        if self.block.len() >= WRITE_BLOCK {
-            self.settle().await?;
-            let (file, mut hasher) = self.take_idle()?;
-            let block = std::mem::take(&mut self.block);
-            let path = self.path.clone();
-            self.in_flight = Some(tokio::task::spawn_blocking(move || {
-                let mut file = match file {
-                    Some(file) => file,
-                    None => std::fs::File::create(path)?,
-                };
-                hasher.update(&block);
-                file.write_all(&block)?;
-                let mut block = block;
-                block.clear();
-                Ok((Some(file), hasher, block))
-            }));
-        }
+        Ok(())
+    }
+
+    /// Hands the full block to a blocking thread, once the previous one is
+    /// written.
+    async fn send_block(&mut self) -> ServiceResult<()> {
+        self.settle().await?;
+        let (file, mut hasher) = self.take_idle()?;
+        let block = std::mem::take(&mut self.block);
+        let path = self.path.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let mut file = match file {
+                Some(file) => file,
+                None => std::fs::File::create(path)?,
+            };
+            hasher.update(&block);
+            file.write_all(&block)?;
+            let mut block = block;
+            block.clear();
+            Ok((Some(file), hasher, block))
+        }));
         Ok(())
     }
 
