@@ -340,6 +340,16 @@ def commander(base, workdir, *args):
     return done.stdout
 
 
+def commander_login_and_join(base, workdir, alias):
+    """Logs matrix-commander in as @commander (registered beforehand) and
+    joins it to the room `alias`."""
+    commander(
+        base, workdir, "--login", "password", "--homeserver", base, "--user-login", "@commander:localhost",
+        "--password", "pw-commander", "--device", "commander", "--room-default", alias,
+    )
+    commander(base, workdir, "--room-join", alias)
+
+
 async def commander_through_an_alias(base):
     """matrix-commander joins a room by its alias, sends to the alias, and
     receives a reply through sync; the other user sees its message once."""
@@ -353,11 +363,7 @@ async def commander_through_an_alias(base):
         room_id = created.room_id
         await alice.sync(timeout=0, sync_filter=SYNC_FILTER)
 
-        commander(
-            base, workdir, "--login", "password", "--homeserver", base, "--user-login", "@commander:localhost",
-            "--password", "pw-commander", "--device", "commander", "--room-default", "#family:localhost",
-        )
-        commander(base, workdir, "--room-join", "#family:localhost")
+        commander_login_and_join(base, workdir, "#family:localhost")
         commander(base, workdir, "-m", "hello from matrix-commander", "--room", "#family:localhost")
 
         bodies, _ = await collect_texts(alice, room_id, "@commander:localhost", 1, time.monotonic() + 20)
@@ -474,11 +480,7 @@ async def commander_sends_a_file(base):
         room_id = created.room_id
         await alice.sync(timeout=0, sync_filter=SYNC_FILTER)
 
-        commander(
-            base, workdir, "--login", "password", "--homeserver", base, "--user-login", "@commander:localhost",
-            "--password", "pw-commander", "--device", "commander", "--room-default", "#files:localhost",
-        )
-        commander(base, workdir, "--room-join", "#files:localhost")
+        commander_login_and_join(base, workdir, "#files:localhost")
         data = os.urandom(300 * 1024)
         path = os.path.join(workdir, "minutes.bin")
         with open(path, "wb") as f:

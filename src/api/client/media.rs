@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::api::router::authenticate_raw;
 use crate::api::{ApiError, Router};
-use crate::service::media::{Method as ThumbnailMethod, ServedFile, ThumbnailRequest, UploadSink};
+use crate::service::media::{Download, Method as ThumbnailMethod, ServedFile, ThumbnailRequest, UploadSink};
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
@@ -205,13 +205,7 @@ async fn download(services: Arc<Services>, req: HttpRequest, access: Access) -> 
         authenticate_raw(&services, &req).await?;
     }
     let query: DownloadQuery = query(&req)?;
-    let (server_name, media_id) = media_path(&req)?;
-    let found = services
-        .media
-        .download(server_name, media_id, wait(query.timeout_ms))
-        .await?;
-    check_legacy(access, found.legacy_allowed)?;
-    let mut file = found.file;
+    let mut file = find(&services, &req, access, query.timeout_ms).await?.file;
     if let Some(name) = req.match_info().get("file_name").filter(|n| !n.is_empty()) {
         file.filename = Some(name.to_owned());
     }
@@ -235,12 +229,7 @@ async fn thumbnail(services: Arc<Services>, req: HttpRequest, access: Access) ->
     if query.width == 0 || query.height == 0 {
         return Err(ApiError::InvalidParam("width and height must be at least 1".to_owned()));
     }
-    let (server_name, media_id) = media_path(&req)?;
-    let found = services
-        .media
-        .download(server_name, media_id, wait(query.timeout_ms))
-        .await?;
-    check_legacy(access, found.legacy_allowed)?;
+    let found = find(&services, &req, access, query.timeout_ms).await?;
     let request = ThumbnailRequest {
         width: query.width,
         height: query.height,
@@ -313,20 +302,25 @@ fn content_type(req: &HttpRequest) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn wait(timeout_ms: Option<u64>) -> Duration {
-    Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS))
-}
-
-/// The unauthenticated endpoints are frozen: media from after the cut-over
-/// is not found there (the spec's answer), only through `/client/v1`.
-fn check_legacy(access: Access, legacy_allowed: bool) -> Result<(), ApiError> {
-    if access == Access::Legacy && !legacy_allowed {
+/// The media the path names, waiting up to `timeout_ms` for a pending
+/// upload. The unauthenticated endpoints are frozen: media from after the
+/// cut-over is not found there (the spec's answer), only through `/client/v1`.
+async fn find(
+    services: &Services,
+    req: &HttpRequest,
+    access: Access,
+    timeout_ms: Option<u64>,
+) -> Result<Download, ApiError> {
+    let (server_name, media_id) = media_path(req)?;
+    let wait = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+    let found = services.media.download(server_name, media_id, wait).await?;
+    if access == Access::Legacy && !found.legacy_allowed {
         return Err(ServiceError::NotFound(
             "this media is only available through the authenticated /_matrix/client/v1/media endpoints".to_owned(),
         )
         .into());
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Streams a stored file with its type, a safe disposition and the
