@@ -350,20 +350,31 @@ def commander_login_and_join(base, workdir, alias):
     commander(base, workdir, "--room-join", alias)
 
 
-async def commander_through_an_alias(base):
-    """matrix-commander joins a room by its alias, sends to the alias, and
-    receives a reply through sync; the other user sees its message once."""
+async def alice_and_commander_in_a_room(base, workdir, alias, name):
+    """alice creates the public room `#alias:localhost`; matrix-commander,
+    as @commander, logs in and joins it. Returns alice's client and the
+    room ID."""
     alice = await registered(base, "alice")
     mc = await registered(base, "commander")
     await mc.close()
-    workdir = tempfile.mkdtemp()
     try:
-        created = await alice.room_create(alias="family", name="Family", visibility=RoomVisibility.public)
+        created = await alice.room_create(alias=alias, name=name, visibility=RoomVisibility.public)
         assert isinstance(created, RoomCreateResponse), f"room_create: {created}"
-        room_id = created.room_id
         await alice.sync(timeout=0, sync_filter=SYNC_FILTER)
+        commander_login_and_join(base, workdir, f"#{alias}:localhost")
+    except BaseException:
+        await alice.close()
+        raise
+    return alice, created.room_id
 
-        commander_login_and_join(base, workdir, "#family:localhost")
+
+async def commander_through_an_alias(base):
+    """matrix-commander joins a room by its alias, sends to the alias, and
+    receives a reply through sync; the other user sees its message once."""
+    workdir = tempfile.mkdtemp()
+    alice = None
+    try:
+        alice, room_id = await alice_and_commander_in_a_room(base, workdir, "family", "Family")
         commander(base, workdir, "-m", "hello from matrix-commander", "--room", "#family:localhost")
 
         bodies, _ = await collect_texts(alice, room_id, "@commander:localhost", 1, time.monotonic() + 20)
@@ -377,7 +388,8 @@ async def commander_through_an_alias(base):
         again = commander(base, workdir, "--listen", "once")
         assert "hello commander" not in again, again
     finally:
-        await alice.close()
+        if alice is not None:
+            await alice.close()
         subprocess.run(["rm", "-rf", workdir], check=False)
 
 
@@ -470,17 +482,10 @@ async def commander_sends_a_file(base):
     the m.file event and downloads the same bytes. matrix-commander encrypts
     attachments even in a clear-text room, so the download is decrypted with
     the key in the event, as a client would."""
-    alice = await registered(base, "alice")
-    mc = await registered(base, "commander")
-    await mc.close()
     workdir = tempfile.mkdtemp()
+    alice = None
     try:
-        created = await alice.room_create(alias="files", name="Files", visibility=RoomVisibility.public)
-        assert isinstance(created, RoomCreateResponse), f"room_create: {created}"
-        room_id = created.room_id
-        await alice.sync(timeout=0, sync_filter=SYNC_FILTER)
-
-        commander_login_and_join(base, workdir, "#files:localhost")
+        alice, room_id = await alice_and_commander_in_a_room(base, workdir, "files", "Files")
         data = os.urandom(300 * 1024)
         path = os.path.join(workdir, "minutes.bin")
         with open(path, "wb") as f:
@@ -503,7 +508,8 @@ async def commander_sends_a_file(base):
             body = decrypt_attachment(body, attachment["key"]["k"], attachment["hashes"]["sha256"], attachment["iv"])
         assert body == data, f"{len(body)} bytes back, {len(data)} sent"
     finally:
-        await alice.close()
+        if alice is not None:
+            await alice.close()
         subprocess.run(["rm", "-rf", workdir], check=False)
 
 
