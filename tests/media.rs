@@ -183,6 +183,30 @@ async fn uploads_round_trip_byte_exact_and_identical_content_is_stored_once() {
 }
 
 #[tokio::test]
+async fn files_are_stored_under_their_sha256_in_shards_made_at_start() {
+    let server = TestServer::start().await;
+    let files = server.dir.path().join("db").join("media").join("files");
+    // All 256 shards exist before the first upload, so storing a file never
+    // creates a directory (whose own entry would need syncing too).
+    assert_eq!(std::fs::read_dir(&files).unwrap().count(), 256);
+    let (_, alice, _) = server.register("alice", "pw").await;
+
+    let bytes = b"a file in its shard".to_vec();
+    let hex: String = sha256(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let shard = files.join(&hex[..2]);
+    // A shard removed behind the server's back is made again.
+    std::fs::remove_dir(&shard).unwrap();
+    let uri = upload(&server, &alice, bytes.clone(), "text/plain", None).await;
+    assert!(shard.join(&hex).is_file(), "{hex} not in its shard");
+    assert_eq!(std::fs::read(shard.join(&hex)).unwrap(), bytes);
+    assert_eq!(
+        download(&server, &alice, &uri).await.bytes().await.unwrap().to_vec(),
+        bytes
+    );
+    assert!(files_under(&server, "tmp").is_empty());
+}
+
+#[tokio::test]
 async fn asynchronous_upload_fills_a_created_uri_once() {
     let server = TestServer::start().await;
     let (_, alice, _) = server.register("alice", "pw").await;

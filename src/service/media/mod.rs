@@ -36,6 +36,12 @@ const MAX_DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
 /// blocking thread while the next block arrives; at most two blocks are in
 /// memory per upload.
 const WRITE_BLOCK: usize = 256 * 1024;
+/// Each block buffer is reserved this large, at the mmap threshold that
+/// `main.rs` fixes, so glibc maps it on its own and unmaps it when the upload
+/// ends; only its first WRITE_BLOCK bytes are ever touched. Carved from the
+/// heap instead, the buffers of a few concurrent uploads left megabytes of
+/// fragments behind in the allocator's arenas.
+const BLOCK_RESERVATION: usize = 1 << 20;
 
 /// A stored file ready to be served.
 #[derive(Debug, Clone)]
@@ -87,9 +93,20 @@ impl MediaService {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| io_error("clearing media/tmp", e))?;
         }
+        let first_start = !dir.exists();
         for sub in ["files", "thumbnails", "tmp"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_error("creating the media directory", e))?;
         }
+        if first_start && config.sync_writes {
+            // Stored files are only as durable as the directories above them.
+            for made in [&dir, &config.database_path] {
+                std::fs::File::open(made)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io_error("syncing the media directory", e))?;
+            }
+        }
+        create_shard_dirs(&dir.join("files"), config.sync_writes)
+            .map_err(|e| io_error("creating the media directory", e))?;
         let store = Store {
             tables: MediaTables::new(db.clone()),
             server_name: config.server_name.clone(),
@@ -406,7 +423,7 @@ impl UploadSink {
         while !rest.is_empty() {
             if self.block.capacity() == 0 {
                 self.block = std::mem::take(&mut self.spare);
-                self.block.reserve_exact(WRITE_BLOCK);
+                self.block.reserve_exact(BLOCK_RESERVATION);
             }
             let take = rest.len().min(WRITE_BLOCK - self.block.len());
             self.block.extend_from_slice(&rest[..take]);
@@ -542,8 +559,14 @@ impl FinishedWrite {
             }
             drop(file);
             let parent = target.parent().expect("content paths have a parent");
-            std::fs::create_dir_all(parent).map_err(|e| io_error("creating a media directory", e))?;
-            std::fs::rename(&tmp, &target).map_err(|e| io_error("storing an upload", e))?;
+            if let Err(e) = std::fs::rename(&tmp, &target) {
+                // Shards are made at start; one removed since is made again.
+                if e.kind() != std::io::ErrorKind::NotFound || !tmp.exists() {
+                    return Err(io_error("storing an upload", e));
+                }
+                create_shard_dirs(files_dir, sync).map_err(|e| io_error("creating a media directory", e))?;
+                std::fs::rename(&tmp, &target).map_err(|e| io_error("storing an upload", e))?;
+            }
             if sync {
                 // The rename is durable only once its directory is synced.
                 std::fs::File::open(parent)
@@ -557,6 +580,24 @@ impl FinishedWrite {
         }
         result.map(|sha256| (sha256, size))
     }
+}
+
+/// Makes the 256 `files/xx` shards that are missing. They exist before any
+/// upload, so storing one never creates a directory whose own entry would
+/// need syncing too; when one is created here, `files/` is synced.
+fn create_shard_dirs(files_dir: &Path, sync: bool) -> std::io::Result<()> {
+    let mut created = false;
+    for shard in 0..=u8::MAX {
+        match std::fs::create_dir(files_dir.join(format!("{shard:02x}"))) {
+            Ok(()) => created = true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if created && sync {
+        std::fs::File::open(files_dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// `files/ab/abcdef…`: two hex digits of fan-out keep directories small.
