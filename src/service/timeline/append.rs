@@ -333,8 +333,8 @@ impl TimelineService {
                 if spec.state_key.is_some() {
                     let mut changed: Vec<StoredEvent> = state.as_ref().clone();
                     match changed.binary_search_by(|e| state_order(e).cmp(&state_order(&stored_event))) {
-                        Ok(i) => changed[i] = stored_event.clone(),
-                        Err(i) => changed.insert(i, stored_event.clone()),
+                        Ok(i) => changed[i] = stored_event.state_entry(),
+                        Err(i) => changed.insert(i, stored_event.state_entry()),
                     }
                     state = std::sync::Arc::new(changed);
                     state_after_parsed = Some(state.clone());

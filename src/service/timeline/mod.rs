@@ -189,11 +189,42 @@ impl StoredEvent {
         }
     }
 
+    /// The event as room states keep it: only [`STATE_ENTRY_FIELDS`].
+    pub(super) fn state_entry(&self) -> Self {
+        StoredEvent {
+            event_id: self.event_id.clone(),
+            count: self.count,
+            json: self
+                .json
+                .iter()
+                .filter(|(key, _)| STATE_ENTRY_FIELDS.contains(&key.as_str()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            txn: self.txn.clone(),
+        }
+    }
+
     /// A v12 create event names no room; its room ID is its own event ID.
     fn room_id_of_create(&self) -> Option<String> {
         (self.event_type() == "m.room.create").then(|| format!("!{}", &self.event_id.as_str()[1..]))
     }
 }
+
+/// What a parsed room state keeps of each event: what clients, push rules
+/// and membership checks read. The rest of a PDU (`auth_events`,
+/// `prev_events`, `hashes`, `signatures`, `depth`) is for federation and the
+/// auth chain, which read whole PDUs from storage; without it a cached state
+/// event takes well under half the memory.
+const STATE_ENTRY_FIELDS: [&str; 8] = [
+    "type",
+    "content",
+    "sender",
+    "origin_server_ts",
+    "state_key",
+    "redacts",
+    "room_id",
+    "unsigned",
+];
 
 /// A stored event as clients see it, serialized from the stored JSON
 /// without copying it.
@@ -486,6 +517,7 @@ impl TimelineService {
     }
 
     /// The state of a room as `(type, state_key) → event`, from a snapshot.
+    /// The events hold only [`STATE_ENTRY_FIELDS`]; `event` reads a whole PDU.
     pub fn state_events(&self, s: &Services, snapshot: u64) -> ServiceResult<Arc<Vec<StoredEvent>>> {
         let generation = {
             let cache = self.state_cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -499,7 +531,7 @@ impl TimelineService {
         for short in map.values() {
             let id = s.state.event_id(*short)?;
             if let Some(e) = self.event(&id)? {
-                out.push(e);
+                out.push(e.state_entry());
             }
         }
         // Sorted, so that one entry can be found by binary search.
@@ -526,7 +558,8 @@ impl TimelineService {
         self.state_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// One state event from a snapshot.
+    /// One state event from a snapshot (perhaps only its
+    /// [`STATE_ENTRY_FIELDS`]).
     pub fn state_event(
         &self,
         s: &Services,
@@ -637,5 +670,47 @@ mod tests {
         assert!(!cache.states.contains_key(&5));
         cache.clear();
         assert_eq!((cache.events, cache.states.len(), cache.generation), (0, 0, 1));
+    }
+
+    #[test]
+    fn a_state_entry_drops_the_pdu_only_fields_and_reads_the_same_to_clients() {
+        let pdu: JsonValue = serde_json::json!({
+            "type": "m.room.member", "state_key": "@bob:x", "sender": "@bob:x",
+            "room_id": "!r:x", "origin_server_ts": 7, "depth": 12,
+            "content": {"membership": "join", "displayname": "Bob"},
+            "unsigned": {"replaces_state": "$old:x"},
+            "auth_events": ["$a:x", "$b:x"], "prev_events": ["$p:x"],
+            "hashes": {"sha256": "abc"},
+            "signatures": {"x": {"ed25519:k": "sig"}},
+        });
+        let full = StoredEvent {
+            event_id: OwnedEventId::try_from("$e:x").unwrap(),
+            count: 3,
+            json: to_object(pdu).unwrap(),
+            txn: Some(("DEV".to_owned(), "t1".to_owned())),
+        };
+        let entry = full.state_entry();
+        let mut kept: Vec<&str> = entry.json.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            [
+                "content",
+                "origin_server_ts",
+                "room_id",
+                "sender",
+                "state_key",
+                "type",
+                "unsigned"
+            ]
+        );
+        let bob = UserId::parse("@bob:x").unwrap();
+        let mut seen = [&full, &entry].map(|e| e.to_client(true, Some((&bob, "DEV"))));
+        for event in &mut seen {
+            // `age` is computed at each call.
+            event["unsigned"].as_object_mut().unwrap().remove("age");
+        }
+        assert_eq!(seen[0], seen[1]);
+        assert_eq!(seen[1]["unsigned"]["transaction_id"], "t1");
     }
 }
