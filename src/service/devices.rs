@@ -1,7 +1,7 @@
 //! Devices and their access tokens; per-device last-seen time and address.
 
 use ruma::api::client::device::Device;
-use ruma::{MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedUserId, UInt, UserId};
+use ruma::{DeviceId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedUserId, UInt, UserId};
 use sha2::{Digest, Sha256};
 
 use super::{now_ms, random_string, ServiceError, ServiceResult, Services};
@@ -11,6 +11,22 @@ use crate::database::{Batch, Db};
 /// How stale a device's stored last-seen time may get before a request
 /// refreshes it; keeps a write off nearly every request.
 const LAST_SEEN_GRANULARITY_MS: u64 = 60_000;
+
+/// Who an access token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenOwner {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    /// The device's last-seen time or IP is out of date.
+    pub last_seen_due: bool,
+}
+
+fn last_seen_is_due(record: &DeviceRecord, now: u64, ip: Option<&str>) -> bool {
+    record
+        .last_seen_ms
+        .is_none_or(|t| now.saturating_sub(t) >= LAST_SEEN_GRANULARITY_MS)
+        || record.last_seen_ip.as_deref() != ip
+}
 /// Longest device display name accepted.
 const MAX_DISPLAY_NAME: usize = 256;
 
@@ -98,28 +114,42 @@ impl DevicesService {
         Ok(created)
     }
 
-    /// The user and device an access token belongs to; records the device as
-    /// seen now from `ip`.
-    pub fn authenticate(&self, token: &str, ip: Option<&str>) -> ServiceResult<Option<(OwnedUserId, OwnedDeviceId)>> {
+    /// The user and device an access token belongs to. Only reads; when the
+    /// device's last-seen record is out of date (a minute old, or another
+    /// IP), `last_seen_due` asks the caller for [`Self::record_seen`].
+    pub fn token_owner(&self, token: &str, ip: Option<&str>) -> ServiceResult<Option<TokenOwner>> {
         let Some((user_id, device_id)) = self.tables.owner_of_token(&token_hash(token))? else {
             return Ok(None);
         };
-        if let Some(mut record) = self.tables.get(&user_id, &device_id)? {
-            let now = now_ms();
-            let stale = record
-                .last_seen_ms
-                .is_none_or(|t| now.saturating_sub(t) >= LAST_SEEN_GRANULARITY_MS);
-            if stale || record.last_seen_ip.as_deref() != ip {
-                record.last_seen_ms = Some(now);
-                record.last_seen_ip = ip.map(str::to_owned);
-                let mut batch = Batch::new();
-                self.tables.put(&mut batch, &user_id, &device_id, &record);
-                self.tables.write(batch)?;
-            }
-        }
+        let last_seen_due = self
+            .tables
+            .get(&user_id, &device_id)?
+            .is_some_and(|record| last_seen_is_due(&record, now_ms(), ip));
         let user_id = OwnedUserId::try_from(user_id)
             .map_err(|e| ServiceError::Internal(format!("stored user ID is invalid: {e}")))?;
-        Ok(Some((user_id, device_id.into())))
+        Ok(Some(TokenOwner {
+            user_id,
+            device_id: device_id.into(),
+            last_seen_due,
+        }))
+    }
+
+    /// Records the device as seen now from `ip` (if it still exists and its
+    /// record is still out of date).
+    pub fn record_seen(&self, user_id: &UserId, device_id: &DeviceId, ip: Option<&str>) -> ServiceResult<()> {
+        let Some(mut record) = self.tables.get(user_id.as_str(), device_id.as_str())? else {
+            return Ok(());
+        };
+        let now = now_ms();
+        if last_seen_is_due(&record, now, ip) {
+            record.last_seen_ms = Some(now);
+            record.last_seen_ip = ip.map(str::to_owned);
+            let mut batch = Batch::new();
+            self.tables
+                .put(&mut batch, user_id.as_str(), device_id.as_str(), &record);
+            self.tables.write(batch)?;
+        }
+        Ok(())
     }
 
     pub fn list(&self, user_id: &UserId) -> ServiceResult<Vec<Device>> {
