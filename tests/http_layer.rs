@@ -59,6 +59,27 @@ async fn unknown_endpoint_and_wrong_method() {
         405,
         "M_UNRECOGNIZED",
     );
+    // Routes are grouped by their first segment (`/rooms`): a miss inside a
+    // group answers like any other miss.
+    assert_error(
+        &server
+            .call("GET", "/_matrix/client/v3/rooms/!a:localhost/no_such_thing", None, None)
+            .await,
+        404,
+        "M_UNRECOGNIZED",
+    );
+    assert_error(
+        &server
+            .call(
+                "DELETE",
+                "/_matrix/client/v3/rooms/!a:localhost/send/m.room.message/t1",
+                None,
+                None,
+            )
+            .await,
+        405,
+        "M_UNRECOGNIZED",
+    );
 }
 
 #[tokio::test]

@@ -178,27 +178,43 @@ impl Router {
                 _ => by_path.push((path, vec![route])),
             }
         }
-        // Matching is linear in the number of services, so resources are
-        // grouped under one scope per API prefix (`/_matrix/client/v3`, ...):
-        // a request is matched against a few prefixes, then one group.
-        let mut scopes: Vec<(&'static str, Vec<actix_web::Resource>)> = Vec::new();
+        // actix tries a scope's services in turn, each variable route with a
+        // regex, so resources are grouped twice: one scope per API prefix
+        // (`/_matrix/client/v3`), and in it one per first segment
+        // (`/rooms`). A request to a room route then tries a few prefixes,
+        // a few dozen segment names and the room routes, not every route
+        // sorted before it. A scope that matches answers alone (a missing
+        // route inside it falls to the app's default), so no two groups may
+        // match one path: a variable first segment is never made a scope.
+        let mut scopes: Vec<(&'static str, Vec<(Option<&'static str>, Vec<actix_web::Resource>)>)> = Vec::new();
         for (path, path_routes) in by_path {
             let (prefix, rest) = split_prefix(path);
+            let (group, inner) = split_first_segment(rest);
             let resource = path_routes.into_iter().fold(
-                web::resource(rest).default_service(web::to(|| async { ApiError::MethodNotAllowed.error_response() })),
+                web::resource(inner).default_service(web::to(|| async { ApiError::MethodNotAllowed.error_response() })),
                 |resource, route| resource.route(route),
             );
-            match scopes.last_mut() {
-                Some((p, resources)) if *p == prefix => resources.push(resource),
-                _ => scopes.push((prefix, vec![resource])),
+            if scopes.last().is_none_or(|(p, _)| *p != prefix) {
+                scopes.push((prefix, Vec::new()));
+            }
+            let groups = &mut scopes.last_mut().expect("pushed above").1;
+            match groups.last_mut() {
+                Some((g, resources)) if group.is_some() && *g == group => resources.push(resource),
+                _ => groups.push((group, vec![resource])),
             }
         }
-        for (prefix, resources) in scopes {
-            cfg.service(
-                resources
-                    .into_iter()
-                    .fold(web::scope(prefix), |scope, r| scope.service(r)),
-            );
+        for (prefix, groups) in scopes {
+            let scope = groups
+                .into_iter()
+                .fold(web::scope(prefix), |scope, (group, resources)| match group {
+                    Some(group) => scope.service(
+                        resources
+                            .into_iter()
+                            .fold(web::scope(group), |inner, r| inner.service(r)),
+                    ),
+                    None => resources.into_iter().fold(scope, |scope, r| scope.service(r)),
+                });
+            cfg.service(scope);
         }
     }
 }
@@ -211,6 +227,21 @@ fn with_empty_state_key(path: &'static str) -> Vec<&'static str> {
         // Leaked once at start-up: route patterns live as long as the server.
         Some(base) => vec![path, Box::leak(format!("{base}/").into_boxed_str()), base],
         None => vec![path],
+    }
+}
+
+/// `/rooms/{room_id}/send` → (`/rooms`, `/{room_id}/send`). A path that is
+/// empty or starts with a variable is not split.
+fn split_first_segment(rest: &'static str) -> (Option<&'static str>, &'static str) {
+    if rest.is_empty() || rest.starts_with("/{") {
+        return (None, rest);
+    }
+    match rest[1..].find('/') {
+        Some(at) => {
+            let (group, inner) = rest.split_at(at + 1);
+            (Some(group), inner)
+        }
+        None => (Some(rest), ""),
     }
 }
 
