@@ -124,6 +124,8 @@ pub struct Services {
     pub key_backups: key_backups::KeyBackupsService,
     pub dehydrated_devices: dehydrated_devices::DehydratedDevicesService,
     pub media: media::MediaService,
+    /// Event writes running now (see [`Services::run_write`]).
+    writes_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Services {
@@ -173,6 +175,7 @@ impl Services {
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
             media: media::MediaService::open(db.clone(), &config)?,
+            writes_in_flight: Default::default(),
             config,
             db,
         })
@@ -192,6 +195,33 @@ impl Services {
                 ServiceError::Internal("a request handler was cancelled".to_owned())
             }
         })?
+    }
+
+    /// Runs an event write (which blocks on its fsync): on the calling
+    /// worker when no other write is in flight, else on the blocking pool.
+    /// On a quiet server a lone send is answered sooner without the hop to
+    /// the pool and back, which wakes two idle threads; under load writes
+    /// go to the pool, where RocksDB groups their fsyncs (the two HTTP
+    /// workers alone could not keep enough of them in flight).
+    pub async fn run_write<T, F>(self: &Arc<Self>, f: F) -> ServiceResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Services) -> ServiceResult<T> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let others = self.writes_in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&self.writes_in_flight);
+        if others == 0 {
+            f(self)
+        } else {
+            self.run(f).await
+        }
     }
 
     /// Flushes everything to disk (at shutdown).

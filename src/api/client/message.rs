@@ -48,7 +48,7 @@ async fn send_in_transaction(
 ) -> Result<OwnedEventId, ApiError> {
     let txn = Txn { device_id, txn_id };
     Ok(services
-        .run(move |s| s.timeline.append(s, &room_id, &user, spec, Some(&txn)))
+        .run_write(move |s| s.timeline.append(s, &room_id, &user, spec, Some(&txn)))
         .await?)
 }
 
