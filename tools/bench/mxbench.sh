@@ -5,6 +5,8 @@
 #
 #   bash tools/bench/mxbench.sh [scale] [out.json] [extra mxbench args...]
 #   (defaults: medium, /tmp/conduit-<scale>.json)
+#   BENCH_BINARY=path/to/conduit runs that binary instead (A/B of two builds;
+#   not CONDUIT_*: the server reads those as config keys)
 #
 # Compare with Synapse on the same machine, back to back:
 #   ../shared/bench/synapse.sh install && ../shared/bench/synapse.sh setup && ../shared/bench/synapse.sh start
@@ -17,7 +19,7 @@ scale="${1:-medium}"
 out="${2:-/tmp/conduit-$scale.json}"
 shift $(( $# > 2 ? 2 : $# ))
 target="${CARGO_TARGET_DIR:-$HOME/.cache/conduit-target}"
-bin="$target/release/conduit"
+bin="${BENCH_BINARY:-$target/release/conduit}"
 [ -x "$bin" ] || CARGO_TARGET_DIR="$target" cargo build --release --bin conduit
 
 venv="${MXBENCH_VENV:-/tmp/bench-venv}"
