@@ -186,7 +186,7 @@ impl Router {
         // sorted before it. A scope that matches answers alone (a missing
         // route inside it falls to the app's default), so no two groups may
         // match one path: a variable first segment is never made a scope.
-        let mut scopes: Vec<(&'static str, Vec<(Option<&'static str>, Vec<actix_web::Resource>)>)> = Vec::new();
+        let mut scopes: Vec<(&'static str, Vec<ResourceGroup>)> = Vec::new();
         for (path, path_routes) in by_path {
             let (prefix, rest) = split_prefix(path);
             let (group, inner) = split_first_segment(rest);
@@ -218,6 +218,10 @@ impl Router {
         }
     }
 }
+
+/// Resources under one first segment (`/rooms`), or one resource whose path
+/// starts with a variable (`None`).
+type ResourceGroup = (Option<&'static str>, Vec<actix_web::Resource>);
 
 /// The path, and for one ending in `{state_key}` also the forms with an
 /// empty state key: `.../{event_type}/` and `.../{event_type}` (the spec
