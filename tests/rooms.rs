@@ -359,6 +359,55 @@ async fn redaction_strips_content_everywhere() {
     assert!(!initial.contains("my phone number"), "{initial}");
 }
 
+/// The auth rules see a redaction at once: redacting a v10 room's power
+/// levels drops their `invite` level (v11 keeps it), so an invite refused
+/// just before (which read the event) goes through just after.
+#[tokio::test]
+async fn auth_rules_see_a_redacted_power_levels_event_at_once() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let (carol, _, _) = server.register("carol", "pw").await;
+    let room = server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "room_version": "10",
+                   "power_level_content_override": {"invite": 100}}),
+        )
+        .await;
+    server.join(&bob, &room).await;
+    let invite_path = rooms_path(&room, "invite");
+    let invite = || server.call("POST", &invite_path, Some(&bob), Some(json!({"user_id": carol})));
+    assert_error(&invite().await, 403, "M_FORBIDDEN");
+
+    let (status, state) = server
+        .call("GET", &rooms_path(&room, "state"), Some(&alice), None)
+        .await;
+    assert_eq!(status, 200, "{state}");
+    let power_levels = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.power_levels")
+        .unwrap();
+    assert_eq!(power_levels["content"]["invite"], 100);
+    let redaction = server
+        .call(
+            "PUT",
+            &rooms_path(
+                &room,
+                &format!("redact/{}/r1", enc(power_levels["event_id"].as_str().unwrap())),
+            ),
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(redaction.0, 200, "{}", redaction.1);
+
+    let allowed = invite().await;
+    assert_eq!(allowed.0, 200, "{}", allowed.1);
+}
+
 #[tokio::test]
 async fn history_visibility_for_a_late_joiner() {
     let server = TestServer::start().await;

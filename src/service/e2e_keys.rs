@@ -727,7 +727,7 @@ impl E2eKeysService {
             if membership.membership != "join" || !self.is_encrypted(s, &room_id)? {
                 continue;
             }
-            for (member, m) in s.timeline.members(&room_id)? {
+            for (member, m) in s.timeline.members(&room_id)?.iter().cloned() {
                 if m == "join" {
                     peers.insert(member);
                 }
@@ -780,7 +780,7 @@ impl E2eKeysService {
             let own_change = membership.count > from && membership.count <= to;
             if own_change {
                 // The user joined (everyone is new) or left (everyone may be gone).
-                for (member, m) in s.timeline.members(&room_id)? {
+                for (member, m) in s.timeline.members(&room_id)?.iter().cloned() {
                     match membership.membership.as_str() {
                         "join" if m == "join" => {
                             updates.changed.insert(member);
@@ -804,7 +804,7 @@ impl E2eKeysService {
                 }
                 scanned += 1;
                 if scanned > MEMBERSHIP_SCAN_LIMIT {
-                    for (member, m) in s.timeline.members(&room_id)? {
+                    for (member, m) in s.timeline.members(&room_id)?.iter().cloned() {
                         if m == "join" {
                             updates.changed.insert(member);
                         }

@@ -143,6 +143,13 @@ struct PduFields {
     auth_events: Vec<OwnedEventId>,
     depth: UInt,
     redacts: Option<OwnedEventId>,
+    #[serde(default)]
+    hashes: Option<ContentHashes>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ContentHashes {
+    sha256: String,
 }
 
 /// `["$id", ...]`, or the `[["$id", {hashes}], ...]` of versions 1 and 2.
@@ -166,8 +173,14 @@ impl Pdu {
     /// version 3 and later).
     pub fn from_object(event_id: OwnedEventId, object: &CanonicalJsonObject) -> ServiceResult<Self> {
         let json = serde_json::to_string(object).map_err(|e| ServiceError::BadJson(e.to_string()))?;
+        Self::from_json(event_id, &json)
+    }
+
+    /// Reads a PDU from its stored JSON text (extra keys such as
+    /// `unsigned` are ignored).
+    pub fn from_json(event_id: OwnedEventId, json: &str) -> ServiceResult<Self> {
         let fields: PduFields =
-            serde_json::from_str(&json).map_err(|e| ServiceError::BadJson(format!("not a valid PDU: {e}")))?;
+            serde_json::from_str(json).map_err(|e| ServiceError::BadJson(format!("not a valid PDU: {e}")))?;
         Ok(Self {
             event_id,
             fields,
@@ -177,6 +190,12 @@ impl Pdu {
 
     pub fn depth(&self) -> UInt {
         self.fields.depth
+    }
+
+    /// The content hash that references to this event carry (empty if the
+    /// PDU has none).
+    pub fn content_sha256(&self) -> &str {
+        self.fields.hashes.as_ref().map_or("", |h| h.sha256.as_str())
     }
 }
 

@@ -210,9 +210,9 @@ fn sharing_users(s: &Services, user: &UserId) -> ServiceResult<BTreeSet<OwnedUse
         if record.membership != "join" {
             continue;
         }
-        for (member, membership) in s.timeline.members(&room_id)? {
+        for (member, membership) in s.timeline.members(&room_id)?.iter() {
             if membership == "join" {
-                if let Ok(member) = OwnedUserId::try_from(member) {
+                if let Ok(member) = OwnedUserId::try_from(member.as_str()) {
                     out.insert(member);
                 }
             }

@@ -89,7 +89,7 @@ impl ReceiptsService {
         // Public receipts reach everyone in the room; private ones their owner.
         let mut woken: Vec<OwnedUserId> = vec![user.to_owned()];
         if receipt_type == READ {
-            for (member, membership) in s.timeline.members(room_id)? {
+            for (member, membership) in s.timeline.members(room_id)?.iter().cloned() {
                 if membership == "join" {
                     woken.extend(OwnedUserId::try_from(member).ok());
                 }

@@ -451,14 +451,14 @@ fn summary(s: &Services, room_id: &OwnedRoomId, user: &UserId) -> ServiceResult<
     let mut joined = 0;
     let mut invited = 0;
     let mut heroes = Vec::new();
-    for (member, membership) in s.timeline.members(room_id)? {
+    for (member, membership) in s.timeline.members(room_id)?.iter() {
         match membership.as_str() {
             "join" => joined += 1,
             "invite" => invited += 1,
             _ => continue,
         }
         if member != user.as_str() && heroes.len() < 5 {
-            if let Ok(id) = OwnedUserId::try_from(member) {
+            if let Ok(id) = OwnedUserId::try_from(member.as_str()) {
                 heroes.push(id);
             }
         }

@@ -74,9 +74,9 @@ impl TypingService {
         let members: Vec<OwnedUserId> = s
             .timeline
             .members(room_id)?
-            .into_iter()
+            .iter()
             .filter(|(_, m)| m == "join")
-            .filter_map(|(u, _)| OwnedUserId::try_from(u).ok())
+            .filter_map(|(u, _)| OwnedUserId::try_from(u.as_str()).ok())
             .collect();
         match typing {
             Some(timeout) => {

@@ -567,7 +567,7 @@ impl RoomsService {
         }
         let power = self.power(s, room_id)?;
         let needed = power.action_level("invite", 0);
-        for (member, membership) in s.timeline.members(room_id)? {
+        for (member, membership) in s.timeline.members(room_id)?.iter().cloned() {
             let Ok(member) = OwnedUserId::try_from(member) else {
                 continue;
             };

@@ -168,7 +168,7 @@ impl RoomsService {
             .and_then(|c| c["join_rule"].as_str().map(str::to_owned))
             .unwrap_or_else(|| "invite".to_owned());
         if join_rule != "public" {
-            for (member, membership) in s.timeline.members(room_id)? {
+            for (member, membership) in s.timeline.members(room_id)?.iter().cloned() {
                 let Ok(member) = OwnedUserId::try_from(member) else {
                     continue;
                 };

@@ -1,6 +1,6 @@
 //! Appending events: build the PDU, authorize it, store it atomically.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use ruma::canonical_json::{redact, RedactedBecause};
 use ruma::events::{StateEventType, TimelineEventType};
@@ -20,40 +20,20 @@ use crate::service::pdu::{build_pdu, EventRef, NewPdu, Pdu};
 use crate::service::state::StateMap;
 use crate::service::{random_string, ServiceError, ServiceResult, Services};
 
-/// State lookups during one append, caching the events they read.
+/// The state before an event, as the auth rules look it up: the parsed
+/// (cached) room state finds the event ID, the PDU cache the whole event.
 struct StateView<'a> {
-    services: &'a Services,
-    state: &'a StateMap,
-    cache: std::cell::RefCell<HashMap<u64, Option<Pdu>>>,
+    timeline: &'a TimelineService,
+    state: Option<Arc<Vec<StoredEvent>>>,
 }
 
-impl<'a> StateView<'a> {
-    fn new(services: &'a Services, state: &'a StateMap) -> Self {
-        Self {
-            services,
-            state,
-            cache: Default::default(),
-        }
-    }
-
-    fn short_event(&self, event_type: &str, state_key: &str) -> Option<u64> {
-        let key = self.services.state.find_short_state_key(event_type, state_key).ok()??;
-        self.state.get(&key).copied()
-    }
-
-    fn get(&self, event_type: &str, state_key: &str) -> Option<Pdu> {
-        let short = self.short_event(event_type, state_key)?;
-        if let Some(hit) = self.cache.borrow().get(&short) {
-            return hit.clone();
-        }
-        let pdu = self
-            .services
-            .state
-            .event_id(short)
-            .ok()
-            .and_then(|id| self.services.timeline.pdu(&id).ok().flatten());
-        self.cache.borrow_mut().insert(short, pdu.clone());
-        pdu
+impl StateView<'_> {
+    fn get(&self, event_type: &str, state_key: &str) -> Option<Arc<Pdu>> {
+        let state = self.state.as_ref()?;
+        let i = state
+            .binary_search_by(|e| state_order(e).cmp(&(event_type, Some(state_key))))
+            .ok()?;
+        self.timeline.pdu(&state[i].event_id).ok().flatten()
     }
 }
 
@@ -137,10 +117,13 @@ impl TimelineService {
             None => None,
         };
         let state_before = match base_snapshot {
-            Some(id) => s.state.load_snapshot(id)?,
-            None => StateMap::new(),
+            Some(id) => Some(self.state_events(s, id)?),
+            None => None,
         };
-        let view = StateView::new(s, &state_before);
+        let view = StateView {
+            timeline: self,
+            state: state_before.clone(),
+        };
 
         // auth_events: the state the auth rules look at for this event.
         let content_raw = serde_json::value::to_raw_value(&spec.content).map_err(|e| internal("content", e))?;
@@ -194,7 +177,7 @@ impl TimelineService {
             origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
         };
         let (event_id, mut object) = build_pdu(new, rules, &s.config.server_name, &s.server_keys)?;
-        let pdu = Pdu::from_object(event_id.clone(), &object)?;
+        let pdu = Arc::new(Pdu::from_object(event_id.clone(), &object)?);
 
         check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| self.pdu(id).ok().flatten())
             .map_err(|reason| ServiceError::Forbidden(format!("the event is not allowed: {reason}")))?;
@@ -213,20 +196,23 @@ impl TimelineService {
         // The event's short ID and its mapping go into the event's batch.
         let mut batch = Batch::new();
         let short_event_id = s.state.new_short_event_id(&mut batch, &event_id)?;
-        let mut state_after = state_before.clone();
-        let mut replaced = None;
-        if let Some(state_key) = &spec.state_key {
-            let key = s.state.short_state_key(&spec.event_type.to_string(), state_key)?;
-            replaced = state_after.insert(key, short_event_id);
-        }
         let before_id = match base_snapshot {
             Some(id) => id,
-            None => s.state.save_snapshot(&state_before, None)?,
+            None => s.state.save_snapshot(&StateMap::new(), None)?,
         };
-        let after_id = if spec.state_key.is_some() {
-            s.state.save_snapshot(&state_after, Some(before_id))?
-        } else {
-            before_id
+        // Only a state event needs the snapshot's map: it makes a new one.
+        let mut replaced = None;
+        let after_id = match &spec.state_key {
+            Some(state_key) => {
+                let mut state_after = match base_snapshot {
+                    Some(id) => s.state.load_snapshot(id)?,
+                    None => StateMap::new(),
+                };
+                let key = s.state.short_state_key(&spec.event_type.to_string(), state_key)?;
+                replaced = state_after.insert(key, short_event_id);
+                s.state.save_snapshot(&state_after, Some(before_id))?
+            }
+            None => before_id,
         };
 
         // Server-side `unsigned`: what the state event replaced.
@@ -305,6 +291,7 @@ impl TimelineService {
                 );
             }
             let redacts_state = redaction_target.as_ref().is_some_and(|(_, t)| t.state_key().is_some());
+            let redacted_id = redaction_target.as_ref().map(|(_, t)| t.event_id.clone());
             if let Some((target_meta, target)) = redaction_target {
                 s.search.unindex(&mut batch, target_meta.short_room_id, &target);
                 let because = RedactedBecause::from_json(client_object(&object));
@@ -329,7 +316,10 @@ impl TimelineService {
             if spec.event_type != TimelineEventType::RoomCreate {
                 // The state after this event; the event itself is not
                 // readable by its short ID until the batch lands.
-                let mut state = self.state_events(s, before_id)?;
+                let mut state = match &state_before {
+                    Some(state) => state.clone(),
+                    None => self.state_events(s, before_id)?,
+                };
                 if spec.state_key.is_some() {
                     let mut changed: Vec<StoredEvent> = state.as_ref().clone();
                     match changed.binary_search_by(|e| state_order(e).cmp(&state_order(&stored_event))) {
@@ -346,6 +336,21 @@ impl TimelineService {
                 }
             }
             self.tables.write(batch)?;
+            // The caches learn of the change only now that it has landed.
+            {
+                let mut pdus = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(id) = &redacted_id {
+                    pdus.forget(id);
+                }
+                // The next event of the room references this one.
+                pdus.insert(pdu.clone());
+            }
+            if spec.event_type == TimelineEventType::RoomMember {
+                self.members_cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget(room_id_owned.as_str());
+            }
             if redacts_state {
                 self.clear_state_cache();
             } else if let Some(state) = state_after_parsed {
@@ -354,10 +359,9 @@ impl TimelineService {
                 // which waits for its lock, could make it stale.
                 self.remember_state(after_id, room_id_owned.to_string(), state);
             }
-            for member in self.tables.members(room_id_owned.as_str()) {
-                let (user, membership) = member?;
+            for (user, membership) in self.members(&room_id_owned)?.iter() {
                 if matches!(membership.as_str(), "join" | "invite" | "knock") {
-                    if let Ok(user) = OwnedUserId::try_from(user) {
+                    if let Ok(user) = OwnedUserId::try_from(user.as_str()) {
                         woken.push(user);
                     }
                 }
@@ -437,19 +441,12 @@ impl TimelineService {
 
     /// `(event_id, sha256 content hash)` of a stored event, for references.
     fn event_ref(&self, event_id: &EventId) -> ServiceResult<EventRef> {
-        let event = self
-            .event(event_id)?
+        let pdu = self
+            .pdu(event_id)?
             .ok_or_else(|| internal("reference", format!("{event_id} is not stored")))?;
-        let sha256 = match event.json.get("hashes") {
-            Some(CanonicalJsonValue::Object(h)) => match h.get("sha256") {
-                Some(CanonicalJsonValue::String(s)) => s.clone(),
-                _ => String::new(),
-            },
-            _ => String::new(),
-        };
         Ok(EventRef {
             event_id: event_id.to_owned(),
-            sha256,
+            sha256: pdu.content_sha256().to_owned(),
         })
     }
 }

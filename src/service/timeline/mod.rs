@@ -10,10 +10,12 @@
 //! batch. A refused event leaves nothing behind.
 
 mod append;
+mod cache;
 mod read;
 mod resolve;
 mod stored_json;
 
+pub use cache::Members;
 pub use read::{Around, VisibilityCache};
 
 use std::collections::HashMap;
@@ -331,6 +333,8 @@ pub struct TimelineService {
     pub stream: Arc<Stream>,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
     state_cache: Mutex<StateCache>,
+    pdu_cache: Mutex<cache::PduCache>,
+    members_cache: Mutex<cache::MembersCache>,
 }
 
 /// Parsed room states by snapshot ID: for each room only the snapshot read
@@ -422,6 +426,8 @@ impl TimelineService {
             stream,
             room_locks: Mutex::new(HashMap::new()),
             state_cache: Mutex::new(StateCache::default()),
+            pdu_cache: Mutex::default(),
+            members_cache: Mutex::default(),
         }
     }
 
@@ -472,12 +478,28 @@ impl TimelineService {
         Ok(Some(stored(event_id.to_owned(), meta.count, record)?))
     }
 
-    /// A stored event read for the auth rules.
-    pub fn pdu(&self, event_id: &EventId) -> ServiceResult<Option<Pdu>> {
-        match self.event(event_id)? {
-            Some(e) => Ok(Some(Pdu::from_object(e.event_id, &e.json)?)),
-            None => Ok(None),
+    /// A stored event read for the auth rules, shared through the PDU
+    /// cache (see `cache` for why a stale copy cannot get in).
+    pub fn pdu(&self, event_id: &EventId) -> ServiceResult<Option<Arc<Pdu>>> {
+        let generation = {
+            let cache = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = cache.get(event_id) {
+                return Ok(Some(hit));
+            }
+            cache.generation
+        };
+        let Some(meta) = self.tables.event_meta(event_id.as_str())? else {
+            return Ok(None);
+        };
+        let Some(record) = self.tables.event(meta.short_room_id, meta.count)? else {
+            return Ok(None);
+        };
+        let pdu = Arc::new(Pdu::from_json(event_id.to_owned(), &record.json)?);
+        let mut cache = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.generation == generation {
+            cache.insert(pdu.clone());
         }
+        Ok(Some(pdu))
     }
 
     /// A room's events from stream position `from` (inclusive) in
@@ -592,9 +614,22 @@ impl TimelineService {
         Ok(self.membership(room_id, user_id)?.as_deref() == Some("join"))
     }
 
-    /// `(user_id, membership)` of the room's members.
-    pub fn members(&self, room_id: &RoomId) -> ServiceResult<Vec<(String, String)>> {
-        Ok(self.tables.members(room_id.as_str()).collect::<Result<_, _>>()?)
+    /// `(user_id, membership)` of the room's members, shared through the
+    /// members cache (sends, syncs and presence all ask for it).
+    pub fn members(&self, room_id: &RoomId) -> ServiceResult<Members> {
+        let generation = {
+            let cache = self.members_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = cache.get(room_id.as_str()) {
+                return Ok(hit);
+            }
+            cache.generation
+        };
+        let members: Members = Arc::new(self.tables.members(room_id.as_str()).collect::<Result<_, _>>()?);
+        let mut cache = self.members_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.generation == generation {
+            cache.insert(room_id.as_str(), members.clone());
+        }
+        Ok(members)
     }
 
     /// `(room_id, record)` of every room the user has a membership in.

@@ -4,6 +4,7 @@
 //! on. Local sends never fork a room; federation will.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use ruma::room_version_rules::{RoomVersionRules, StateResolutionV2Rules};
 use ruma::state_res::utils::event_id_set::EventIdSet;
@@ -85,7 +86,7 @@ impl TimelineService {
 /// PDUs read during one resolution, each once.
 struct EventCache<'a> {
     timeline: &'a TimelineService,
-    events: std::cell::RefCell<HashMap<OwnedEventId, Option<Pdu>>>,
+    events: std::cell::RefCell<HashMap<OwnedEventId, Option<Arc<Pdu>>>>,
 }
 
 impl<'a> EventCache<'a> {
@@ -96,7 +97,7 @@ impl<'a> EventCache<'a> {
         }
     }
 
-    fn get(&self, id: &EventId) -> Option<Pdu> {
+    fn get(&self, id: &EventId) -> Option<Arc<Pdu>> {
         if let Some(hit) = self.events.borrow().get(id) {
             return hit.clone();
         }

@@ -1,0 +1,137 @@
+//! Small in-memory caches of what every send reads again: the PDUs the auth
+//! rules look at and the room's member list.
+//!
+//! Both follow one rule for staying correct without holding a lock across a
+//! database read: a writer changes storage first, then drops the entry and
+//! bumps `generation`; a reader notes the generation before it reads storage
+//! and puts what it read into the cache only if the generation is unchanged.
+//! So a copy read before a change is never put back after it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use ruma::{EventId, OwnedEventId};
+
+use crate::service::pdu::Pdu;
+
+/// Parsed PDUs kept at most. A send reads its room's create, power levels
+/// and sender's member events and references the room's last event; a
+/// thousand covers those for a few hundred busy rooms, at well under 1 KiB
+/// each for typical events.
+pub(super) const PDU_CACHE_EVENTS: usize = 1024;
+
+/// Recently read or written PDUs by event ID, first in, first out. Stored
+/// events change only when redacted (see the module's rule).
+#[derive(Default)]
+pub(super) struct PduCache {
+    pub generation: u64,
+    pdus: HashMap<OwnedEventId, Arc<Pdu>>,
+    order: VecDeque<OwnedEventId>,
+}
+
+impl PduCache {
+    pub fn get(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
+        self.pdus.get(event_id).cloned()
+    }
+
+    pub fn insert(&mut self, pdu: Arc<Pdu>) {
+        if self.pdus.contains_key(&pdu.event_id) {
+            return;
+        }
+        while self.pdus.len() >= PDU_CACHE_EVENTS {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.pdus.remove(&oldest);
+        }
+        self.order.push_back(pdu.event_id.clone());
+        self.pdus.insert(pdu.event_id.clone(), pdu);
+    }
+
+    /// Drops an event whose stored copy changed (after the change landed).
+    pub fn forget(&mut self, event_id: &EventId) {
+        self.generation += 1;
+        if self.pdus.remove(event_id).is_some() {
+            self.order.retain(|id| id != event_id);
+        }
+    }
+}
+
+/// Members kept at most, over all cached rooms; a bigger room is read from
+/// storage each time.
+pub(super) const MEMBERS_CACHE_ENTRIES: usize = 16_384;
+
+/// A room's `(user_id, membership)` list.
+pub type Members = Arc<Vec<(String, String)>>;
+
+/// Member lists by room ID, oldest room dropped first. A list changes only
+/// with a member event of its room (see the module's rule).
+#[derive(Default)]
+pub(super) struct MembersCache {
+    pub generation: u64,
+    rooms: HashMap<String, Members>,
+    order: VecDeque<String>,
+    entries: usize,
+}
+
+impl MembersCache {
+    pub fn get(&self, room_id: &str) -> Option<Members> {
+        self.rooms.get(room_id).cloned()
+    }
+
+    pub fn insert(&mut self, room_id: &str, members: Members) {
+        if members.len() > MEMBERS_CACHE_ENTRIES || self.rooms.contains_key(room_id) {
+            return;
+        }
+        while self.entries + members.len() > MEMBERS_CACHE_ENTRIES {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.rooms.remove(&oldest) {
+                self.entries -= gone.len();
+            }
+        }
+        self.entries += members.len();
+        self.order.push_back(room_id.to_owned());
+        self.rooms.insert(room_id.to_owned(), members);
+    }
+
+    /// Drops a room whose membership changed (after the change landed).
+    pub fn forget(&mut self, room_id: &str) {
+        self.generation += 1;
+        if let Some(gone) = self.rooms.remove(room_id) {
+            self.entries -= gone.len();
+            self.order.retain(|r| r != room_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: usize) -> Members {
+        Arc::new((0..n).map(|i| (format!("@u{i}:x"), "join".to_owned())).collect())
+    }
+
+    #[test]
+    fn members_cache_stays_within_its_entry_budget_and_forgets_on_change() {
+        let mut cache = MembersCache::default();
+        cache.insert("!a:x", members(MEMBERS_CACHE_ENTRIES / 2));
+        cache.insert("!b:x", members(MEMBERS_CACHE_ENTRIES / 2));
+        assert!(cache.get("!a:x").is_some() && cache.get("!b:x").is_some());
+        // A third room pushes out the oldest.
+        cache.insert("!c:x", members(10));
+        assert!(cache.get("!a:x").is_none());
+        assert!(cache.get("!b:x").is_some() && cache.get("!c:x").is_some());
+        assert!(cache.entries <= MEMBERS_CACHE_ENTRIES);
+        // Too big to keep at all.
+        cache.insert("!huge:x", members(MEMBERS_CACHE_ENTRIES + 1));
+        assert!(cache.get("!huge:x").is_none());
+        let before = cache.generation;
+        cache.forget("!b:x");
+        assert!(cache.get("!b:x").is_none());
+        assert_eq!(cache.generation, before + 1);
+        assert_eq!(cache.entries, 10);
+    }
+}
