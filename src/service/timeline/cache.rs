@@ -20,32 +20,57 @@ use crate::service::pdu::Pdu;
 /// each for typical events.
 pub(super) const PDU_CACHE_EVENTS: usize = 1024;
 
-/// Recently read or written PDUs by event ID, first in, first out. Stored
-/// events change only when redacted (see the module's rule).
+/// Recently read or written PDUs by event ID. Eviction is "second chance":
+/// the oldest entry goes unless it was read since it was queued, in which
+/// case it is queued again. So a room's create, power levels and member
+/// events, read by every send, stay while a stream of new messages passes
+/// through. Stored events change only when redacted (see the module's rule).
 #[derive(Default)]
 pub(super) struct PduCache {
     pub generation: u64,
-    pdus: HashMap<OwnedEventId, Arc<Pdu>>,
+    pdus: HashMap<OwnedEventId, CachedPdu>,
     order: VecDeque<OwnedEventId>,
 }
 
+struct CachedPdu {
+    pdu: Arc<Pdu>,
+    read_since_queued: bool,
+}
+
 impl PduCache {
-    pub fn get(&self, event_id: &EventId) -> Option<Arc<Pdu>> {
-        self.pdus.get(event_id).cloned()
+    pub fn get(&mut self, event_id: &EventId) -> Option<Arc<Pdu>> {
+        let entry = self.pdus.get_mut(event_id)?;
+        entry.read_since_queued = true;
+        Some(entry.pdu.clone())
     }
 
     pub fn insert(&mut self, pdu: Arc<Pdu>) {
         if self.pdus.contains_key(&pdu.event_id) {
             return;
         }
+        // Each pass clears a flag, so this ends within two rounds of the queue.
         while self.pdus.len() >= PDU_CACHE_EVENTS {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
-            self.pdus.remove(&oldest);
+            match self.pdus.get_mut(&oldest) {
+                Some(entry) if entry.read_since_queued => {
+                    entry.read_since_queued = false;
+                    self.order.push_back(oldest);
+                }
+                _ => {
+                    self.pdus.remove(&oldest);
+                }
+            }
         }
         self.order.push_back(pdu.event_id.clone());
-        self.pdus.insert(pdu.event_id.clone(), pdu);
+        self.pdus.insert(
+            pdu.event_id.clone(),
+            CachedPdu {
+                pdu,
+                read_since_queued: false,
+            },
+        );
     }
 
     /// Drops an event whose stored copy changed (after the change landed).
@@ -109,6 +134,35 @@ impl MembersCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pdu(n: usize) -> Arc<Pdu> {
+        let json = format!(
+            r#"{{"room_id":"!r:x","sender":"@s:x","origin_server_ts":1,"type":"m.room.message",
+               "content":{{}},"prev_events":[],"auth_events":[],"depth":{n}}}"#
+        );
+        Arc::new(Pdu::from_json(OwnedEventId::try_from(format!("$e{n}")).unwrap(), &json).unwrap())
+    }
+
+    #[test]
+    fn pdu_cache_keeps_what_is_read_while_new_events_pass_through() {
+        let mut cache = PduCache::default();
+        let hot = pdu(0);
+        cache.insert(hot.clone());
+        for n in 1..PDU_CACHE_EVENTS * 3 {
+            cache.insert(pdu(n));
+            // Every send reads the room's auth events.
+            assert!(cache.get(&hot.event_id).is_some(), "evicted after {n} inserts");
+        }
+        assert_eq!(cache.pdus.len(), PDU_CACHE_EVENTS);
+        assert_eq!(cache.order.len(), PDU_CACHE_EVENTS);
+        // Something read only once, long ago, is gone.
+        assert!(cache.get(&pdu(1).event_id).is_none());
+        let before = cache.generation;
+        cache.forget(&hot.event_id);
+        assert!(cache.get(&hot.event_id).is_none());
+        assert_eq!(cache.generation, before + 1);
+        assert_eq!(cache.order.len(), PDU_CACHE_EVENTS - 1);
+    }
 
     fn members(n: usize) -> Members {
         Arc::new((0..n).map(|i| (format!("@u{i}:x"), "join".to_owned())).collect())

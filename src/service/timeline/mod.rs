@@ -482,7 +482,7 @@ impl TimelineService {
     /// cache (see `cache` for why a stale copy cannot get in).
     pub fn pdu(&self, event_id: &EventId) -> ServiceResult<Option<Arc<Pdu>>> {
         let generation = {
-            let cache = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(hit) = cache.get(event_id) {
                 return Ok(Some(hit));
             }
