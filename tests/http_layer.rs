@@ -80,6 +80,32 @@ async fn unknown_endpoint_and_wrong_method() {
         405,
         "M_UNRECOGNIZED",
     );
+    // Routes nest segment by segment (`/rooms`, `/{room_id}`, `/send`): a
+    // miss deep inside answers the same, and every form of a nested route
+    // (the state routes with and without a state key) is still found, so
+    // it asks for a token.
+    assert_error(
+        &server
+            .call(
+                "PUT",
+                "/_matrix/client/v3/rooms/!a:localhost/send/m.room.message",
+                None,
+                None,
+            )
+            .await,
+        404,
+        "M_UNRECOGNIZED",
+    );
+    for path in [
+        "/_matrix/client/v3/rooms/!a:localhost/state",
+        "/_matrix/client/v3/rooms/!a:localhost/state/m.room.name",
+        "/_matrix/client/v3/rooms/!a:localhost/state/m.room.name/",
+        "/_matrix/client/v3/rooms/!a:localhost/state/m.room.member/@b:localhost",
+        "/_matrix/client/v1/rooms/!a:localhost/relations/$e/m.annotation/m.reaction",
+        "/_matrix/client/v3/user/@b:localhost/rooms/!a:localhost/tags",
+    ] {
+        assert_error(&server.call("GET", path, None, None).await, 401, "M_MISSING_TOKEN");
+    }
 }
 
 #[tokio::test]

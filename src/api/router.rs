@@ -179,49 +179,91 @@ impl Router {
             }
         }
         // actix tries a scope's services in turn, each variable route with a
-        // regex, so resources are grouped twice: one scope per API prefix
-        // (`/_matrix/client/v3`), and in it one per first segment
-        // (`/rooms`). A request to a room route then tries a few prefixes,
-        // a few dozen segment names and the room routes, not every route
-        // sorted before it. A scope that matches answers alone (a missing
-        // route inside it falls to the app's default), so no two groups may
-        // match one path: a variable first segment is never made a scope.
-        let mut scopes: Vec<(&'static str, Vec<ResourceGroup>)> = Vec::new();
+        // regex, so resources are nested by leading segment: one scope per
+        // API prefix (`/_matrix/client/v3`), and in it scopes segment by
+        // segment (`/rooms`, then `/{room_id}`, then `/send`). A send then
+        // runs two regexes (the room ID, then its own route), not one for
+        // every room route sorted before it.
+        let mut scopes: Vec<(&'static str, Vec<(&'static str, Vec<actix_web::Route>)>)> = Vec::new();
         for (path, path_routes) in by_path {
             let (prefix, rest) = split_prefix(path);
-            let (group, inner) = split_first_segment(rest);
-            let resource = path_routes.into_iter().fold(
-                web::resource(inner).default_service(web::to(|| async { ApiError::MethodNotAllowed.error_response() })),
-                |resource, route| resource.route(route),
-            );
-            if scopes.last().is_none_or(|(p, _)| *p != prefix) {
-                scopes.push((prefix, Vec::new()));
-            }
-            let groups = &mut scopes.last_mut().expect("pushed above").1;
-            match groups.last_mut() {
-                Some((g, resources)) if group.is_some() && *g == group => resources.push(resource),
-                _ => groups.push((group, vec![resource])),
+            match scopes.last_mut() {
+                Some((p, entries)) if *p == prefix => entries.push((rest, path_routes)),
+                _ => scopes.push((prefix, vec![(rest, path_routes)])),
             }
         }
-        for (prefix, groups) in scopes {
-            let scope = groups
+        for (prefix, entries) in scopes {
+            let scope = nest(entries)
                 .into_iter()
-                .fold(web::scope(prefix), |scope, (group, resources)| match group {
-                    Some(group) => scope.service(
-                        resources
-                            .into_iter()
-                            .fold(web::scope(group), |inner, r| inner.service(r)),
-                    ),
-                    None => resources.into_iter().fold(scope, |scope, r| scope.service(r)),
-                });
+                .fold(web::scope(prefix), |scope, node| node.register(scope));
             cfg.service(scope);
         }
     }
 }
 
-/// Resources under one first segment (`/rooms`), or one resource whose path
-/// starts with a variable (`None`).
-type ResourceGroup = (Option<&'static str>, Vec<actix_web::Resource>);
+/// A scope of nested routes, or one resource.
+enum RouteNode {
+    Scope(&'static str, Vec<RouteNode>),
+    Resource(actix_web::Resource),
+}
+
+impl RouteNode {
+    fn register(self, parent: actix_web::Scope) -> actix_web::Scope {
+        match self {
+            RouteNode::Resource(resource) => parent.service(resource),
+            RouteNode::Scope(segment, children) => parent.service(
+                children
+                    .into_iter()
+                    .fold(web::scope(segment), |scope, child| child.register(scope)),
+            ),
+        }
+    }
+}
+
+/// Nests sorted `(path, routes)` entries by their first segment. A scope
+/// that matches answers alone (a missing route inside it falls to the
+/// app's default), so no two siblings may match one path: entries under a
+/// literal first segment become a scope (literals sort before variables, so
+/// the scope is tried first, as its routes were; matching it is a string
+/// comparison), entries under a variable one only when no sibling is left
+/// beside them.
+fn nest(entries: Vec<(&'static str, Vec<actix_web::Route>)>) -> Vec<RouteNode> {
+    type Entry = (&'static str, &'static str, Vec<actix_web::Route>);
+    let mut groups: Vec<(Option<&'static str>, Vec<Entry>)> = Vec::new();
+    for (path, routes) in entries {
+        let (segment, inner) = split_first_segment(path);
+        match (groups.last_mut(), segment) {
+            (Some((Some(last), group)), Some(segment)) if *last == segment => group.push((path, inner, routes)),
+            _ => groups.push((segment, vec![(path, inner, routes)])),
+        }
+    }
+    let only_group = groups.len() == 1;
+    let mut nodes = Vec::new();
+    for (segment, group) in groups {
+        let literal = segment.is_some_and(|s| !s.starts_with("/{"));
+        let worth_a_scope = group.len() > 1 || group.iter().any(|(_, inner, _)| inner.contains('{'));
+        match segment {
+            Some(segment) if worth_a_scope && (literal || only_group) => {
+                let inner = group.into_iter().map(|(_, inner, routes)| (inner, routes)).collect();
+                nodes.push(RouteNode::Scope(segment, nest(inner)));
+            }
+            _ => nodes.extend(
+                group
+                    .into_iter()
+                    .map(|(path, _, routes)| RouteNode::Resource(resource(path, routes))),
+            ),
+        }
+    }
+    nodes
+}
+
+/// A resource answering 405 `M_UNRECOGNIZED` to the methods it lacks.
+fn resource(path: &'static str, routes: Vec<actix_web::Route>) -> actix_web::Resource {
+    routes.into_iter().fold(
+        web::resource(path).default_service(web::to(|| async { ApiError::MethodNotAllowed.error_response() })),
+        |resource, route| resource.route(route),
+    )
+}
 
 /// The path, and for one ending in `{state_key}` also the forms with an
 /// empty state key: `.../{event_type}/` and `.../{event_type}` (the spec
@@ -234,10 +276,10 @@ fn with_empty_state_key(path: &'static str) -> Vec<&'static str> {
     }
 }
 
-/// `/rooms/{room_id}/send` → (`/rooms`, `/{room_id}/send`). A path that is
-/// empty or starts with a variable is not split.
+/// `/rooms/{room_id}/send` → (`/rooms`, `/{room_id}/send`). An empty path
+/// or a lone `/` is not split.
 fn split_first_segment(rest: &'static str) -> (Option<&'static str>, &'static str) {
-    if rest.is_empty() || rest.starts_with("/{") {
+    if rest.is_empty() || rest == "/" {
         return (None, rest);
     }
     match rest[1..].find('/') {
