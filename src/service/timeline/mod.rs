@@ -503,7 +503,9 @@ impl TimelineService {
     }
 
     /// A room's events from stream position `from` (inclusive) in
-    /// `direction`, lazily.
+    /// `direction`, lazily, as clients read them: without the keys only
+    /// federation reads (see `stored_json::parse_client_object`); `event`
+    /// and `pdu` read whole PDUs.
     pub fn events<'a>(
         &'a self,
         record: &RoomRecord,
@@ -513,7 +515,7 @@ impl TimelineService {
         self.tables.events(record.short_id, from, direction).map(|r| {
             let (count, rec) = r?;
             // Stored events carry their ID (see `TimelineRecord`); parse once.
-            let json = stored_json::parse_object(&rec.json).map_err(|e| internal("stored event", e))?;
+            let json = stored_json::parse_client_object(&rec.json).map_err(|e| internal("stored event", e))?;
             let id = match json.get("event_id") {
                 Some(CanonicalJsonValue::String(id)) => {
                     OwnedEventId::try_from(id.as_str()).map_err(|e| internal("stored event ID", e))?

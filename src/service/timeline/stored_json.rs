@@ -19,6 +19,44 @@ pub(super) fn parse_object(text: &str) -> Result<CanonicalJsonObject, serde_json
     }
 }
 
+/// Parses a stored event without the keys only federation reads
+/// (`auth_events`, `prev_events`, `hashes`, `signatures`, `depth`): those
+/// are checked for valid JSON and skipped, not built. Timelines and syncs
+/// read events for clients, which never see them, and they are about half
+/// of an event's allocations.
+pub(super) fn parse_client_object(text: &str) -> Result<CanonicalJsonObject, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let object = de.deserialize_map(ClientObjectVisitor)?;
+    de.end()?;
+    Ok(object)
+}
+
+/// The top-level keys [`parse_client_object`] skips.
+pub(super) const FEDERATION_ONLY_KEYS: [&str; 5] = ["auth_events", "prev_events", "hashes", "signatures", "depth"];
+
+struct ClientObjectVisitor;
+
+impl<'de> Visitor<'de> for ClientObjectVisitor {
+    type Value = CanonicalJsonObject;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a stored event (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = CanonicalJsonObject::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if FEDERATION_ONLY_KEYS.contains(&key.as_str()) {
+                map.next_value::<de::IgnoredAny>()?;
+            } else {
+                let Canonical(value) = map.next_value()?;
+                object.insert(key, value);
+            }
+        }
+        Ok(object)
+    }
+}
+
 struct Canonical(CanonicalJsonValue);
 
 impl<'de> de::Deserialize<'de> for Canonical {
@@ -99,6 +137,20 @@ mod tests {
         assert_eq!(ours, ruma);
         for bad in [r#"{"a":1.5}"#, r#"{"a":9007199254740992}"#, r#"[1]"#, r#"{"a":1} x"#] {
             assert!(parse_object(bad).is_err(), "{bad} was accepted");
+            assert!(parse_client_object(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[test]
+    fn the_client_view_is_the_whole_event_less_the_federation_keys() {
+        let text = r#"{"auth_events":["$a","$b"],"content":{"body":"hi"},"depth":12,"event_id":"$e",
+            "hashes":{"sha256":"x"},"origin_server_ts":1,"prev_events":["$p"],"room_id":"!r:x",
+            "sender":"@s:x","signatures":{"x":{"ed25519:k":"sig"}},"type":"m.room.message",
+            "unsigned":{"age_ts":1}}"#;
+        let mut whole = parse_object(text).unwrap();
+        for key in FEDERATION_ONLY_KEYS {
+            assert!(whole.remove(key).is_some(), "{key}");
+        }
+        assert_eq!(parse_client_object(text).unwrap(), whole);
     }
 }
