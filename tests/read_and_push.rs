@@ -109,6 +109,47 @@ async fn unread_counts_rise_and_a_receipt_clears_them() {
     );
 }
 
+/// One event, several recipients: each gets the answer of their own rules,
+/// even though the rules that are the same for everybody are evaluated
+/// once per event (a mention of one member highlights only for them, and
+/// a default rule one member disabled stays off only for them).
+#[tokio::test]
+async fn each_member_gets_their_own_push_rule_answers() {
+    let (server, alice, bob, room_id) = alice_and_bob_in_a_room().await;
+    let (_, carol, _) = server.register("carol", "pw").await;
+    let (_, dave, _) = server.register("dave", "pw").await;
+    server.join(&carol, &room_id).await;
+    server.join(&dave, &room_id).await;
+    // Carol turns plain messages off.
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/_matrix/client/v3/pushrules/global/underride/.m.rule.message/enabled",
+            Some(&carol),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    server.send_text(&alice, &room_id, "hello all").await;
+    let (status, body) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/m1", enc(&room_id)),
+            Some(&alice),
+            Some(json!({"msgtype": "m.text", "body": "carol, look", "m.mentions": {"user_ids": ["@carol:localhost"]}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let bob_counts = counts(&server.sync(&bob, None, 0, None).await, &room_id);
+    let carol_counts = counts(&server.sync(&carol, None, 0, None).await, &room_id);
+    let dave_counts = counts(&server.sync(&dave, None, 0, None).await, &room_id);
+    assert_eq!(bob_counts, (2, 0), "bob: both notify, neither highlights");
+    assert_eq!(carol_counts, (1, 1), "carol: only the mention, which highlights");
+    assert_eq!(dave_counts, (2, 0), "dave: as bob, after carol was evaluated");
+}
+
 /// Alice's public room with Bob in it: (server, alice's token, bob's token, room ID).
 #[tokio::test]
 async fn thread_notifications_are_counted_apart() {

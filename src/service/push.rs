@@ -215,6 +215,7 @@ impl PushService {
         // flatten it again for each).
         let flat = FlattenedJson::from_raw(&raw);
         let sender = event.get("sender").and_then(JsonValue::as_str);
+        let mut shared_answers = [None; SHARED_DEFAULT_RULES.len()];
         for (user, display_name) in &context.recipients {
             if sender == Some(user.as_str()) {
                 continue;
@@ -232,7 +233,22 @@ impl PushService {
             // so the future is ready on its first poll.
             let mut actions: &[_] = &[];
             for rule in rules.iter() {
-                match ready(rule.applies(&flat, &ctx)) {
+                let shared = rule
+                    .is_server_default()
+                    .then(|| SHARED_DEFAULT_RULES.iter().position(|id| *id == rule.rule_id()))
+                    .flatten()
+                    .filter(|_| rule.enabled());
+                let answer = match shared.and_then(|i| shared_answers[i]) {
+                    Some(known) => Some(known),
+                    None => {
+                        let answer = ready(rule.applies(&flat, &ctx));
+                        if let Some(i) = shared {
+                            shared_answers[i] = answer;
+                        }
+                        answer
+                    }
+                };
+                match answer {
                     Some(true) => {
                         actions = rule.actions();
                         break;
@@ -321,6 +337,30 @@ impl PushService {
         Ok(())
     }
 }
+
+/// The spec's default rules whose conditions are the same for every user
+/// and read nothing of the recipient (not their ID, name or display name):
+/// for one event, an enabled one gives every recipient the same answer, so
+/// it is evaluated once per event, not once per member. The others
+/// (`.m.rule.invite_for_me`, `.m.rule.is_user_mention`,
+/// `.m.rule.contains_display_name`, `.m.rule.contains_user_name`) name the
+/// recipient and are evaluated for each.
+const SHARED_DEFAULT_RULES: [&str; 14] = [
+    ".m.rule.master",
+    ".m.rule.suppress_notices",
+    ".m.rule.member_event",
+    ".m.rule.is_room_mention",
+    ".m.rule.roomnotif",
+    ".m.rule.tombstone",
+    ".m.rule.reaction",
+    ".m.rule.room.server_acl",
+    ".m.rule.suppress_edits",
+    ".m.rule.call",
+    ".m.rule.encrypted_room_one_to_one",
+    ".m.rule.room_one_to_one",
+    ".m.rule.message",
+    ".m.rule.encrypted",
+];
 
 /// Caches `rules`, starting over when the cache is full (cheaper than
 /// tracking use, and refilled within one message per member).
