@@ -16,7 +16,7 @@ use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventCont
 use ruma::push::{FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::serde::Raw;
-use ruma::{OwnedUserId, RoomId, UInt, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 use serde_json::Value as JsonValue;
 
 use super::timeline::StoredEvent;
@@ -57,7 +57,22 @@ pub struct PushService {
     /// and across a change, so a stale read can never be cached over a newer
     /// write, and two changes to one user's rules cannot lose each other.
     rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Stored unread counts by `(user, room)`, so each message does not
+    /// read every recipient's record. Only their writers fill it: `notify`
+    /// and `clear`, which hold the room's write lock, and only once their
+    /// write has landed (`remember_unread`). So it never holds what storage
+    /// does not, and a reader may read it or storage alike.
+    unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), UnreadRecord>>,
 }
+
+/// Unread records kept in memory at most (about a hundred bytes each); the
+/// cache starts over when full.
+const CACHED_UNREAD: usize = 16_384;
+
+/// Counts `notify` put in an event's batch, for [`PushService::remember_unread`]
+/// once the batch has landed.
+#[must_use = "the counts go into the cache only once their batch has landed"]
+pub struct UnreadChanges(Vec<(OwnedUserId, UnreadRecord)>);
 
 /// What the rules of every member need to know about the room, once per event.
 pub struct RoomContext {
@@ -92,6 +107,7 @@ impl PushService {
         Self {
             tables: PushTables::new(db),
             rulesets: Mutex::new(HashMap::new()),
+            unread: Mutex::new(HashMap::new()),
         }
     }
 
@@ -206,7 +222,7 @@ impl PushService {
         event: &JsonValue,
         count: u64,
         context: &RoomContext,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<UnreadChanges> {
         let raw: Raw<JsonValue> = serde_json::value::to_raw_value(event)
             .map(Raw::from_json)
             .map_err(|e| ServiceError::Internal(format!("event for push rules: {e}")))?;
@@ -216,6 +232,7 @@ impl PushService {
         let flat = FlattenedJson::from_raw(&raw);
         let sender = event.get("sender").and_then(JsonValue::as_str);
         let mut shared_answers = [None; SHARED_DEFAULT_RULES.len()];
+        let mut changes = Vec::new();
         for (user, display_name) in &context.recipients {
             if sender == Some(user.as_str()) {
                 continue;
@@ -269,9 +286,21 @@ impl PushService {
                 self.tables
                     .put_notification(batch, user.as_str(), room_id.as_str(), count, &record);
                 self.tables.put_unread(batch, user.as_str(), room_id.as_str(), &unread);
+                changes.push((user.clone(), unread));
             }
         }
-        Ok(())
+        Ok(UnreadChanges(changes))
+    }
+
+    /// Takes the counts of a landed batch into the cache (see `unread`).
+    pub fn remember_unread(&self, room_id: &RoomId, changes: UnreadChanges) {
+        let mut cache = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        for (user, record) in changes.0 {
+            if cache.len() >= CACHED_UNREAD {
+                cache.clear();
+            }
+            cache.insert((user, room_id.to_owned()), record);
+        }
     }
 
     /// Unread counts: the main timeline (everything, unless threads are
@@ -303,6 +332,15 @@ impl PushService {
     /// The stored counts, or, in a database from before they were kept,
     /// counted from the entries.
     fn unread(&self, user: &UserId, room_id: &RoomId) -> ServiceResult<UnreadRecord> {
+        let cached = self
+            .unread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(user.to_owned(), room_id.to_owned()))
+            .cloned();
+        if let Some(record) = cached {
+            return Ok(record);
+        }
         if let Some(record) = self.tables.unread(user.as_str(), room_id.as_str())? {
             return Ok(record);
         }
@@ -333,6 +371,7 @@ impl PushService {
         if !covered.is_empty() {
             self.tables
                 .delete_notifications(user.as_str(), room_id.as_str(), &covered, &left)?;
+            self.remember_unread(room_id, UnreadChanges(vec![(user.to_owned(), left)]));
         }
         Ok(())
     }

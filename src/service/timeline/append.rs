@@ -313,6 +313,7 @@ impl TimelineService {
             s.search.index(&mut batch, room_record.short_id, &stored_event);
             // Unread notifications of the room's other local members.
             let mut state_after_parsed = None;
+            let mut unread_changes = None;
             if spec.event_type != TimelineEventType::RoomCreate {
                 // The state after this event; the event itself is not
                 // readable by its short ID until the batch lands.
@@ -332,10 +333,13 @@ impl TimelineService {
                 let context = s.push.room_context(s, rules, &state, sender.as_str())?;
                 if !context.recipients.is_empty() {
                     let event = stored_event.to_client(true, None);
-                    s.push.notify(s, &mut batch, &room_id_owned, &event, count, &context)?;
+                    unread_changes = Some(s.push.notify(s, &mut batch, &room_id_owned, &event, count, &context)?);
                 }
             }
             self.tables.write(batch)?;
+            if let Some(changes) = unread_changes {
+                s.push.remember_unread(&room_id_owned, changes);
+            }
             // The caches learn of the change only now that it has landed.
             {
                 let mut pdus = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
