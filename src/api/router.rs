@@ -171,7 +171,7 @@ impl Router {
         // actix tries services in order: literal segments must win over
         // variables (`/devices/list` before `/devices/{id}`).
         routes.sort_by(|a, b| compare_paths(a.0, b.0));
-        let mut by_path: Vec<(&'static str, Vec<actix_web::Route>)> = Vec::new();
+        let mut by_path: Vec<PathRoutes> = Vec::new();
         for (path, _method, route) in routes {
             match by_path.last_mut() {
                 Some((p, same_path)) if *p == path => same_path.push(route),
@@ -184,7 +184,7 @@ impl Router {
         // segment (`/rooms`, then `/{room_id}`, then `/send`). A send then
         // runs two regexes (the room ID, then its own route), not one for
         // every room route sorted before it.
-        let mut scopes: Vec<(&'static str, Vec<(&'static str, Vec<actix_web::Route>)>)> = Vec::new();
+        let mut scopes: Vec<(&'static str, Vec<PathRoutes>)> = Vec::new();
         for (path, path_routes) in by_path {
             let (prefix, rest) = split_prefix(path);
             match scopes.last_mut() {
@@ -200,6 +200,9 @@ impl Router {
         }
     }
 }
+
+/// A path (or the rest of one) and its routes, one per method.
+type PathRoutes = (&'static str, Vec<actix_web::Route>);
 
 /// A scope of nested routes, or one resource.
 enum RouteNode {
@@ -227,7 +230,7 @@ impl RouteNode {
 /// the scope is tried first, as its routes were; matching it is a string
 /// comparison), entries under a variable one only when no sibling is left
 /// beside them.
-fn nest(entries: Vec<(&'static str, Vec<actix_web::Route>)>) -> Vec<RouteNode> {
+fn nest(entries: Vec<PathRoutes>) -> Vec<RouteNode> {
     type Entry = (&'static str, &'static str, Vec<actix_web::Route>);
     let mut groups: Vec<(Option<&'static str>, Vec<Entry>)> = Vec::new();
     for (path, routes) in entries {
