@@ -340,6 +340,11 @@ impl TimelineService {
             if let Some(changes) = unread_changes {
                 s.push.remember_unread(&room_id_owned, changes);
             }
+            // Syncs and scrollback read the newest events first.
+            self.meta_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(&event_id, meta);
             // The caches learn of the change only now that it has landed.
             {
                 let mut pdus = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,7 +1,8 @@
-//! Small in-memory caches of what every send reads again: the PDUs the auth
-//! rules look at and the room's member list.
+//! Small in-memory caches of what every send or sync reads again: the PDUs
+//! the auth rules look at, the room's member list, and where recent events
+//! sit in the room's state.
 //!
-//! Both follow one rule for staying correct without holding a lock across a
+//! The first two follow one rule for staying correct without holding a lock across a
 //! database read: a writer changes storage first, then drops the entry and
 //! bumps `generation`; a reader notes the generation before it reads storage
 //! and puts what it read into the cache only if the generation is unchanged.
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use ruma::{EventId, OwnedEventId};
 
+use crate::database::rooms::EventMeta;
 use crate::service::pdu::Pdu;
 
 /// Parsed PDUs kept at most. A send reads its room's create, power levels
@@ -79,6 +81,40 @@ impl PduCache {
         if self.pdus.remove(event_id).is_some() {
             self.order.retain(|id| id != event_id);
         }
+    }
+}
+
+/// Event metadata entries kept at most (about a hundred bytes each): the
+/// recent events that syncs and scrollback read.
+pub(super) const META_CACHE_EVENTS: usize = 4096;
+
+/// Where recent events are stored and the state snapshots around them, by
+/// event ID, first in, first out. An event's metadata never changes once
+/// written (a redaction rewrites the event, not where it sits), so entries
+/// need no invalidation; only what storage holds is put in.
+#[derive(Default)]
+pub(super) struct MetaCache {
+    metas: HashMap<OwnedEventId, EventMeta>,
+    order: VecDeque<OwnedEventId>,
+}
+
+impl MetaCache {
+    pub fn get(&self, event_id: &EventId) -> Option<EventMeta> {
+        self.metas.get(event_id).copied()
+    }
+
+    pub fn insert(&mut self, event_id: &EventId, meta: EventMeta) {
+        if self.metas.contains_key(event_id) {
+            return;
+        }
+        while self.metas.len() >= META_CACHE_EVENTS {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.metas.remove(&oldest);
+        }
+        self.order.push_back(event_id.to_owned());
+        self.metas.insert(event_id.to_owned(), meta);
     }
 }
 
@@ -166,6 +202,27 @@ mod tests {
 
     fn members(n: usize) -> Members {
         Arc::new((0..n).map(|i| (format!("@u{i}:x"), "join".to_owned())).collect())
+    }
+
+    #[test]
+    fn meta_cache_keeps_the_most_recent_events() {
+        let mut cache = MetaCache::default();
+        let meta = |count| EventMeta {
+            short_room_id: 1,
+            count,
+            short_event_id: count,
+            state_before: 7,
+            state_after: 7,
+        };
+        let id = |n: u64| OwnedEventId::try_from(format!("$e{n}")).unwrap();
+        let total = META_CACHE_EVENTS as u64 + 10;
+        for n in 0..total {
+            cache.insert(&id(n), meta(n));
+        }
+        assert_eq!(cache.metas.len(), META_CACHE_EVENTS);
+        assert!(cache.get(&id(9)).is_none(), "the oldest went first");
+        assert_eq!(cache.get(&id(10)), Some(meta(10)));
+        assert_eq!(cache.get(&id(total - 1)), Some(meta(total - 1)));
     }
 
     #[test]

@@ -335,6 +335,7 @@ pub struct TimelineService {
     state_cache: Mutex<StateCache>,
     pdu_cache: Mutex<cache::PduCache>,
     members_cache: Mutex<cache::MembersCache>,
+    meta_cache: Mutex<cache::MetaCache>,
 }
 
 /// Parsed room states by snapshot ID: for each room only the snapshot read
@@ -428,6 +429,7 @@ impl TimelineService {
             state_cache: Mutex::new(StateCache::default()),
             pdu_cache: Mutex::default(),
             members_cache: Mutex::default(),
+            meta_cache: Mutex::default(),
         }
     }
 
@@ -463,13 +465,25 @@ impl TimelineService {
         Ok((version, rules))
     }
 
+    /// Where an event is stored and the state around it (recent events
+    /// from the metadata cache).
     pub fn event_meta(&self, event_id: &EventId) -> ServiceResult<Option<EventMeta>> {
-        Ok(self.tables.event_meta(event_id.as_str())?)
+        if let Some(hit) = self.meta_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id) {
+            return Ok(Some(hit));
+        }
+        let meta = self.tables.event_meta(event_id.as_str())?;
+        if let Some(meta) = meta {
+            self.meta_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(event_id, meta);
+        }
+        Ok(meta)
     }
 
     /// A stored event by ID.
     pub fn event(&self, event_id: &EventId) -> ServiceResult<Option<StoredEvent>> {
-        let Some(meta) = self.tables.event_meta(event_id.as_str())? else {
+        let Some(meta) = self.event_meta(event_id)? else {
             return Ok(None);
         };
         let Some(record) = self.tables.event(meta.short_room_id, meta.count)? else {
@@ -488,7 +502,7 @@ impl TimelineService {
             }
             cache.generation
         };
-        let Some(meta) = self.tables.event_meta(event_id.as_str())? else {
+        let Some(meta) = self.event_meta(event_id)? else {
             return Ok(None);
         };
         let Some(record) = self.tables.event(meta.short_room_id, meta.count)? else {
