@@ -340,6 +340,7 @@ impl TimelineService {
             if let Some(changes) = unread_changes {
                 s.push.remember_unread(&room_id_owned, changes);
             }
+            self.remember_room(&room_id_owned, &room_record);
             // Syncs and scrollback read the newest events first.
             self.meta_cache
                 .lock()

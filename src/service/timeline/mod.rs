@@ -336,7 +336,16 @@ pub struct TimelineService {
     pdu_cache: Mutex<cache::PduCache>,
     members_cache: Mutex<cache::MembersCache>,
     meta_cache: Mutex<cache::MetaCache>,
+    /// Each room's record as its last append wrote it. Only appends fill
+    /// it, under the room's write lock and once their batch has landed, so
+    /// it never holds what storage does not; readers (every send and every
+    /// sync, once per room) read it or storage alike.
+    room_cache: Mutex<HashMap<OwnedRoomId, RoomRecord>>,
 }
+
+/// Room records kept at most (a few hundred bytes each); the cache starts
+/// over when full.
+const ROOM_CACHE_ROOMS: usize = 4096;
 
 /// Parsed room states by snapshot ID: for each room only the snapshot read
 /// last (mostly its current state, which sends and syncs ask for), and at
@@ -430,6 +439,7 @@ impl TimelineService {
             pdu_cache: Mutex::default(),
             members_cache: Mutex::default(),
             meta_cache: Mutex::default(),
+            room_cache: Mutex::default(),
         }
     }
 
@@ -448,7 +458,28 @@ impl TimelineService {
     }
 
     pub fn room(&self, room_id: &RoomId) -> ServiceResult<Option<RoomRecord>> {
+        if let Some(hit) = self.room_cache.lock().unwrap_or_else(|e| e.into_inner()).get(room_id) {
+            return Ok(Some(hit.clone()));
+        }
         Ok(self.tables.room(room_id.as_str())?)
+    }
+
+    /// Keeps the record an append has just written (see `room_cache`).
+    fn remember_room(&self, room_id: &RoomId, record: &RoomRecord) {
+        let mut cache = self.room_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= ROOM_CACHE_ROOMS && !cache.contains_key(room_id) {
+            cache.clear();
+        }
+        cache.insert(room_id.to_owned(), record.clone());
+    }
+
+    /// For tests that write a room's record behind the service's back.
+    #[cfg(test)]
+    fn forget_cached_room(&self, room_id: &RoomId) {
+        self.room_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room_id);
     }
 
     pub fn room_or_404(&self, room_id: &RoomId) -> ServiceResult<RoomRecord> {

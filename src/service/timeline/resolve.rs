@@ -217,6 +217,7 @@ mod tests {
         let mut batch = Batch::new();
         s.timeline.tables.put_room(&mut batch, room_id.as_str(), &record);
         s.timeline.tables.write(batch).unwrap();
+        s.timeline.forget_cached_room(room_id);
     }
 
     #[test]
