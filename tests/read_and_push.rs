@@ -74,12 +74,23 @@ async fn unread_counts_rise_and_a_receipt_clears_them() {
     // The sender's own messages never count for them.
     let alice_sync = server.sync(&alice, None, 0, None).await;
     assert_eq!(counts(&alice_sync, &room_id), (0, 0));
+    // An incremental sync now has no receipt to show (and the server notes
+    // the room's newest receipt, which later syncs compare against).
+    let alice_since = alice_sync["next_batch"].as_str().unwrap().to_owned();
+    let quiet = server.sync(&alice, Some(&alice_since), 0, None).await;
+    assert!(ephemeral(&quiet, &room_id, "m.receipt").is_none(), "{quiet}");
 
     // Alice sees Bob's public receipt; the counts go back to zero.
     let since = sync["next_batch"].as_str().unwrap().to_owned();
     assert_eq!(receipt(&server, &bob, &room_id, "m.read", &last, json!({})).await, 200);
     let sync = server.sync(&bob, Some(&since), 0, None).await;
     assert_eq!(counts(&sync, &room_id), (0, 0), "{sync}");
+    let incremental = server.sync(&alice, Some(&alice_since), 0, None).await;
+    let receipts = ephemeral(&incremental, &room_id, "m.receipt").expect("a receipt in an incremental sync");
+    assert!(
+        receipts["content"][&last]["m.read"]["@bob:localhost"]["ts"].is_u64(),
+        "{receipts}"
+    );
     let receipts = ephemeral(&server.sync(&alice, None, 0, None).await, &room_id, "m.receipt").expect("a receipt");
     assert!(
         receipts["content"][&last]["m.read"]["@bob:localhost"]["ts"].is_u64(),

@@ -1,10 +1,10 @@
 //! Read receipts (`m.read`, `m.read.private`, threaded or not) and the read
 //! markers built on them.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
-use ruma::{EventId, OwnedUserId, RoomId, UserId};
+use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value as JsonValue};
 
 use super::push::{thread_of, ReceiptScope};
@@ -19,13 +19,33 @@ pub const READ_PRIVATE: &str = "m.read.private";
 pub struct ReceiptsService {
     tables: ReceiptTables,
     stream: Arc<Stream>,
+    /// At least the stream position of each room's newest stored receipt,
+    /// for rooms read or written since start, so an incremental /sync does
+    /// not read a room's receipts when none can be newer than its `since`.
+    /// Only ever raised; a write raises it before its position is
+    /// published, so a sync that can see a receipt never finds it lower.
+    newest: Mutex<NewestReceipts>,
 }
+
+/// See `ReceiptsService::newest`. Starting over bumps `generation`, so a
+/// reader that began before cannot put back a value a write has since
+/// raised and the clearing forgotten.
+#[derive(Default)]
+struct NewestReceipts {
+    generation: u64,
+    rooms: HashMap<OwnedRoomId, u64>,
+}
+
+/// Rooms whose newest receipt position is kept at most (the map starts
+/// over when full).
+const NEWEST_RECEIPT_ROOMS: usize = 4096;
 
 impl ReceiptsService {
     pub fn new(db: Db, stream: Arc<Stream>) -> Self {
         Self {
             tables: ReceiptTables::new(db),
             stream,
+            newest: Mutex::default(),
         }
     }
 
@@ -78,6 +98,7 @@ impl ReceiptsService {
             )
             .map_err(ServiceError::from)
             .and_then(|()| {
+                self.raise_newest(room_id, record.count, None);
                 let scope = match thread {
                     None => ReceiptScope::All,
                     Some("main") => ReceiptScope::Main,
@@ -100,16 +121,27 @@ impl ReceiptsService {
     }
 
     /// The room's receipts newer than `since` as an `m.receipt` event, as
-    /// `viewer` may see them; also the newest receipt position seen.
+    /// `viewer` may see them; also the newest receipt position seen (0 when
+    /// none can be newer than a non-zero `since`, which reads nothing).
     pub fn receipt_event(
         &self,
         room_id: &RoomId,
         since: u64,
         viewer: &UserId,
     ) -> ServiceResult<(Option<JsonValue>, u64)> {
+        let (known, generation) = {
+            let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+            (newest.rooms.get(room_id).copied(), newest.generation)
+        };
+        if since > 0 && known.is_some_and(|newest| newest <= since) {
+            return Ok((None, 0));
+        }
         let mut content: BTreeMap<String, Map<String, JsonValue>> = BTreeMap::new();
         let mut newest = 0;
-        for receipt in self.tables.room(room_id.as_str())? {
+        let mut newest_stored = 0;
+        let receipts = self.tables.room(room_id.as_str())?;
+        for receipt in receipts {
+            newest_stored = newest_stored.max(receipt.record.count);
             if receipt.receipt_type == READ_PRIVATE && receipt.user_id != viewer.as_str() {
                 continue;
             }
@@ -127,7 +159,25 @@ impl ReceiptsService {
                 .or_insert_with(|| JsonValue::Object(Map::new()));
             users[receipt.user_id.as_str()] = data;
         }
+        // Raising with what was read is safe even if a write raced the read:
+        // the write raises it too, and the larger value stays.
+        self.raise_newest(room_id, newest_stored, Some(generation));
         let event = (!content.is_empty()).then(|| json!({"type": "m.receipt", "content": content}));
         Ok((event, newest))
+    }
+
+    /// Raises the room's newest position to `count`; a reader passes the
+    /// generation it began in, a write (always up to date) passes none.
+    fn raise_newest(&self, room_id: &RoomId, count: u64, read_in: Option<u64>) {
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        if read_in.is_some_and(|g| g != newest.generation) {
+            return;
+        }
+        if newest.rooms.len() >= NEWEST_RECEIPT_ROOMS && !newest.rooms.contains_key(room_id) {
+            newest.rooms.clear();
+            newest.generation += 1;
+        }
+        let entry = newest.rooms.entry(room_id.to_owned()).or_insert(count);
+        *entry = (*entry).max(count);
     }
 }
