@@ -63,7 +63,17 @@ pub struct PushService {
     /// write has landed (`remember_unread`). So it never holds what storage
     /// does not, and a reader may read it or storage alike.
     unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), UnreadRecord>>,
+    /// Room contexts by the state snapshot they were built from: a run of
+    /// messages shares one snapshot. Snapshots never change, except that
+    /// redacting a state event rewrites it; the append doing that (under
+    /// its room's lock, the only place contexts of that room are built)
+    /// clears this with `forget_contexts`.
+    contexts: Mutex<HashMap<u64, Arc<RoomContext>>>,
 }
+
+/// Room contexts kept at most (one per busy room; the cache starts over
+/// when full).
+const CACHED_CONTEXTS: usize = 256;
 
 /// Unread records kept in memory at most (about a hundred bytes each); the
 /// cache starts over when full.
@@ -78,7 +88,8 @@ pub struct UnreadChanges(Vec<(OwnedUserId, UnreadRecord)>);
 pub struct RoomContext {
     pub member_count: u64,
     pub power_levels: Option<PushConditionPowerLevelsCtx>,
-    /// Joined local members but the sender, with their display names.
+    /// Joined local members, with their display names (`notify` skips
+    /// the sender).
     pub recipients: Vec<(OwnedUserId, String)>,
 }
 
@@ -108,6 +119,7 @@ impl PushService {
             tables: PushTables::new(db),
             rulesets: Mutex::new(HashMap::new()),
             unread: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -158,14 +170,33 @@ impl PushService {
         }
     }
 
-    /// Builds the room context for evaluating an event.
+    /// The room context for evaluating an event, from the state `state`
+    /// of snapshot `snapshot`.
     pub fn room_context(
         &self,
         s: &Services,
         rules: &RoomVersionRules,
+        snapshot: u64,
         state: &[StoredEvent],
-        sender: &str,
-    ) -> ServiceResult<RoomContext> {
+    ) -> ServiceResult<Arc<RoomContext>> {
+        if let Some(hit) = self.contexts.lock().unwrap_or_else(|e| e.into_inner()).get(&snapshot) {
+            return Ok(hit.clone());
+        }
+        let context = Arc::new(self.build_room_context(s, rules, state));
+        let mut contexts = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
+        if contexts.len() >= CACHED_CONTEXTS {
+            contexts.clear();
+        }
+        contexts.insert(snapshot, context.clone());
+        Ok(context)
+    }
+
+    /// Forgets every room context (a state event was redacted).
+    pub fn forget_contexts(&self) {
+        self.contexts.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn build_room_context(&self, s: &Services, rules: &RoomVersionRules, state: &[StoredEvent]) -> RoomContext {
         let mut member_count = 0;
         let mut recipients = Vec::new();
         for event in state.iter().filter(|e| e.event_type() == "m.room.member") {
@@ -176,7 +207,7 @@ impl PushService {
             let Some(user) = event.state_key().and_then(|k| OwnedUserId::try_from(k).ok()) else {
                 continue;
             };
-            if user.as_str() == sender || user.server_name() != s.config.server_name {
+            if user.server_name() != s.config.server_name {
                 continue;
             }
             let name = event
@@ -205,11 +236,11 @@ impl PushService {
             let levels = RoomPowerLevels::new(RoomPowerLevelsSource::Original(content), &rules.authorization, creators);
             Some(PushConditionPowerLevelsCtx::from(levels))
         });
-        Ok(RoomContext {
+        RoomContext {
             member_count,
             power_levels,
             recipients,
-        })
+        }
     }
 
     /// Evaluates `event` (client format, with `room_id`) for each recipient

@@ -330,8 +330,8 @@ impl TimelineService {
                     state = std::sync::Arc::new(changed);
                     state_after_parsed = Some(state.clone());
                 }
-                let context = s.push.room_context(s, rules, &state, sender.as_str())?;
-                if !context.recipients.is_empty() {
+                let context = s.push.room_context(s, rules, after_id, &state)?;
+                if context.recipients.iter().any(|(user, _)| user != sender) {
                     let event = stored_event.to_client(true, None);
                     unread_changes = Some(s.push.notify(s, &mut batch, &room_id_owned, &event, count, &context)?);
                 }
@@ -363,6 +363,7 @@ impl TimelineService {
             }
             if redacts_state {
                 self.clear_state_cache();
+                s.push.forget_contexts();
             } else if let Some(state) = state_after_parsed {
                 // The next event's state before: worth keeping parsed. No
                 // generation check needed: only a redaction in this room,
