@@ -17,10 +17,11 @@ use crate::database::rooms::EventMeta;
 use crate::service::pdu::Pdu;
 
 /// Parsed PDUs kept at most. A send reads its room's create, power levels
-/// and sender's member events and references the room's last event; a
-/// thousand covers those for a few hundred busy rooms, at well under 1 KiB
-/// each for typical events.
-pub(super) const PDU_CACHE_EVENTS: usize = 1024;
+/// and sender's member events and references the room's last event; the
+/// events every send of a room reads stay (second chance), the rest come
+/// and go. About 1-2 KiB each in memory: peak RSS has little room, and
+/// 1,024 measured no faster than 512.
+pub(super) const PDU_CACHE_EVENTS: usize = 512;
 
 /// Recently read or written PDUs by event ID. Eviction is "second chance":
 /// the oldest entry goes unless it was read since it was queued, in which
@@ -84,9 +85,9 @@ impl PduCache {
     }
 }
 
-/// Event metadata entries kept at most (about a hundred bytes each): the
-/// recent events that syncs and scrollback read.
-pub(super) const META_CACHE_EVENTS: usize = 4096;
+/// Event metadata entries kept at most (a few hundred bytes each in
+/// memory): the recent events that syncs and scrollback read.
+pub(super) const META_CACHE_EVENTS: usize = 2048;
 
 /// Where recent events are stored and the state snapshots around them, by
 /// event ID, first in, first out. An event's metadata never changes once
