@@ -62,7 +62,7 @@ pub struct PushService {
     /// and `clear`, which hold the room's write lock, and only once their
     /// write has landed (`remember_unread`). So it never holds what storage
     /// does not, and a reader may read it or storage alike.
-    unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), UnreadRecord>>,
+    unread: Mutex<UnreadCache>,
     /// Room contexts by the state snapshot they were built from: a run of
     /// messages shares one snapshot. Snapshots never change, except that
     /// redacting a state event rewrites it; the append doing that (under
@@ -78,6 +78,14 @@ const CACHED_CONTEXTS: usize = 256;
 /// Unread records kept in memory at most (about a hundred bytes each); the
 /// cache starts over when full.
 const CACHED_UNREAD: usize = 16_384;
+
+/// Unread records by room, then user (so a lookup needs no owned key),
+/// and how many there are in all.
+#[derive(Default)]
+struct UnreadCache {
+    rooms: HashMap<OwnedRoomId, HashMap<OwnedUserId, UnreadRecord>>,
+    records: usize,
+}
 
 /// Counts `notify` put in an event's batch, for [`PushService::remember_unread`]
 /// once the batch has landed.
@@ -118,7 +126,7 @@ impl PushService {
         Self {
             tables: PushTables::new(db),
             rulesets: Mutex::new(HashMap::new()),
-            unread: Mutex::new(HashMap::new()),
+            unread: Mutex::default(),
             contexts: Mutex::new(HashMap::new()),
         }
     }
@@ -326,11 +334,18 @@ impl PushService {
     /// Takes the counts of a landed batch into the cache (see `unread`).
     pub fn remember_unread(&self, room_id: &RoomId, changes: UnreadChanges) {
         let mut cache = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.records + changes.0.len() > CACHED_UNREAD {
+            *cache = UnreadCache::default();
+        }
+        let UnreadCache { rooms, records } = &mut *cache;
+        let room = match rooms.get_mut(room_id) {
+            Some(room) => room,
+            None => rooms.entry(room_id.to_owned()).or_default(),
+        };
         for (user, record) in changes.0 {
-            if cache.len() >= CACHED_UNREAD {
-                cache.clear();
+            if room.insert(user, record).is_none() {
+                *records += 1;
             }
-            cache.insert((user, room_id.to_owned()), record);
         }
     }
 
@@ -367,7 +382,9 @@ impl PushService {
             .unread
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(user.to_owned(), room_id.to_owned()))
+            .rooms
+            .get(room_id)
+            .and_then(|room| room.get(user))
             .cloned();
         if let Some(record) = cached {
             return Ok(record);
