@@ -166,19 +166,29 @@ impl MediaService {
         let uploader = uploader.to_owned();
         let target = target.map(|(s, m)| (s.to_owned(), m.to_owned()));
         let pending = target.is_some();
-        let uri = self
-            .blocking(move |store| {
-                let (sha256, size) = finished.store(&store.dir.join("files"), store.sync_files)?;
-                let content = MediaContent {
-                    sha256,
-                    size,
-                    content_type,
-                    filename,
-                    uploaded_ms: now_ms(),
-                };
-                store.record_upload(&uploader, content, target)
-            })
+        let stored = self
+            .blocking(move |store| finished.store(&store.dir.join("files"), store.sync_files))
             .await?;
+        let content = MediaContent {
+            sha256: stored.sha256,
+            size: stored.size,
+            content_type,
+            filename,
+            uploaded_ms: now_ms(),
+        };
+        // The file's directory entry and its record are synced at once: the
+        // media ID is unknown to anyone until both are durable, so a crash
+        // between them leaves at most a record nobody can name.
+        let shard_synced = async {
+            match stored.shard_to_sync {
+                Some(shard) => self.blocking(move |_| sync_dir(&shard)).await,
+                None => Ok(()),
+            }
+        };
+        let recorded = self.blocking(move |store| store.record_upload(&uploader, content, target));
+        let (shard_synced, recorded) = tokio::join!(shard_synced, recorded);
+        shard_synced?;
+        let uri = recorded?;
         if pending {
             self.uploaded.notify_waiters();
         }
@@ -524,12 +534,21 @@ struct FinishedWrite {
     size: u64,
 }
 
+/// Where [`FinishedWrite::store`] put an upload.
+struct StoredFile {
+    sha256: [u8; 32],
+    size: u64,
+    /// The shard directory whose entry for the file must still be synced
+    /// (with `sync` on), before the upload is answered.
+    shard_to_sync: Option<PathBuf>,
+}
+
 impl FinishedWrite {
     /// Writes the last block, syncs the file and moves it to its content
     /// address under `files_dir`, or drops it when that content is already
-    /// stored. Returns the SHA-256 and size. Without `sync`, the file and
-    /// its directory entry reach the disk when the kernel gets to them.
-    fn store(self, files_dir: &Path, sync: bool) -> ServiceResult<([u8; 32], u64)> {
+    /// stored. Without `sync`, the file and its directory entry reach the
+    /// disk when the kernel gets to them.
+    fn store(self, files_dir: &Path, sync: bool) -> ServiceResult<StoredFile> {
         let FinishedWrite {
             file,
             mut hasher,
@@ -541,12 +560,20 @@ impl FinishedWrite {
             hasher.update(&last_block);
             let sha256: [u8; 32] = hasher.finalize().into();
             let target = content_path(files_dir, &hex(&sha256));
+            let shard = target.parent().expect("content paths have a parent").to_owned();
+            let stored = StoredFile {
+                sha256,
+                size,
+                // A stored duplicate's entry may be another upload's rename
+                // whose sync has not finished: synced here too.
+                shard_to_sync: sync.then(|| shard.clone()),
+            };
             if target.exists() {
                 // Already stored: a small upload never touches the disk.
                 if file.is_some() {
                     std::fs::remove_file(&tmp).map_err(|e| io_error("removing a duplicate upload", e))?;
                 }
-                return Ok(sha256);
+                return Ok(stored);
             }
             let mut file = match file {
                 Some(file) => file,
@@ -555,10 +582,10 @@ impl FinishedWrite {
             file.write_all(&last_block)
                 .map_err(|e| io_error("writing an upload", e))?;
             if sync {
+                // The content is durable before its name is.
                 file.sync_all().map_err(|e| io_error("syncing an upload", e))?;
             }
             drop(file);
-            let parent = target.parent().expect("content paths have a parent");
             if let Err(e) = std::fs::rename(&tmp, &target) {
                 // Shards are made at start; one removed since is made again.
                 if e.kind() != std::io::ErrorKind::NotFound || !tmp.exists() {
@@ -567,19 +594,20 @@ impl FinishedWrite {
                 create_shard_dirs(files_dir, sync).map_err(|e| io_error("creating a media directory", e))?;
                 std::fs::rename(&tmp, &target).map_err(|e| io_error("storing an upload", e))?;
             }
-            if sync {
-                // The rename is durable only once its directory is synced.
-                std::fs::File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io_error("syncing the media directory", e))?;
-            }
-            Ok(sha256)
+            Ok(stored)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.map(|sha256| (sha256, size))
+        result
     }
+}
+
+/// Makes a rename into `dir` durable.
+fn sync_dir(dir: &Path) -> ServiceResult<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("syncing the media directory", e))
 }
 
 /// Makes the 256 `files/xx` shards that are missing. They exist before any
