@@ -652,6 +652,12 @@ async fn range_requests_return_the_asked_bytes() {
 
     let full = get(&server, &path, Some(&alice), &[]).await;
     assert_eq!(header(&full, "accept-ranges"), "bytes");
+    let etag = header(&full, "etag");
+    assert_eq!(full.bytes().await.unwrap().as_ref(), &audio[..]);
+    // A cached copy is confirmed without its bytes.
+    let resp = get(&server, &path, Some(&alice), &[("If-None-Match", &etag)]).await;
+    assert_eq!(resp.status(), 304);
+    assert!(resp.bytes().await.unwrap().is_empty());
     let resp = get(&server, &path, Some(&alice), &[("Range", "bytes=1000-1999")]).await;
     assert_eq!(resp.status(), 206);
     assert_eq!(header(&resp, "content-range"), "bytes 1000-1999/10000");
@@ -661,6 +667,17 @@ async fn range_requests_return_the_asked_bytes() {
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &audio[9500..]);
     let resp = get(&server, &path, Some(&alice), &[("Range", "bytes=20000-")]).await;
     assert_eq!(resp.status(), 416);
+
+    // Ranges across the server's read blocks (256 KiB) come back exact.
+    let video = noise(700_000, 6);
+    let uri = upload(&server, &alice, video.clone(), "video/webm", None).await;
+    let path = format!("/_matrix/client/v1/media/download/{}", mxc_path(&uri));
+    let resp = get(&server, &path, Some(&alice), &[("Range", "bytes=200000-600000")]).await;
+    assert_eq!(resp.status(), 206);
+    assert_eq!(header(&resp, "content-length"), "400001");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &video[200_000..=600_000]);
+    let resp = get(&server, &path, Some(&alice), &[("Range", "bytes=300000-")]).await;
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &video[300_000..]);
 }
 
 /// A one-page web site on `address`: `/` is HTML naming `/img.png`,

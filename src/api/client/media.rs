@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_files::NamedFile;
+use actix_web::body::{BoxBody, SizedStream};
 use actix_web::http::header::{
     self, Charset, ContentDisposition, DispositionParam, DispositionType, ExtendedValue, HeaderValue,
 };
-use actix_web::http::Method;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -17,7 +18,9 @@ use serde_json::json;
 
 use crate::api::router::authenticate_raw;
 use crate::api::{ApiError, Router};
-use crate::service::media::{Download, Method as ThumbnailMethod, ServedFile, ThumbnailRequest, UploadSink};
+use crate::service::media::{
+    Download, FileStream, Method as ThumbnailMethod, ServedFile, ThumbnailRequest, UploadSink,
+};
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
@@ -332,6 +335,13 @@ async fn serve(req: &HttpRequest, file: ServedFile) -> Result<HttpResponse, ApiE
             "the content of this media is missing".to_owned(),
         ))
     })?;
+    // NamedFile decides the answer (preconditions, Range, headers); the
+    // bytes come from a FileStream over the same open file.
+    let content = named
+        .file()
+        .try_clone()
+        .map_err(|e| ApiError::from(ServiceError::Internal(format!("opening a media file: {e}"))))?;
+    let size = named.metadata().len();
     let mime: mime::Mime = file.content_type.parse().unwrap_or(mime::APPLICATION_OCTET_STREAM);
     let disposition = ContentDisposition {
         disposition: if INLINE_TYPES.contains(&mime.essence_str()) {
@@ -347,6 +357,12 @@ async fn serve(req: &HttpRequest, file: ServedFile) -> Result<HttpResponse, ApiE
         .prefer_utf8(false)
         .set_content_disposition(disposition)
         .into_response(req);
+    if let Some((start, len)) = served_range(&response, size) {
+        response = response.set_body(BoxBody::new(SizedStream::new(
+            len,
+            FileStream::new(content, start, len),
+        )));
+    }
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -365,6 +381,21 @@ async fn serve(req: &HttpRequest, file: ServedFile) -> Result<HttpResponse, ApiE
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
     Ok(response)
+}
+
+/// The bytes a response from NamedFile carries: the whole file for a 200,
+/// its `Content-Range` for a 206, none otherwise (304, 412, 416).
+fn served_range(response: &HttpResponse, size: u64) -> Option<(u64, u64)> {
+    match response.status() {
+        StatusCode::OK => Some((0, size)),
+        StatusCode::PARTIAL_CONTENT => {
+            let range = response.headers().get(header::CONTENT_RANGE)?.to_str().ok()?;
+            let (first, last) = range.strip_prefix("bytes ")?.split_once('/')?.0.split_once('-')?;
+            let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+            (first <= last && last < size).then_some((first, last - first + 1))
+        }
+        _ => None,
+    }
 }
 
 /// `filename="…"` in plain ASCII for old clients, `filename*=UTF-8''…` with

@@ -10,6 +10,7 @@
 //!   and synced, so a file under `files/` is always whole. Emptied at start.
 
 mod preview;
+mod reader;
 mod thumbnail;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 
 pub use preview::PreviewConfig;
+pub use reader::FileStream;
 pub use thumbnail::{Method, ThumbnailRequest};
 
 use super::{now_ms, random_string, ServiceError, ServiceResult};
