@@ -562,13 +562,12 @@ impl FinishedWrite {
             hasher.update(&last_block);
             let sha256: [u8; 32] = hasher.finalize().into();
             let target = content_path(files_dir, &hex(&sha256));
-            let shard = target.parent().expect("content paths have a parent").to_owned();
             let stored = StoredFile {
                 sha256,
                 size,
                 // A stored duplicate's entry may be another upload's rename
                 // whose sync has not finished: synced here too.
-                shard_to_sync: sync.then(|| shard.clone()),
+                shard_to_sync: sync.then(|| target.parent().expect("content paths have a parent").to_owned()),
             };
             if target.exists() {
                 // Already stored: a small upload never touches the disk.
