@@ -18,9 +18,7 @@ use serde_json::json;
 
 use crate::api::router::authenticate_raw;
 use crate::api::{ApiError, Router};
-use crate::service::media::{
-    Download, FileStream, Method as ThumbnailMethod, ServedFile, ThumbnailRequest, UploadSink,
-};
+use crate::service::media::{Download, Method as ThumbnailMethod, ServedFile, ThumbnailRequest, UploadSink};
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
@@ -212,7 +210,7 @@ async fn download(services: Arc<Services>, req: HttpRequest, access: Access) -> 
     if let Some(name) = req.match_info().get("file_name").filter(|n| !n.is_empty()) {
         file.filename = Some(name.to_owned());
     }
-    serve(&req, file).await
+    serve(&services, &req, file).await
 }
 
 async fn thumbnail(services: Arc<Services>, req: HttpRequest, access: Access) -> Result<HttpResponse, ApiError> {
@@ -240,7 +238,7 @@ async fn thumbnail(services: Arc<Services>, req: HttpRequest, access: Access) ->
         animated: query.animated,
     };
     let file = services.media.thumbnail(found, request).await?;
-    serve(&req, file).await
+    serve(&services, &req, file).await
 }
 
 async fn preview_url(services: Arc<Services>, req: HttpRequest, _: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -328,7 +326,7 @@ async fn find(
 
 /// Streams a stored file with its type, a safe disposition and the
 /// headers that keep a browser from running it; `Range` is honoured.
-async fn serve(req: &HttpRequest, file: ServedFile) -> Result<HttpResponse, ApiError> {
+async fn serve(services: &Services, req: &HttpRequest, file: ServedFile) -> Result<HttpResponse, ApiError> {
     let named = NamedFile::open_async(&file.path).await.map_err(|e| {
         tracing::error!(path = %file.path.display(), error = %e, "media file missing");
         ApiError::from(ServiceError::NotFound(
@@ -360,7 +358,7 @@ async fn serve(req: &HttpRequest, file: ServedFile) -> Result<HttpResponse, ApiE
     if let Some((start, len)) = served_range(&response, size) {
         response = response.set_body(BoxBody::new(SizedStream::new(
             len,
-            FileStream::new(content, start, len),
+            services.media.stream_file(content, start, len),
         )));
     }
     let headers = response.headers_mut();

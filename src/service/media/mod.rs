@@ -9,6 +9,7 @@
 //! - `tmp/`: uploads in progress, renamed into `files/` only once complete
 //!   and synced, so a file under `files/` is always whole. Emptied at start.
 
+mod blocks;
 mod preview;
 mod reader;
 mod thumbnail;
@@ -29,6 +30,7 @@ use super::{now_ms, random_string, ServiceError, ServiceResult};
 use crate::config::Config;
 use crate::database::media::{MediaContent, MediaRecord, MediaTables};
 use crate::database::Db;
+use blocks::BlockPool;
 
 /// How long an ID from `/create` waits for its upload (the spec's advice).
 const PENDING_UPLOAD_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
@@ -37,13 +39,7 @@ const MAX_DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
 /// Uploads reach disk in blocks this large, written and hashed on a
 /// blocking thread while the next block arrives; at most two blocks are in
 /// memory per upload.
-const WRITE_BLOCK: usize = 256 * 1024;
-/// Each block buffer is reserved this large, at the mmap threshold that
-/// `main.rs` fixes, so glibc maps it on its own and unmaps it when the upload
-/// ends; only its first WRITE_BLOCK bytes are ever touched. Carved from the
-/// heap instead, the buffers of a few concurrent uploads left megabytes of
-/// fragments behind in the allocator's arenas.
-const BLOCK_RESERVATION: usize = 1 << 20;
+const WRITE_BLOCK: usize = blocks::BLOCK;
 
 /// A stored file ready to be served.
 #[derive(Debug, Clone)]
@@ -68,6 +64,7 @@ pub struct MediaService {
     /// Woken whenever an asynchronous upload completes.
     uploaded: tokio::sync::Notify,
     preview: preview::Previewer,
+    blocks: Arc<BlockPool>,
 }
 
 /// What the blocking work (storage, image decoding) needs, shared with the
@@ -125,7 +122,14 @@ impl MediaService {
             uploaded: tokio::sync::Notify::new(),
             preview: preview::Previewer::new(PreviewConfig::from(config), MediaTables::new(db))?,
             dir,
+            blocks: Arc::default(),
         })
+    }
+
+    /// `len` bytes of a stored file from `start`, read in blocks while they
+    /// are sent.
+    pub fn stream_file(&self, file: std::fs::File, start: u64, len: u64) -> FileStream {
+        FileStream::new(file, start, len, Arc::clone(&self.blocks))
     }
 
     /// The largest upload accepted, in bytes.
@@ -135,7 +139,12 @@ impl MediaService {
 
     /// Starts an upload: bytes go to a temporary file as they arrive.
     pub fn begin_upload(&self) -> UploadSink {
-        UploadSink::create(&self.dir.join("tmp"), self.max_upload)
+        UploadSink::create(
+            &self.dir.join("tmp"),
+            self.max_upload,
+            self.store.sync_files,
+            Arc::clone(&self.blocks),
+        )
     }
 
     /// A new `mxc://` URI for content uploaded later (`/create`), and when
@@ -398,6 +407,10 @@ pub struct UploadSink {
     path: PathBuf,
     size: u64,
     limit: u64,
+    /// Whether the file will be synced when complete: its blocks are then
+    /// sent to disk as they are written, so the final sync waits for little.
+    sync: bool,
+    blocks: Arc<BlockPool>,
 }
 
 /// What the writing thread hands back: the file, the hash so far, and the
@@ -405,7 +418,7 @@ pub struct UploadSink {
 type Written = (Option<std::fs::File>, Sha256, Vec<u8>);
 
 impl UploadSink {
-    fn create(tmp_dir: &Path, limit: u64) -> Self {
+    fn create(tmp_dir: &Path, limit: u64, sync: bool, blocks: Arc<BlockPool>) -> Self {
         Self {
             idle: Some((None, Sha256::new())),
             in_flight: None,
@@ -414,6 +427,8 @@ impl UploadSink {
             path: tmp_dir.join(random_string(24)),
             size: 0,
             limit,
+            sync,
+            blocks,
         }
     }
 
@@ -434,8 +449,10 @@ impl UploadSink {
         let mut rest = bytes;
         while !rest.is_empty() {
             if self.block.capacity() == 0 {
-                self.block = std::mem::take(&mut self.spare);
-                self.block.reserve_exact(BLOCK_RESERVATION);
+                self.block = match std::mem::take(&mut self.spare) {
+                    spare if spare.capacity() > 0 => spare,
+                    _ => self.blocks.take(),
+                };
             }
             let take = rest.len().min(WRITE_BLOCK - self.block.len());
             self.block.extend_from_slice(&rest[..take]);
@@ -454,13 +471,17 @@ impl UploadSink {
         let (file, mut hasher) = self.take_idle()?;
         let block = std::mem::take(&mut self.block);
         let path = self.path.clone();
+        let sync = self.sync;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let mut file = match file {
                 Some(file) => file,
                 None => std::fs::File::create(path)?,
             };
-            hasher.update(&block);
             file.write_all(&block)?;
+            if sync {
+                start_writeback(&file);
+            }
+            hasher.update(&block);
             let mut block = block;
             block.clear();
             Ok((Some(file), hasher, block))
@@ -503,12 +524,15 @@ impl UploadSink {
             last_block: std::mem::take(&mut self.block),
             tmp: std::mem::take(&mut self.path),
             size: self.size,
+            blocks: Arc::clone(&self.blocks),
         })
     }
 }
 
 impl Drop for UploadSink {
     fn drop(&mut self) {
+        self.blocks.give(std::mem::take(&mut self.block));
+        self.blocks.give(std::mem::take(&mut self.spare));
         if self.path.as_os_str().is_empty() {
             return;
         }
@@ -534,6 +558,7 @@ struct FinishedWrite {
     last_block: Vec<u8>,
     tmp: PathBuf,
     size: u64,
+    blocks: Arc<BlockPool>,
 }
 
 /// Where [`FinishedWrite::store`] put an upload.
@@ -557,6 +582,7 @@ impl FinishedWrite {
             last_block,
             tmp,
             size,
+            blocks,
         } = self;
         let result = (|| {
             hasher.update(&last_block);
@@ -597,12 +623,28 @@ impl FinishedWrite {
             }
             Ok(stored)
         })();
+        blocks.give(last_block);
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         result
     }
 }
+
+/// Starts writing `file`'s dirty pages to disk without waiting, so the disk
+/// works while the next block arrives and is hashed.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the whole call; offset 0 and length
+    // 0 mean the whole file. A failure only leaves the work to the final sync.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File) {}
 
 /// Makes a rename into `dir` durable.
 fn sync_dir(dir: &Path) -> ServiceResult<()> {

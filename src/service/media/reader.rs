@@ -15,10 +15,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::task::JoinHandle;
 
-use super::BLOCK_RESERVATION;
+use super::blocks::{BlockPool, BLOCK};
 
 /// Bytes read per block: at most two blocks per download are in memory.
-const READ_BLOCK: u64 = 256 * 1024;
+const READ_BLOCK: u64 = BLOCK as u64;
 
 /// `len` bytes of `file` from `start`, as a stream of blocks.
 pub struct FileStream {
@@ -27,15 +27,17 @@ pub struct FileStream {
     next: u64,
     end: u64,
     in_flight: Option<JoinHandle<io::Result<Bytes>>>,
+    blocks: Arc<BlockPool>,
 }
 
 impl FileStream {
-    pub fn new(file: File, start: u64, len: u64) -> Self {
+    pub(super) fn new(file: File, start: u64, len: u64, blocks: Arc<BlockPool>) -> Self {
         Self {
             file: Arc::new(file),
             next: start,
             end: start.saturating_add(len),
             in_flight: None,
+            blocks,
         }
     }
 
@@ -48,14 +50,35 @@ impl FileStream {
         let len = (self.end - offset).min(READ_BLOCK) as usize;
         self.next += len as u64;
         let file = Arc::clone(&self.file);
+        let blocks = Arc::clone(&self.blocks);
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            // Reserved at the mmap threshold, like upload blocks, so the
-            // buffer is unmapped once sent instead of fragmenting the heap.
-            let mut block = Vec::with_capacity(BLOCK_RESERVATION.max(len));
-            block.resize(len, 0);
-            file.read_exact_at(&mut block, offset)?;
-            Ok(Bytes::from(block))
+            let mut block = PooledBlock {
+                bytes: blocks.take(),
+                blocks,
+            };
+            block.bytes.resize(len, 0);
+            file.read_exact_at(&mut block.bytes, offset)?;
+            // Goes back to the pool once actix has sent it.
+            Ok(Bytes::from_owner(block))
         }));
+    }
+}
+
+/// A block read from a file, returned to its pool when dropped.
+struct PooledBlock {
+    bytes: Vec<u8>,
+    blocks: Arc<BlockPool>,
+}
+
+impl AsRef<[u8]> for PooledBlock {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for PooledBlock {
+    fn drop(&mut self) {
+        self.blocks.give(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -105,7 +128,7 @@ mod tests {
             (READ_BLOCK - 1, 1002),
             (5, 0),
         ] {
-            let stream = FileStream::new(file.try_clone().unwrap(), start, len);
+            let stream = FileStream::new(file.try_clone().unwrap(), start, len, Arc::default());
             let blocks: Vec<Bytes> = stream.map(|b| b.unwrap()).collect().await;
             assert!(blocks.iter().all(|b| b.len() as u64 <= READ_BLOCK));
             let got: Vec<u8> = blocks.concat();
@@ -117,7 +140,7 @@ mod tests {
     async fn a_file_shorter_than_the_range_ends_in_an_error() {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&[7; 100]).unwrap();
-        let mut stream = FileStream::new(file, 0, 200);
+        let mut stream = FileStream::new(file, 0, 200, Arc::default());
         assert!(stream.next().await.unwrap().is_err());
         assert!(stream.next().await.is_none());
     }
