@@ -4,8 +4,9 @@
 //! glibc maps it on its own and unmaps it when it is freed: carved from the
 //! heap instead, the buffers of a few concurrent transfers left megabytes of
 //! fragments behind in the allocator's arenas. A freshly mapped block costs
-//! a page fault and a cleared page for every 4 KiB touched, about a tenth
-//! of an upload's CPU, so a few blocks are kept for the next transfer.
+//! a page fault and a cleared page for every 4 KiB touched, and an unmap
+//! when freed: several percent of an upload's CPU. So a few blocks are
+//! kept for the next transfer.
 
 use std::sync::Mutex;
 
