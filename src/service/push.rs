@@ -186,9 +186,9 @@ impl PushService {
         rules: &RoomVersionRules,
         snapshot: u64,
         state: &[StoredEvent],
-    ) -> ServiceResult<Arc<RoomContext>> {
+    ) -> Arc<RoomContext> {
         if let Some(hit) = self.contexts.lock().unwrap_or_else(|e| e.into_inner()).get(&snapshot) {
-            return Ok(hit.clone());
+            return hit.clone();
         }
         let context = Arc::new(self.build_room_context(s, rules, state));
         let mut contexts = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
@@ -196,7 +196,7 @@ impl PushService {
             contexts.clear();
         }
         contexts.insert(snapshot, context.clone());
-        Ok(context)
+        context
     }
 
     /// Forgets every room context (a state event was redacted).

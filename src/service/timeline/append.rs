@@ -330,7 +330,7 @@ impl TimelineService {
                     state = std::sync::Arc::new(changed);
                     state_after_parsed = Some(state.clone());
                 }
-                let context = s.push.room_context(s, rules, after_id, &state)?;
+                let context = s.push.room_context(s, rules, after_id, &state);
                 if context.recipients.iter().any(|(user, _)| user != sender) {
                     let event = stored_event.to_client(true, None);
                     unread_changes = Some(s.push.notify(s, &mut batch, &room_id_owned, &event, count, &context)?);
