@@ -502,7 +502,11 @@ impl UploadSink {
                 .map_err(|_| ServiceError::Internal("writing an upload was cancelled".to_owned()))?
                 .map_err(|e| io_error("writing an upload", e))?;
             self.idle = Some((file, hasher));
-            self.spare = spare;
+            // A spare may be here already, unused since the last block was
+            // sent (the upload ended on a block boundary): it goes back to
+            // the pool, not to the allocator.
+            let unneeded = std::mem::replace(&mut self.spare, spare);
+            self.blocks.give(unneeded);
         }
         Ok(())
     }
@@ -707,6 +711,33 @@ mod tests {
         assert!(valid_media_id("AbC_09-x"));
         for bad in ["", "../etc", "a/b", "a.b", "%2e", "ä"] {
             assert!(!valid_media_id(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_gives_back_every_block_it_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        create_shard_dirs(&files, false).unwrap();
+        // One block is filled while the other is written, so two are in use
+        // and both come back, whether the upload ends on a block boundary
+        // (as a 1 MiB file does) or in the middle of one.
+        for len in [4 * blocks::BLOCK, 4 * blocks::BLOCK + 1000] {
+            let pool = Arc::new(BlockPool::default());
+            let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut sink = UploadSink::create(dir.path(), u64::MAX, true, Arc::clone(&pool));
+            for chunk in content.chunks(60_000) {
+                sink.write(chunk).await.unwrap();
+            }
+            let stored = sink.into_finished().await.unwrap().store(&files, true).unwrap();
+            assert_eq!(
+                pool.kept(),
+                2,
+                "both blocks of a {len}-byte upload are back in the pool"
+            );
+            let hex = hex(&stored.sha256);
+            assert_eq!(std::fs::read(content_path(&files, &hex)).unwrap(), content);
         }
     }
 }
