@@ -542,10 +542,14 @@ impl Drop for UploadSink {
         }
         let path = std::mem::take(&mut self.path);
         // A block still in flight may create the file after this: remove it
-        // once the write is done (tmp/ is also emptied at start).
+        // once the write is done (tmp/ is also emptied at start), and keep
+        // the block.
         if let (Some(write), Ok(runtime)) = (self.in_flight.take(), tokio::runtime::Handle::try_current()) {
+            let blocks = Arc::clone(&self.blocks);
             runtime.spawn(async move {
-                let _ = write.await;
+                if let Ok(Ok((_, _, block))) = write.await {
+                    blocks.give(block);
+                }
                 let _ = std::fs::remove_file(path);
             });
         } else {
@@ -739,5 +743,29 @@ mod tests {
             let hex = hex(&stored.sha256);
             assert_eq!(std::fs::read(content_path(&files, &hex)).unwrap(), content);
         }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_upload_removes_its_file_and_keeps_its_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = Arc::new(BlockPool::default());
+        let mut sink = UploadSink::create(dir.path(), u64::MAX, true, Arc::clone(&pool));
+        // A whole block and a bit: one block is being written, one filled.
+        sink.write(&vec![1; blocks::BLOCK + 10]).await.unwrap();
+        drop(sink);
+        let mut kept_and_removed = false;
+        for _ in 0..200 {
+            let empty = std::fs::read_dir(dir.path()).unwrap().next().is_none();
+            if pool.kept() == 2 && empty {
+                kept_and_removed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            kept_and_removed,
+            "both blocks are kept ({} are) and the file is removed once its write lands",
+            pool.kept()
+        );
     }
 }
