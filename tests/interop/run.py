@@ -182,6 +182,10 @@ async def nio_two_users_chat(base):
 
         deadline = time.monotonic() + 40
         for sender, receiver, prefix in [(alice, bob, "from alice"), (bob, alice, "from bob")]:
+            # The receiver catches up first (with its own earlier sends), so
+            # only the sender's 100 messages are new to it: more than its
+            # timeline limit would rightly come back limited.
+            await receiver.sync(timeout=0, sync_filter=SYNC_FILTER)
             received, _ = await asyncio.gather(
                 collect_texts(receiver, room_id, sender.user_id, 100, deadline), send_all(sender, prefix)
             )
