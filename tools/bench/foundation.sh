@@ -7,29 +7,12 @@
 #   bash tools/bench/foundation.sh [path/to/conduit]   (default: a release build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-target="${CARGO_TARGET_DIR:-$HOME/.cache/conduit-target}"
-bin="${1:-$target/release/conduit}"
-[ -x "$bin" ] || CARGO_TARGET_DIR="$target" cargo build --release --bin conduit
+source tools/bench/conduit.sh
+BENCH_BINARY="${1:-${BENCH_BINARY:-}}" conduit_binary
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 
-port=18167
-base="http://127.0.0.1:$port"
-dir=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-cat > "$dir/conduit.toml" <<TOML
-[global]
-server_name = "localhost"
-port = $port
-database_path = "$dir/db"
-log = "warn"
-TOML
-
 start=$(date +%s%N)
-"$bin" -c "$dir/conduit.toml" & pid=$!
-for _ in $(seq 1 5000); do
-    curl -sf "$base/_matrix/client/versions" >/dev/null 2>&1 && break
-    sleep 0.001
-done
+start_conduit 18167
 end=$(date +%s%N)
 echo "startup_to_first_200_ms: $(( (end - start) / 1000000 ))"
 sleep 2

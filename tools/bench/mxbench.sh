@@ -5,8 +5,7 @@
 #
 #   bash tools/bench/mxbench.sh [scale] [out.json] [extra mxbench args...]
 #   (defaults: medium, /tmp/conduit-<scale>.json)
-#   BENCH_BINARY=path/to/conduit runs that binary instead (A/B of two builds;
-#   not CONDUIT_*: the server reads those as config keys)
+#   BENCH_BINARY=path/to/conduit runs that binary instead (A/B of two builds)
 #
 # Compare with Synapse on the same machine, back to back:
 #   ../shared/bench/synapse.sh install && ../shared/bench/synapse.sh setup && ../shared/bench/synapse.sh start
@@ -18,29 +17,8 @@ cd "$(dirname "$0")/../.."
 scale="${1:-medium}"
 out="${2:-/tmp/conduit-$scale.json}"
 shift $(( $# > 2 ? 2 : $# ))
-target="${CARGO_TARGET_DIR:-$HOME/.cache/conduit-target}"
-bin="${BENCH_BINARY:-$target/release/conduit}"
-[ -x "$bin" ] || CARGO_TARGET_DIR="$target" cargo build --release --bin conduit
-
-venv="${MXBENCH_VENV:-/tmp/bench-venv}"
-[ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet -r ../shared/bench/requirements.txt; }
-
-port=18168
-dir=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-# The harness registers through the dummy flow; it logs in hundreds of
-# times, so the password cost is Synapse's order (bcrypt 12 ≈ argon2id at its defaults).
-cat > "$dir/conduit.toml" <<TOML
-[global]
-server_name = "localhost"
-port = $port
-database_path = "$dir/db"
-log = "warn"
-TOML
-"$bin" -c "$dir/conduit.toml" & pid=$!
-for _ in $(seq 1 500); do
-    curl -sf "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
-    sleep 0.01
-done
-"$venv/bin/python" ../shared/bench/mxbench.py run --base-url "http://127.0.0.1:$port" --scale "$scale" \
+source tools/bench/conduit.sh
+bench_python
+start_conduit 18168
+"$python" ../shared/bench/mxbench.py run --base-url "$base" --scale "$scale" \
     --pid "$pid" --label "conduit-$scale" --out "$out" "$@"

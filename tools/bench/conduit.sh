@@ -1,0 +1,46 @@
+# Sourced by the benchmark scripts (run from the repo root): a Conduit on a
+# fresh data directory and a loopback port, killed and removed on exit.
+#
+#   conduit_binary        builds the release binary if missing; sets $bin
+#                         (BENCH_BINARY=path/to/conduit runs that binary
+#                         instead, for an A/B of two builds; not CONDUIT_*:
+#                         the server reads those as config keys)
+#   start_conduit PORT    starts it with the default config and waits for
+#                         /versions; sets $pid, $dir and $base
+#   bench_python          the harness's Python (../shared/bench), its venv
+#                         made on first use; sets $python
+
+conduit_binary() {
+    local target="${CARGO_TARGET_DIR:-$HOME/.cache/conduit-target}"
+    bin="${BENCH_BINARY:-$target/release/conduit}"
+    [ -x "$bin" ] || CARGO_TARGET_DIR="$target" cargo build --release --bin conduit
+}
+
+start_conduit() {
+    local port="$1"
+    [ -n "${bin:-}" ] || conduit_binary
+    base="http://127.0.0.1:$port"
+    dir=$(mktemp -d)
+    trap 'kill ${pid:-} 2>/dev/null || true; wait ${pid:-} 2>/dev/null || true; rm -rf "$dir"' EXIT
+    cat > "$dir/conduit.toml" <<TOML
+[global]
+server_name = "localhost"
+port = $port
+database_path = "$dir/db"
+log = "warn"
+TOML
+    "$bin" -c "$dir/conduit.toml" & pid=$!
+    # At most 5 s, in 1 ms steps so start-up time can be read off it.
+    for _ in $(seq 1 5000); do
+        curl -sf "$base/_matrix/client/versions" >/dev/null 2>&1 && return 0
+        sleep 0.001
+    done
+    echo "conduit did not answer on $base" >&2
+    return 1
+}
+
+bench_python() {
+    local venv="${MXBENCH_VENV:-/tmp/bench-venv}"
+    [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet -r ../shared/bench/requirements.txt; }
+    python="$venv/bin/python"
+}
