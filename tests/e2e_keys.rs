@@ -292,9 +292,10 @@ async fn to_device_messages_are_delivered_until_acknowledged() {
 
     // A waiting sync wakes for a message; `*` reaches every device.
     let since = after["next_batch"].as_str().unwrap().to_owned();
+    let mark = server.log_mark();
     let waiting = server.sync(&bob2, Some(&since), 10_000, None);
     let send = async {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        server.wait_for_log(mark, &["sync waiting", &bob_id]).await;
         send_to_device(&server, &alice, "t3", json!({ &bob_id: { "*": {"body": "all"} } })).await
     };
     let (woken, (status, _)) = tokio::join!(waiting, send);
@@ -384,9 +385,10 @@ async fn device_lists_follow_key_changes_and_shared_encrypted_rooms() {
     // Bob logs in a new device and uploads keys: Alice hears of it, long-polling.
     let (_, login) = server.login("bob", "pw", Some("PHONE")).await;
     let phone = login["access_token"].as_str().unwrap().to_owned();
+    let mark = server.log_mark();
     let waiting = server.sync(&alice, Some(&alice_since), 10_000, None);
     let upload_keys = async {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        server.wait_for_log(mark, &["sync waiting", &alice_id]).await;
         upload(
             &server,
             &phone,

@@ -241,6 +241,7 @@ async fn asynchronous_upload_fills_a_created_uri_once() {
     );
 
     // A download already waiting gets the content as soon as it lands.
+    let mark = server.log_mark();
     let waiting = {
         let client = server.client.clone();
         let url = server.url(&format!(
@@ -250,7 +251,7 @@ async fn asynchronous_upload_fills_a_created_uri_once() {
         let bob = bob.clone();
         tokio::spawn(async move { client.get(url).bearer_auth(bob).send().await.unwrap() })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.wait_for_log(mark, &["download waiting for its upload"]).await;
     let (status, body) = server
         .call_raw("PUT", &put_path, Some(&alice), b"content later".to_vec())
         .await;

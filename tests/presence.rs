@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{alice_and_bob_in_a_room, assert_error, enc};
 use serde_json::{json, Value};
 
@@ -28,9 +26,10 @@ async fn presence_reaches_room_mates_and_nobody_else() {
     let since = first["next_batch"].as_str().unwrap().to_owned();
 
     // Bob's long-poll wakes for alice's new status.
+    let mark = server.log_mark();
     let waiting = server.sync(&bob, Some(&since), 10_000, None);
     let setting = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.wait_for_log(mark, &["sync waiting", &bob_id]).await;
         server
             .call(
                 "PUT",

@@ -16,7 +16,12 @@ pub struct TestServer {
     config_path: PathBuf,
     child: Option<Child>,
     pub client: reqwest::Client,
+    /// Every line the server has logged, across restarts.
+    log: ServerLog,
 }
+
+/// The lines a server logged, shared with the thread that reads them.
+pub type ServerLog = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// Cheap password hashing: tests exercise the flow, not the cost.
 const BASE_CONFIG: &str = r#"[global]
@@ -25,7 +30,7 @@ address = "127.0.0.1"
 port = 0
 argon2_memory_kib = 64
 argon2_iterations = 1
-log = "warn,conduit=info"
+log = "warn,conduit=info,conduit::wait=debug"
 "#;
 
 impl TestServer {
@@ -59,6 +64,7 @@ impl TestServer {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
+            log: ServerLog::default(),
         };
         server.spawn();
         server
@@ -67,9 +73,40 @@ impl TestServer {
     fn spawn(&mut self) {
         let mut command = conduit_command();
         command.arg("-c").arg(&self.config_path);
-        let (child, base) = spawn_and_wait_for_address(command);
+        let (child, base) = spawn_logging(command, self.log.clone());
         self.base = base;
         self.child = Some(child);
+    }
+
+    /// How many lines have been logged: a mark for [`TestServer::wait_for_log`].
+    pub fn log_mark(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Waits (at most 10 s) until a line containing every one of `needles`
+    /// has been logged after `mark`: so a test knows a request is waiting
+    /// (the server logs `conduit::wait` events) before it wakes it.
+    pub async fn wait_for_log(&self, mark: usize, needles: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let log = self.log.lock().unwrap();
+                if log[mark.min(log.len())..]
+                    .iter()
+                    .any(|l| needles.iter().all(|n| l.contains(n)))
+                {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "no log line with {needles:?} within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The lines logged so far that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 
     /// SIGTERM, then wait (at most 30 s) for the exit status.
@@ -222,13 +259,24 @@ impl TestServer {
 
     /// Sends an `m.room.message` with a fresh transaction ID.
     pub async fn send_text(&self, token: &str, room_id: &str, text: &str) -> String {
+        self.send_event(
+            token,
+            room_id,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": text}),
+        )
+        .await
+    }
+
+    /// Sends an event of `event_type` with a fresh transaction ID.
+    pub async fn send_event(&self, token: &str, room_id: &str, event_type: &str, content: Value) -> String {
         let txn = format!("t{}", TXN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let (status, resp) = self
             .call(
                 "PUT",
-                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room_id)),
+                &format!("/_matrix/client/v3/rooms/{}/send/{event_type}/{txn}", enc(room_id)),
                 Some(token),
-                Some(json!({"msgtype": "m.text", "body": text})),
+                Some(content),
             )
             .await;
         assert_eq!(status, 200, "send: {resp}");
@@ -329,7 +377,12 @@ pub fn conduit_command() -> Command {
 
 /// Starts the server and waits (at most 30 s) for the address it logs; the
 /// log is drained afterwards (echoed when TEST_SERVER_LOG is set).
-pub fn spawn_and_wait_for_address(mut command: Command) -> (Child, String) {
+pub fn spawn_and_wait_for_address(command: Command) -> (Child, String) {
+    spawn_logging(command, ServerLog::default())
+}
+
+/// As [`spawn_and_wait_for_address`], keeping every line in `log`.
+pub fn spawn_logging(mut command: Command, log_lines: ServerLog) -> (Child, String) {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -343,6 +396,7 @@ pub fn spawn_and_wait_for_address(mut command: Command) -> (Child, String) {
             if std::env::var_os("TEST_SERVER_LOG").is_some() {
                 eprintln!("[conduit] {line}");
             }
+            log_lines.lock().unwrap().push(line.clone());
             if let Some(log) = early_log.as_mut() {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = tx.send(Ok(addr.trim().to_owned()));

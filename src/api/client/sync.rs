@@ -63,6 +63,9 @@ async fn sync(services: Arc<Services>, req: Ruma<v3::Request>) -> Result<v3::Res
     let mut result = compute(services.timeline.stream.visible()).await?;
     let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     if since.is_some() && result.is_empty() && !full_state && !timeout.is_zero() {
+        // Target `conduit::wait`: what waits for what, for those (tests
+        // among them) who need to know a request is waiting.
+        tracing::debug!(target: "conduit::wait", %user, since = result.next_batch, "sync waiting for a change");
         services.timeline.stream.wait(watch, result.next_batch, timeout).await;
         let now = services.timeline.stream.visible();
         if now > result.next_batch {

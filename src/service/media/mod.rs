@@ -218,6 +218,7 @@ impl MediaService {
             if let Some(download) = self.blocking(move |store| store.download(&server, &id)).await? {
                 return Ok(download);
             }
+            tracing::debug!(target: "conduit::wait", server_name, media_id, "download waiting for its upload");
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return Err(ServiceError::NotYetUploaded);
             }
