@@ -713,3 +713,30 @@ async fn a_dehydrated_device_keeps_messages_for_the_next_login() {
         .get("DEHYDRATED1")
         .is_none());
 }
+
+#[tokio::test]
+async fn key_queries_and_claims_always_list_failures() {
+    let server = TestServer::start().await;
+    let (user_id, token, device) = server.register("alice", "pw").await;
+    let (status, body) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            Some(&token),
+            Some(json!({"device_keys": {user_id.clone(): []}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failures"], json!({}), "{body}");
+    let (status, body) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/claim",
+            Some(&token),
+            Some(json!({"one_time_keys": {user_id: {device: "signed_curve25519"}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failures"], json!({}), "{body}");
+    assert!(body["one_time_keys"].is_object(), "{body}");
+}

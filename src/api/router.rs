@@ -92,6 +92,17 @@ impl Router {
         F: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse, ApiError>> + 'static,
     {
+        self.add_with(Hooks::default(), handler);
+    }
+
+    /// Like [`Router::add`], with `hooks` on the way in or out.
+    pub fn add_with<R, F, Fut>(&mut self, hooks: Hooks, handler: F)
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthKind,
+        F: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, ApiError>> + 'static,
+    {
         let method = Method::from_bytes(R::METHOD.as_str().as_bytes()).expect("ruma methods are valid");
         let mut methods = vec![method.clone()];
         if method == Method::GET {
@@ -106,8 +117,12 @@ impl Router {
                         move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
                             let handler = handler.clone();
                             async move {
-                                let work =
-                                    handle::<R, F, Fut>(handler, services.into_inner(), req, payload, path, arg_count);
+                                let endpoint = Endpoint {
+                                    pattern: path,
+                                    arg_count,
+                                    hooks,
+                                };
+                                let work = handle::<R, F, Fut>(handler, services.into_inner(), req, payload, endpoint);
                                 match AssertUnwindSafe(work).catch_unwind().await {
                                     Ok(Ok(response)) => response,
                                     Ok(Err(error)) => {
@@ -309,13 +324,119 @@ fn compare_paths(a: &str, b: &str) -> Ordering {
     key(a).cmp(&key(b))
 }
 
+/// A check of an endpoint's JSON body before ruma reads it, given the body
+/// (always an object here) and the path arguments. It may refuse the body
+/// where ruma would accept what the spec does not (or panic), or fill in a
+/// field the spec lets clients leave out but ruma requires.
+pub type BodyCheck = fn(&mut JsonObject, &[&str]) -> Result<(), ApiError>;
+
+/// A change to an endpoint's successful JSON response after ruma wrote it:
+/// for a field ruma leaves out when empty that clients read without a
+/// check.
+pub type ResponseFix = fn(&mut JsonObject);
+
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// What an endpoint does beyond ruma's reading and writing.
+#[derive(Clone, Copy, Default)]
+pub struct Hooks {
+    pub body: Option<BodyCheck>,
+    pub response: Option<ResponseFix>,
+}
+
+impl Hooks {
+    pub fn body(check: BodyCheck) -> Self {
+        Self {
+            body: Some(check),
+            response: None,
+        }
+    }
+
+    pub fn response(fix: ResponseFix) -> Self {
+        Self {
+            body: None,
+            response: Some(fix),
+        }
+    }
+}
+
+/// What `handle` needs to know of the route a request came in on.
+#[derive(Clone, Copy)]
+struct Endpoint {
+    pattern: &'static str,
+    arg_count: usize,
+    hooks: Hooks,
+}
+
+/// The endpoints that take a JSON object but may be called with no body at
+/// all, read as `{}`: the spec gives logout and forget no body, and
+/// clients (matrix-nio among them) send joins, leaves and knocks without
+/// one. Every other POST or PUT with an empty body is `M_NOT_JSON`. Paths
+/// as ruma writes them, after the API prefix (`/_matrix/client/v3`).
+const BODY_MAY_BE_EMPTY: &[&str] = &[
+    "/join/{room_id_or_alias}",
+    "/rooms/{room_id}/join",
+    "/rooms/{room_id}/leave",
+    "/rooms/{room_id}/forget",
+    "/knock/{room_id_or_alias}",
+    "/xyz.amorgan.knock/knock/{room_id_or_alias}",
+    "/logout",
+    "/logout/all",
+];
+
+fn body_may_be_empty(pattern: &'static str) -> bool {
+    BODY_MAY_BE_EMPTY.contains(&split_prefix(pattern).1)
+}
+
+/// The deepest nesting of objects and arrays a request body may have.
+/// serde_json refuses to build a value deeper than 128 levels (and the
+/// `json!` macro panics on one); an event wraps its content in a few more
+/// levels, and a federation transaction wraps events, so bodies stop well
+/// short of that limit and every later re-read of what was stored works.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// What every JSON body must be before any endpoint reads it: UTF-8 all
+/// through (serde_json does not check the strings it skips, so invalid
+/// bytes in a field an endpoint ignores would otherwise pass and be
+/// stored) and no deeper than [`MAX_JSON_DEPTH`].
+fn check_json_body(body: &[u8]) -> Result<(), ApiError> {
+    if std::str::from_utf8(body).is_err() {
+        return Err(ApiError::NotJson("the request body is not UTF-8".to_owned()));
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(ApiError::BadJson(format!(
+                        "the request body nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
+                    )));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 async fn handle<R, F, Fut>(
     handler: F,
     services: Arc<Services>,
     req: HttpRequest,
     payload: web::Payload,
-    pattern: &'static str,
-    arg_count: usize,
+    endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError>
 where
     R: IncomingRequest + Send + 'static,
@@ -335,37 +456,40 @@ where
     let request = builder
         .body(body)
         .map_err(|e| ApiError::InvalidParam(format!("malformed request: {e}")))?;
+    let pattern = endpoint.pattern;
     let mut path_args = path_arguments(pattern, req.uri().path())?;
     // A route without its state key stands for an empty one.
-    path_args.resize(arg_count, String::new());
+    path_args.resize(endpoint.arg_count, String::new());
 
     let client_ip = req.connection_info().realip_remote_addr().map(strip_port);
     let (sender_user, sender_device) = authenticate::<R>(&services, &request, client_ip.clone()).await?;
 
-    let (parts, body) = request.into_parts();
+    let (parts, mut body) = request.into_parts();
     let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-    // Some of ruma's deserializers panic on malformed input (LoginInfo indexes
-    // a missing "type"); a panic while parsing is the client's bad input.
-    let parse = |bytes: &[u8]| {
-        let request = http::Request::from_parts(parts.clone(), bytes);
-        std::panic::catch_unwind(AssertUnwindSafe(|| R::try_from_http_request(request, &args)))
-    };
-    // Clients (matrix-nio among them) send POSTs such as /join or /leave
-    // without a body where every field is optional: read that as `{}`.
-    let as_empty_object = if body.is_empty() && matches!(parts.method, http::Method::POST | http::Method::PUT) {
-        parse(b"{}").ok().and_then(Result::ok)
+    let takes_body = matches!(parts.method, http::Method::POST | http::Method::PUT);
+    if body.is_empty() {
+        if takes_body {
+            if !body_may_be_empty(pattern) {
+                return Err(ApiError::NotJson("this endpoint needs a JSON body".to_owned()));
+            }
+            body = b"{}".to_vec();
+        }
     } else {
-        None
-    };
-    let parsed = match as_empty_object {
-        Some(parsed) => parsed,
-        None => parse(&body)
-            .map_err(|_| {
-                tracing::warn!(path = pattern, "request parsing panicked; answering as bad input");
-                malformed_body(&body, "the request body does not fit this endpoint".to_owned())
-            })?
-            .map_err(|e| request_error(e, &body))?,
-    };
+        check_json_body(&body)?;
+    }
+    if let Some(check) = endpoint.hooks.body.filter(|_| takes_body) {
+        body = checked_body(check, &body, &args)?;
+    }
+    // A panic in one of ruma's deserializers is a bug the body checks have
+    // missed: still the client's bad input, not a dead worker.
+    let parsed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        R::try_from_http_request(http::Request::from_parts(parts, &body[..]), &args)
+    }))
+    .map_err(|_| {
+        tracing::error!(path = pattern, "request parsing panicked; answering as bad input");
+        malformed_body(&body, "the request body does not fit this endpoint".to_owned())
+    })?
+    .map_err(|e| request_error(e, &body))?;
 
     let response = handler(
         services,
@@ -380,13 +504,39 @@ where
     let response = response
         .try_into_http_response::<BytesMut>()
         .map_err(|e| ApiError::Internal(format!("response serialization: {e}")))?;
-    let (parts, body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
+    if let Some(fix) = endpoint.hooks.response {
+        body = fixed_response(fix, &body)?;
+    }
     let status = StatusCode::from_u16(parts.status.as_u16()).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut out = HttpResponse::build(status);
     for (name, value) in &parts.headers {
         out.append_header((name.as_str(), value.as_bytes()));
     }
     Ok(out.body(body.freeze()))
+}
+
+/// Runs an endpoint's body check on the body as a JSON object and returns
+/// the body to parse (as checked, and completed by the check).
+fn checked_body(check: BodyCheck, body: &[u8], args: &[&str]) -> Result<Vec<u8>, ApiError> {
+    let source: &[u8] = if body.is_empty() { b"{}" } else { body };
+    let mut object: JsonObject = match serde_json::from_slice(source) {
+        Ok(serde_json::Value::Object(object)) => object,
+        Ok(_) => return Err(ApiError::BadJson("the request body must be a JSON object".to_owned())),
+        Err(e) => return Err(malformed_body(source, e.to_string())),
+    };
+    check(&mut object, args)?;
+    serde_json::to_vec(&object).map_err(|e| ApiError::Internal(format!("re-serializing a checked body: {e}")))
+}
+
+/// Runs an endpoint's response fix on the JSON object ruma wrote.
+fn fixed_response(fix: ResponseFix, body: &[u8]) -> Result<BytesMut, ApiError> {
+    let mut object: JsonObject = serde_json::from_slice(body)
+        .map_err(|e| ApiError::Internal(format!("reading back a response to fix it: {e}")))?;
+    fix(&mut object);
+    let bytes =
+        serde_json::to_vec(&object).map_err(|e| ApiError::Internal(format!("re-serializing a response: {e}")))?;
+    Ok(BytesMut::from(&bytes[..]))
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (as announced by
@@ -621,6 +771,42 @@ mod tests {
         let mut paths = vec!["/a/{id}", "/a/list", "/a/{id}/x", "/b"];
         paths.sort_by(|a, b| compare_paths(a, b));
         assert_eq!(paths, vec!["/a/list", "/a/{id}", "/a/{id}/x", "/b"]);
+    }
+
+    /// Every endpoint listed as taking an empty body is one this server
+    /// registers for POST, so the list cannot name a route that moved.
+    #[test]
+    fn endpoints_that_may_have_no_body_exist() {
+        let mut router = Router::default();
+        crate::api::client::register_routes(&mut router);
+        for listed in BODY_MAY_BE_EMPTY {
+            assert!(
+                router
+                    .routes
+                    .iter()
+                    .any(|(path, method, _)| *method == Method::POST && split_prefix(path).1 == *listed),
+                "{listed} is not a registered POST route"
+            );
+        }
+        assert!(body_may_be_empty("/_matrix/client/v3/join/{room_id_or_alias}"));
+        assert!(!body_may_be_empty("/_matrix/client/v3/createRoom"));
+    }
+
+    #[test]
+    fn bodies_must_be_utf8_and_shallow() {
+        let nested = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        assert!(check_json_body(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        assert!(matches!(
+            check_json_body(nested(MAX_JSON_DEPTH + 1).as_bytes()),
+            Err(ApiError::BadJson(_))
+        ));
+        // Brackets inside strings, escaped quotes included, do not count.
+        let in_strings = format!(r#"{{"a": "{}\"{}"}}"#, "[".repeat(200), "{".repeat(200));
+        assert!(check_json_body(in_strings.as_bytes()).is_ok());
+        assert!(matches!(
+            check_json_body(b"{\"a\": \"\xff\"}"),
+            Err(ApiError::NotJson(_))
+        ));
     }
 
     #[test]

@@ -24,6 +24,15 @@ pub struct ToDeviceService {
     queue_limit: usize,
 }
 
+/// A queued message as /sync delivers it.
+#[derive(serde::Serialize)]
+struct ToDeviceEvent<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    sender: &'a UserId,
+    content: &'a RawValue,
+}
+
 /// What a /sync delivers to one device.
 pub struct Delivery {
     pub events: Vec<Box<RawValue>>,
@@ -75,11 +84,13 @@ impl ToDeviceService {
                     Err(e) => return Err(e),
                 },
             };
-            let json = serde_json::to_string(&serde_json::json!({
-                "type": event_type,
-                "sender": sender,
-                "content": content,
-            }))
+            // Written around the client's content as it came, never parsed
+            // into a value (which fails, or panics in `json!`, on deep nesting).
+            let json = serde_json::to_string(&ToDeviceEvent {
+                event_type,
+                sender,
+                content,
+            })
             .map_err(|e| ServiceError::Internal(format!("to-device message: {e}")))?;
             for device in devices {
                 if self.tables.queue_holds(user.as_str(), &device, self.queue_limit)? {

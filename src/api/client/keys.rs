@@ -12,16 +12,26 @@ use ruma::to_device::DeviceIdOrAllDevices;
 use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, UInt};
 
 use super::raw;
+use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::sync::parse_token;
 use crate::service::to_device::Recipient;
 use crate::service::uiaa::Purpose;
 use crate::service::Services;
 
+/// `failures` in `/keys/query` and `/keys/claim` even when empty (ruma
+/// leaves it out): the spec's examples and Synapse always send it, and
+/// clients (Hydrogen) read it without a check.
+fn always_list_failures(response: &mut JsonObject) {
+    response
+        .entry("failures")
+        .or_insert_with(|| serde_json::Value::Object(JsonObject::new()));
+}
+
 pub fn register_routes(router: &mut Router) {
     router.add(upload);
-    router.add(query);
-    router.add(claim);
+    router.add_with(Hooks::response(always_list_failures), query);
+    router.add_with(Hooks::response(always_list_failures), claim);
     router.add(changes);
     router.add(upload_signing);
     router.add(upload_signatures_handler);

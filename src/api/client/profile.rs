@@ -7,6 +7,7 @@ use ruma::OwnedMxcUri;
 
 use super::only_own;
 
+use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::users::{AVATAR_URL, DISPLAYNAME};
 use crate::service::Services;
@@ -14,9 +15,30 @@ use crate::service::Services;
 pub fn register_routes(router: &mut Router) {
     router.add(profile);
     router.add(display_name);
-    router.add(set_display_name);
+    router.add_with(Hooks::body(displayname_given), set_display_name);
     router.add(avatar_url);
-    router.add(set_avatar_url);
+    router.add_with(Hooks::body(avatar_url_given), set_avatar_url);
+}
+
+/// Setting a profile field needs the field in the body: null clears it,
+/// but a body without it is a mistake, not a request to clear (ruma reads
+/// both as `None`).
+fn field_given(body: &JsonObject, field: &str) -> Result<(), ApiError> {
+    if body.contains_key(field) {
+        Ok(())
+    } else {
+        Err(ApiError::MissingParam(format!(
+            "the body needs `{field}` (null to clear it)"
+        )))
+    }
+}
+
+fn displayname_given(body: &mut JsonObject, _: &[&str]) -> Result<(), ApiError> {
+    field_given(body, DISPLAYNAME)
+}
+
+fn avatar_url_given(body: &mut JsonObject, _: &[&str]) -> Result<(), ApiError> {
+    field_given(body, AVATAR_URL)
 }
 
 async fn profile(

@@ -9,13 +9,14 @@ use ruma::api::client::push::{
 use ruma::push::{AnyPushRuleRef, RuleKind, Ruleset};
 use ruma::UserId;
 
+use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::{ServiceError, ServiceResult, Services};
 
 pub fn register_routes(router: &mut Router) {
     router.add(all_rules);
     router.add(rule);
-    router.add(set_rule);
+    router.add_with(Hooks::body(conditions_default_to_none), set_rule);
     router.add(delete_rule);
     router.add(rule_enabled);
     router.add(set_rule_enabled);
@@ -76,6 +77,15 @@ async fn rule(
     })
     .await?;
     Ok(get_pushrule::v3::Response::new(rule))
+}
+
+/// An override or underride rule sent without `conditions` has none: it
+/// always matches (the spec requires only `actions`; ruma requires both).
+fn conditions_default_to_none(body: &mut JsonObject, args: &[&str]) -> Result<(), ApiError> {
+    if matches!(args.first(), Some(&("override" | "underride"))) && !body.contains_key("conditions") {
+        body.insert("conditions".to_owned(), serde_json::Value::Array(Vec::new()));
+    }
+    Ok(())
 }
 
 async fn set_rule(

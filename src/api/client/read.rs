@@ -26,6 +26,8 @@ pub fn register_routes(router: &mut Router) {
 
 const FULLY_READ: &str = "m.fully_read";
 const TAGS: &str = "m.tag";
+/// The spec's limit on a tag's name.
+const MAX_TAG_BYTES: usize = 255;
 
 async fn receipt(
     services: Arc<Services>,
@@ -136,10 +138,22 @@ async fn set_tag(
     let user = req.user()?.to_owned();
     let body = req.body;
     only_own(&user, &body.user_id, "tags")?;
+    if body.tag.len() > MAX_TAG_BYTES {
+        return Err(ApiError::InvalidParam(format!(
+            "a tag may have at most {MAX_TAG_BYTES} bytes"
+        )));
+    }
     let info = serde_json::to_value(&body.tag_info).map_err(|e| ApiError::Internal(e.to_string()))?;
     services
         .run(move |s| {
             let mut content = read_tags(s, &user, &body.room_id)?;
+            // The client may have written `m.tag` itself, in any shape.
+            if !content.is_object() {
+                content = json!({});
+            }
+            if !content["tags"].is_object() {
+                content["tags"] = json!({});
+            }
             content["tags"][body.tag.as_str()] = info;
             s.account_data
                 .put(&user, Some(&body.room_id), TAGS, &content.to_string())

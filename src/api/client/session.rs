@@ -7,12 +7,13 @@ use ruma::api::client::session::{get_login_types, login, logout, logout_all};
 use ruma::api::client::uiaa::UserIdentifier;
 use ruma::{OwnedUserId, UserId};
 
+use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
     router.add(login_types);
-    router.add(login);
+    router.add_with(Hooks::body(login_type_given), login);
     router.add(logout);
     router.add(logout_all);
 }
@@ -25,6 +26,16 @@ async fn login_types(
     Ok(get_login_types::v3::Response::new(vec![LoginType::Password(
         PasswordLoginType::new(),
     )]))
+}
+
+/// ruma's `LoginInfo` indexes `type` and panics when it is missing: the
+/// spec requires it, so a body without it is refused first.
+fn login_type_given(body: &mut JsonObject, _: &[&str]) -> Result<(), ApiError> {
+    match body.get("type") {
+        Some(serde_json::Value::String(_)) => Ok(()),
+        Some(_) => Err(ApiError::BadJson("`type` must be a string".to_owned())),
+        None => Err(ApiError::BadJson("the login needs a `type`".to_owned())),
+    }
 }
 
 async fn login(services: Arc<Services>, req: Ruma<login::v3::Request>) -> Result<login::v3::Response, ApiError> {
