@@ -290,6 +290,18 @@ impl Config {
     /// Reads `path` (or nothing: all defaults), then applies `CONDUIT_*`
     /// overrides from `env`.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        Self::load_noting_ignored(path, env).map(|(config, _)| config)
+    }
+
+    /// As [`Config::load`]; also returns the names of `CONDUIT_*` variables
+    /// that name no config key, which are left out. A service manager, a
+    /// container or a wrapper script may set such a variable for its own
+    /// use: start-up must not fail on it (an unknown key in the file,
+    /// written for this server, still does).
+    pub fn load_noting_ignored(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
         let mut global = match path {
             Some(path) => {
                 let shown = path.display().to_string();
@@ -313,8 +325,26 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        apply_env(&mut global, env);
-        Self::from_table(global)
+        let mut ignored = Vec::new();
+        for (name, raw) in env {
+            let Some(path) = env_key_path(&name) else {
+                continue;
+            };
+            // Alone in an otherwise empty config, a variable for a key this
+            // build does not have is the only unknown field.
+            let mut alone = toml::Table::new();
+            set_path(&mut alone, &path, env_value(&raw));
+            let unknown = matches!(
+                Self::from_table(alone),
+                Err(ConfigError::Key { message, .. }) if message.starts_with("unknown field")
+            );
+            if unknown {
+                ignored.push(name);
+            } else {
+                set_path(&mut global, &path, env_value(&raw));
+            }
+        }
+        Ok((Self::from_table(global)?, ignored))
     }
 
     fn from_table(global: toml::Table) -> Result<Self, ConfigError> {
@@ -421,35 +451,40 @@ fn unknown_field_name(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
-/// `CONDUIT_PORT=8008` sets `port`; `CONDUIT_WELL_KNOWN__CLIENT=...` sets
-/// `well_known.client`. A value that parses as TOML (number, bool, array) is
-/// taken as such, anything else as a string.
-fn apply_env(global: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) {
-    for (name, raw) in env {
-        let Some(key) = name.strip_prefix("CONDUIT_") else {
-            continue;
-        };
-        if key == "CONFIG" {
-            continue;
-        }
-        let path: Vec<String> = key.to_ascii_lowercase().split("__").map(str::to_owned).collect();
-        let value = format!("v = {raw}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(raw));
-        let mut table = &mut *global;
-        for part in &path[..path.len() - 1] {
-            let entry = table
-                .entry(part.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if !entry.is_table() {
-                *entry = toml::Value::Table(toml::Table::new());
-            }
-            table = entry.as_table_mut().expect("just made a table");
-        }
-        table.insert(path[path.len() - 1].clone(), value);
+/// The key a `CONDUIT_*` variable sets: `CONDUIT_PORT` sets `port`,
+/// `CONDUIT_WELL_KNOWN__CLIENT` sets `well_known.client`. `None` for other
+/// variables and for `CONDUIT_CONFIG` (the config file's path).
+fn env_key_path(name: &str) -> Option<Vec<String>> {
+    let key = name.strip_prefix("CONDUIT_")?;
+    if key == "CONFIG" || key.is_empty() {
+        return None;
     }
+    Some(key.to_ascii_lowercase().split("__").map(str::to_owned).collect())
+}
+
+/// A variable's value: as TOML if it parses as such (number, bool,
+/// array), else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Sets the key at `path` (tables made on the way) to `value`.
+fn set_path(global: &mut toml::Table, path: &[String], value: toml::Value) {
+    let mut table = global;
+    for part in &path[..path.len() - 1] {
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        table = entry.as_table_mut().expect("just made a table");
+    }
+    table.insert(path[path.len() - 1].clone(), value);
 }
 
 #[cfg(test)]
@@ -521,9 +556,26 @@ mod tests {
             "well_known.clinet"
         );
         assert_eq!(key_of(load_str("[other]\nx = 1\n", &[]).unwrap_err()), "other");
+    }
+
+    #[test]
+    fn variables_naming_no_key_are_left_out_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conduit.toml");
+        std::fs::write(&path, "[global]\nport = 1\n").unwrap();
+        let env = [
+            ("CONDUIT_NOT_A_KEY", "1"),
+            ("CONDUIT_WELL_KNOWN__NOPE", "x"),
+            ("CONDUIT_PORT", "8008"),
+        ];
+        let (config, ignored) =
+            Config::load_noting_ignored(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+        assert_eq!(config.port, 8008);
+        assert_eq!(ignored, vec!["CONDUIT_NOT_A_KEY", "CONDUIT_WELL_KNOWN__NOPE"]);
+        // A variable for a real key with a bad value still stops start-up.
         assert_eq!(
-            key_of(load_str("", &[("CONDUIT_NOT_A_KEY", "1")]).unwrap_err()),
-            "not_a_key"
+            key_of(load_str("", &[("CONDUIT_PORT", "not a port")]).unwrap_err()),
+            "port"
         );
     }
 

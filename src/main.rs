@@ -44,14 +44,17 @@ fn release_large_blocks_when_freed() {}
 fn main() -> ExitCode {
     release_large_blocks_when_freed();
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
-        Ok(config) => config,
+    let (config, ignored_env) = match Config::load_noting_ignored(cli.config.as_deref(), std::env::vars()) {
+        Ok(loaded) => loaded,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "conduit: {e}");
             return ExitCode::from(2);
         }
     };
     if let Some(Command::CheckConfig) = cli.command {
+        for variable in &ignored_env {
+            let _ = writeln!(std::io::stderr(), "conduit: {variable} names no config key; ignored");
+        }
         let _ = write!(std::io::stdout(), "{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
@@ -68,6 +71,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic")));
+    for variable in ignored_env {
+        tracing::warn!(%variable, "environment variable names no config key; ignored");
+    }
 
     let runtime = actix_web::rt::System::new();
     match runtime.block_on(conduit::server::run(config)) {

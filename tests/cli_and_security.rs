@@ -180,3 +180,52 @@ async fn serves_tls_when_configured() {
     };
     assert!(!plain_ok);
 }
+
+/// A `CONDUIT_*` variable that is no config key (set by a service manager or
+/// a wrapper for its own use) is named in the log and does not stop the
+/// server; an unknown key in the file still does.
+#[tokio::test]
+async fn unknown_environment_variables_are_warned_about_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("conduit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\nport = 0\ndatabase_path = {:?}\n",
+            dir.path().join("db").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut command = conduit_command();
+    command
+        .arg("-c")
+        .arg(&config)
+        .env("CONDUIT_SOMETHING_ELSE", "1")
+        .env("CONDUIT_WELL_KNOWN__NOT_A_KEY", "x");
+    let log = common::ServerLog::default();
+    let (mut child, base) = common::spawn_logging(command, log.clone());
+    let status = reqwest::get(format!("{base}/_matrix/client/versions"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 200);
+    let lines = log.lock().unwrap().clone();
+    for variable in ["CONDUIT_SOMETHING_ELSE", "CONDUIT_WELL_KNOWN__NOT_A_KEY"] {
+        assert!(
+            lines.iter().any(|l| l.contains(variable) && l.contains("ignored")),
+            "{variable} is named: {lines:?}"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    std::fs::write(&config, "[global]\nnot_a_key = 1\n").unwrap();
+    let out = conduit_command()
+        .arg("-c")
+        .arg(&config)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_a_key"));
+}
