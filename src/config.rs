@@ -89,6 +89,24 @@ pub struct Config {
     /// (loopback, private, link-local, ...), e.g. `["192.168.1.0/24"]`.
     #[serde(default)]
     pub url_preview_allowed_ranges: Vec<IpRange>,
+    /// Seconds an OpenID token (for widgets, Element Call) stays valid.
+    #[serde(default = "defaults::openid_token_ttl")]
+    pub openid_token_ttl: u64,
+    /// TURN servers handed to clients for calls
+    /// (`["turn:turn.example.org?transport=udp"]`); none: no TURN.
+    #[serde(default)]
+    pub turn_uris: Vec<String>,
+    /// coturn's `static-auth-secret`: credentials are made per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_secret: Option<String>,
+    /// A fixed TURN user name and password, when there is no secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_password: Option<String>,
+    /// Seconds TURN credentials are valid.
+    #[serde(default = "defaults::turn_ttl")]
+    pub turn_ttl: u64,
 
     // Keys of upstream Conduit's file that this build accepts, so an
     // operator's file keeps working, but does not act on (yet).
@@ -106,18 +124,6 @@ pub struct Config {
     pub cleanup_second_interval: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_fetch_prev_events: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub openid_token_ttl: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub turn_uris: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub turn_secret: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub turn_username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub turn_password: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub turn_ttl: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emergency_password: Option<String>,
 }
@@ -275,6 +281,12 @@ mod defaults {
     pub fn argon2_parallelism() -> u32 {
         1
     }
+    pub fn openid_token_ttl() -> u64 {
+        3600
+    }
+    pub fn turn_ttl() -> u64 {
+        86_400
+    }
     pub fn default_room_version() -> RoomVersionId {
         RoomVersionId::V11
     }
@@ -388,6 +400,12 @@ impl Config {
             return Err(key_error(
                 "argon2_memory_kib",
                 "argon2 parameters out of range (memory ≥ 8 × parallelism KiB, iterations ≥ 1)",
+            ));
+        }
+        if matches!(&self.turn_secret, Some(s) if s.is_empty()) {
+            return Err(key_error(
+                "turn_secret",
+                "must not be empty (leave it out for no secret)",
             ));
         }
         if matches!(&self.registration_token, Some(t) if t.is_empty()) {

@@ -239,3 +239,64 @@ async fn a_space_hierarchy_walks_children_depth_first_and_hides_private_rooms() 
     // A private room's hierarchy is closed to strangers.
     assert_error(&hierarchy(&server, &bob, &b, "").await, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn room_summaries_for_those_who_may_see_the_room() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let public = server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "name": "Lobby", "topic": "hi", "room_alias_name": "lobby"}),
+        )
+        .await;
+    let private = server
+        .create_room(&alice, json!({"preset": "private_chat", "name": "Secret"}))
+        .await;
+    for prefix in [
+        "/_matrix/client/v1/room_summary",
+        "/_matrix/client/unstable/im.nheko.summary/rooms",
+    ] {
+        let path = |room: &str| {
+            if prefix.ends_with("/rooms") {
+                format!("{prefix}/{}/summary", enc(room))
+            } else {
+                format!("{prefix}/{}", enc(room))
+            }
+        };
+        let (status, body) = server.call("GET", &path("#lobby:localhost"), Some(&bob), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["room_id"], public.as_str());
+        assert_eq!(body["name"], "Lobby");
+        assert_eq!(body["topic"], "hi");
+        // The spec: no join_rule means public (and ruma writes it so).
+        assert!(body.get("join_rule").is_none_or(|r| r == "public"), "{body}");
+        assert_eq!(body["num_joined_members"], 1);
+        assert_eq!(body["membership"], "leave");
+        assert!(body["room_version"].is_string(), "{body}");
+        // Public rooms are summarized without a token too, without membership.
+        let (status, body) = server.call("GET", &path(&public), None, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("membership").is_none(), "{body}");
+        // A private room: its members see it, others get 404 as for no room.
+        let (status, body) = server.call("GET", &path(&private), Some(&alice), None).await;
+        assert_eq!((status, &body["membership"]), (200, &json!("join")), "{body}");
+        assert_eq!(body["join_rule"], "invite", "{body}");
+        assert_error(
+            &server.call("GET", &path(&private), Some(&bob), None).await,
+            404,
+            "M_NOT_FOUND",
+        );
+        assert_error(
+            &server.call("GET", &path(&private), None, None).await,
+            404,
+            "M_NOT_FOUND",
+        );
+        assert_error(
+            &server.call("GET", &path("#nowhere:localhost"), Some(&bob), None).await,
+            404,
+            "M_NOT_FOUND",
+        );
+    }
+}

@@ -76,9 +76,15 @@ pub enum Table {
     /// room_id: str)`. Value: bincode `UserRoomRecord` (membership, the stream
     /// position of the change, forgotten flag).
     UserRooms,
-    /// Client transaction IDs (`rooms.rs`). Key: `(user_id: str, device_id:
-    /// str, txn_id: str)`. Value: the event ID, UTF-8.
+    /// Client transaction IDs of event sends, kept a day (`txn_ids.rs`, for
+    /// `rooms.rs`). Key: `(user_id: str, device_id: str, txn_id: str)`.
+    /// Value: the write time in ms, `u64` big-endian, then the event ID,
+    /// UTF-8 (only the event ID in entries from before times were kept).
     TxnIds,
+    /// When each [`Table::TxnIds`] entry was written, oldest first
+    /// (`txn_ids.rs`). Key: `(written_ms: u64, user_id: str, device_id: str,
+    /// txn_id: str)`. Value: empty.
+    TxnIdsByTime,
     /// Local room aliases (`directory.rs`). Key: `(alias: str)`. Value: bincode
     /// `AliasRecord` (room ID, creator).
     RoomAliases,
@@ -159,9 +165,15 @@ pub enum Table {
     /// device_id: str, count: u64)`, count being the stream position it was
     /// sent at. Value: JSON `{type, sender, content}`.
     ToDeviceMessages,
-    /// To-device transaction IDs already handled (`to_device.rs`). Key:
-    /// `(sender_user_id: str, sender_device_id: str, txn_id: str)`. Value: empty.
+    /// To-device transaction IDs already handled, kept a day (`txn_ids.rs`,
+    /// for `to_device.rs`). Key: `(sender_user_id: str, sender_device_id:
+    /// str, txn_id: str)`. Value: the write time in ms, `u64` big-endian
+    /// (empty in entries from before times were kept).
     ToDeviceTxnIds,
+    /// When each [`Table::ToDeviceTxnIds`] entry was written (`txn_ids.rs`).
+    /// Key: `(written_ms: u64, sender_user_id: str, sender_device_id: str,
+    /// txn_id: str)`. Value: empty.
+    ToDeviceTxnIdsByTime,
     /// Server-side key backup versions (`key_backups.rs`). Key: `(user_id:
     /// str, version: u64)`. Value: bincode `BackupVersionRecord` (algorithm
     /// and auth_data JSON, etag, key count, deleted flag).
@@ -186,10 +198,14 @@ pub enum Table {
     /// Cached URL previews (`media.rs`). Key: `(url: str)`. Value: bincode
     /// `UrlPreviewRecord` (fetch time, OpenGraph JSON).
     UrlPreviews,
+    /// OpenID tokens handed to third parties (`openid.rs`), soonest expiry
+    /// first. Key: `(expires_ms: u64, sha256(token): [u8; 32])`. Value: the
+    /// user ID, UTF-8.
+    OpenIdTokens,
 }
 
 impl Table {
-    pub const ALL: [Table; 48] = [
+    pub const ALL: [Table; 51] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -211,6 +227,7 @@ impl Table {
         Table::RoomMembers,
         Table::UserRooms,
         Table::TxnIds,
+        Table::TxnIdsByTime,
         Table::RoomAliases,
         Table::AliasesByRoom,
         Table::PublicRooms,
@@ -232,12 +249,14 @@ impl Table {
         Table::DeviceListChanges,
         Table::ToDeviceMessages,
         Table::ToDeviceTxnIds,
+        Table::ToDeviceTxnIdsByTime,
         Table::BackupVersions,
         Table::BackupKeys,
         Table::DehydratedDevices,
         Table::Media,
         Table::PendingMedia,
         Table::UrlPreviews,
+        Table::OpenIdTokens,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -264,6 +283,7 @@ impl Table {
             Table::RoomMembers => "room_members",
             Table::UserRooms => "user_rooms",
             Table::TxnIds => "txn_ids",
+            Table::TxnIdsByTime => "txn_ids_by_time",
             Table::RoomAliases => "room_aliases",
             Table::AliasesByRoom => "aliases_by_room",
             Table::PublicRooms => "public_rooms",
@@ -285,12 +305,14 @@ impl Table {
             Table::DeviceListChanges => "device_list_changes",
             Table::ToDeviceMessages => "to_device_messages",
             Table::ToDeviceTxnIds => "to_device_txn_ids",
+            Table::ToDeviceTxnIdsByTime => "to_device_txn_ids_by_time",
             Table::BackupVersions => "backup_versions",
             Table::BackupKeys => "backup_keys",
             Table::DehydratedDevices => "dehydrated_devices",
             Table::Media => "media",
             Table::PendingMedia => "pending_media",
             Table::UrlPreviews => "url_previews",
+            Table::OpenIdTokens => "openid_tokens",
         }
     }
 }

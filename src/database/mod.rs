@@ -13,6 +13,7 @@ pub mod key_backups;
 pub mod keys;
 pub mod media;
 pub mod meta;
+pub mod openid;
 pub mod presence;
 pub mod push;
 pub mod receipts;

@@ -8,6 +8,7 @@ pub mod e2e_keys;
 pub mod filters;
 pub mod key_backups;
 pub mod media;
+pub mod openid;
 pub mod password;
 pub mod pdu;
 pub mod presence;
@@ -26,6 +27,7 @@ pub mod to_device;
 pub mod typing;
 pub mod uiaa;
 pub mod users;
+pub mod voip;
 
 use std::sync::Arc;
 
@@ -124,6 +126,8 @@ pub struct Services {
     pub key_backups: key_backups::KeyBackupsService,
     pub dehydrated_devices: dehydrated_devices::DehydratedDevicesService,
     pub media: media::MediaService,
+    pub openid: openid::OpenIdService,
+    pub voip: voip::VoipService,
     /// Event writes running now (see [`Services::run_write`]).
     writes_in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -175,6 +179,8 @@ impl Services {
             timeline: timeline::TimelineService::new(db.clone(), stream),
             rooms: rooms::RoomsService::new(db.clone()),
             media: media::MediaService::open(db.clone(), &config)?,
+            openid: openid::OpenIdService::new(db.clone(), config.openid_token_ttl),
+            voip: voip::VoipService::new(&config),
             writes_in_flight: Default::default(),
             config,
             db,

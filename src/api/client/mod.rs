@@ -22,6 +22,7 @@ mod search;
 mod session;
 mod sync;
 mod user_directory;
+mod voip_and_openid;
 
 use ruma::serde::Raw;
 use ruma::UserId;
@@ -67,4 +68,5 @@ pub fn register_routes(router: &mut Router) {
     search::register_routes(router);
     relations::register_routes(router);
     media::register_routes(router);
+    voip_and_openid::register_routes(router);
 }

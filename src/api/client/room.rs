@@ -6,7 +6,7 @@ use ruma::api::client::alias::{create_alias, delete_alias, get_alias};
 use ruma::api::client::directory::{
     get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
 };
-use ruma::api::client::room::{aliases, create_room, get_room_event, upgrade_room, Visibility};
+use ruma::api::client::room::{aliases, create_room, get_room_event, get_summary, upgrade_room, Visibility};
 use ruma::api::client::space::get_hierarchy;
 use ruma::directory::PublicRoomsChunk;
 use ruma::serde::Raw;
@@ -21,6 +21,7 @@ pub fn register_routes(router: &mut Router) {
     router.add(create_room);
     router.add(upgrade);
     router.add(hierarchy);
+    router.add(summary);
     router.add(get_event);
     router.add(create_alias);
     router.add(delete_alias);
@@ -321,5 +322,21 @@ async fn hierarchy(
         .into_iter()
         .map(|room| serde_json::from_value(room).map_err(|e| ApiError::Internal(format!("hierarchy entry: {e}"))))
         .collect::<Result<_, _>>()?;
+    Ok(response)
+}
+
+async fn summary(
+    services: Arc<Services>,
+    req: Ruma<get_summary::v1::Request>,
+) -> Result<get_summary::v1::Response, ApiError> {
+    use ruma::events::room::member::MembershipState;
+    let viewer = req.sender_user.clone();
+    let room = req.body.room_id_or_alias.to_string();
+    let (entry, membership) = services
+        .run(move |s| s.rooms.summary(s, viewer.as_deref(), &room))
+        .await?;
+    let summary = serde_json::from_value(entry).map_err(|e| ApiError::Internal(format!("room summary: {e}")))?;
+    let mut response = get_summary::v1::Response::new(summary);
+    response.membership = membership.map(|m| MembershipState::from(m.as_str()));
     Ok(response)
 }

@@ -124,7 +124,7 @@ impl RoomsService {
             }
         };
         let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-        if !self.may_preview(s, user, root)? {
+        if !self.may_preview(s, Some(user), root)? {
             return Err(ServiceError::Forbidden(
                 "you are not allowed to view this room".to_owned(),
             ));
@@ -146,19 +146,11 @@ impl RoomsService {
             let Some(record) = s.timeline.room(&room_id)? else {
                 continue;
             };
-            if room_id != root && !self.may_preview(s, user, &room_id)? {
+            if room_id != root && !self.may_preview(s, Some(user), &room_id)? {
                 continue;
             }
             let state = s.timeline.state_events(s, record.state_snapshot)?;
-            let mut entry = directory_entry(&room_id, &state);
-            entry["room_version"] = record.version.clone().into();
-            if let Some(encryption) = state
-                .iter()
-                .find(|e| e.event_type() == "m.room.encryption")
-                .and_then(|e| e.content_str("algorithm"))
-            {
-                entry["encryption"] = encryption.into();
-            }
+            let mut entry = summary_entry(&room_id, &record.version, &state);
             entry["children_state"] = children_state(&state).into();
             rooms.push(entry);
             if query.max_depth.is_none_or(|max| depth < max) {
@@ -175,14 +167,51 @@ impl RoomsService {
         })
     }
 
-    /// Whether `user` may see a room's summary: as a member or invitee, or
-    /// because anyone may find it (public, knockable, world-readable), or
-    /// because they are in a room a restricted join rule allows.
-    fn may_preview(&self, s: &Services, user: &UserId, room_id: &RoomId) -> ServiceResult<bool> {
+    /// `GET /room_summary/{roomIdOrAlias}`: a room's summary and, for a
+    /// signed-in `viewer`, their membership (`leave` when they have none).
+    /// A room the viewer may not preview is as unknown as one that is not.
+    pub fn summary(
+        &self,
+        s: &Services,
+        viewer: Option<&UserId>,
+        room: &str,
+    ) -> ServiceResult<(JsonValue, Option<String>)> {
+        let not_found = || ServiceError::NotFound("no room of that ID or alias is visible to you".to_owned());
+        let room_id = match self.resolve_room(s, room) {
+            Err(ServiceError::NotFound(_)) => return Err(not_found()),
+            other => other?,
+        };
+        let Some(record) = s.timeline.room(&room_id)? else {
+            return Err(not_found());
+        };
+        if !self.may_preview(s, viewer, &room_id)? {
+            return Err(not_found());
+        }
+        let state = s.timeline.state_events(s, record.state_snapshot)?;
+        let membership = match viewer {
+            Some(user) => Some(
+                s.timeline
+                    .membership(&room_id, user)?
+                    .unwrap_or_else(|| "leave".to_owned()),
+            ),
+            None => None,
+        };
+        Ok((summary_entry(&room_id, &record.version, &state), membership))
+    }
+
+    /// Whether `user` (or, with `None`, anyone signed in or not) may see a
+    /// room's summary: as a member or invitee, or because anyone may find it
+    /// (public, knockable, world-readable), or because they are in a room a
+    /// restricted join rule allows.
+    fn may_preview(&self, s: &Services, user: Option<&UserId>, room_id: &RoomId) -> ServiceResult<bool> {
         let Some(record) = s.timeline.room(room_id)? else {
             return Ok(false);
         };
-        match s.timeline.membership(room_id, user)?.as_deref() {
+        let membership = match user {
+            Some(user) => s.timeline.membership(room_id, user)?,
+            None => None,
+        };
+        match membership.as_deref() {
             Some("join" | "invite") => return Ok(true),
             Some("ban") => return Ok(false),
             _ => {}
@@ -200,8 +229,26 @@ impl RoomsService {
         };
         match rules.content_str("join_rule") {
             Some("public" | "knock" | "knock_restricted") => Ok(true),
-            Some("restricted") => in_an_allowed_room(s, &rules, user),
+            Some("restricted") => match user {
+                Some(user) => in_an_allowed_room(s, &rules, user),
+                None => Ok(false),
+            },
             _ => Ok(false),
         }
     }
+}
+
+/// A room's summary as the hierarchy and `/room_summary` give it: its
+/// directory entry, version and encryption.
+fn summary_entry(room_id: &RoomId, version: &str, state: &[StoredEvent]) -> JsonValue {
+    let mut entry = directory_entry(room_id, state);
+    entry["room_version"] = version.into();
+    if let Some(encryption) = state
+        .iter()
+        .find(|e| e.event_type() == "m.room.encryption")
+        .and_then(|e| e.content_str("algorithm"))
+    {
+        entry["encryption"] = encryption.into();
+    }
+    entry
 }
