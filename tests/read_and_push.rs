@@ -374,3 +374,70 @@ async fn typing_markers_and_tags_reach_sync() {
         .await;
     assert_eq!(tags["tags"], json!({}));
 }
+
+#[tokio::test]
+async fn the_legacy_mention_rules_are_served_and_yield_to_intentional_mentions() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let (status, rules) = server
+        .call("GET", "/_matrix/client/v3/pushrules/", Some(&alice), None)
+        .await;
+    assert_eq!(status, 200, "{rules}");
+    let ids = |kind: &str| -> Vec<String> {
+        rules["global"][kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let overrides = ids("override");
+    let position = |id: &str| {
+        overrides
+            .iter()
+            .position(|r| r == id)
+            .unwrap_or_else(|| panic!("{id}: {overrides:?}"))
+    };
+    assert_eq!(
+        position(".m.rule.contains_display_name"),
+        position(".m.rule.is_user_mention") + 1
+    );
+    assert_eq!(position(".m.rule.roomnotif"), position(".m.rule.is_room_mention") + 1);
+    let content = &rules["global"]["content"];
+    let user_name = content
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule_id"] == ".m.rule.contains_user_name")
+        .unwrap_or_else(|| panic!("{content}"));
+    assert_eq!(user_name["pattern"], "alice");
+    assert_eq!(user_name["default"], true);
+
+    // A name in the body highlights, unless the event says whom it mentions.
+    server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice_id)),
+            Some(&alice),
+            Some(json!({"displayname": "Wonderland"})),
+        )
+        .await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    server.join(&bob, &room).await;
+    let highlights = || async {
+        let sync = server.sync(&alice, None, 0, None).await;
+        sync["rooms"]["join"][room.as_str()]["unread_notifications"]["highlight_count"].clone()
+    };
+    server.send_text(&bob, &room, "hello Wonderland").await;
+    assert_eq!(highlights().await, 1);
+    server
+        .send_event(
+            &bob,
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "Wonderland again", "m.mentions": {}}),
+        )
+        .await;
+    assert_eq!(highlights().await, 1, "m.mentions turns the legacy rules off");
+}

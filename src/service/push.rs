@@ -165,15 +165,20 @@ impl PushService {
         Ok(answer)
     }
 
+    /// The stored rules, with today's server-default rules (a rule stored
+    /// when it was a default keeps its `enabled` and `actions`, a default
+    /// added since is there), or the defaults alone.
     fn stored_ruleset(&self, s: &Services, user: &UserId) -> ServiceResult<Ruleset> {
         match s.account_data.get(user, None, PUSH_RULES) {
             Ok(raw) => {
                 let value: JsonValue = serde_json::from_str(raw.get())
                     .map_err(|e| ServiceError::Internal(format!("stored push rules: {e}")))?;
-                serde_json::from_value(value.get("global").cloned().unwrap_or_default())
-                    .map_err(|e| ServiceError::Internal(format!("stored push rules: {e}")))
+                let mut rules: Ruleset = serde_json::from_value(value.get("global").cloned().unwrap_or_default())
+                    .map_err(|e| ServiceError::Internal(format!("stored push rules: {e}")))?;
+                rules.update_with_server_default(server_default_rules(user));
+                Ok(rules)
             }
-            Err(ServiceError::NotFound(_)) => Ok(Ruleset::server_default(user)),
+            Err(ServiceError::NotFound(_)) => Ok(server_default_rules(user)),
             Err(e) => Err(e),
         }
     }
@@ -269,6 +274,8 @@ impl PushService {
         // Flattened once for all recipients (ruma's `get_actions` would
         // flatten it again for each).
         let flat = FlattenedJson::from_raw(&raw);
+        // An event that says whom it mentions is not searched for names.
+        let intentional_mentions = flat.contains_mentions();
         let sender = event.get("sender").and_then(JsonValue::as_str);
         let mut shared_answers = [None; SHARED_DEFAULT_RULES.len()];
         let mut changes = Vec::new();
@@ -289,6 +296,9 @@ impl PushService {
             // so the future is ready on its first poll.
             let mut actions: &[_] = &[];
             for rule in rules.iter() {
+                if intentional_mentions && rule.is_server_default() && is_legacy_mention_rule(rule.rule_id()) {
+                    continue;
+                }
                 let shared = rule
                     .is_server_default()
                     .then(|| SHARED_DEFAULT_RULES.iter().position(|id| *id == rule.rule_id()))
@@ -448,6 +458,63 @@ const SHARED_DEFAULT_RULES: [&str; 14] = [
     ".m.rule.message",
     ".m.rule.encrypted",
 ];
+
+/// The server-default rules: ruma's, which follow the newest spec, and the
+/// three that matched mentions in an event's `body` before `m.mentions`.
+/// Spec versions up to 1.16 list them (deprecated); older clients, and
+/// matrix-js-sdk's checks, expect them. As the spec asked while it listed
+/// them, they do not apply to an event with `m.mentions` (see `notify`).
+pub fn server_default_rules(user: &UserId) -> Ruleset {
+    use ruma::push::{ConditionalPushRule, PatternedPushRule};
+    let mut rules = Ruleset::server_default(user);
+    let rule = |json: JsonValue| -> ConditionalPushRule {
+        serde_json::from_value(json).expect("the spec's legacy rules are valid push rules")
+    };
+    let highlight_with_sound =
+        serde_json::json!(["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]);
+    let display_name = rule(serde_json::json!({
+        "rule_id": LEGACY_DISPLAY_NAME, "default": true, "enabled": true,
+        "conditions": [{"kind": "contains_display_name"}],
+        "actions": highlight_with_sound,
+    }));
+    let room_notif = rule(serde_json::json!({
+        "rule_id": LEGACY_ROOM_NOTIF, "default": true, "enabled": true,
+        "conditions": [
+            {"kind": "event_match", "key": "content.body", "pattern": "@room"},
+            {"kind": "sender_notification_permission", "key": "room"},
+        ],
+        "actions": ["notify", {"set_tweak": "highlight"}],
+    }));
+    // In the spec's order: each right after the rule that replaced it.
+    let after = |rules: &Ruleset, id: &str| {
+        rules
+            .override_
+            .iter()
+            .position(|r| r.rule_id == id)
+            .map_or(rules.override_.len(), |i| i + 1)
+    };
+    let at = after(&rules, ".m.rule.is_user_mention");
+    rules.override_.shift_insert(at, display_name);
+    let at = after(&rules, ".m.rule.is_room_mention");
+    rules.override_.shift_insert(at, room_notif);
+    let user_name: PatternedPushRule = serde_json::from_value(serde_json::json!({
+        "rule_id": LEGACY_USER_NAME, "default": true, "enabled": true,
+        "pattern": user.localpart(),
+        "actions": highlight_with_sound,
+    }))
+    .expect("the spec's legacy rules are valid push rules");
+    rules.content.insert(user_name);
+    rules
+}
+
+const LEGACY_DISPLAY_NAME: &str = ".m.rule.contains_display_name";
+const LEGACY_USER_NAME: &str = ".m.rule.contains_user_name";
+const LEGACY_ROOM_NOTIF: &str = ".m.rule.roomnotif";
+
+/// Whether a server-default rule is one of the legacy mention rules.
+fn is_legacy_mention_rule(rule_id: &str) -> bool {
+    matches!(rule_id, LEGACY_DISPLAY_NAME | LEGACY_USER_NAME | LEGACY_ROOM_NOTIF)
+}
 
 /// Caches `rules`, starting over when the cache is full (cheaper than
 /// tracking use, and refilled within one message per member).
