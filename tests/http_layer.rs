@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_error, TestServer};
+use common::{assert_error, enc, TestServer};
 use serde_json::json;
 
 #[tokio::test]
@@ -267,4 +267,56 @@ async fn shutdown_finishes_in_flight_requests() {
     assert_eq!(status, 200, "{body}");
     assert!(body["access_token"].is_string());
     assert!(server.wait().success());
+}
+
+#[tokio::test]
+async fn versions_advertise_what_is_served() {
+    let server = TestServer::start().await;
+    let (status, body) = server.call("GET", "/_matrix/client/versions", None, None).await;
+    assert_eq!(status, 200);
+    let versions = body["versions"].as_array().unwrap();
+    for v in ["v1.5", "v1.10", "v1.11", "v1.15"] {
+        assert!(versions.contains(&json!(v)), "{v}: {body}");
+    }
+    assert!(!versions.contains(&json!("v1.16")), "{body}");
+    for feature in [
+        "org.matrix.msc3916.stable",
+        "org.matrix.e2e_cross_signing",
+        "org.matrix.msc3266",
+    ] {
+        assert_eq!(body["unstable_features"][feature], true, "{feature}: {body}");
+    }
+
+    // What v1.10 and v1.11 added works: `recurse` in /relations reports its
+    // depth and finds relations of relations; authenticated media serves.
+    let (_, token, _) = server.register("alice", "pw").await;
+    let room = server.create_room(&token, json!({})).await;
+    let root = server.send_text(&token, &room, "root").await;
+    let reply = server.send_event(&token,
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+    )
+    .await;
+    server
+        .send_event(
+            &token,
+            &room,
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": reply, "key": "👍"}}),
+        )
+        .await;
+    let relations = format!("/_matrix/client/v1/rooms/{}/relations/{}", enc(&room), enc(&root));
+    let (_, direct) = server.call("GET", &relations, Some(&token), None).await;
+    assert_eq!(direct["chunk"].as_array().unwrap().len(), 1, "{direct}");
+    assert!(direct.get("recursion_depth").is_none(), "{direct}");
+    let (_, deep) = server
+        .call("GET", &format!("{relations}?recurse=true"), Some(&token), None)
+        .await;
+    assert_eq!(deep["chunk"].as_array().unwrap().len(), 2, "{deep}");
+    assert_eq!(deep["recursion_depth"], 3, "{deep}");
+    let (status, config) = server
+        .call("GET", "/_matrix/client/v1/media/config", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{config}");
 }

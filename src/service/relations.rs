@@ -2,6 +2,8 @@
 //! threads, references, reactions), `/relations`, `/threads`, and the
 //! aggregations bundled into events as clients read them.
 
+use std::collections::HashSet;
+
 use ruma::{EventId, RoomId, UserId};
 use serde_json::{json, Value as JsonValue};
 
@@ -16,6 +18,9 @@ pub const REFERENCE: &str = "m.reference";
 
 /// Relations per page at most.
 const MAX_PAGE: usize = 1000;
+
+/// Relations one `/relations` request reads at most, recursion included.
+const MAX_RELATED: usize = 10_000;
 
 pub struct RelationsService {
     tables: RelationTables,
@@ -97,8 +102,9 @@ impl RelationsService {
         to: Option<u64>,
         backward: bool,
         limit: usize,
+        depth: usize,
     ) -> ServiceResult<RelationPage> {
-        let mut all = self.tables.relations(parent.as_str())?;
+        let mut all = self.related(parent.as_str(), depth)?;
         all.retain(|(_, r)| rel_type.is_none_or(|t| r.rel_type == t) && event_type.is_none_or(|t| r.event_type == t));
         if backward {
             all.reverse();
@@ -135,6 +141,31 @@ impl RelationsService {
             }
         }
         Ok(RelationPage { events, next })
+    }
+
+    /// Events relating to `parent` and, for a `depth` above 1, the events
+    /// relating to those, up to `depth` relations away; in stream order.
+    fn related(&self, parent: &str, depth: usize) -> ServiceResult<Vec<(u64, RelationRecord)>> {
+        let mut all = Vec::new();
+        let mut seen = HashSet::new();
+        let mut parents = vec![parent.to_owned()];
+        for _ in 0..depth {
+            let mut next = Vec::new();
+            for parent in &parents {
+                for (count, record) in self.tables.relations(parent)? {
+                    if all.len() < MAX_RELATED && seen.insert(count) {
+                        next.push(record.event_id.clone());
+                        all.push((count, record));
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            parents = next;
+        }
+        all.sort_by_key(|(count, _)| *count);
+        Ok(all)
     }
 
     /// The room's thread roots `user` may see, latest activity first; with

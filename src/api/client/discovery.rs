@@ -18,15 +18,53 @@ pub fn register_routes(router: &mut Router) {
     router.add(capabilities);
 }
 
-/// The spec versions whose endpoints this build serves.
-const SUPPORTED_VERSIONS: &[&str] = &["r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5"];
+/// The spec versions whose required client-server endpoints this build
+/// serves. v1.16 waits for custom profile fields and `use_state_after`,
+/// v1.18 for account moderation and invite blocking, v1.19 for
+/// `/mutual_rooms`.
+const SUPPORTED_VERSIONS: &[&str] = &[
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11", "v1.12", "v1.13", "v1.14", "v1.15",
+];
+
+/// MSCs clients look for before they use what came of them (most are in a
+/// version above as well; clients written before that version check these).
+const UNSTABLE_FEATURES: &[&str] = &[
+    // Cross-signing keys and signatures.
+    "org.matrix.e2e_cross_signing",
+    // `GET /rooms/{roomId}/aliases`.
+    "org.matrix.msc2432",
+    // Private read receipts.
+    "org.matrix.msc2285.stable",
+    // Threads, their bundled summaries and `/threads`.
+    "org.matrix.msc3440.stable",
+    // Threaded read receipts and notification counts per thread.
+    "org.matrix.msc3771",
+    "org.matrix.msc3773",
+    // Room types in the public room directory's filter.
+    "org.matrix.msc3827.stable",
+    // `/timestamp_to_event`.
+    "org.matrix.msc3030",
+    // Authenticated media.
+    "org.matrix.msc3916.stable",
+    // Dehydrated devices.
+    "org.matrix.msc3814",
+    // `/room_summary`.
+    "org.matrix.msc3266",
+    // `recurse` in `/relations`.
+    "org.matrix.msc3981",
+    // Redactions sent with `PUT /send/m.room.redaction`.
+    "com.beeper.msc4169",
+];
 
 async fn versions(
     _: Arc<Services>,
     _: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response, ApiError> {
     let versions = SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect();
-    Ok(get_supported_versions::Response::new(versions))
+    let mut response = get_supported_versions::Response::new(versions);
+    response.unstable_features = UNSTABLE_FEATURES.iter().map(|f| ((*f).to_owned(), true)).collect();
+    Ok(response)
 }
 
 async fn well_known_client(

@@ -24,6 +24,14 @@ pub fn register_routes(router: &mut Router) {
     router.add(context);
 }
 
+/// How many relations deep `recurse` follows (the spec asks for at least 3).
+const RECURSION_DEPTH: usize = 3;
+
+/// The `recursion_depth` a response carries: only when the client asked.
+fn recursion_depth(recurse: bool) -> Option<UInt> {
+    recurse.then(|| UInt::from(RECURSION_DEPTH as u32))
+}
+
 /// Events per page when the client names no limit.
 const DEFAULT_LIMIT: usize = 50;
 
@@ -36,6 +44,8 @@ struct RelationQuery {
     to: Option<String>,
     backward: bool,
     limit: Option<UInt>,
+    /// `recurse`: also events relating to the relating events.
+    recurse: bool,
 }
 
 type RelationAnswer<T> = (Vec<ruma::serde::Raw<T>>, Option<String>);
@@ -67,6 +77,7 @@ async fn query<T>(
                 to,
                 q.backward,
                 limit,
+                if q.recurse { RECURSION_DEPTH } else { 1 },
             )?;
             Ok((
                 s.timeline.client_events(s, &page.events, true, (&user, &device))?,
@@ -92,10 +103,13 @@ async fn relations(
         to: b.to,
         backward: b.dir == ApiDirection::Backward,
         limit: b.limit,
+        recurse: b.recurse,
     };
+    let recurse = q.recurse;
     let (chunk, next) = query(services, &user, &device, q).await?;
     let mut response = get_relating_events::v1::Response::new(chunk);
     response.next_batch = next;
+    response.recursion_depth = recursion_depth(recurse);
     Ok(response)
 }
 
@@ -114,10 +128,13 @@ async fn relations_by_type(
         to: b.to,
         backward: b.dir == ApiDirection::Backward,
         limit: b.limit,
+        recurse: b.recurse,
     };
+    let recurse = q.recurse;
     let (chunk, next) = query(services, &user, &device, q).await?;
     let mut response = get_relating_events_with_rel_type::v1::Response::new(chunk);
     response.next_batch = next;
+    response.recursion_depth = recursion_depth(recurse);
     Ok(response)
 }
 
@@ -136,10 +153,13 @@ async fn relations_by_type_and_event_type(
         to: b.to,
         backward: b.dir == ApiDirection::Backward,
         limit: b.limit,
+        recurse: b.recurse,
     };
+    let recurse = q.recurse;
     let (chunk, next) = query(services, &user, &device, q).await?;
     let mut response = get_relating_events_with_rel_type_and_event_type::v1::Response::new(chunk);
     response.next_batch = next;
+    response.recursion_depth = recursion_depth(recurse);
     Ok(response)
 }
 
