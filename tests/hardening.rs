@@ -258,3 +258,38 @@ async fn a_login_without_type_or_identifier_is_refused_without_a_panic() {
     let (status, body) = server.login("alice", "pw", None).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn a_flood_of_logins_is_told_to_retry_not_queued_without_end() {
+    // Hashes costly enough that logins pile up behind the hashing thread.
+    let server = TestServer::start_with("argon2_memory_kib = 16384\nargon2_iterations = 2").await;
+    server.register("alice", "pw").await;
+    let logins = (0..24).map(|_| async {
+        let resp = server
+            .client
+            .post(server.url("/_matrix/client/v3/login"))
+            .json(&json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = resp.json().await.unwrap();
+        (status, retry_after, body)
+    });
+    let results = futures_util::future::join_all(logins).await;
+    let limited: Vec<_> = results.iter().filter(|(status, _, _)| *status == 429).collect();
+    assert!(!limited.is_empty(), "{results:?}");
+    for (_, retry_after, body) in &limited {
+        assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
+        assert!(body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{body}");
+        assert!(retry_after
+            .as_deref()
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)));
+    }
+    assert!(
+        results.iter().all(|(status, _, _)| *status == 200 || *status == 429),
+        "{results:?}"
+    );
+    assert!(results.iter().any(|(status, _, _)| *status == 200));
+}

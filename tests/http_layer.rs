@@ -252,21 +252,26 @@ async fn shutdown_finishes_in_flight_requests() {
     // A costly hash keeps the login in flight for a while.
     let mut server = TestServer::start_with("argon2_memory_kib = 65536\nargon2_iterations = 6").await;
     server.register("xia", "pw").await;
-    let started = std::time::Instant::now();
-    let login = server.login("xia", "pw", None);
-    let signal = async {
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-        server.signal("TERM");
-        started.elapsed()
+    let mark = server.log_mark();
+    let login = async {
+        let answer = server.login("xia", "pw", None).await;
+        (answer, std::time::Instant::now())
     };
-    let ((status, body), signalled_after) = tokio::join!(login, signal);
+    let signal = async {
+        // The password check has begun: the login is in the server's hands.
+        server.wait_for_log(mark, &["password hashing started"]).await;
+        server.signal("TERM");
+        std::time::Instant::now()
+    };
+    let (((status, body), answered), signalled) = tokio::join!(login, signal);
     assert!(
-        started.elapsed() > signalled_after,
-        "the login was still in flight at the signal"
+        answered > signalled,
+        "the login was answered after the signal, not before"
     );
     assert_eq!(status, 200, "{body}");
     assert!(body["access_token"].is_string());
     assert!(server.wait().success());
+    assert_eq!(server.log_lines_with("finishing in-flight requests").len(), 1);
 }
 
 #[tokio::test]

@@ -68,7 +68,7 @@ impl ApiError {
                 S::RoomInUse(_) => (StatusCode::BAD_REQUEST, "M_ROOM_IN_USE"),
                 S::AliasExists => (StatusCode::CONFLICT, "M_UNKNOWN"),
                 S::BadAlias(_) => (StatusCode::BAD_REQUEST, "M_BAD_ALIAS"),
-                S::LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+                S::LimitExceeded(_) | S::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
                 S::WrongRoomKeysVersion(_) => (StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
                 S::CannotOverwriteMedia => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
                 S::NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
@@ -91,6 +91,14 @@ impl ResponseError for ApiError {
                 serde_json::to_value(info).unwrap_or_else(|_| json!({}))
             }
             ApiError::UnknownToken => json!({"errcode": errcode, "error": self.to_string(), "soft_logout": false}),
+            ApiError::Service(ServiceError::Busy { retry_after_ms, .. }) => {
+                let body = json!({"errcode": errcode, "error": self.to_string(), "retry_after_ms": retry_after_ms});
+                // Retry-After is in whole seconds, rounded up.
+                let seconds = retry_after_ms.div_ceil(1000).max(1);
+                return HttpResponse::build(status)
+                    .insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()))
+                    .json(body);
+            }
             ApiError::Service(ServiceError::WrongRoomKeysVersion(current)) => {
                 json!({"errcode": errcode, "error": self.to_string(), "current_version": current})
             }
@@ -149,6 +157,20 @@ mod tests {
             assert_eq!((got_status, body["errcode"].as_str().unwrap()), (status, code));
             assert!(body["error"].is_string());
         }
+    }
+
+    #[test]
+    fn busy_says_when_to_retry() {
+        let error: ApiError = ServiceError::Busy {
+            what: "too many logins".into(),
+            retry_after_ms: 1500,
+        }
+        .into();
+        let resp = error.error_response();
+        assert_eq!(resp.headers().get(actix_web::http::header::RETRY_AFTER).unwrap(), "2");
+        let (status, body) = body_of(error);
+        assert_eq!((status, body["errcode"].as_str().unwrap()), (429, "M_LIMIT_EXCEEDED"));
+        assert_eq!(body["retry_after_ms"], 1500);
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub enum ServiceError {
     /// A bound on stored data that retrying soon will not lift.
     #[error("{0}")]
     LimitExceeded(String),
+    /// Too much work of this kind waits already; retry after a while.
+    #[error("{what}; try again in {retry_after_ms} ms")]
+    Busy { what: String, retry_after_ms: u64 },
     /// `PUT /upload/{server}/{id}` to an ID that already has content.
     #[error("this media ID already has its content")]
     CannotOverwriteMedia,

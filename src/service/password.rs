@@ -6,8 +6,10 @@
 //! owns one buffer, reused while logins queue and given back as soon as the
 //! queue is empty: memory stays at one buffer under load, none when idle.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::Instant;
 
 use argon2::password_hash::{rand_core::OsRng, Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -20,13 +22,23 @@ enum Job {
 }
 
 pub struct PasswordHasher {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
+    /// How long the last job took, in ms: what each job waiting costs.
+    last_job_ms: Arc<AtomicU64>,
 }
+
+/// Jobs that may wait for the hashing thread. Each waiting caller holds a
+/// blocking thread, and /login needs no account: without a bound, a flood
+/// of logins would queue hashes (and threads) without limit. Past it the
+/// caller is told to retry.
+const QUEUED_JOBS: usize = 4;
 
 impl PasswordHasher {
     /// Starts the hashing thread; it ends when the hasher is dropped.
     pub fn new(params: Params) -> Self {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED_JOBS);
+        let last_job_ms = Arc::new(AtomicU64::new(0));
+        let timing = Arc::clone(&last_job_ms);
         thread::Builder::new()
             .name("password-hasher".to_owned())
             .spawn(move || {
@@ -45,6 +57,8 @@ impl PasswordHasher {
                             }
                         }
                     };
+                    let started = Instant::now();
+                    tracing::debug!(target: "conduit::wait", "password hashing started");
                     // A caller that went away no longer wants the answer.
                     match job {
                         Job::Hash(password, reply) => {
@@ -54,10 +68,12 @@ impl PasswordHasher {
                             let _ = reply.send(verify(&mut memory, &password, &stored));
                         }
                     }
+                    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    timing.store(took, Ordering::Relaxed);
                 }
             })
             .expect("spawn the password hashing thread");
-        Self { jobs }
+        Self { jobs, last_job_ms }
     }
 
     /// A new PHC-format argon2id hash with a random salt.
@@ -76,7 +92,17 @@ impl PasswordHasher {
     }
 
     fn submit(&self, job: Job) -> ServiceResult<()> {
-        self.jobs.send(job).map_err(|_| gone())
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => {
+                // The queue drains in about its length times one job.
+                let per_job = self.last_job_ms.load(Ordering::Relaxed).max(1);
+                ServiceError::Busy {
+                    what: "too many password checks are waiting".to_owned(),
+                    retry_after_ms: (per_job * (QUEUED_JOBS as u64 + 1)).max(100),
+                }
+            }
+            mpsc::TrySendError::Disconnected(_) => gone(),
+        })
     }
 }
 
@@ -143,6 +169,28 @@ fn verify(memory: &mut Vec<Block>, password: &str, stored: &str) -> ServiceResul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_queue_asks_callers_to_come_back_later() {
+        let hasher = Arc::new(PasswordHasher::new(Params::new(8192, 2, 1, None).unwrap()));
+        let stored = hasher.hash("pw").unwrap();
+        let callers: Vec<_> = (0..20)
+            .map(|_| {
+                let (hasher, stored) = (hasher.clone(), stored.clone());
+                thread::spawn(move || hasher.verify("pw", &stored))
+            })
+            .collect();
+        let results: Vec<_> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+        let busy = results
+            .iter()
+            .filter(|r| matches!(r, Err(ServiceError::Busy { retry_after_ms, .. }) if *retry_after_ms >= 100))
+            .count();
+        let verified = results.iter().filter(|r| matches!(r, Ok(true))).count();
+        assert!(busy > 0, "{results:?}");
+        assert_eq!(busy + verified, results.len(), "{results:?}");
+        // Once the queue drains, a caller is served again.
+        assert!(hasher.verify("pw", &stored).unwrap());
+    }
 
     #[test]
     fn hashes_verify_and_use_argon2id_with_the_configured_cost() {
