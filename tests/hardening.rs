@@ -260,6 +260,121 @@ async fn a_login_without_type_or_identifier_is_refused_without_a_panic() {
 }
 
 #[tokio::test]
+async fn identifiers_longer_than_the_spec_allows_are_refused() {
+    let server = TestServer::start().await;
+    let (user_id, token, _) = server.register("alice", "pw").await;
+    let room = server.create_room(&token, json!({})).await;
+    let r = enc(&room);
+
+    // "#" + localpart + ":localhost": 255 bytes fit, 256 do not.
+    let localpart = |len: usize| "a".repeat(len - 1 - ":localhost".len());
+    let fits = format!("#{}:localhost", localpart(255));
+    let too_long = format!("#{}:localhost", localpart(256));
+    let put_alias = |alias: String| {
+        let (server, token, room) = (&server, &token, &room);
+        async move {
+            let path = format!("/_matrix/client/v3/directory/room/{}", enc(&alias));
+            server
+                .call("PUT", &path, Some(token), Some(json!({"room_id": room})))
+                .await
+        }
+    };
+    assert_error(&put_alias(too_long.clone()).await, 400, "M_INVALID_PARAM");
+    assert_eq!(put_alias(fits).await.0, 200);
+    let got = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            Some(json!({"room_alias_name": localpart(256)})),
+        )
+        .await;
+    assert_error(&got, 400, "M_INVALID_PARAM");
+
+    // Registration: a user ID of 256 bytes is refused.
+    let long_name = "u".repeat(256 - 1 - ":localhost".len());
+    let got = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": long_name, "password": "pw"})),
+        )
+        .await;
+    assert_error(&got, 400, "M_INVALID_USERNAME");
+
+    // Events: type and state key of at most 255 bytes (413, as Synapse).
+    let long = "x".repeat(256);
+    let got = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{r}/send/{long}/t1"),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(&got, 413, "M_TOO_LARGE");
+    let got = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{r}/state/m.custom/{long}"),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(&got, 413, "M_TOO_LARGE");
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{r}/send/{}/t2", "x".repeat(255)),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Tags: at most 255 bytes.
+    let tags = format!("/_matrix/client/v3/user/{}/rooms/{r}/tags", enc(&user_id));
+    let got = server
+        .call("PUT", &format!("{tags}/{long}"), Some(&token), Some(json!({})))
+        .await;
+    assert_error(&got, 400, "M_INVALID_PARAM");
+}
+
+#[tokio::test]
+async fn one_of_many_concurrent_alias_claims_wins() {
+    let server = TestServer::start().await;
+    let (_, token, _) = server.register("alice", "pw").await;
+    let rooms: Vec<String> = {
+        let mut rooms = Vec::new();
+        for _ in 0..4 {
+            rooms.push(server.create_room(&token, json!({})).await);
+        }
+        rooms
+    };
+    for round in 0..5 {
+        let alias = format!("#race{round}:localhost");
+        let path = format!("/_matrix/client/v3/directory/room/{}", enc(&alias));
+        let claims = (0..20).map(|i| {
+            let room = rooms[i % rooms.len()].clone();
+            server.call("PUT", &path, Some(&token), Some(json!({ "room_id": room })))
+        });
+        let results = futures_util::future::join_all(claims).await;
+        let winners: Vec<usize> = (0..results.len()).filter(|&i| results[i].0 == 200).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for (i, got) in results.iter().enumerate() {
+            if i != winners[0] {
+                assert_error(got, 409, "M_UNKNOWN");
+            }
+        }
+        // The alias points at the winner's room.
+        let (status, body) = server.call("GET", &path, Some(&token), None).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["room_id"], rooms[winners[0] % rooms.len()].as_str());
+    }
+}
+
+#[tokio::test]
 async fn a_flood_of_logins_is_told_to_retry_not_queued_without_end() {
     // Hashes costly enough that logins pile up behind the hashing thread.
     let server = TestServer::start_with("argon2_memory_kib = 16384\nargon2_iterations = 2").await;
@@ -292,4 +407,51 @@ async fn a_flood_of_logins_is_told_to_retry_not_queued_without_end() {
         "{results:?}"
     );
     assert!(results.iter().any(|(status, _, _)| *status == 200));
+}
+
+#[tokio::test]
+async fn a_logout_forgets_the_devices_transaction_ids() {
+    let server = TestServer::start().await;
+    server.register("alice", "pw").await;
+    let (_, owner, _) = server.register("owner", "pw").await;
+    let room = server.create_room(&owner, json!({"preset": "public_chat"})).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/same-txn", enc(&room));
+    let mut sent = Vec::new();
+    for round in 0..2 {
+        let (status, body) = server.login("alice", "pw", Some("PHONE")).await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["access_token"].as_str().unwrap().to_owned();
+        if round == 0 {
+            server.join(&token, &room).await;
+        }
+        let (status, body) = server
+            .call(
+                "PUT",
+                &path,
+                Some(&token),
+                Some(json!({"msgtype": "m.text", "body": format!("round {round}")})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // A retry within the session is the same event.
+        let (_, again) = server
+            .call(
+                "PUT",
+                &path,
+                Some(&token),
+                Some(json!({"msgtype": "m.text", "body": "retry"})),
+            )
+            .await;
+        assert_eq!(again["event_id"], body["event_id"]);
+        sent.push(body["event_id"].as_str().unwrap().to_owned());
+        let (status, _) = server
+            .call("POST", "/_matrix/client/v3/logout", Some(&token), Some(json!({})))
+            .await;
+        assert_eq!(status, 200);
+    }
+    assert_ne!(
+        sent[0], sent[1],
+        "a new login of the device starts its transactions afresh"
+    );
+    assert_eq!(server.message_bodies(&owner, &room).await, vec!["round 0", "round 1"]);
 }

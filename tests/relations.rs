@@ -261,3 +261,87 @@ async fn context_around_an_event() {
         .await;
     assert_eq!(status, 404);
 }
+
+async fn redact(server: &TestServer, token: &str, room: &str, event_id: &str) {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/redact/{}/r{}",
+        enc(room),
+        enc(event_id),
+        rand_txn()
+    );
+    let (status, body) = server.call("PUT", &path, Some(token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn redacted_relations_no_longer_aggregate() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+
+    // Edits: redacting the newest one brings back the one before.
+    let original = server.send_text(&alice, &room, "helo").await;
+    let edit = |body: &str| {
+        json!({"msgtype": "m.text", "body": format!("* {body}"), "m.new_content": {"msgtype": "m.text", "body": body},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": original}})
+    };
+    send(&server, &alice, &room, "m.room.message", edit("hello")).await;
+    let second = send(&server, &alice, &room, "m.room.message", edit("hello!")).await;
+    let bundle = get_event(&server, &alice, &room, &original).await["unsigned"]["m.relations"].clone();
+    assert_eq!(
+        bundle["m.replace"]["content"]["m.new_content"]["body"], "hello!",
+        "{bundle}"
+    );
+    redact(&server, &alice, &room, &second).await;
+    let bundle = get_event(&server, &alice, &room, &original).await["unsigned"]["m.relations"].clone();
+    assert_eq!(
+        bundle["m.replace"]["content"]["m.new_content"]["body"], "hello",
+        "{bundle}"
+    );
+
+    // Reactions: a redacted one is no longer listed.
+    let reaction = send(
+        &server,
+        &alice,
+        &room,
+        "m.reaction",
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": original, "key": "👍"}}),
+    )
+    .await;
+    let annotations = format!(
+        "/_matrix/client/v1/rooms/{}/relations/{}/m.annotation",
+        enc(&room),
+        enc(&original)
+    );
+    let (_, listed) = server.call("GET", &annotations, Some(&alice), None).await;
+    assert_eq!(listed["chunk"].as_array().unwrap().len(), 1, "{listed}");
+    redact(&server, &alice, &room, &reaction).await;
+    let (_, listed) = server.call("GET", &annotations, Some(&alice), None).await;
+    assert_eq!(listed["chunk"], json!([]), "{listed}");
+
+    // Threads: redacted replies no longer count, and a thread with none left is gone.
+    let root = server.send_text(&alice, &room, "thread root").await;
+    let mut replies = Vec::new();
+    for body in ["first reply", "second reply"] {
+        let content =
+            json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+        replies.push(send(&server, &alice, &room, "m.room.message", content).await);
+    }
+    redact(&server, &alice, &room, &replies[1]).await;
+    let bundle = get_event(&server, &alice, &room, &root).await["unsigned"]["m.relations"].clone();
+    assert_eq!(bundle["m.thread"]["count"], 1, "{bundle}");
+    assert_eq!(bundle["m.thread"]["latest_event"]["content"]["body"], "first reply");
+    redact(&server, &alice, &room, &replies[0]).await;
+    let bundle = get_event(&server, &alice, &room, &root).await["unsigned"]["m.relations"].clone();
+    assert!(bundle.get("m.thread").is_none(), "{bundle}");
+    let (status, threads) = server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v1/rooms/{}/threads", enc(&room)),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{threads}");
+    assert_eq!(threads["chunk"], json!([]), "{threads}");
+}

@@ -1,6 +1,8 @@
 //! Typed access to room aliases and the room directory (owned by
 //! `service::rooms`). Encodings are documented in `catalogue.rs`.
 
+use std::sync::Mutex;
+
 use serde::{Deserialize, Serialize};
 
 use super::{decode_key, from_record, keys, to_record, Batch, Db, DbResult, Direction, Table};
@@ -13,11 +15,21 @@ pub struct AliasRecord {
 
 pub struct DirectoryTables {
     db: Db,
+    /// Held by every alias write from its read of the alias to its write,
+    /// so two requests for one alias cannot both find it free.
+    alias_writes: Mutex<()>,
 }
 
 impl DirectoryTables {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            alias_writes: Mutex::new(()),
+        }
+    }
+
+    fn lock_alias_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.alias_writes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn alias(&self, alias: &str) -> DbResult<Option<AliasRecord>> {
@@ -27,14 +39,22 @@ impl DirectoryTables {
             .transpose()
     }
 
-    pub fn put_alias(&self, alias: &str, record: &AliasRecord) -> DbResult<()> {
+    /// Stores a new alias, unless the alias exists: then it returns false
+    /// and writes nothing.
+    pub fn create_alias(&self, alias: &str, record: &AliasRecord) -> DbResult<bool> {
+        let _writing = self.lock_alias_writes();
+        if self.alias(alias)?.is_some() {
+            return Ok(false);
+        }
         let mut batch = Batch::new();
         Self::add_alias(&mut batch, alias, record);
-        self.db.write(batch)
+        self.db.write(batch)?;
+        Ok(true)
     }
 
     /// Points an alias at another room, in one write.
     pub fn move_alias(&self, alias: &str, from_room_id: &str, record: &AliasRecord) -> DbResult<()> {
+        let _writing = self.lock_alias_writes();
         let mut batch = Batch::new();
         batch.delete(Table::AliasesByRoom, keys::encode(&(from_room_id, alias)));
         Self::add_alias(&mut batch, alias, record);
@@ -50,11 +70,18 @@ impl DirectoryTables {
         );
     }
 
-    pub fn delete_alias(&self, alias: &str, room_id: &str) -> DbResult<()> {
+    /// Deletes an alias if it still points at `room_id` (another request
+    /// may have replaced it since the caller read it); false if it did not.
+    pub fn delete_alias(&self, alias: &str, room_id: &str) -> DbResult<bool> {
+        let _writing = self.lock_alias_writes();
+        if self.alias(alias)?.is_none_or(|record| record.room_id != room_id) {
+            return Ok(false);
+        }
         let mut batch = Batch::new();
         batch.delete(Table::RoomAliases, keys::encode(alias));
         batch.delete(Table::AliasesByRoom, keys::encode(&(room_id, alias)));
-        self.db.write(batch)
+        self.db.write(batch)?;
+        Ok(true)
     }
 
     pub fn room_aliases(&self, room_id: &str) -> DbResult<Vec<String>> {

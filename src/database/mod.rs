@@ -24,14 +24,17 @@ pub mod rooms;
 pub mod search;
 pub mod server_keys;
 pub mod state;
+#[cfg(test)]
+pub mod testing;
 pub mod to_device;
+pub mod txn_ids;
 pub mod uiaa;
 pub mod users;
 
 use std::sync::Arc;
 
 pub use catalogue::Table;
-pub use engine::{Batch, DbError, DbResult, Direction, KvStore};
+pub use engine::{Batch, DbError, DbResult, Direction, KvIter, KvStore};
 
 /// A shared handle on the engine.
 pub type Db = Arc<dyn KvStore>;

@@ -63,17 +63,16 @@ impl PushTables {
     /// Deletes notifications and records the counts left, in one write.
     pub fn delete_notifications(
         &self,
+        batch: &mut Batch,
         user_id: &str,
         room_id: &str,
         counts: &[u64],
         left: &UnreadRecord,
-    ) -> DbResult<()> {
-        let mut batch = Batch::new();
+    ) {
         for count in counts {
             batch.delete(Table::Notifications, keys::encode(&(user_id, room_id, *count)));
         }
-        self.put_unread(&mut batch, user_id, room_id, left);
-        self.db.write(batch)
+        self.put_unread(batch, user_id, room_id, left);
     }
 
     /// The stored counts; `None` in a database from before they were kept.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{decode_key, from_record, keys, to_record, Db, DbResult, Direction, Table};
+use super::{decode_key, from_record, keys, to_record, Batch, Db, DbResult, Direction, Table};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReceiptRecord {
@@ -33,17 +33,22 @@ impl ReceiptTables {
 
     pub fn put(
         &self,
+        batch: &mut Batch,
         room_id: &str,
         receipt_type: &str,
         user_id: &str,
         thread_id: &str,
         record: &ReceiptRecord,
-    ) -> DbResult<()> {
-        self.db.put(
+    ) {
+        batch.put(
             Table::Receipts,
             keys::encode(&(room_id, receipt_type, user_id, thread_id)),
             to_record(record),
-        )
+        );
+    }
+
+    pub fn write(&self, batch: Batch) -> DbResult<()> {
+        self.db.write(batch)
     }
 
     pub fn get(

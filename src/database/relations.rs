@@ -27,6 +27,10 @@ impl RelationTables {
         batch.put(Table::RelationParents, keys::encode(parent), Vec::new());
     }
 
+    pub fn delete_relation(&self, batch: &mut Batch, parent: &str, count: u64) {
+        batch.delete(Table::Relations, keys::encode(&(parent, count)));
+    }
+
     /// Whether any event relates to `parent`.
     pub fn has_relations(&self, parent: &str) -> DbResult<bool> {
         Ok(self.db.get(Table::RelationParents, &keys::encode(parent))?.is_some())
@@ -77,6 +81,10 @@ impl RelationTables {
             keys::encode(&(room_id, root)),
             latest.to_be_bytes().to_vec(),
         );
+    }
+
+    pub fn delete_thread_root(&self, batch: &mut Batch, room_id: &str, root: &str) {
+        batch.delete(Table::ThreadRoots, keys::encode(&(room_id, root)));
     }
 
     /// `(root_event_id, latest position)` of every thread in a room.

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::txn_ids::TxnIdTable;
 use super::{decode_key, from_record, keys, to_record, utf8, Batch, Db, DbResult, Direction, Table};
 
 /// What the server keeps about a room besides its events.
@@ -55,11 +56,15 @@ pub struct UserRoomRecord {
 
 pub struct RoomTables {
     db: Db,
+    txn_ids: TxnIdTable,
 }
 
 impl RoomTables {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            txn_ids: TxnIdTable::new(db.clone(), Table::TxnIds, Table::TxnIdsByTime),
+            db,
+        }
     }
 
     pub fn write(&self, batch: Batch) -> DbResult<()> {
@@ -194,17 +199,33 @@ impl RoomTables {
     }
 
     pub fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> DbResult<Option<String>> {
-        self.db
-            .get(Table::TxnIds, &keys::encode(&(user_id, device_id, txn_id)))?
+        self.txn_ids
+            .get(user_id, device_id, txn_id)?
             .map(|v| utf8(Table::TxnIds, v))
             .transpose()
     }
 
-    pub fn put_txn(&self, batch: &mut Batch, user_id: &str, device_id: &str, txn_id: &str, event_id: &str) {
-        batch.put(
-            Table::TxnIds,
-            keys::encode(&(user_id, device_id, txn_id)),
-            event_id.as_bytes().to_vec(),
-        );
+    /// Remembers the event a transaction sent (for a day, see `txn_ids.rs`).
+    pub fn put_txn(
+        &self,
+        batch: &mut Batch,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+        event_id: &str,
+        now_ms: u64,
+    ) -> DbResult<()> {
+        self.txn_ids
+            .put(batch, user_id, device_id, txn_id, event_id.as_bytes(), now_ms)
+    }
+
+    /// Adds the deletes of a logged-out device's transaction IDs to `batch`.
+    pub fn delete_device_txns(&self, batch: &mut Batch, user_id: &str, device_id: &str) -> DbResult<()> {
+        self.txn_ids.delete_device(batch, user_id, device_id)
+    }
+
+    /// Indexes transaction IDs of a database from before they expired.
+    pub fn backfill_txn_index(&self, now_ms: u64) -> DbResult<usize> {
+        self.txn_ids.backfill_index(now_ms)
     }
 }

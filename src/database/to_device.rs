@@ -1,15 +1,20 @@
 //! Typed access to [`Table::ToDeviceMessages`] and [`Table::ToDeviceTxnIds`]
 //! (owned by `service::to_device`).
 
+use super::txn_ids::TxnIdTable;
 use super::{decode_key, keys::encode, utf8, Batch, Db, DbResult, Direction, Table};
 
 pub struct ToDeviceTables {
     db: Db,
+    txn_ids: TxnIdTable,
 }
 
 impl ToDeviceTables {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            txn_ids: TxnIdTable::new(db.clone(), Table::ToDeviceTxnIds, Table::ToDeviceTxnIdsByTime),
+            db,
+        }
     }
 
     pub fn write(&self, batch: Batch) -> DbResult<()> {
@@ -87,26 +92,35 @@ impl ToDeviceTables {
     }
 
     pub fn has_txn(&self, user_id: &str, device_id: &str, txn_id: &str) -> DbResult<bool> {
-        Ok(self
-            .db
-            .get(Table::ToDeviceTxnIds, &encode(&(user_id, device_id, txn_id)))?
-            .is_some())
+        Ok(self.txn_ids.get(user_id, device_id, txn_id)?.is_some())
     }
 
-    pub fn put_txn(&self, batch: &mut Batch, user_id: &str, device_id: &str, txn_id: &str) {
-        batch.put(Table::ToDeviceTxnIds, encode(&(user_id, device_id, txn_id)), Vec::new());
+    /// Remembers a handled transaction (for a day, see `txn_ids.rs`).
+    pub fn put_txn(
+        &self,
+        batch: &mut Batch,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+        now_ms: u64,
+    ) -> DbResult<()> {
+        self.txn_ids.put(batch, user_id, device_id, txn_id, &[], now_ms)
+    }
+
+    /// Indexes transaction IDs of a database from before they expired.
+    pub fn backfill_txn_index(&self, now_ms: u64) -> DbResult<usize> {
+        self.txn_ids.backfill_index(now_ms)
     }
 
     /// Adds deletes of everything queued for or sent by a device to `batch`.
     pub fn delete_device(&self, batch: &mut Batch, user_id: &str, device_id: &str) -> DbResult<()> {
-        for table in [Table::ToDeviceMessages, Table::ToDeviceTxnIds] {
-            for r in self
-                .db
-                .scan_prefix(table, encode(&(user_id, device_id)), Direction::Forward)
-            {
-                batch.delete(table, r?.0);
-            }
+        for r in self.db.scan_prefix(
+            Table::ToDeviceMessages,
+            encode(&(user_id, device_id)),
+            Direction::Forward,
+        ) {
+            batch.delete(Table::ToDeviceMessages, r?.0);
         }
-        Ok(())
+        self.txn_ids.delete_device(batch, user_id, device_id)
     }
 }

@@ -211,6 +211,7 @@ impl DevicesService {
     ) -> ServiceResult<()> {
         self.tables.delete(batch, user_id.as_str(), device_id, record);
         s.e2e_keys.delete_device_in(batch, user_id, device_id)?;
+        s.timeline.delete_device_txns_in(batch, user_id, device_id)?;
         s.to_device.delete_device_in(batch, user_id, device_id)
     }
 

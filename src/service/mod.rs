@@ -104,6 +104,10 @@ pub enum ServiceError {
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
+/// The most bytes the spec allows in a user ID, room ID, room alias or
+/// event ID, sigil and server name included (appendix on identifiers).
+pub const MAX_ID_BYTES: usize = 255;
+
 /// Every service, built once at start-up and handed to the HTTP layer.
 pub struct Services {
     pub config: Config,
@@ -154,6 +158,10 @@ impl Services {
         let purged = services.uiaa.purge_expired()?;
         if purged > 0 {
             tracing::info!(purged, "expired authentication sessions removed");
+        }
+        let indexed = services.timeline.backfill_txn_index()? + services.to_device.backfill_txn_index()?;
+        if indexed > 0 {
+            tracing::info!(indexed, "transaction IDs from an older database set to expire in a day");
         }
         Ok(Arc::new(services))
     }
@@ -236,6 +244,31 @@ impl Services {
     /// Flushes everything to disk (at shutdown).
     pub fn flush(&self) -> ServiceResult<()> {
         Ok(self.db.flush()?)
+    }
+}
+
+/// When to prune an in-memory map whose entries go idle (a room nobody
+/// writes to, a user who stopped syncing): once it has doubled since it was
+/// last pruned, and has at least `floor` entries. The cost per insert stays
+/// constant and the map holds at most about twice its live entries.
+pub(crate) struct PruneSchedule {
+    floor: usize,
+    next_at: usize,
+}
+
+impl PruneSchedule {
+    pub(crate) const fn new(floor: usize) -> Self {
+        Self { floor, next_at: floor }
+    }
+
+    /// Whether a map of `len` entries is due for pruning.
+    pub(crate) fn due(&self, len: usize) -> bool {
+        len >= self.next_at
+    }
+
+    /// Records a pruning that left `len` entries.
+    pub(crate) fn pruned(&mut self, len: usize) {
+        self.next_at = (len * 2).max(self.floor);
     }
 }
 

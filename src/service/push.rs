@@ -411,7 +411,17 @@ impl PushService {
 
     /// A read receipt at stream position `up_to` clears what it covers.
     /// Call it under the room's write lock, which also guards the counts.
-    pub fn clear(&self, user: &UserId, room_id: &RoomId, up_to: u64, scope: &ReceiptScope) -> ServiceResult<()> {
+    /// Adds to `batch` the clearing of `user`'s notifications in the room up
+    /// to `up_to` (within `scope`); hand what it returns to
+    /// [`PushService::remember_unread`] once the batch has landed.
+    pub fn clear(
+        &self,
+        batch: &mut Batch,
+        user: &UserId,
+        room_id: &RoomId,
+        up_to: u64,
+        scope: &ReceiptScope,
+    ) -> ServiceResult<Option<UnreadChanges>> {
         let mut covered = Vec::new();
         let mut left = UnreadRecord::default();
         for (count, record) in self.tables.notifications(user.as_str(), room_id.as_str())? {
@@ -426,12 +436,12 @@ impl PushService {
                 add(&mut left, &record);
             }
         }
-        if !covered.is_empty() {
-            self.tables
-                .delete_notifications(user.as_str(), room_id.as_str(), &covered, &left)?;
-            self.remember_unread(room_id, UnreadChanges(vec![(user.to_owned(), left)]));
+        if covered.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        self.tables
+            .delete_notifications(batch, user.as_str(), room_id.as_str(), &covered, &left);
+        Ok(Some(UnreadChanges(vec![(user.to_owned(), left)])))
     }
 }
 

@@ -11,7 +11,7 @@ use super::push::{thread_of, ReceiptScope};
 use super::stream::Stream;
 use super::{now_ms, ServiceError, ServiceResult, Services};
 use crate::database::receipts::{ReceiptRecord, ReceiptTables};
-use crate::database::Db;
+use crate::database::{Batch, Db};
 
 pub const READ: &str = "m.read";
 pub const READ_PRIVATE: &str = "m.read.private";
@@ -87,26 +87,31 @@ impl ReceiptsService {
             ts: now_ms(),
             count: ticket.0,
         };
-        let written = self
-            .tables
-            .put(
+        let scope = match thread {
+            None => ReceiptScope::All,
+            Some("main") => ReceiptScope::Main,
+            Some(root) => ReceiptScope::Thread(root.to_owned()),
+        };
+        // The receipt and the unread counts it resets are one write; under
+        // the room's lock, as a new event's notifications are counted.
+        let written = s.timeline.under_room_lock(room_id, || {
+            let mut batch = Batch::new();
+            self.tables.put(
+                &mut batch,
                 room_id.as_str(),
                 receipt_type,
                 user.as_str(),
                 thread.unwrap_or(""),
                 &record,
-            )
-            .map_err(ServiceError::from)
-            .and_then(|()| {
-                self.raise_newest(room_id, record.count, None);
-                let scope = match thread {
-                    None => ReceiptScope::All,
-                    Some("main") => ReceiptScope::Main,
-                    Some(root) => ReceiptScope::Thread(root.to_owned()),
-                };
-                s.timeline
-                    .under_room_lock(room_id, || s.push.clear(user, room_id, event.count, &scope))
-            });
+            );
+            let cleared = s.push.clear(&mut batch, user, room_id, event.count, &scope)?;
+            self.tables.write(batch)?;
+            self.raise_newest(room_id, record.count, None);
+            if let Some(cleared) = cleared {
+                s.push.remember_unread(room_id, cleared);
+            }
+            Ok::<_, ServiceError>(())
+        });
         // Public receipts reach everyone in the room; private ones their owner.
         let mut woken: Vec<OwnedUserId> = vec![user.to_owned()];
         if receipt_type == READ {
@@ -179,5 +184,65 @@ impl ReceiptsService {
         }
         let entry = newest.rooms.entry(room_id.to_owned()).or_insert(count);
         *entry = (*entry).max(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::events::TimelineEventType;
+    use ruma::OwnedUserId;
+
+    use crate::database::testing::FaultyStore;
+    use crate::database::Table;
+    use crate::service::rooms::{CreateRoom, Preset};
+    use crate::service::timeline::EventSpec;
+    use crate::service::{ServiceError, Services};
+
+    /// A receipt and the unread counts it resets land together or not at
+    /// all: a failed write leaves neither a receipt over uncleared counts
+    /// nor cleared counts without a receipt.
+    #[test]
+    fn a_receipt_and_the_counts_it_clears_are_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FaultyStore::open(dir.path());
+        let config = crate::config::Config {
+            database_path: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let s = Services::build(config, store.clone()).unwrap();
+        let alice: OwnedUserId = "@alice:localhost".try_into().unwrap();
+        let bob: OwnedUserId = "@bob:localhost".try_into().unwrap();
+        for user in [&alice, &bob] {
+            s.users.register(&s.devices, user, None, None).unwrap();
+        }
+        let room = s
+            .rooms
+            .create_room(
+                &s,
+                &alice,
+                CreateRoom {
+                    preset: Some(Preset::PublicChat),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        s.rooms.join(&s, &bob, room.as_str(), None).unwrap();
+        let message = EventSpec {
+            event_type: TimelineEventType::RoomMessage,
+            content: serde_json::from_value(serde_json::json!({"msgtype": "m.text", "body": "hi alice"})).unwrap(),
+            state_key: None,
+            redacts: None,
+        };
+        let event = s.timeline.append(&s, &room, &bob, message, None).unwrap();
+        let unread = |s: &Services| s.push.counts(&alice, &room, false).unwrap().0.notifications;
+        assert_eq!(unread(&s), 1);
+
+        store.fail_writes_to(Table::UnreadCounts);
+        let got = s.receipts.set(&s, &alice, &room, super::READ, &event, None);
+        assert!(matches!(got, Err(ServiceError::Database(_))), "{got:?}");
+        let (receipts, _) = s.receipts.receipt_event(&room, 0, &alice).unwrap();
+        let has_alices = receipts.is_some_and(|r| r.to_string().contains(alice.as_str()));
+        assert!(!has_alices, "no receipt without its counts");
+        assert_eq!(unread(&s), 1);
     }
 }

@@ -87,6 +87,38 @@ impl RelationsService {
         Ok(())
     }
 
+    /// Drops a redacted event from the index, in the redaction's batch: a
+    /// redacted edit no longer replaces, a redacted reaction is no longer
+    /// listed, a redacted reply no longer counts (and a thread left without
+    /// replies is no thread). `event` is the event as it was before.
+    pub fn unindex(&self, batch: &mut Batch, room_id: &RoomId, event: &StoredEvent) -> ServiceResult<()> {
+        let Some(content) = event.content() else {
+            return Ok(());
+        };
+        let content = JsonValue::from(ruma::CanonicalJsonValue::Object(content.clone()));
+        let Some((rel_type, parent)) = relation_of(&content) else {
+            return Ok(());
+        };
+        let relations = self.tables.relations(&parent)?;
+        if !relations.iter().any(|(count, _)| *count == event.count) {
+            // Never indexed (it named an unknown event or another room's).
+            return Ok(());
+        }
+        self.tables.delete_relation(batch, &parent, event.count);
+        if rel_type == THREAD {
+            let latest_other = relations
+                .iter()
+                .filter(|(count, r)| *count != event.count && r.rel_type == THREAD)
+                .map(|(count, _)| *count)
+                .max();
+            match latest_other {
+                Some(latest) => self.tables.put_thread_root(batch, room_id.as_str(), &parent, latest),
+                None => self.tables.delete_thread_root(batch, room_id.as_str(), &parent),
+            }
+        }
+        Ok(())
+    }
+
     /// Events relating to `parent` that `user` may see, filtered by relation
     /// and event type, from stream position `from` in either direction.
     #[allow(clippy::too_many_arguments)]

@@ -17,15 +17,24 @@ use std::time::Duration;
 use ruma::{OwnedUserId, UserId};
 use tokio::sync::watch;
 
-use super::{ServiceError, ServiceResult};
+use super::{PruneSchedule, ServiceError, ServiceResult};
 use crate::database::Db;
 
 pub struct Stream {
     db: Db,
     in_flight: Mutex<BTreeSet<u64>>,
     visible: watch::Sender<u64>,
-    users: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
+    users: Mutex<UserChannels>,
 }
+
+/// A channel for each user with a sync waiting (or lately waiting).
+struct UserChannels {
+    senders: HashMap<OwnedUserId, watch::Sender<u64>>,
+    schedule: PruneSchedule,
+}
+
+/// User channels kept before those nobody waits on are dropped.
+const USER_CHANNELS_KEPT: usize = 256;
 
 /// A reserved position; hand it back to [`Stream::finish`] once written (or
 /// after the write failed: then nothing is stored under it).
@@ -39,7 +48,10 @@ impl Stream {
             db,
             in_flight: Mutex::new(BTreeSet::new()),
             visible,
-            users: Mutex::new(HashMap::new()),
+            users: Mutex::new(UserChannels {
+                senders: HashMap::new(),
+                schedule: PruneSchedule::new(USER_CHANNELS_KEPT),
+            }),
         }
     }
 
@@ -71,9 +83,9 @@ impl Stream {
                 false
             }
         });
-        let senders = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let channels = self.users.lock().unwrap_or_else(|e| e.into_inner());
         for user in users {
-            if let Some(sender) = senders.get(user) {
+            if let Some(sender) = channels.senders.get(user) {
                 sender.send_if_modified(|v| {
                     if ticket.0 > *v {
                         *v = ticket.0;
@@ -95,12 +107,23 @@ impl Stream {
     /// [`Stream::wait`] with the position read up to: nothing finished in
     /// between is missed.
     pub fn subscribe(&self, user: &UserId) -> watch::Receiver<u64> {
-        // One channel per local user that ever synced: a few bytes each.
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        users
+        let mut channels = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let UserChannels { senders, schedule } = &mut *channels;
+        if schedule.due(senders.len()) {
+            // Nobody waits on a channel without receivers; a later sync
+            // makes a new one (it waits only for changes after it read).
+            senders.retain(|_, sender| sender.receiver_count() > 0);
+            schedule.pruned(senders.len());
+        }
+        senders
             .entry(user.to_owned())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
+    }
+
+    #[cfg(test)]
+    fn channels(&self) -> usize {
+        self.users.lock().unwrap().senders.len()
     }
 
     /// Waits up to `timeout` for a change to the watched user after `read_up_to`,
@@ -141,6 +164,24 @@ mod tests {
         assert_eq!(stream.visible(), a_pos - 1, "b is written, a is not");
         stream.finish(a, []);
         assert_eq!(stream.visible(), b_pos);
+    }
+
+    #[test]
+    fn channels_of_users_no_longer_syncing_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = Stream::new(open_test_db(dir.path()));
+        let waiting: OwnedUserId = "@waiting:x".try_into().unwrap();
+        let receiver = stream.subscribe(&waiting);
+        for i in 0..10 * USER_CHANNELS_KEPT {
+            let user: OwnedUserId = format!("@u{i}:x").try_into().unwrap();
+            drop(stream.subscribe(&user));
+        }
+        assert!(stream.channels() <= USER_CHANNELS_KEPT + 1, "{}", stream.channels());
+        // The user still waiting keeps their channel and is woken.
+        let t = stream.begin().unwrap();
+        let pos = t.0;
+        stream.finish(t, [waiting.as_ref()]);
+        assert_eq!(*receiver.borrow(), pos);
     }
 
     #[tokio::test]

@@ -109,7 +109,8 @@ impl ToDeviceService {
             self.tables
                 .put_message(&mut batch, user.as_str(), device, ticket.0, json);
         }
-        self.tables.put_txn(&mut batch, sender.as_str(), sender_device, txn_id);
+        self.tables
+            .put_txn(&mut batch, sender.as_str(), sender_device, txn_id, super::now_ms())?;
         match self.tables.write(batch) {
             Ok(()) => {
                 stream.finish(ticket, targets.iter().map(|(u, _, _)| &**u));
@@ -154,6 +155,11 @@ impl ToDeviceService {
             })
             .collect::<ServiceResult<_>>()?;
         Ok(Delivery { events, stop_at })
+    }
+
+    /// Indexes the transaction IDs of a database from before they expired.
+    pub fn backfill_txn_index(&self) -> ServiceResult<usize> {
+        Ok(self.tables.backfill_txn_index(super::now_ms())?)
     }
 
     /// Adds deletes of a device's queue and transaction IDs to `batch`.

@@ -10,22 +10,36 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value as JsonValue};
 
 use super::stream::Stream;
-use super::{ServiceError, ServiceResult, Services};
+use super::{PruneSchedule, ServiceError, ServiceResult, Services};
 
 /// A client may ask for at most this long.
 const MAX_TYPING: Duration = Duration::from_secs(120);
 
-#[derive(Default)]
+/// How long a room where nobody types any more is remembered: syncs that
+/// began before the last typist stopped still learn of it, and then the
+/// room is forgotten.
+const KEEP_QUIET_ROOMS: Duration = MAX_TYPING;
+
+/// Rooms kept before quiet ones are dropped.
+const ROOMS_KEPT: usize = 64;
+
 struct RoomTyping {
     until: BTreeMap<OwnedUserId, Instant>,
     /// Stream position of the last change.
     changed: u64,
+    changed_at: Instant,
 }
 
 /// Shared with the expiry timers.
 struct Inner {
-    rooms: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+    rooms: Mutex<Rooms>,
     stream: Arc<Stream>,
+}
+
+/// Rooms with typists, or with typists lately.
+struct Rooms {
+    rooms: HashMap<OwnedRoomId, RoomTyping>,
+    schedule: PruneSchedule,
 }
 
 pub struct TypingService {
@@ -42,11 +56,21 @@ impl Inner {
     ) -> ServiceResult<()> {
         let ticket = self.stream.begin()?;
         let changed = {
-            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-            let room = rooms.entry(room_id.to_owned()).or_default();
+            let mut guard = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            let Rooms { rooms, schedule } = &mut *guard;
+            if schedule.due(rooms.len()) {
+                rooms.retain(|_, room| !room.until.is_empty() || room.changed_at.elapsed() < KEEP_QUIET_ROOMS);
+                schedule.pruned(rooms.len());
+            }
+            let room = rooms.entry(room_id.to_owned()).or_insert_with(|| RoomTyping {
+                until: BTreeMap::new(),
+                changed: 0,
+                changed_at: Instant::now(),
+            });
             let changed = apply(room);
             if changed {
                 room.changed = ticket.0;
+                room.changed_at = Instant::now();
             }
             changed
         };
@@ -60,7 +84,10 @@ impl TypingService {
     pub fn new(stream: Arc<Stream>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                rooms: Mutex::new(HashMap::new()),
+                rooms: Mutex::new(Rooms {
+                    rooms: HashMap::new(),
+                    schedule: PruneSchedule::new(ROOMS_KEPT),
+                }),
                 stream,
             }),
         }
@@ -133,12 +160,47 @@ impl TypingService {
     /// initial sync, if anyone is typing).
     pub fn typing_event(&self, room_id: &RoomId, since: Option<u64>) -> Option<JsonValue> {
         let rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let room = rooms.get(room_id)?;
+        let room = rooms.rooms.get(room_id)?;
         let changed = since.is_none_or(|since| room.changed > since);
         if !changed || (since.is_none() && room.until.is_empty()) {
             return None;
         }
         let users: Vec<&str> = room.until.keys().map(|u| u.as_str()).collect();
         Some(json!({"type": "m.typing", "content": {"user_ids": users}}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::database::open_test_db;
+
+    #[test]
+    fn rooms_quiet_for_a_while_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let typing = TypingService::new(Arc::new(Stream::new(open_test_db(dir.path()))));
+        let alice: OwnedUserId = "@alice:x".try_into().unwrap();
+        let typing_in = |room: &RoomId, until: Option<Instant>| {
+            typing
+                .inner
+                .change(room, &[], |r| match until {
+                    Some(until) => r.until.insert(alice.clone(), until).is_none(),
+                    None => r.until.remove(&alice).is_some(),
+                })
+                .unwrap();
+        };
+        let busy: OwnedRoomId = "!busy:x".try_into().unwrap();
+        typing_in(&busy, Some(Instant::now() + MAX_TYPING));
+        for i in 0..10 * ROOMS_KEPT {
+            let room: OwnedRoomId = format!("!r{i}:x").try_into().unwrap();
+            typing_in(&room, Some(Instant::now() + MAX_TYPING));
+            typing_in(&room, None);
+            // As if the last change were long ago.
+            let mut rooms = typing.inner.rooms.lock().unwrap();
+            rooms.rooms.get_mut(&room).unwrap().changed_at -= KEEP_QUIET_ROOMS;
+        }
+        let kept = typing.inner.rooms.lock().unwrap().rooms.len();
+        assert!(kept <= ROOMS_KEPT + 1, "{kept}");
+        assert!(typing.typing_event(&busy, None).is_some(), "a room with a typist stays");
     }
 }

@@ -75,7 +75,7 @@ impl UsersService {
         }
         let user_id = UserId::parse_with_server_name(localpart, &self.server_name)
             .map_err(|e| ServiceError::InvalidUsername(e.to_string()))?;
-        if user_id.as_str().len() > 255 {
+        if user_id.as_str().len() > super::MAX_ID_BYTES {
             return Err(ServiceError::InvalidUsername(
                 "the user ID would be longer than 255 bytes".to_owned(),
             ));

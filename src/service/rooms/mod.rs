@@ -13,7 +13,7 @@ pub use hierarchy::{HierarchyPage, HierarchyQuery};
 
 use super::timeline::{EventSpec, StoredEvent};
 use super::users::{AVATAR_URL, DISPLAYNAME};
-use super::{ServiceError, ServiceResult, Services};
+use super::{ServiceError, ServiceResult, Services, MAX_ID_BYTES};
 use crate::database::directory::{AliasRecord, DirectoryTables};
 use crate::database::Db;
 
@@ -111,6 +111,7 @@ impl RoomsService {
             Some(localpart) => {
                 let alias = OwnedRoomAliasId::try_from(format!("#{localpart}:{}", s.config.server_name))
                     .map_err(|e| ServiceError::InvalidParam(format!("room_alias_name: {e}")))?;
+                check_alias_length(&alias)?;
                 if self.directory.alias(alias.as_str())?.is_some() {
                     return Err(ServiceError::RoomInUse("this room alias is already taken".to_owned()));
                 }
@@ -212,13 +213,14 @@ impl RoomsService {
 
         // 4. The canonical alias.
         if let Some(alias) = &alias {
-            self.directory.put_alias(
-                alias.as_str(),
-                &AliasRecord {
-                    room_id: room_id.to_string(),
-                    creator: sender.to_string(),
-                },
-            )?;
+            let record = AliasRecord {
+                room_id: room_id.to_string(),
+                creator: sender.to_string(),
+            };
+            // Checked free above; a createRoom racing this one may have won since.
+            if !self.directory.create_alias(alias.as_str(), &record)? {
+                return Err(ServiceError::RoomInUse("this room alias is already taken".to_owned()));
+            }
             send_state(StateEventType::RoomCanonicalAlias, "", json!({"alias": alias}))?;
         }
 
@@ -413,20 +415,19 @@ impl RoomsService {
         if alias.server_name() != s.config.server_name {
             return Err(ServiceError::InvalidParam("aliases must be on this server".to_owned()));
         }
+        check_alias_length(alias)?;
         s.timeline.room_or_404(room_id)?;
         if !s.timeline.is_joined(room_id, sender)? {
             return Err(ServiceError::Forbidden("you are not in this room".to_owned()));
         }
-        if self.directory.alias(alias.as_str())?.is_some() {
+        let record = AliasRecord {
+            room_id: room_id.to_string(),
+            creator: sender.to_string(),
+        };
+        if !self.directory.create_alias(alias.as_str(), &record)? {
             return Err(ServiceError::AliasExists);
         }
-        Ok(self.directory.put_alias(
-            alias.as_str(),
-            &AliasRecord {
-                room_id: room_id.to_string(),
-                creator: sender.to_string(),
-            },
-        )?)
+        Ok(())
     }
 
     /// Deletes an alias: its creator or a room member allowed to change the
@@ -444,7 +445,10 @@ impl RoomsService {
         if !allowed {
             return Err(ServiceError::Forbidden("you may not delete this alias".to_owned()));
         }
-        Ok(self.directory.delete_alias(alias.as_str(), room_id.as_str())?)
+        if !self.directory.delete_alias(alias.as_str(), room_id.as_str())? {
+            return Err(ServiceError::NotFound("this room alias does not exist".to_owned()));
+        }
+        Ok(())
     }
 
     /// The local aliases of a room, for its members.
@@ -707,6 +711,18 @@ impl RoomPower {
     pub fn content(&self) -> JsonValue {
         self.levels.clone().unwrap_or_else(|| json!({}))
     }
+}
+
+/// The appendix on identifiers: an alias, sigil and server name included,
+/// has at most 255 bytes (ruma, built to read any server's IDs, lets longer
+/// ones through).
+fn check_alias_length(alias: &RoomAliasId) -> ServiceResult<()> {
+    if alias.as_str().len() > MAX_ID_BYTES {
+        return Err(ServiceError::InvalidParam(format!(
+            "a room alias may have at most {MAX_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// A room's entry in the public room directory, from its state.

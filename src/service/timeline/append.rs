@@ -13,7 +13,10 @@ use ruma::{
 };
 use serde_json::Value as JsonValue;
 
-use super::{internal, state_order, EventSpec, StoredEvent, TimelineService, Txn, MAX_STATE_KEY_BYTES};
+use super::{
+    internal, state_order, EventSpec, FailedLookup, StoredEvent, TimelineService, Txn, MAX_EVENT_TYPE_BYTES,
+    MAX_STATE_KEY_BYTES,
+};
 use crate::database::rooms::{EventMeta, RoomRecord, TimelineRecord};
 use crate::database::Batch;
 use crate::service::pdu::{build_pdu, EventRef, NewPdu, Pdu};
@@ -28,12 +31,18 @@ struct StateView<'a> {
 }
 
 impl StateView<'_> {
-    fn get(&self, event_type: &str, state_key: &str) -> Option<Arc<Pdu>> {
-        let state = self.state.as_ref()?;
-        let i = state
-            .binary_search_by(|e| state_order(e).cmp(&(event_type, Some(state_key))))
-            .ok()?;
-        self.timeline.pdu(&state[i].event_id).ok().flatten()
+    fn get(&self, event_type: &str, state_key: &str) -> ServiceResult<Option<Arc<Pdu>>> {
+        let Some(state) = self.state.as_ref() else {
+            return Ok(None);
+        };
+        match state.binary_search_by(|e| state_order(e).cmp(&(event_type, Some(state_key)))) {
+            // In the state, so stored: a miss is as much a failure as an error.
+            Ok(i) => match self.timeline.pdu(&state[i].event_id)? {
+                Some(pdu) => Ok(Some(pdu)),
+                None => Err(internal("state event", format!("{} is not stored", state[i].event_id))),
+            },
+            Err(_) => Ok(None),
+        }
     }
 }
 
@@ -105,10 +114,16 @@ impl TimelineService {
         spec: EventSpec,
         txn: Option<&Txn>,
     ) -> ServiceResult<OwnedEventId> {
+        // The spec's size limits per key (as Synapse, 413 M_TOO_LARGE).
         if let Some(key) = &spec.state_key {
             if key.len() > MAX_STATE_KEY_BYTES {
                 return Err(ServiceError::TooLarge("state_key is longer than 255 bytes".to_owned()));
             }
+        }
+        if spec.event_type.to_string().len() > MAX_EVENT_TYPE_BYTES {
+            return Err(ServiceError::TooLarge(
+                "the event type is longer than 255 bytes".to_owned(),
+            ));
         }
         // A room ending in several events (a fork) builds on their resolved state.
         let base_snapshot = match &record {
@@ -137,7 +152,7 @@ impl TimelineService {
         .map_err(ServiceError::BadJson)?;
         let mut auth_events = Vec::new();
         for (event_type, state_key) in &auth_types {
-            if let Some(pdu) = view.get(&event_type.to_string(), state_key) {
+            if let Some(pdu) = view.get(&event_type.to_string(), state_key)? {
                 auth_events.push(self.event_ref(&pdu.event_id)?);
             }
         }
@@ -179,12 +194,18 @@ impl TimelineService {
         let (event_id, mut object) = build_pdu(new, rules, &s.config.server_name, &s.server_keys)?;
         let pdu = Arc::new(Pdu::from_object(event_id.clone(), &object)?);
 
-        check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| self.pdu(id).ok().flatten())
-            .map_err(|reason| ServiceError::Forbidden(format!("the event is not allowed: {reason}")))?;
-        check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
-            view.get(&t.to_string(), k)
-        })
-        .map_err(|reason| ServiceError::Forbidden(format!("the event is not allowed: {reason}")))?;
+        // ruma looks events up through `Option`: a storage error is kept
+        // aside and fails the send, whatever ruma concluded without it.
+        let lookups = FailedLookup::default();
+        let independent =
+            check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| lookups.keep(self.pdu(id)));
+        lookups.check()?;
+        independent.map_err(|reason| ServiceError::Forbidden(format!("the event is not allowed: {reason}")))?;
+        let dependent = check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+            lookups.keep(view.get(&t.to_string(), k))
+        });
+        lookups.check()?;
+        dependent.map_err(|reason| ServiceError::Forbidden(format!("the event is not allowed: {reason}")))?;
 
         // A redaction must name an event of this room, and only its sender or
         // someone with the power to redact may apply it.
@@ -288,12 +309,14 @@ impl TimelineService {
                     &txn.device_id,
                     &txn.txn_id,
                     event_id.as_str(),
-                );
+                    crate::service::now_ms(),
+                )?;
             }
             let redacts_state = redaction_target.as_ref().is_some_and(|(_, t)| t.state_key().is_some());
             let redacted_id = redaction_target.as_ref().map(|(_, t)| t.event_id.clone());
             if let Some((target_meta, target)) = redaction_target {
                 s.search.unindex(&mut batch, target_meta.short_room_id, &target);
+                s.relations.unindex(&mut batch, &room_id_owned, &target)?;
                 let because = RedactedBecause::from_json(client_object(&object));
                 if let Ok(mut redacted) = redact(target.json, &rules.redaction, Some(because)) {
                     // Redaction drops `event_id` from v3+ PDUs; it stays with the stored copy.
@@ -414,30 +437,32 @@ impl TimelineService {
         if event.sender() == sender.as_str() {
             return Ok((meta, event));
         }
+        let create = view.get("m.room.create", "")?;
+        let power_levels = view.get("m.room.power_levels", "")?;
         let power = |user: &UserId| -> i64 {
-            if let Some(create) = view.get("m.room.create", "") {
-                if let Ok(creators) = RoomCreateEvent::new(create).creators(&rules.authorization) {
+            if let Some(create) = &create {
+                if let Ok(creators) = RoomCreateEvent::new(create.clone()).creators(&rules.authorization) {
                     if rules.authorization.explicitly_privilege_room_creators && creators.contains(user) {
                         return i64::MAX;
                     }
                 }
             }
-            match view.get("m.room.power_levels", "") {
-                Some(pl) => RoomPowerLevelsEvent::new(pl)
+            match &power_levels {
+                Some(pl) => RoomPowerLevelsEvent::new(pl.clone())
                     .user_power_level(user, &rules.authorization)
                     .map(i64::from)
                     .unwrap_or(0),
                 // Without power levels the creator has 100, everyone else 0.
-                None => view
-                    .get("m.room.create", "")
-                    .filter(|c| ruma::state_res::Event::sender(c) == user)
+                None => create
+                    .as_ref()
+                    .filter(|c| ruma::state_res::Event::sender(&***c) == user)
                     .map_or(0, |_| 100),
             }
         };
-        let needed = view
-            .get("m.room.power_levels", "")
+        let needed = power_levels
+            .as_ref()
             .and_then(|pl| {
-                let content: JsonValue = serde_json::from_str(ruma::state_res::Event::content(&pl).get()).ok()?;
+                let content: JsonValue = serde_json::from_str(ruma::state_res::Event::content(&**pl).get()).ok()?;
                 content.get("redact").and_then(JsonValue::as_i64)
             })
             .unwrap_or(50);
@@ -489,4 +514,78 @@ fn client_object(object: &CanonicalJsonObject) -> CanonicalJsonObject {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::events::StateEventType;
+    use ruma::OwnedUserId;
+    use serde_json::json;
+
+    use crate::database::testing::FaultyStore;
+    use crate::database::{keys, Table};
+    use crate::service::rooms::{CreateRoom, Preset};
+    use crate::service::timeline::EventSpec;
+    use crate::service::{ServiceError, Services};
+
+    /// Auth must not run on part of the state: when the power levels cannot
+    /// be read, a change that they forbid is not let through as if the
+    /// room had none (then anyone may set state); the send fails instead.
+    #[test]
+    fn a_storage_error_while_authorizing_fails_the_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FaultyStore::open(dir.path());
+        let config = crate::config::Config {
+            database_path: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let s = Services::build(config, store.clone()).unwrap();
+        let alice: OwnedUserId = "@alice:localhost".try_into().unwrap();
+        let bob: OwnedUserId = "@bob:localhost".try_into().unwrap();
+        for user in [&alice, &bob] {
+            s.users.register(&s.devices, user, None, None).unwrap();
+        }
+        let room_id = s
+            .rooms
+            .create_room(
+                &s,
+                &alice,
+                CreateRoom {
+                    preset: Some(Preset::PublicChat),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        s.rooms.join(&s, &bob, room_id.as_str(), None).unwrap();
+        let rename = || EventSpec::state(StateEventType::RoomName, "", json!({"name": "bob's"})).unwrap();
+        assert!(
+            matches!(
+                s.timeline.append(&s, &room_id, &bob, rename(), None),
+                Err(ServiceError::Forbidden(_))
+            ),
+            "bob may not rename the room"
+        );
+
+        let record = s.timeline.room_or_404(&room_id).unwrap();
+        let state = s.timeline.state_events(&s, record.state_snapshot).unwrap();
+        let power_levels = state
+            .iter()
+            .find(|e| e.event_type() == "m.room.power_levels")
+            .unwrap()
+            .event_id
+            .clone();
+        let meta = s.timeline.event_meta(&power_levels).unwrap().unwrap();
+        store.fail_reads_of(Table::Timeline, keys::encode(&(meta.short_room_id, meta.count)));
+        s.timeline.pdu_cache.lock().unwrap().forget(&power_levels);
+
+        let got = s.timeline.append(&s, &room_id, &bob, rename(), None);
+        assert!(matches!(got, Err(ServiceError::Database(_))), "{got:?}");
+        let renamed = s
+            .timeline
+            .state_events(&s, s.timeline.room_or_404(&room_id).unwrap().state_snapshot)
+            .unwrap()
+            .iter()
+            .any(|e| e.event_type() == "m.room.name");
+        assert!(!renamed, "nothing was stored");
+    }
 }

@@ -32,12 +32,13 @@ use serde_json::Value as JsonValue;
 
 use super::pdu::Pdu;
 use super::stream::Stream;
-use super::{now_ms, ServiceError, ServiceResult, Services};
+use super::{now_ms, PruneSchedule, ServiceError, ServiceResult, Services};
 use crate::database::rooms::{EventMeta, RoomRecord, RoomTables, TimelineRecord, UserRoomRecord};
 use crate::database::{Batch, Db, Direction};
 
-/// The spec's limit on a state key (and other IDs).
+/// The spec's limits on an event's `state_key` and `type` ("Size limits").
 pub const MAX_STATE_KEY_BYTES: usize = 255;
+pub const MAX_EVENT_TYPE_BYTES: usize = 255;
 
 /// What a client (or the server acting for one) wants to send.
 #[derive(Debug, Clone)]
@@ -331,7 +332,7 @@ impl Serialize for UnsignedView<'_> {
 pub struct TimelineService {
     tables: RoomTables,
     pub stream: Arc<Stream>,
-    room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
+    room_locks: Mutex<RoomLocks>,
     state_cache: Mutex<StateCache>,
     pdu_cache: Mutex<cache::PduCache>,
     members_cache: Mutex<cache::MembersCache>,
@@ -342,6 +343,15 @@ pub struct TimelineService {
     /// sync, once per room) read it or storage alike.
     room_cache: Mutex<HashMap<OwnedRoomId, RoomRecord>>,
 }
+
+/// Each room's write lock, for rooms written to lately.
+struct RoomLocks {
+    locks: HashMap<OwnedRoomId, Arc<Mutex<()>>>,
+    schedule: PruneSchedule,
+}
+
+/// Room locks kept before idle ones are dropped.
+const ROOM_LOCKS_KEPT: usize = 256;
 
 /// Room records kept at most (a few hundred bytes each); the cache starts
 /// over when full.
@@ -407,6 +417,30 @@ impl StateCache {
     }
 }
 
+/// For lookups that ruma's auth and resolution code make through `Option`:
+/// `keep` turns a storage error into `None` for ruma and holds on to it, and
+/// `check` (called as soon as ruma returns) fails with it, so no decision is
+/// taken on a view of the room that storage could not give in full.
+#[derive(Default)]
+pub(super) struct FailedLookup(std::cell::RefCell<Option<ServiceError>>);
+
+impl FailedLookup {
+    pub(super) fn keep<T>(&self, found: ServiceResult<Option<T>>) -> Option<T> {
+        found.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "storage failed while authorizing an event");
+            self.0.borrow_mut().get_or_insert(e);
+            None
+        })
+    }
+
+    pub(super) fn check(&self) -> ServiceResult<()> {
+        match self.0.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The order of a parsed state: by type, then state key.
 pub(super) fn state_order(event: &StoredEvent) -> (&str, Option<&str>) {
     (event.event_type(), event.state_key())
@@ -434,7 +468,10 @@ impl TimelineService {
         Self {
             tables: RoomTables::new(db),
             stream,
-            room_locks: Mutex::new(HashMap::new()),
+            room_locks: Mutex::new(RoomLocks {
+                locks: HashMap::new(),
+                schedule: PruneSchedule::new(ROOM_LOCKS_KEPT),
+            }),
             state_cache: Mutex::new(StateCache::default()),
             pdu_cache: Mutex::default(),
             members_cache: Mutex::default(),
@@ -443,9 +480,26 @@ impl TimelineService {
         }
     }
 
+    /// Adds the deletes of a logged-out device's transaction IDs to `batch`.
+    pub fn delete_device_txns_in(&self, batch: &mut Batch, user: &UserId, device: &str) -> ServiceResult<()> {
+        Ok(self.tables.delete_device_txns(batch, user.as_str(), device)?)
+    }
+
+    /// Indexes the transaction IDs of a database from before they expired.
+    pub fn backfill_txn_index(&self) -> ServiceResult<usize> {
+        Ok(self.tables.backfill_txn_index(now_ms())?)
+    }
+
     /// Serialises one room's writes; other rooms go on in parallel.
     fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
-        let mut locks = self.room_locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut room_locks = self.room_locks.lock().unwrap_or_else(|e| e.into_inner());
+        let RoomLocks { locks, schedule } = &mut *room_locks;
+        if schedule.due(locks.len()) {
+            // A lock only the map holds guards nothing: it is handed out
+            // only under the map's lock, so nobody can be about to take it.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            schedule.pruned(locks.len());
+        }
         locks.entry(room_id.to_owned()).or_default().clone()
     }
 
@@ -732,6 +786,25 @@ mod tests {
             txn: None,
         };
         Arc::new((0..n).map(event).collect())
+    }
+
+    #[test]
+    fn locks_of_rooms_no_longer_written_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::database::open_test_db(dir.path());
+        let timeline = TimelineService::new(db.clone(), Arc::new(Stream::new(db)));
+        let busy: OwnedRoomId = "!busy:x".try_into().unwrap();
+        let held = timeline.room_lock(&busy);
+        let guard = held.lock().unwrap();
+        for i in 0..10 * ROOM_LOCKS_KEPT {
+            let room: OwnedRoomId = format!("!r{i}:x").try_into().unwrap();
+            timeline.under_room_lock(&room, || ());
+        }
+        let kept = timeline.room_locks.lock().unwrap().locks.len();
+        assert!(kept <= ROOM_LOCKS_KEPT + 1, "{kept}");
+        // The held lock is still the room's lock: a writer waits for it.
+        assert!(Arc::ptr_eq(&held, &timeline.room_lock(&busy)));
+        drop(guard);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use ruma::state_res::utils::event_id_set::EventIdSet;
 use ruma::state_res::{self, Event};
 use ruma::{EventId, OwnedEventId};
 
-use super::{internal, TimelineService};
+use super::{internal, FailedLookup, TimelineService};
 use crate::service::pdu::Pdu;
 use crate::service::state::StateMap;
 use crate::service::{ServiceError, ServiceResult, Services};
@@ -51,7 +51,9 @@ impl TimelineService {
         let events = EventCache::new(self);
         let mut auth_chains = Vec::new();
         for map in &maps {
-            auth_chains.push(events.auth_chain(map.values())?.into_iter().collect::<EventIdSet<_>>());
+            let chain = events.auth_chain(map.values());
+            events.lookups.check()?;
+            auth_chains.push(chain?.into_iter().collect::<EventIdSet<_>>());
         }
         // Room version 1 resolves with v1, which ruma does not implement;
         // v2 is its successor and agrees whenever nothing conflicts.
@@ -71,8 +73,10 @@ impl TimelineService {
                     .conflicted_subgraph(conflicted)
                     .map(|set| set.into_iter().collect())
             },
-        )
-        .map_err(|e| ServiceError::Internal(format!("state resolution failed: {e}")))?;
+        );
+        // A lookup that failed in storage makes the resolution worthless.
+        events.lookups.check()?;
+        let resolved = resolved.map_err(|e| ServiceError::Internal(format!("state resolution failed: {e}")))?;
 
         let mut state = StateMap::new();
         for ((event_type, state_key), event_id) in resolved {
@@ -87,6 +91,7 @@ impl TimelineService {
 struct EventCache<'a> {
     timeline: &'a TimelineService,
     events: std::cell::RefCell<HashMap<OwnedEventId, Option<Arc<Pdu>>>>,
+    lookups: FailedLookup,
 }
 
 impl<'a> EventCache<'a> {
@@ -94,6 +99,7 @@ impl<'a> EventCache<'a> {
         Self {
             timeline,
             events: Default::default(),
+            lookups: FailedLookup::default(),
         }
     }
 
@@ -101,9 +107,10 @@ impl<'a> EventCache<'a> {
         if let Some(hit) = self.events.borrow().get(id) {
             return hit.clone();
         }
-        let pdu = self.timeline.pdu(id).ok().flatten();
-        self.events.borrow_mut().insert(id.to_owned(), pdu.clone());
-        pdu
+        // A failed read is not cached: the resolution fails with it.
+        let pdu = self.lookups.keep(self.timeline.pdu(id))?;
+        self.events.borrow_mut().insert(id.to_owned(), Some(pdu.clone()));
+        Some(pdu)
     }
 
     fn auth_events(&self, id: &EventId) -> Vec<OwnedEventId> {
