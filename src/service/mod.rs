@@ -286,3 +286,56 @@ pub(crate) fn random_string(len: usize) -> String {
         .map(char::from)
         .collect()
 }
+
+/// What unit tests of the services start from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use ruma::{OwnedRoomId, OwnedUserId};
+
+    use super::rooms::{CreateRoom, Preset};
+    use super::Services;
+    use crate::database::testing::FaultyStore;
+
+    /// Services on a store that fails where a test tells it to, with
+    /// `@alice:localhost` and `@bob:localhost` registered and joined to a
+    /// public room of Alice's. Keep `dir` for as long as the services.
+    pub struct TwoInARoom {
+        pub dir: tempfile::TempDir,
+        pub store: Arc<FaultyStore>,
+        pub s: Services,
+        pub alice: OwnedUserId,
+        pub bob: OwnedUserId,
+        pub room: OwnedRoomId,
+    }
+
+    pub fn two_in_a_room() -> TwoInARoom {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FaultyStore::open(dir.path());
+        let config = crate::config::Config {
+            database_path: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let s = Services::build(config, store.clone()).unwrap();
+        let alice: OwnedUserId = "@alice:localhost".try_into().unwrap();
+        let bob: OwnedUserId = "@bob:localhost".try_into().unwrap();
+        for user in [&alice, &bob] {
+            s.users.register(&s.devices, user, None, None).unwrap();
+        }
+        let public = CreateRoom {
+            preset: Some(Preset::PublicChat),
+            ..Default::default()
+        };
+        let room = s.rooms.create_room(&s, &alice, public).unwrap();
+        s.rooms.join(&s, &bob, room.as_str(), None).unwrap();
+        TwoInARoom {
+            dir,
+            store,
+            s,
+            alice,
+            bob,
+            room,
+        }
+    }
+}

@@ -190,11 +190,9 @@ impl ReceiptsService {
 #[cfg(test)]
 mod tests {
     use ruma::events::TimelineEventType;
-    use ruma::OwnedUserId;
 
-    use crate::database::testing::FaultyStore;
     use crate::database::Table;
-    use crate::service::rooms::{CreateRoom, Preset};
+    use crate::service::testing::{two_in_a_room, TwoInARoom};
     use crate::service::timeline::EventSpec;
     use crate::service::{ServiceError, Services};
 
@@ -203,30 +201,14 @@ mod tests {
     /// nor cleared counts without a receipt.
     #[test]
     fn a_receipt_and_the_counts_it_clears_are_one_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FaultyStore::open(dir.path());
-        let config = crate::config::Config {
-            database_path: dir.path().to_owned(),
-            ..Default::default()
-        };
-        let s = Services::build(config, store.clone()).unwrap();
-        let alice: OwnedUserId = "@alice:localhost".try_into().unwrap();
-        let bob: OwnedUserId = "@bob:localhost".try_into().unwrap();
-        for user in [&alice, &bob] {
-            s.users.register(&s.devices, user, None, None).unwrap();
-        }
-        let room = s
-            .rooms
-            .create_room(
-                &s,
-                &alice,
-                CreateRoom {
-                    preset: Some(Preset::PublicChat),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        s.rooms.join(&s, &bob, room.as_str(), None).unwrap();
+        let TwoInARoom {
+            dir: _dir,
+            store,
+            s,
+            alice,
+            bob,
+            room,
+        } = two_in_a_room();
         let message = EventSpec {
             event_type: TimelineEventType::RoomMessage,
             content: serde_json::from_value(serde_json::json!({"msgtype": "m.text", "body": "hi alice"})).unwrap(),

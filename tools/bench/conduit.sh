@@ -7,6 +7,9 @@
 #                         the server reads those as config keys)
 #   start_conduit PORT    starts it with the default config and waits for
 #                         /versions; sets $pid, $dir and $base
+#   idle_rss              after 2 s of idle, prints the server's RSS
+#                         (`idle_rss_kib`); every script calls it right
+#                         after start-up, so each round records it
 #   bench_python          the harness's Python (../shared/bench), its venv
 #                         made on first use; sets $python
 
@@ -37,6 +40,11 @@ TOML
     done
     echo "conduit did not answer on $base" >&2
     return 1
+}
+
+idle_rss() {
+    sleep 2
+    echo "idle_rss_kib: $(awk '/VmRSS/ {print $2}' /proc/$pid/status)"
 }
 
 bench_python() {

@@ -15,8 +15,7 @@ start=$(date +%s%N)
 start_conduit 18167
 end=$(date +%s%N)
 echo "startup_to_first_200_ms: $(( (end - start) / 1000000 ))"
-sleep 2
-echo "idle_rss_kib: $(awk '/VmRSS/ {print $2}' /proc/$pid/status)"
+idle_rss
 
 echo "--- wrk"
 bash tools/bench/wrk_floor.sh "$base" 10 64

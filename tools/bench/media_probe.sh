@@ -11,6 +11,7 @@ source tools/bench/conduit.sh
 count="${1:-300}"
 bench_python
 start_conduit 18169
+idle_rss
 token=$(curl -sf -X POST "$base/_matrix/client/v3/register" \
     -d '{"username":"probe","password":"probe-password","auth":{"type":"m.login.dummy"}}' \
     | "$python" -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')

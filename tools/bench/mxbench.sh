@@ -20,5 +20,6 @@ shift $(( $# > 2 ? 2 : $# ))
 source tools/bench/conduit.sh
 bench_python
 start_conduit 18168
+idle_rss
 "$python" ../shared/bench/mxbench.py run --base-url "$base" --scale "$scale" \
     --pid "$pid" --label "conduit-$scale" --out "$out" "$@"

@@ -519,44 +519,26 @@ fn client_object(object: &CanonicalJsonObject) -> CanonicalJsonObject {
 #[cfg(test)]
 mod tests {
     use ruma::events::StateEventType;
-    use ruma::OwnedUserId;
     use serde_json::json;
 
-    use crate::database::testing::FaultyStore;
     use crate::database::{keys, Table};
-    use crate::service::rooms::{CreateRoom, Preset};
+    use crate::service::testing::{two_in_a_room, TwoInARoom};
     use crate::service::timeline::EventSpec;
-    use crate::service::{ServiceError, Services};
+    use crate::service::ServiceError;
 
     /// Auth must not run on part of the state: when the power levels cannot
     /// be read, a change that they forbid is not let through as if the
     /// room had none (then anyone may set state); the send fails instead.
     #[test]
     fn a_storage_error_while_authorizing_fails_the_event() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FaultyStore::open(dir.path());
-        let config = crate::config::Config {
-            database_path: dir.path().to_owned(),
-            ..Default::default()
-        };
-        let s = Services::build(config, store.clone()).unwrap();
-        let alice: OwnedUserId = "@alice:localhost".try_into().unwrap();
-        let bob: OwnedUserId = "@bob:localhost".try_into().unwrap();
-        for user in [&alice, &bob] {
-            s.users.register(&s.devices, user, None, None).unwrap();
-        }
-        let room_id = s
-            .rooms
-            .create_room(
-                &s,
-                &alice,
-                CreateRoom {
-                    preset: Some(Preset::PublicChat),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        s.rooms.join(&s, &bob, room_id.as_str(), None).unwrap();
+        let TwoInARoom {
+            dir: _dir,
+            store,
+            s,
+            bob,
+            room: room_id,
+            ..
+        } = two_in_a_room();
         let rename = || EventSpec::state(StateEventType::RoomName, "", json!({"name": "bob's"})).unwrap();
         assert!(
             matches!(
