@@ -62,6 +62,10 @@ pub struct Config {
     pub argon2_iterations: u32,
     #[serde(default = "defaults::argon2_parallelism")]
     pub argon2_parallelism: u32,
+    /// Password checks (logins, registrations) that may wait for the one
+    /// hashing thread; more at once are answered 429 with a retry time.
+    #[serde(default = "defaults::password_checks_waiting")]
+    pub password_checks_waiting: usize,
     #[serde(default = "defaults::yes")]
     pub allow_encryption: bool,
     #[serde(default = "defaults::yes")]
@@ -281,6 +285,9 @@ mod defaults {
     pub fn argon2_parallelism() -> u32 {
         1
     }
+    pub fn password_checks_waiting() -> usize {
+        4
+    }
     pub fn openid_token_ttl() -> u64 {
         3600
     }
@@ -382,6 +389,9 @@ impl Config {
         }
         if self.db_cache_capacity_mb.is_nan() || self.db_cache_capacity_mb <= 0.0 {
             return Err(key_error("db_cache_capacity_mb", "must be greater than 0"));
+        }
+        if self.password_checks_waiting == 0 {
+            return Err(key_error("password_checks_waiting", "must be greater than 0"));
         }
         if self.max_to_device_queue == 0 {
             return Err(key_error("max_to_device_queue", "must be greater than 0"));
@@ -618,6 +628,21 @@ mod tests {
         );
         let bad_delegation = load_str("[global.well_known]\nserver = \"https://x/\"\n", &[]).unwrap_err();
         assert_eq!(key_of(bad_delegation), "well_known.server");
+    }
+
+    #[test]
+    fn password_queue_bound_is_read_and_must_be_positive() {
+        assert_eq!(Config::load(None, Vec::new()).unwrap().password_checks_waiting, 4);
+        assert_eq!(
+            load_str("[global]\npassword_checks_waiting = 64\n", &[])
+                .unwrap()
+                .password_checks_waiting,
+            64
+        );
+        assert_eq!(
+            key_of(load_str("[global]\npassword_checks_waiting = 0\n", &[]).unwrap_err()),
+            "password_checks_waiting"
+        );
     }
 
     #[test]

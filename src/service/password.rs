@@ -21,22 +21,22 @@ enum Job {
     Verify(String, String, mpsc::SyncSender<ServiceResult<bool>>),
 }
 
+/// Jobs wait for the hashing thread in a queue of at most `waiting` (the
+/// config's `password_checks_waiting`). Each waiting caller holds a
+/// blocking thread, and /login needs no account: without a bound, a flood
+/// of logins would take the threads every storage call shares. Past it
+/// the caller is told to retry.
 pub struct PasswordHasher {
     jobs: mpsc::SyncSender<Job>,
+    waiting: usize,
     /// How long the last job took, in ms: what each job waiting costs.
     last_job_ms: Arc<AtomicU64>,
 }
 
-/// Jobs that may wait for the hashing thread. Each waiting caller holds a
-/// blocking thread, and /login needs no account: without a bound, a flood
-/// of logins would queue hashes (and threads) without limit. Past it the
-/// caller is told to retry.
-const QUEUED_JOBS: usize = 4;
-
 impl PasswordHasher {
     /// Starts the hashing thread; it ends when the hasher is dropped.
-    pub fn new(params: Params) -> Self {
-        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUED_JOBS);
+    pub fn new(params: Params, waiting: usize) -> Self {
+        let (jobs, queue) = mpsc::sync_channel::<Job>(waiting);
         let last_job_ms = Arc::new(AtomicU64::new(0));
         let timing = Arc::clone(&last_job_ms);
         thread::Builder::new()
@@ -73,7 +73,11 @@ impl PasswordHasher {
                 }
             })
             .expect("spawn the password hashing thread");
-        Self { jobs, last_job_ms }
+        Self {
+            jobs,
+            waiting,
+            last_job_ms,
+        }
     }
 
     /// A new PHC-format argon2id hash with a random salt.
@@ -98,7 +102,7 @@ impl PasswordHasher {
                 let per_job = self.last_job_ms.load(Ordering::Relaxed).max(1);
                 ServiceError::Busy {
                     what: "too many password checks are waiting".to_owned(),
-                    retry_after_ms: (per_job * (QUEUED_JOBS as u64 + 1)).max(100),
+                    retry_after_ms: (per_job * (self.waiting as u64 + 1)).max(100),
                 }
             }
             mpsc::TrySendError::Disconnected(_) => gone(),
@@ -172,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_asks_callers_to_come_back_later() {
-        let hasher = Arc::new(PasswordHasher::new(Params::new(8192, 2, 1, None).unwrap()));
+        let hasher = Arc::new(PasswordHasher::new(Params::new(8192, 2, 1, None).unwrap(), 4));
         let stored = hasher.hash("pw").unwrap();
         let callers: Vec<_> = (0..20)
             .map(|_| {
@@ -194,14 +198,14 @@ mod tests {
 
     #[test]
     fn hashes_verify_and_use_argon2id_with_the_configured_cost() {
-        let hasher = PasswordHasher::new(Params::new(64, 1, 1, None).unwrap());
+        let hasher = PasswordHasher::new(Params::new(64, 1, 1, None).unwrap(), 4);
         let stored = hasher.hash("s3cret").unwrap();
         assert!(stored.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{stored}");
         assert!(hasher.verify("s3cret", &stored).unwrap());
         assert!(!hasher.verify("S3cret", &stored).unwrap());
         assert_ne!(hasher.hash("s3cret").unwrap(), stored, "salted");
         // A hash made under other settings still verifies.
-        let older = PasswordHasher::new(Params::new(128, 2, 1, None).unwrap())
+        let older = PasswordHasher::new(Params::new(128, 2, 1, None).unwrap(), 4)
             .hash("pw")
             .unwrap();
         assert!(hasher.verify("pw", &older).unwrap());

@@ -51,7 +51,7 @@ impl UsersService {
             tables: UsersTables::new(db),
             registration: Mutex::new(()),
             server_name: config.server_name.clone(),
-            passwords: PasswordHasher::new(argon2_params),
+            passwords: PasswordHasher::new(argon2_params, config.password_checks_waiting),
         }
     }
 

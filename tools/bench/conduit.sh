@@ -31,6 +31,9 @@ server_name = "localhost"
 port = $port
 database_path = "$dir/db"
 log = "warn"
+# The harness registers 32 users at once; like synapse.sh lifting Synapse's
+# rate limits, let them all wait for the hashing thread.
+password_checks_waiting = 64
 TOML
     "$bin" -c "$dir/conduit.toml" & pid=$!
     # At most 5 s, in 1 ms steps so start-up time can be read off it.
