@@ -58,6 +58,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 
     let server = server.run();
     let handle = server.handle();
+    tokio::spawn(async {
+        // Once the HTTP workers are up, start-up is over.
+        tokio::time::sleep(START_UP_SETTLES).await;
+        release_start_up_memory();
+    });
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
@@ -67,6 +72,83 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     services.flush()?;
     tracing::info!("database flushed, bye");
     Ok(())
+}
+
+/// How long after the listeners are bound start-up is taken to be over.
+const START_UP_SETTLES: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Gives back the memory start-up used once and never again.
+///
+/// Opening the database (51 column families, options files) and building
+/// the services run code spread over most of the binary's text, and the
+/// kernel maps the pages around each one it runs: measured, 13 of the
+/// 22 MiB of text and 19 MiB of file pages in all were resident at idle,
+/// against the ~3 MiB that serving requests touches. Dropping the page
+/// table entries of our own read-only, unmodified mappings costs nothing
+/// but minor faults: the pages stay in the page cache and come back as
+/// code runs. Mappings with any private copy (relocated data behind
+/// RELRO) are left alone, since their file content is not what is in
+/// memory. glibc's freed start-up heap goes back as well.
+#[cfg(target_os = "linux")]
+fn release_start_up_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let (Ok(exe), Ok(smaps)) = (
+        std::fs::read_link("/proc/self/exe"),
+        std::fs::read_to_string("/proc/self/smaps"),
+    ) else {
+        return;
+    };
+    let exe = exe.to_string_lossy();
+    let mut released = 0usize;
+    for mapping in clean_read_only_mappings(&smaps, &exe) {
+        // SAFETY: the range is a whole mapping of the executable that is not
+        // writable and holds no anonymous (modified) page, so every page
+        // refaults from the file with the same content.
+        if unsafe { libc::madvise(mapping.0 as *mut libc::c_void, mapping.1, libc::MADV_DONTNEED) } == 0 {
+            released += mapping.1;
+        }
+    }
+    tracing::debug!(released_kib = released / 1024, "start-up memory released");
+}
+
+#[cfg(not(target_os = "linux"))]
+fn release_start_up_memory() {}
+
+/// `(start, length)` of each mapping of `exe` in `smaps` that is private,
+/// not writable and has no anonymous page.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn clean_read_only_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut current: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        // A mapping's header line starts `start-end`; its fields end in `:`.
+        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let perms = fields.next().unwrap_or_default();
+            let path = fields.nth(3).unwrap_or_default();
+            current = match (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                (Ok(start), Ok(end))
+                    if path == exe && perms.starts_with('r') && !perms.contains('w') && perms.ends_with('p') =>
+                {
+                    Some((start, end - start))
+                }
+                _ => None,
+            };
+        } else if first == "Anonymous:" {
+            let anonymous_kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+            if let Some(mapping) = current.take() {
+                if anonymous_kib == 0 {
+                    found.push(mapping);
+                }
+            }
+        }
+    }
+    found
 }
 
 async fn shutdown_signal() {
@@ -97,4 +179,33 @@ fn load_tls(tls: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, Star
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| StartError::Tls(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_read_only_mappings;
+
+    #[test]
+    fn only_unmodified_read_only_mappings_of_the_binary_are_released() {
+        let smaps = "\
+55616b695000-55616bbd3000 r--p 00000000 fe:00 10292962 /usr/bin/conduit
+Rss:                1836 kB
+Anonymous:             0 kB
+55616bbd3000-55616d185000 r-xp 0053d000 fe:00 10292962 /usr/bin/conduit
+Anonymous:             0 kB
+55616d185000-55616d201000 r--p 01aee000 fe:00 10292962 /usr/bin/conduit
+Anonymous:           496 kB
+55616d201000-55616d204000 rw-p 01b69000 fe:00 10292962 /usr/bin/conduit
+Anonymous:            12 kB
+7f0000000000-7f0000001000 r-xp 00000000 fe:00 42 /usr/lib/libc.so.6
+Anonymous:             0 kB
+";
+        assert_eq!(
+            clean_read_only_mappings(smaps, "/usr/bin/conduit"),
+            vec![
+                (0x55616b695000, 0x55616bbd3000 - 0x55616b695000),
+                (0x55616bbd3000, 0x55616d185000 - 0x55616bbd3000),
+            ]
+        );
+    }
 }
