@@ -17,7 +17,7 @@ use ruma::api::auth_scheme::{
 };
 use ruma::api::error::{DeserializationError, FromHttpRequestError};
 use ruma::api::path_builder::PathBuilder;
-use ruma::api::{IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponseExt};
+use ruma::api::{IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt};
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
 use super::error::ApiError;
@@ -29,9 +29,25 @@ pub struct Ruma<T> {
     pub sender_user: Option<OwnedUserId>,
     pub sender_device: Option<OwnedDeviceId>,
     pub client_ip: Option<String>,
+    /// The JSON body as it came (`{}` for an empty one): for the fields a
+    /// ruma request type drops, such as a join's custom content.
+    pub json_body: Vec<u8>,
 }
 
 impl<T> Ruma<T> {
+    /// The body's top-level fields other than `known`, in the order sent.
+    pub fn extra_fields(&self, known: &[&str]) -> Result<JsonObject, ApiError> {
+        let source: &[u8] = if self.json_body.is_empty() {
+            b"{}"
+        } else {
+            &self.json_body
+        };
+        let mut object: JsonObject = serde_json::from_slice(source)
+            .map_err(|_| ApiError::BadJson("the request body must be a JSON object".to_owned()))?;
+        object.retain(|key, _| !known.contains(&key.as_str()));
+        Ok(object)
+    }
+
     /// The authenticated user; endpoints that require a token always have one.
     pub fn user(&self) -> Result<&UserId, ApiError> {
         self.sender_user.as_deref().ok_or(ApiError::MissingToken)
@@ -85,23 +101,25 @@ pub struct Router {
 impl Router {
     /// Registers `handler` under every path ruma knows for `R` (stable,
     /// legacy `r0` and unstable), for its method (and HEAD for GET).
-    pub fn add<R, F, Fut>(&mut self, handler: F)
+    pub fn add<R, F, Fut, Out>(&mut self, handler: F)
     where
         R: IncomingRequest + Send + 'static,
         R::Authentication: AuthKind,
         F: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + 'static,
-        Fut: Future<Output = Result<R::OutgoingResponse, ApiError>> + 'static,
+        Fut: Future<Output = Result<Out, ApiError>> + 'static,
+        Out: Reply,
     {
         self.add_with(Hooks::default(), handler);
     }
 
     /// Like [`Router::add`], with `hooks` on the way in or out.
-    pub fn add_with<R, F, Fut>(&mut self, hooks: Hooks, handler: F)
+    pub fn add_with<R, F, Fut, Out>(&mut self, hooks: Hooks, handler: F)
     where
         R: IncomingRequest + Send + 'static,
         R::Authentication: AuthKind,
         F: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + 'static,
-        Fut: Future<Output = Result<R::OutgoingResponse, ApiError>> + 'static,
+        Fut: Future<Output = Result<Out, ApiError>> + 'static,
+        Out: Reply,
     {
         let method = Method::from_bytes(R::METHOD.as_str().as_bytes()).expect("ruma methods are valid");
         let mut methods = vec![method.clone()];
@@ -122,7 +140,8 @@ impl Router {
                                     arg_count,
                                     hooks,
                                 };
-                                let work = handle::<R, F, Fut>(handler, services.into_inner(), req, payload, endpoint);
+                                let work =
+                                    handle::<R, F, Fut, Out>(handler, services.into_inner(), req, payload, endpoint);
                                 match AssertUnwindSafe(work).catch_unwind().await {
                                     Ok(Ok(response)) => response,
                                     Ok(Err(error)) => {
@@ -431,7 +450,7 @@ fn check_json_body(body: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn handle<R, F, Fut>(
+async fn handle<R, F, Fut, Out>(
     handler: F,
     services: Arc<Services>,
     req: HttpRequest,
@@ -442,7 +461,8 @@ where
     R: IncomingRequest + Send + 'static,
     R::Authentication: AuthKind,
     F: Fn(Arc<Services>, Ruma<R>) -> Fut,
-    Fut: Future<Output = Result<R::OutgoingResponse, ApiError>>,
+    Fut: Future<Output = Result<Out, ApiError>>,
+    Out: Reply,
 {
     let limit = services.config.max_request_size as usize;
     let body = read_body(&req, payload, limit).await?;
@@ -498,22 +518,46 @@ where
             sender_user,
             sender_device,
             client_ip,
+            json_body: body,
         },
     )
     .await?;
-    let response = response
-        .try_into_http_response::<BytesMut>()
-        .map_err(|e| ApiError::Internal(format!("response serialization: {e}")))?;
-    let (parts, mut body) = response.into_parts();
-    if let Some(fix) = endpoint.hooks.response {
-        body = fixed_response(fix, &body)?;
+    response.into_http(endpoint.hooks.response)
+}
+
+/// What a handler answers: a ruma response, which ruma writes and the
+/// endpoint's response hook may fix, or a [`Written`] one.
+pub trait Reply {
+    fn into_http(self, fix: Option<ResponseFix>) -> Result<HttpResponse, ApiError>;
+}
+
+impl<T: OutgoingResponse> Reply for T {
+    fn into_http(self, fix: Option<ResponseFix>) -> Result<HttpResponse, ApiError> {
+        let response = self
+            .try_into_http_response::<BytesMut>()
+            .map_err(|e| ApiError::Internal(format!("response serialization: {e}")))?;
+        let (parts, mut body) = response.into_parts();
+        if let Some(fix) = fix {
+            body = fixed_response(fix, &body)?;
+        }
+        let status = StatusCode::from_u16(parts.status.as_u16()).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut out = HttpResponse::build(status);
+        for (name, value) in &parts.headers {
+            out.append_header((name.as_str(), value.as_bytes()));
+        }
+        Ok(out.body(body.freeze()))
     }
-    let status = StatusCode::from_u16(parts.status.as_u16()).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut out = HttpResponse::build(status);
-    for (name, value) in &parts.headers {
-        out.append_header((name.as_str(), value.as_bytes()));
+}
+
+/// A response the handler wrote itself, for a ruma request type whose
+/// response type cannot say what clients need (e.g. /sync's empty
+/// sections, which ruma leaves out) without reading its own output back.
+pub struct Written(pub HttpResponse);
+
+impl Reply for Written {
+    fn into_http(self, _: Option<ResponseFix>) -> Result<HttpResponse, ApiError> {
+        Ok(self.0)
     }
-    Ok(out.body(body.freeze()))
 }
 
 /// Runs an endpoint's body check on the body as a JSON object and returns
