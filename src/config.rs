@@ -40,6 +40,10 @@ pub struct Config {
     pub allow_registration: bool,
     #[serde(default)]
     pub registration_token: Option<String>,
+    /// Whether the user directory lists every local user, rather than only
+    /// those who share a room with the searcher or sit in a public room.
+    #[serde(default)]
+    pub user_directory_search_all_users: bool,
     #[serde(default)]
     pub allow_federation: bool,
     #[serde(default = "defaults::trusted_servers")]

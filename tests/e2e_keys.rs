@@ -382,9 +382,13 @@ async fn device_lists_follow_key_changes_and_shared_encrypted_rooms() {
     assert!(device_list(&bob_sync, "changed").contains(&alice_id), "{bob_sync}");
     let alice_since = sync["next_batch"].as_str().unwrap().to_owned();
 
-    // Bob logs in a new device and uploads keys: Alice hears of it, long-polling.
+    // Bob logs in a new device: a change Alice hears of.
     let (_, login) = server.login("bob", "pw", Some("PHONE")).await;
     let phone = login["access_token"].as_str().unwrap().to_owned();
+    let sync = server.sync(&alice, Some(&alice_since), 0, None).await;
+    assert_eq!(device_list(&sync, "changed"), [bob_id.as_str()]);
+    let alice_since = sync["next_batch"].as_str().unwrap().to_owned();
+    // He uploads the new device's keys: Alice hears of it, long-polling.
     let mark = server.log_mark();
     let waiting = server.sync(&alice, Some(&alice_since), 10_000, None);
     let upload_keys = async {

@@ -205,7 +205,11 @@ async fn user_directory_search() {
     let server = TestServer::start().await;
     let (_, token, _) = server.register("quinn", "pw").await;
     let (_, rita, _) = server.register("rita", "pw").await;
-    server.register("ritchie", "pw").await;
+    let (_, ritchie, _) = server.register("ritchie", "pw").await;
+    // The directory shows people in public rooms (or a room shared with
+    // the searcher): see tests/conformance.rs for who stays hidden.
+    let lobby = server.create_room(&rita, json!({"preset": "public_chat"})).await;
+    server.join(&ritchie, &lobby).await;
     server
         .call(
             "PUT",

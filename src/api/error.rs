@@ -62,6 +62,7 @@ impl ApiError {
                 S::UserInUse => (StatusCode::BAD_REQUEST, "M_USER_IN_USE"),
                 S::UserDeactivated => (StatusCode::FORBIDDEN, "M_USER_DEACTIVATED"),
                 S::GuestAccessForbidden => (StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN"),
+                S::ThreepidDenied(_) => (StatusCode::FORBIDDEN, "M_THREEPID_DENIED"),
                 S::AuthRequired(_) => (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"),
                 S::UnsupportedRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
                 S::BadRequest(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN"),
@@ -87,8 +88,15 @@ impl ResponseError for ApiError {
         let (status, errcode) = self.status_and_code();
         let body = match self {
             // The UIA body carries the flows; its errcode, if any, is inside.
+            // `params` and `completed` even when empty, as the spec's
+            // examples and Synapse write them: clients index both.
             ApiError::Service(ServiceError::AuthRequired(info)) => {
-                serde_json::to_value(info).unwrap_or_else(|_| json!({}))
+                let mut body = serde_json::to_value(info).unwrap_or_else(|_| json!({}));
+                if let Some(object) = body.as_object_mut() {
+                    object.entry("params").or_insert_with(|| json!({}));
+                    object.entry("completed").or_insert_with(|| json!([]));
+                }
+                body
             }
             ApiError::UnknownToken => json!({"errcode": errcode, "error": self.to_string(), "soft_logout": false}),
             ApiError::Service(ServiceError::Busy { retry_after_ms, .. }) => {
@@ -190,5 +198,7 @@ mod tests {
         assert_eq!(status, 401);
         assert_eq!(body["flows"][0]["stages"][0], "m.login.dummy");
         assert_eq!(body["session"], "s");
+        assert_eq!(body["params"], json!({}));
+        assert_eq!(body["completed"], json!([]));
     }
 }

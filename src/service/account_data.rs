@@ -16,6 +16,9 @@ const MAX_CONTENT_BYTES: usize = 64 * 1024;
 /// Account data the server maintains through other endpoints.
 const SERVER_CONTROLLED: &[&str] = &["m.push_rules", "m.fully_read"];
 
+/// The account data event listing the users one ignores.
+pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+
 pub struct AccountDataService {
     tables: AccountDataTables,
     stream: Arc<Stream>,
@@ -35,6 +38,19 @@ impl AccountDataService {
             .get(user_id.as_str(), room_id.map(|r| r.as_str()), event_type)?
             .ok_or_else(|| ServiceError::NotFound("account data not found".to_owned()))?;
         RawValue::from_string(json).map_err(|e| ServiceError::Internal(format!("stored account data: {e}")))
+    }
+
+    /// The users `user_id` ignores (`m.ignored_user_list`): their events
+    /// and invites are kept from this user.
+    pub fn ignored_users(&self, user_id: &UserId) -> ServiceResult<std::collections::HashSet<String>> {
+        let Some(json) = self.tables.get(user_id.as_str(), None, IGNORED_USER_LIST)? else {
+            return Ok(Default::default());
+        };
+        let content: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        Ok(content["ignored_users"]
+            .as_object()
+            .map(|users| users.keys().cloned().collect())
+            .unwrap_or_default())
     }
 
     pub fn set(

@@ -56,7 +56,7 @@ impl DehydratedDevicesService {
                 .delete(s, user, &[OwnedDeviceId::from(old.device_id.as_str())])?;
         }
         // The device's access token is never handed out: nobody logs in as it.
-        s.devices.login(user, Some(&new.device_id), new.display_name, None)?;
+        s.devices.login(s, user, Some(&new.device_id), new.display_name, None)?;
         let uploaded = s.e2e_keys.upload(
             s,
             user,

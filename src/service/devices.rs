@@ -100,17 +100,27 @@ impl DevicesService {
         Ok((device_id, token))
     }
 
-    /// A login: a new (or refreshed) device and its token.
+    /// A login: a new (or refreshed) device and its token. A new device
+    /// is a device-list change for everyone who shares a room.
     pub fn login(
         &self,
+        s: &Services,
         user_id: &UserId,
         device_id: Option<&str>,
         display_name: Option<String>,
         ip: Option<String>,
     ) -> ServiceResult<(String, String)> {
+        let known = match device_id {
+            Some(id) => self.tables.get(user_id.as_str(), id)?.is_some(),
+            None => false,
+        };
         let mut batch = Batch::new();
         let created = self.create_in(&mut batch, user_id, device_id, display_name, ip)?;
-        self.tables.write(batch)?;
+        if known {
+            self.tables.write(batch)?;
+        } else {
+            s.e2e_keys.write_with_change(s, batch, user_id)?;
+        }
         Ok(created)
     }
 
@@ -168,7 +178,15 @@ impl DevicesService {
         to_device(device_id, record)
     }
 
-    pub fn rename(&self, user_id: &UserId, device_id: &str, display_name: Option<String>) -> ServiceResult<()> {
+    /// Renames a device; others see device names in key queries, so a new
+    /// name is a device-list change.
+    pub fn rename(
+        &self,
+        s: &Services,
+        user_id: &UserId,
+        device_id: &str,
+        display_name: Option<String>,
+    ) -> ServiceResult<()> {
         if display_name.as_ref().is_some_and(|n| n.len() > MAX_DISPLAY_NAME) {
             return Err(ServiceError::InvalidParam("device display name is too long".to_owned()));
         }
@@ -176,10 +194,13 @@ impl DevicesService {
             .tables
             .get(user_id.as_str(), device_id)?
             .ok_or_else(|| ServiceError::NotFound("unknown device".to_owned()))?;
+        if record.display_name == display_name {
+            return Ok(());
+        }
         record.display_name = display_name;
         let mut batch = Batch::new();
         self.tables.put(&mut batch, user_id.as_str(), device_id, &record);
-        Ok(self.tables.write(batch)?)
+        s.e2e_keys.write_with_change(s, batch, user_id)
     }
 
     /// Deletes these devices (unknown IDs are skipped, as the spec allows),

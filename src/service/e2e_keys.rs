@@ -65,6 +65,19 @@ fn parse_object(json: &str) -> ServiceResult<CanonicalJsonObject> {
     serde_json::from_str(json).map_err(|e| bad_json(format!("not a canonical JSON object: {e}")))
 }
 
+/// A one-time key as stored: an object (signed keys) or, as the spec
+/// allows for unsigned `curve25519` keys, a plain string.
+fn one_time_key_json(json: &str) -> ServiceResult<String> {
+    match serde_json::from_str(json) {
+        Ok(CanonicalJsonValue::Object(object)) => Ok(to_json(&object)),
+        Ok(value @ CanonicalJsonValue::String(_)) => {
+            Ok(serde_json::to_string(&value).expect("canonical JSON serializes"))
+        }
+        Ok(_) => Err(bad_json("a one-time key is an object or a string")),
+        Err(e) => Err(bad_json(format!("not canonical JSON: {e}"))),
+    }
+}
+
 fn stored_object(json: &str) -> ServiceResult<CanonicalJsonObject> {
     serde_json::from_str(json).map_err(|e| ServiceError::Internal(format!("stored key: {e}")))
 }
@@ -192,8 +205,7 @@ impl E2eKeysService {
         }
         for (key_id, json) in one_time_keys {
             let algorithm = algorithm_of(key_id)?;
-            let object = parse_object(json)?;
-            let json = to_json(&object);
+            let json = one_time_key_json(json)?;
             match self.tables.one_time_key(user.as_str(), device, algorithm, key_id)? {
                 Some(existing) if existing != json => {
                     return Err(ServiceError::InvalidParam(format!(
@@ -239,16 +251,20 @@ impl E2eKeysService {
                 "device keys must name this user and device".to_owned(),
             ));
         }
+        // Clients verify device keys, not servers: keys of algorithms this
+        // server does not know, or without a signature it could check, are
+        // stored and served as they came (as Synapse does). Only a
+        // signature by the device's own ed25519 key is checked here, since a
+        // forged one can be told from the keys alone.
         let ed25519_id = format!("ed25519:{device}");
-        let keys = object_field(&object, "keys").ok_or_else(|| bad_json("device keys have no keys"))?;
-        let ed25519 = str_field(keys, &ed25519_id)
-            .ok_or_else(|| bad_json(format!("device keys have no {ed25519_id} key")))?
-            .to_owned();
-        if !keys.contains_key(&format!("curve25519:{device}")) {
-            return Err(bad_json("device keys have no curve25519 key"));
+        let own_key = object_field(&object, "keys").and_then(|keys| str_field(keys, &ed25519_id));
+        let self_signed = object_field(&object, "signatures")
+            .and_then(|by| object_field(by, user.as_str()))
+            .is_some_and(|sigs| sigs.contains_key(&ed25519_id));
+        if let (Some(own_key), true) = (own_key, self_signed) {
+            check_signature(&object, user.as_str(), &ed25519_id, own_key)
+                .map_err(|e| ServiceError::InvalidParam(format!("device keys: {e}")))?;
         }
-        check_signature(&object, user.as_str(), &ed25519_id, &ed25519)
-            .map_err(|e| ServiceError::InvalidParam(format!("device keys: {e}")))?;
         let Some(existing) = self.tables.device_keys(user.as_str(), device)? else {
             self.tables
                 .put_device_keys(batch, user.as_str(), device, &to_json(&object));
@@ -700,9 +716,10 @@ impl E2eKeysService {
     }
 
     /// Writes `batch` together with a device-list change of `user`, and
-    /// wakes everyone who shares an encrypted room with them.
+    /// wakes everyone who shares a room with them (as Synapse does: a room
+    /// may turn encrypted later, and clients track whom they see).
     pub fn write_with_change(&self, s: &Services, mut batch: Batch, user: &UserId) -> ServiceResult<()> {
-        let interested = self.encrypted_peers(s, user)?;
+        let interested = self.peers(s, user, false)?;
         let stream = &s.timeline.stream;
         let ticket = stream.begin()?;
         self.tables.put_device_list_change(&mut batch, ticket.0, user.as_str());
@@ -720,11 +737,12 @@ impl E2eKeysService {
         Ok(written?)
     }
 
-    /// Users who share an encrypted room with `user` (joined now).
-    pub fn encrypted_peers(&self, s: &Services, user: &UserId) -> ServiceResult<HashSet<String>> {
+    /// Users who share a room with `user` (joined now); only encrypted
+    /// rooms when `encrypted_only`.
+    pub fn peers(&self, s: &Services, user: &UserId, encrypted_only: bool) -> ServiceResult<HashSet<String>> {
         let mut peers = HashSet::new();
         for (room_id, membership) in s.timeline.user_rooms(user)? {
-            if membership.membership != "join" || !self.is_encrypted(s, &room_id)? {
+            if membership.membership != "join" || (encrypted_only && !self.is_encrypted(s, &room_id)?) {
                 continue;
             }
             for (member, m) in s.timeline.members(&room_id)?.iter().cloned() {
@@ -755,12 +773,11 @@ impl E2eKeysService {
         to: u64,
     ) -> ServiceResult<DeviceListUpdates> {
         let mut updates = DeviceListUpdates::default();
-        // Who shares an encrypted room with the user: read only when some
-        // change needs it, since most syncs have none.
-        let mut peers: Option<HashSet<String>> = None;
+        // Key and device changes of anyone who shares a room with the user
+        // (read only when there are changes, since most syncs have none).
         let changes = self.tables.device_list_changes(from, to)?;
         if !changes.is_empty() {
-            let peers = peers.insert(self.encrypted_peers(s, user)?);
+            let peers = self.peers(s, user, false)?;
             for (_, changed) in changes {
                 if changed == user.as_str() || peers.contains(&changed) {
                     updates.changed.insert(changed);
@@ -829,10 +846,9 @@ impl E2eKeysService {
         if gone.is_empty() {
             return Ok(updates);
         }
-        let peers = match peers {
-            Some(peers) => peers,
-            None => self.encrypted_peers(s, user)?,
-        };
+        // `left` is, as the spec says, whom the user no longer shares an
+        // encrypted room with.
+        let peers = self.peers(s, user, true)?;
         for member in gone {
             if member != user.as_str() && !peers.contains(&member) {
                 updates.changed.remove(&member);

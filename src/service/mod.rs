@@ -65,6 +65,9 @@ pub enum ServiceError {
     UserDeactivated,
     #[error("guest accounts are not supported on this server")]
     GuestAccessForbidden,
+    /// A third-party identifier (email, phone) this server does not allow.
+    #[error("{0}")]
+    ThreepidDenied(String),
     /// More user-interactive authentication is needed (HTTP 401 with the flows).
     #[error("additional authentication is required")]
     AuthRequired(Box<UiaaInfo>),

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ruma::api::client::filter::{FilterDefinition, RoomEventFilter};
+use ruma::api::client::filter::{EventFormat, FilterDefinition, RoomEventFilter};
 use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
@@ -191,6 +191,7 @@ pub fn sync(
         }
     }
 
+    let ignored = s.account_data.ignored_users(user)?;
     let mut rooms = Vec::new();
     for (room_id, membership) in s.timeline.user_rooms(user)? {
         if membership.forgotten || !room_allowed(filter, &room_id) {
@@ -211,6 +212,7 @@ pub fn sync(
             up_to,
             filter,
             full_state,
+            &ignored,
         )?;
         match room {
             Some(mut room) => {
@@ -247,6 +249,53 @@ pub fn sync(
     })
 }
 
+/// The deprecated `GET /events` stream: the new timeline events of every
+/// joined room after `since`, oldest room first, each with its `room_id`.
+/// Unlike /sync it acknowledges nothing (to-device messages stay queued).
+pub fn room_events_since(
+    s: &Services,
+    user: &UserId,
+    device: &str,
+    since: u64,
+    up_to: u64,
+) -> ServiceResult<Vec<JsonValue>> {
+    let mut filter = FilterDefinition::default();
+    filter.room.timeline.limit = Some(ruma::UInt::from(EVENTS_STREAM_LIMIT));
+    let ignored = s.account_data.ignored_users(user)?;
+    let mut chunk = Vec::new();
+    for (room_id, membership) in s.timeline.user_rooms(user)? {
+        if membership.membership != "join" {
+            continue;
+        }
+        let Some(record) = s.timeline.room(&room_id)? else {
+            continue;
+        };
+        let room = sync_room(
+            s,
+            user,
+            device,
+            &room_id,
+            &record,
+            &membership,
+            Some(since),
+            up_to,
+            &filter,
+            false,
+            &ignored,
+        )?;
+        for event in room.into_iter().flat_map(|r| r.timeline) {
+            let mut event: JsonValue = serde_json::from_str(event.get())
+                .map_err(|e| ServiceError::Internal(format!("re-reading an event: {e}")))?;
+            event["room_id"] = room_id.as_str().into();
+            chunk.push(event);
+        }
+    }
+    Ok(chunk)
+}
+
+/// Events per room in one `GET /events` answer.
+const EVENTS_STREAM_LIMIT: u32 = 100;
+
 #[allow(clippy::too_many_arguments)]
 fn sync_room(
     s: &Services,
@@ -259,6 +308,7 @@ fn sync_room(
     up_to: u64,
     filter: &FilterDefinition,
     full_state: bool,
+    ignored: &HashSet<String>,
 ) -> ServiceResult<Option<SyncRoom>> {
     let since_pos = since.unwrap_or(0);
     let section = match membership.membership.as_str() {
@@ -272,6 +322,15 @@ fn sync_room(
         RoomSection::Invite | RoomSection::Knock => {
             if !membership_changed && since.is_some() {
                 return Ok(None);
+            }
+            // An invite from someone this user ignores is not shown.
+            if section == RoomSection::Invite && !ignored.is_empty() {
+                let invite = s
+                    .timeline
+                    .state_event(s, record.state_snapshot, "m.room.member", user.as_str())?;
+                if invite.is_some_and(|e| ignored.contains(e.sender())) {
+                    return Ok(None);
+                }
             }
             let state = stripped_state(s, user, record)?;
             return Ok(Some(SyncRoom {
@@ -322,8 +381,14 @@ fn sync_room(
             usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT)
         })
         .min(MAX_TIMELINE_LIMIT);
-    // Newly joined: the whole state, and history as visibility allows.
-    let new_join = since.is_none() || (membership_changed && section == RoomSection::Join);
+    // New to the client (an initial sync, a join since, or a join and a
+    // leave both since): the whole state, and history as visibility allows.
+    // A membership change of one already joined (a new display name) is not.
+    let new_join = match since {
+        None => true,
+        Some(_) if !membership_changed => false,
+        Some(since_pos) => !joined_at(s, user, record, since_pos)?,
+    };
     let mut timeline: Vec<StoredEvent> = Vec::new();
     let mut limited = false;
     // The state before the earliest visible event scanned: where the
@@ -359,7 +424,7 @@ fn sync_room(
             break;
         }
         first_seen_state = Some(meta.state_before);
-        if event_passes(timeline_filter, &event) {
+        if event_passes(timeline_filter, &event) && !ignored.contains(event.sender()) {
             timeline.push(event);
         }
     }
@@ -372,7 +437,14 @@ fn sync_room(
     };
     let state_filter = &filter.room.state;
     let lazy = !state_filter.lazy_load_options.is_disabled();
-    let senders: HashSet<&str> = timeline.iter().map(|e| e.sender()).collect();
+    let (joined_count, invited_count, heroes) = summary(s, room_id, record, user)?;
+    // Whose membership a lazy-loading client gets: the timeline's senders
+    // and, as the spec requires, the heroes it names the room by.
+    let senders: HashSet<&str> = timeline
+        .iter()
+        .map(|e| e.sender())
+        .chain(heroes.iter().map(|h| h.as_str()))
+        .collect();
     // The whole state (shared with the state cache, not copied), or the
     // events of a gap.
     let whole_state = if full_state || new_join {
@@ -408,6 +480,7 @@ fn sync_room(
     }
     let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
     let viewer = Some((user, device));
+    let federation_format = filter.event_format == EventFormat::Federation;
     let state = whole_state
         .iter()
         .flat_map(|w| w.iter())
@@ -419,10 +492,15 @@ fn sync_room(
                 || e.event_type() != "m.room.member"
                 || e.state_key().is_some_and(|k| senders.contains(k) || k == user.as_str())
         })
-        .map(|e| e.to_client_raw(false, viewer))
+        .map(|e| {
+            if federation_format {
+                as_pdu(s, e)
+            } else {
+                e.to_client_raw(false, viewer)
+            }
+        })
         .collect::<ServiceResult<_>>()?;
 
-    let (joined_count, invited_count, heroes) = summary(s, room_id, user)?;
     let threads_apart = filter.room.timeline.unread_thread_notifications;
     let (unread, unread_threads) = s.push.counts(user, room_id, threads_apart)?;
     let prev_batch = timeline
@@ -432,7 +510,11 @@ fn sync_room(
     Ok(Some(SyncRoom {
         room_id: room_id.clone(),
         section,
-        timeline: s.timeline.client_events(s, &timeline, false, (user, device))?,
+        timeline: if federation_format {
+            timeline.iter().map(|e| as_pdu(s, e)).collect::<ServiceResult<_>>()?
+        } else {
+            s.timeline.client_events(s, &timeline, false, (user, device))?
+        },
         limited,
         prev_batch,
         state,
@@ -446,24 +528,87 @@ fn sync_room(
     }))
 }
 
-/// Joined and invited counts, and up to five other members as heroes.
-fn summary(s: &Services, room_id: &OwnedRoomId, user: &UserId) -> ServiceResult<(u64, u64, Vec<OwnedUserId>)> {
+/// Whether `user` was joined to the room at stream position `at`.
+fn joined_at(s: &Services, user: &UserId, record: &RoomRecord, at: u64) -> ServiceResult<bool> {
+    // No event yet at `at`: the room did not exist then.
+    let Some(last) = s.timeline.events(record, Some(at), Direction::Backward).next() else {
+        return Ok(false);
+    };
+    let Some(meta) = s.timeline.event_meta(&last?.event_id)? else {
+        return Ok(false);
+    };
+    Ok(s.timeline
+        .state_event(s, meta.state_after, "m.room.member", user.as_str())?
+        .is_some_and(|m| m.content_str("membership") == Some("join")))
+}
+
+/// An event in the federation format a filter may ask for: the PDU as
+/// servers exchange it. Timelines and room states hold only what clients
+/// read, so the whole PDU comes from storage.
+fn as_pdu(s: &Services, event: &StoredEvent) -> ServiceResult<Box<RawValue>> {
+    let whole = s
+        .timeline
+        .event(&event.event_id)?
+        .ok_or_else(|| ServiceError::Internal(format!("event {} is not stored", event.event_id)))?;
+    serde_json::value::to_raw_value(&whole.json).map_err(|e| ServiceError::Internal(format!("event as a PDU: {e}")))
+}
+
+/// Joined and invited counts, and the heroes: up to five other members
+/// (joined or invited; else those who left or were banned) for a client
+/// to name a room by, only when the room has neither a name nor a
+/// canonical alias (the spec requires them only then).
+fn summary(
+    s: &Services,
+    room_id: &OwnedRoomId,
+    record: &RoomRecord,
+    user: &UserId,
+) -> ServiceResult<(u64, u64, Vec<OwnedUserId>)> {
+    const HEROES: usize = 5;
     let mut joined = 0;
     let mut invited = 0;
     let mut heroes = Vec::new();
+    let mut former = Vec::new();
     for (member, membership) in s.timeline.members(room_id)?.iter() {
-        match membership.as_str() {
-            "join" => joined += 1,
-            "invite" => invited += 1,
-            _ => continue,
+        let present = match membership.as_str() {
+            "join" => {
+                joined += 1;
+                true
+            }
+            "invite" => {
+                invited += 1;
+                true
+            }
+            _ => false,
+        };
+        if member == user.as_str() {
+            continue;
         }
-        if member != user.as_str() && heroes.len() < 5 {
+        let list = if present { &mut heroes } else { &mut former };
+        if list.len() < HEROES {
             if let Ok(id) = OwnedUserId::try_from(member.as_str()) {
-                heroes.push(id);
+                list.push(id);
             }
         }
     }
+    if heroes.is_empty() {
+        heroes = former;
+    }
+    if is_named(s, record)? {
+        heroes.clear();
+    }
     Ok((joined, invited, heroes))
+}
+
+/// Whether the room has a non-empty `m.room.name` or canonical alias.
+fn is_named(s: &Services, record: &RoomRecord) -> ServiceResult<bool> {
+    for (event_type, field) in [("m.room.name", "name"), ("m.room.canonical_alias", "alias")] {
+        if let Some(event) = s.timeline.state_event(s, record.state_snapshot, event_type, "")? {
+            if event.content_str(field).is_some_and(|v| !v.is_empty()) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The stripped state an invited or knocking user sees.

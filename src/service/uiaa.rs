@@ -33,6 +33,10 @@ impl Purpose {
     }
 }
 
+/// The purpose of a registration session whose flow is complete; its
+/// `user_id` names the account once it is made.
+const REGISTERED: &str = "registered";
+
 /// Sessions older than this are refused and must be started again.
 const SESSION_LIFETIME_MS: u64 = 30 * 60 * 1000;
 
@@ -68,19 +72,29 @@ impl UiaaService {
 
     /// Advances (or starts) the session for `auth`. `Ok(())` once a whole flow
     /// is complete; otherwise [`ServiceError::AuthRequired`] with what is left.
+    ///
+    /// `operation` names what exactly the request does where the purpose
+    /// alone does not (the devices to delete): a session started for one
+    /// operation cannot complete another.
     pub fn authenticate(
         &self,
         users: &UsersService,
         user_id: Option<&UserId>,
         purpose: Purpose,
+        operation: &str,
         auth: Option<&AuthData>,
     ) -> ServiceResult<()> {
         let flows = self.flows(purpose);
+        let bound_to = if operation.is_empty() {
+            purpose.as_str().to_owned()
+        } else {
+            format!("{}:{operation}", purpose.as_str())
+        };
         let Some(auth) = auth else {
             let session = random_string(24);
             let record = UiaaSessionRecord {
                 user_id: user_id.map(|u| u.to_string()),
-                purpose: purpose.as_str().to_owned(),
+                purpose: bound_to,
                 completed: Vec::new(),
                 created_ms: now_ms(),
             };
@@ -95,7 +109,7 @@ impl UiaaService {
                     .get(session)?
                     .filter(|r| now_ms().saturating_sub(r.created_ms) < SESSION_LIFETIME_MS)
                     .ok_or_else(|| ServiceError::NotFound("unknown or expired authentication session".to_owned()))?;
-                if record.purpose != purpose.as_str() || record.user_id.as_deref() != user_id.map(|u| u.as_str()) {
+                if record.purpose != bound_to || record.user_id.as_deref() != user_id.map(|u| u.as_str()) {
                     return Err(ServiceError::Forbidden(
                         "this session belongs to another request".to_owned(),
                     ));
@@ -107,7 +121,7 @@ impl UiaaService {
                 random_string(24),
                 UiaaSessionRecord {
                     user_id: user_id.map(|u| u.to_string()),
-                    purpose: purpose.as_str().to_owned(),
+                    purpose: bound_to,
                     completed: Vec::new(),
                     created_ms: now_ms(),
                 },
@@ -141,12 +155,51 @@ impl UiaaService {
                 .all(|s| record.completed.iter().any(|c| *c == s.to_string()))
         });
         if complete {
-            self.tables.delete(&session)?;
+            if purpose == Purpose::Register {
+                // Kept (until it expires) so that a repeated request gets
+                // the same account: see `registered_in`.
+                record.purpose = REGISTERED.to_owned();
+                self.tables.put(&session, &record)?;
+            } else {
+                self.tables.delete(&session)?;
+            }
             Ok(())
         } else {
             self.tables.put(&session, &record)?;
             Err(self.info(flows, &record, session, None))
         }
+    }
+
+    /// Names the account a completed registration session made, so that
+    /// the request repeated with this session returns it again.
+    pub fn record_registration(&self, auth: Option<&AuthData>, user_id: &UserId) -> ServiceResult<()> {
+        let Some(session) = auth.and_then(AuthData::session) else {
+            return Ok(());
+        };
+        if let Some(mut record) = self.tables.get(session)?.filter(|r| r.purpose == REGISTERED) {
+            record.user_id = Some(user_id.to_string());
+            self.tables.put(session, &record)?;
+        }
+        Ok(())
+    }
+
+    /// The account a registration session already made, if `auth` names
+    /// one that did: registration is idempotent within its session.
+    pub fn registered_in(&self, auth: Option<&AuthData>) -> ServiceResult<Option<ruma::OwnedUserId>> {
+        let Some(session) = auth.and_then(AuthData::session) else {
+            return Ok(None);
+        };
+        let Some(record) = self
+            .tables
+            .get(session)?
+            .filter(|r| r.purpose == REGISTERED && now_ms().saturating_sub(r.created_ms) < SESSION_LIFETIME_MS)
+        else {
+            return Ok(None);
+        };
+        record
+            .user_id
+            .map(|u| ruma::OwnedUserId::try_from(u).map_err(|e| ServiceError::Internal(format!("stored session: {e}"))))
+            .transpose()
     }
 
     fn check_password(

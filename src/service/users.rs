@@ -237,8 +237,14 @@ impl UsersService {
     }
 
     /// Local, active users whose ID or display name contains `term`
-    /// (case-insensitive); `true` when more than `limit` matched.
-    pub fn search_directory(&self, term: &str, limit: usize) -> ServiceResult<(Vec<DirectoryEntry>, bool)> {
+    /// (case-insensitive) and whom `visible` lets the searcher see; `true`
+    /// when more than `limit` matched.
+    pub fn search_directory(
+        &self,
+        term: &str,
+        limit: usize,
+        mut visible: impl FnMut(&UserId) -> ServiceResult<bool>,
+    ) -> ServiceResult<(Vec<DirectoryEntry>, bool)> {
         let term = term.to_lowercase();
         let mut found = Vec::new();
         for entry in self.tables.all() {
@@ -254,12 +260,15 @@ impl UsersService {
             if !matches {
                 continue;
             }
-            if found.len() == limit {
-                return Ok((found, true));
-            }
             let Ok(user_id) = OwnedUserId::try_from(user_id) else {
                 continue;
             };
+            if !visible(&user_id)? {
+                continue;
+            }
+            if found.len() == limit {
+                return Ok((found, true));
+            }
             let avatar_url = self.tables.profile_field(user_id.as_str(), AVATAR_URL)?;
             found.push(DirectoryEntry {
                 user_id,

@@ -7,16 +7,23 @@ use ruma::api::client::account::{
     change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus,
 };
 
+use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::uiaa::Purpose;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
-    router.add(register);
+    router.add_with(Hooks::response(no_login_no_fields), register);
     router.add(username_available);
     router.add(whoami);
     router.add(change_password);
     router.add(deactivate);
+}
+
+/// With `inhibit_login` there is no device and no token: the spec leaves
+/// both fields out, ruma writes them as null.
+fn no_login_no_fields(response: &mut JsonObject) {
+    response.retain(|key, value| !(value.is_null() && matches!(key.as_str(), "access_token" | "device_id")));
 }
 
 async fn register(
@@ -35,18 +42,36 @@ async fn register(
     let client_ip = req.client_ip;
     services
         .run(move |s| {
+            // The request repeated within a completed session: the same
+            // account again, with a login if one is asked for.
+            if let Some(user_id) = s.uiaa.registered_in(body.auth.as_ref())? {
+                let mut response = register::v3::Response::new(user_id.clone());
+                if !body.inhibit_login {
+                    let (device_id, access_token) = s.devices.login(
+                        s,
+                        &user_id,
+                        body.device_id.as_ref().map(|d| d.as_str()),
+                        body.initial_device_display_name,
+                        client_ip,
+                    )?;
+                    response.access_token = Some(access_token);
+                    response.device_id = Some(device_id.into());
+                }
+                return Ok(response);
+            }
             // Name problems are reported before any authentication stage.
             let user_id = match &body.username {
                 Some(name) => s.users.check_new_localpart(&name.to_lowercase())?,
                 None => s.users.generate_user_id()?,
             };
             s.uiaa
-                .authenticate(&s.users, None, Purpose::Register, body.auth.as_ref())?;
+                .authenticate(&s.users, None, Purpose::Register, "", body.auth.as_ref())?;
             let login = (!body.inhibit_login)
                 .then(|| (body.device_id.map(|d| d.to_string()), body.initial_device_display_name));
             let new_login = s
                 .users
                 .register(&s.devices, &user_id, body.password.as_deref(), login)?;
+            s.uiaa.record_registration(body.auth.as_ref(), &user_id)?;
             tracing::info!(%user_id, ip = client_ip.as_deref().unwrap_or("-"), "new account");
             let mut response = register::v3::Response::new(user_id);
             if let Some(login) = new_login {
@@ -88,8 +113,13 @@ async fn change_password(
     let body = req.body;
     services
         .run(move |s| {
-            s.uiaa
-                .authenticate(&s.users, Some(&user_id), Purpose::ChangePassword, body.auth.as_ref())?;
+            s.uiaa.authenticate(
+                &s.users,
+                Some(&user_id),
+                Purpose::ChangePassword,
+                "",
+                body.auth.as_ref(),
+            )?;
             let logout_others = body.logout_devices.then_some(Some(device_id.as_str()));
             s.users.change_password(s, &user_id, &body.new_password, logout_others)
         })
@@ -106,7 +136,7 @@ async fn deactivate(
     services
         .run(move |s| {
             s.uiaa
-                .authenticate(&s.users, Some(&user_id), Purpose::Deactivate, auth.as_ref())?;
+                .authenticate(&s.users, Some(&user_id), Purpose::Deactivate, "", auth.as_ref())?;
             s.users.deactivate(s, &user_id)
         })
         .await?;

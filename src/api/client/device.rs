@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use ruma::api::client::admin::get_user_info;
 use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
 
 use crate::api::{ApiError, Router, Ruma};
@@ -9,6 +10,7 @@ use crate::service::uiaa::Purpose;
 use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
+    router.add(whois);
     router.add(list);
     router.add(get);
     router.add(rename);
@@ -44,7 +46,10 @@ async fn rename(
     let user_id = req.user()?.to_owned();
     let body = req.body;
     services
-        .run(move |s| s.devices.rename(&user_id, body.device_id.as_str(), body.display_name))
+        .run(move |s| {
+            s.devices
+                .rename(s, &user_id, body.device_id.as_str(), body.display_name)
+        })
         .await?;
     Ok(update_device::v3::Response::new())
 }
@@ -59,8 +64,15 @@ async fn delete_one(
         .run(move |s| {
             // 404 for an unknown device before asking for a password.
             s.devices.get(&user_id, body.device_id.as_str())?;
-            s.uiaa
-                .authenticate(&s.users, Some(&user_id), Purpose::DeleteDevices, body.auth.as_ref())?;
+            // Bound to the device in the path: a session started to delete
+            // one device cannot delete another.
+            s.uiaa.authenticate(
+                &s.users,
+                Some(&user_id),
+                Purpose::DeleteDevices,
+                body.device_id.as_str(),
+                body.auth.as_ref(),
+            )?;
             s.devices.delete(s, &user_id, &[body.device_id])
         })
         .await?;
@@ -75,10 +87,43 @@ async fn delete_many(
     let body = req.body;
     services
         .run(move |s| {
+            // One endpoint, one operation whatever the list (as Synapse,
+            // which binds a session to the method and path).
             s.uiaa
-                .authenticate(&s.users, Some(&user_id), Purpose::DeleteDevices, body.auth.as_ref())?;
+                .authenticate(&s.users, Some(&user_id), Purpose::DeleteDevices, "", body.auth.as_ref())?;
             s.devices.delete(s, &user_id, &body.devices)
         })
         .await?;
     Ok(delete_devices::v3::Response::new())
+}
+
+/// `GET /admin/whois/{userId}`: a user's devices with where and when each
+/// was last seen. For the user themself; server admins arrive with the
+/// admin API, until then nobody reads another user's sessions.
+async fn whois(
+    services: Arc<Services>,
+    req: Ruma<get_user_info::v3::Request>,
+) -> Result<get_user_info::v3::Response, ApiError> {
+    use get_user_info::v3::{ConnectionInfo, DeviceInfo, SessionInfo};
+    let user_id = req.user()?.to_owned();
+    let target = req.body.user_id;
+    if target != user_id {
+        return Err(ApiError::Forbidden(
+            "only server admins may look up other users".to_owned(),
+        ));
+    }
+    let devices = services.run(move |s| s.devices.list(&user_id)).await?;
+    let mut response = get_user_info::v3::Response::new();
+    response.user_id = Some(target);
+    for device in devices {
+        let mut connection = ConnectionInfo::new();
+        connection.ip = device.last_seen_ip;
+        connection.last_seen = device.last_seen_ts;
+        let mut session = SessionInfo::new();
+        session.connections.push(connection);
+        let mut info = DeviceInfo::new();
+        info.sessions.push(session);
+        response.devices.insert(device.device_id.to_string(), info);
+    }
+    Ok(response)
 }

@@ -8,6 +8,7 @@ use ruma::api::client::discovery::{discover_homeserver, get_capabilities, get_su
 use ruma::api::federation::discovery::discover_homeserver as discover_server;
 use ruma::RoomVersionId;
 
+use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::{ServiceError, Services};
 
@@ -15,7 +16,7 @@ pub fn register_routes(router: &mut Router) {
     router.add(versions);
     router.add(well_known_client);
     router.add(well_known_server);
-    router.add(capabilities);
+    router.add_with(Hooks::response(list_every_capability), capabilities);
 }
 
 /// The spec versions whose required client-server endpoints this build
@@ -106,6 +107,26 @@ async fn capabilities(
     capabilities.room_versions.default = services.config.default_room_version.clone();
     capabilities.room_versions.available = stable_room_versions();
     Ok(get_capabilities::v3::Response::new(capabilities))
+}
+
+/// ruma leaves out a capability that is at its default; clients and the
+/// spec's examples expect each one listed with its state, so the omitted
+/// ones are written back with ruma's defaults (the states they stand for).
+fn list_every_capability(response: &mut JsonObject) {
+    let Some(serde_json::Value::Object(capabilities)) = response.get_mut("capabilities") else {
+        return;
+    };
+    for (name, enabled) in [
+        ("m.change_password", true),
+        ("m.set_displayname", true),
+        ("m.set_avatar_url", true),
+        ("m.3pid_changes", true),
+        ("m.get_login_token", false),
+    ] {
+        capabilities
+            .entry(name)
+            .or_insert_with(|| serde_json::json!({ "enabled": enabled }));
+    }
 }
 
 fn stable_room_versions() -> BTreeMap<RoomVersionId, RoomVersionStability> {

@@ -184,7 +184,7 @@ async fn upload_signing(
                 .needs_auth_for_signing_keys(&user, master, self_signing, user_signing)?
             {
                 s.uiaa
-                    .authenticate(&s.users, Some(&user), Purpose::SigningKeys, auth.as_ref())?;
+                    .authenticate(&s.users, Some(&user), Purpose::SigningKeys, "", auth.as_ref())?;
             }
             s.e2e_keys
                 .upload_signing_keys(s, &user, master, self_signing, user_signing)

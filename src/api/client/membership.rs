@@ -30,6 +30,10 @@ pub fn register_routes(router: &mut Router) {
     router.add(joined_members);
 }
 
+/// The join body's fields ruma reads; any other goes into the
+/// membership event's content.
+const JOIN_FIELDS: &[&str] = &["reason", "third_party_signed"];
+
 fn third_party_refused() -> ApiError {
     ApiError::Forbidden("third-party invites are not supported by this server".to_owned())
 }
@@ -39,12 +43,16 @@ async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
+    let extra = req.extra_fields(JOIN_FIELDS)?;
     let body = req.body;
     if body.third_party_signed.is_some() {
         return Err(third_party_refused());
     }
     let room_id = services
-        .run(move |s| s.rooms.join(s, &user, body.room_id.as_str(), body.reason.as_deref()))
+        .run(move |s| {
+            s.rooms
+                .join_with(s, &user, body.room_id.as_str(), body.reason.as_deref(), extra)
+        })
         .await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
@@ -54,6 +62,7 @@ async fn join_by_id_or_alias(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
+    let extra = req.extra_fields(JOIN_FIELDS)?;
     let body = req.body;
     if body.third_party_signed.is_some() {
         return Err(third_party_refused());
@@ -61,7 +70,7 @@ async fn join_by_id_or_alias(
     let room_id = services
         .run(move |s| {
             s.rooms
-                .join(s, &user, body.room_id_or_alias.as_str(), body.reason.as_deref())
+                .join_with(s, &user, body.room_id_or_alias.as_str(), body.reason.as_deref(), extra)
         })
         .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
@@ -140,7 +149,12 @@ async fn invite(
 async fn kick(services: Arc<Services>, req: Ruma<kick_user::v3::Request>) -> Result<kick_user::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let body = req.body;
-    membership_change(services, user, body.room_id, body.user_id, "leave", body.reason).await?;
+    services
+        .run(move |s| {
+            s.rooms
+                .kick(s, &body.room_id, &user, &body.user_id, body.reason.as_deref())
+        })
+        .await?;
     Ok(kick_user::v3::Response::new())
 }
 

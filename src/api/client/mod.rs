@@ -21,6 +21,7 @@ mod room;
 mod search;
 mod session;
 mod sync;
+mod threepid;
 mod user_directory;
 mod voip_and_openid;
 
@@ -48,6 +49,7 @@ fn raw<T>(value: &serde_json::Value) -> Result<Raw<T>, ApiError> {
 pub fn register_routes(router: &mut Router) {
     discovery::register_routes(router);
     account::register_routes(router);
+    threepid::register_routes(router);
     session::register_routes(router);
     device::register_routes(router);
     profile::register_routes(router);

@@ -83,8 +83,8 @@ async fn set_display_name(
     let body = req.body;
     services
         .run(move |s| {
-            s.users
-                .set_profile_field(&body.user_id, DISPLAYNAME, body.displayname.as_deref())
+            s.rooms
+                .set_profile_field(s, &body.user_id, DISPLAYNAME, body.displayname.as_deref())
         })
         .await?;
     Ok(set_display_name::v3::Response::new())
@@ -107,14 +107,16 @@ async fn set_avatar_url(
 ) -> Result<set_avatar_url::v3::Response, ApiError> {
     only_own(req.user()?, &req.body.user_id, "profile")?;
     let body = req.body;
+    // Any mxc:// URI: one from another server may use media IDs this
+    // server would not mint, and clients only pass it on.
     if let Some(url) = &body.avatar_url {
-        if !url.as_str().is_empty() && !url.is_valid() {
+        if !url.as_str().is_empty() && !url.as_str().starts_with("mxc://") {
             return Err(ApiError::InvalidParam("avatar_url is not an mxc:// URI".to_owned()));
         }
     }
     let url = body.avatar_url.map(|u| u.to_string());
     services
-        .run(move |s| s.users.set_profile_field(&body.user_id, AVATAR_URL, url.as_deref()))
+        .run(move |s| s.rooms.set_profile_field(s, &body.user_id, AVATAR_URL, url.as_deref()))
         .await?;
     Ok(set_avatar_url::v3::Response::new())
 }

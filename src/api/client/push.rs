@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
 use ruma::api::client::push::{
     delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
     set_pushrule, set_pushrule_actions, set_pushrule_enabled, PushRule,
@@ -9,12 +11,23 @@ use ruma::api::client::push::{
 use ruma::push::{AnyPushRuleRef, RuleKind, Ruleset};
 use ruma::UserId;
 
-use crate::api::router::{Hooks, JsonObject};
+use crate::api::router::{authenticate_raw, Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::{ServiceError, ServiceResult, Services};
 
 pub fn register_routes(router: &mut Router) {
-    router.add(all_rules);
+    router.add_with(Hooks::response(list_every_kind), all_rules);
+    // Raw: ruma has no request type for one kind's list.
+    router.add_raw(
+        Method::GET,
+        &[
+            "/_matrix/client/v3/pushrules/global/{kind}",
+            "/_matrix/client/v3/pushrules/global/{kind}/",
+            "/_matrix/client/r0/pushrules/global/{kind}",
+            "/_matrix/client/r0/pushrules/global/{kind}/",
+        ],
+        rules_of_kind,
+    );
     router.add(rule);
     router.add_with(Hooks::body(conditions_default_to_none), set_rule);
     router.add(delete_rule);
@@ -29,6 +42,48 @@ fn not_found() -> ServiceError {
     ServiceError::NotFound("no push rule with this ID".to_owned())
 }
 
+/// The kinds of rule, as the spec names them in paths and rulesets.
+const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
+
+/// A kind the spec does not define is the client's mistake, not a missing
+/// rule (ruma reads any name as a custom kind).
+fn known_kind(kind: &RuleKind) -> Result<(), ApiError> {
+    if KINDS.contains(&kind.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidParam(format!("{kind} is not a kind of push rule")))
+    }
+}
+
+/// Every kind in the ruleset, also when it holds no rule (ruma leaves
+/// empty kinds out; clients index them).
+fn list_every_kind(response: &mut JsonObject) {
+    if let Some(serde_json::Value::Object(global)) = response.get_mut("global") {
+        for kind in KINDS {
+            global
+                .entry(kind)
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        }
+    }
+}
+
+/// `GET /pushrules/global/{kind}/`: the rules of one kind, in order.
+async fn rules_of_kind(services: Arc<Services>, req: HttpRequest, _: web::Payload) -> Result<HttpResponse, ApiError> {
+    let (user, _) = authenticate_raw(&services, &req).await?;
+    let kind = req.match_info().get("kind").unwrap_or_default().to_owned();
+    if !KINDS.contains(&kind.as_str()) {
+        return Err(ApiError::InvalidParam(format!("{kind} is not a kind of push rule")));
+    }
+    let rules = services.run(move |s| s.push.ruleset(s, &user)).await?;
+    let mut all =
+        serde_json::to_value(Ruleset::clone(&rules)).map_err(|e| ApiError::Internal(format!("push rules: {e}")))?;
+    let listed = all
+        .get_mut(&kind)
+        .map(serde_json::Value::take)
+        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    Ok(HttpResponse::Ok().json(listed))
+}
+
 /// Reads a rule of the user's rules with `read`.
 async fn read_rule<T: Send + 'static>(
     services: Arc<Services>,
@@ -37,6 +92,7 @@ async fn read_rule<T: Send + 'static>(
     rule_id: String,
     read: impl FnOnce(AnyPushRuleRef<'_>) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
+    known_kind(&kind)?;
     let user = user.to_owned();
     Ok(services
         .run(move |s| {
@@ -92,12 +148,21 @@ async fn set_rule(
     services: Arc<Services>,
     req: Ruma<set_pushrule::v3::Request>,
 ) -> Result<set_pushrule::v3::Response, ApiError> {
+    use ruma::push::InsertPushRuleError;
     let user = req.user()?.to_owned();
     let body = req.body;
     change_rules(services, &user, move |rules| {
+        let (after, before) = (body.after, body.before);
         rules
-            .insert(body.rule, body.after.as_deref(), body.before.as_deref())
-            .map_err(|e| ServiceError::BadJson(format!("cannot insert this rule: {e}")))
+            .insert(body.rule, after.as_deref(), before.as_deref())
+            .map_err(|e| match e {
+                // The spec's answer for a missing anchor: 400 M_UNKNOWN.
+                InsertPushRuleError::UnknownRuleId => ServiceError::BadRequest(format!(
+                    "before/after rule not found: {}",
+                    before.as_deref().or(after.as_deref()).unwrap_or_default()
+                )),
+                other => ServiceError::InvalidParam(format!("cannot insert this rule: {other}")),
+            })
     })
     .await?;
     Ok(set_pushrule::v3::Response::new())
@@ -110,6 +175,7 @@ async fn delete_rule(
     use ruma::push::RemovePushRuleError;
     let user = req.user()?.to_owned();
     let body = req.body;
+    known_kind(&body.kind)?;
     change_rules(services, &user, move |rules| {
         rules.remove(body.kind, &body.rule_id).map_err(|e| match e {
             RemovePushRuleError::ServerDefault => {
@@ -138,6 +204,7 @@ async fn set_rule_enabled(
 ) -> Result<set_pushrule_enabled::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let body = req.body;
+    known_kind(&body.kind)?;
     change_rules(services, &user, move |rules| {
         rules
             .set_enabled(body.kind, &body.rule_id, body.enabled)
@@ -163,6 +230,7 @@ async fn set_rule_actions(
 ) -> Result<set_pushrule_actions::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let body = req.body;
+    known_kind(&body.kind)?;
     change_rules(services, &user, move |rules| {
         rules
             .set_actions(body.kind, &body.rule_id, body.actions)

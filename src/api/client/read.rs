@@ -11,6 +11,7 @@ use ruma::events::tag::Tags;
 use serde_json::{json, Value as JsonValue};
 
 use super::only_own;
+use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::receipts::{READ, READ_PRIVATE};
 use crate::service::{ServiceError, Services};
@@ -18,7 +19,7 @@ use crate::service::{ServiceError, Services};
 pub fn register_routes(router: &mut Router) {
     router.add(receipt);
     router.add(read_markers);
-    router.add(typing);
+    router.add_with(Hooks::body(typing_timeout_default), typing);
     router.add(tags);
     router.add(set_tag);
     router.add(delete_tag);
@@ -93,6 +94,18 @@ async fn read_markers(
         })
         .await?;
     Ok(set_read_marker::v3::Response::new())
+}
+
+/// How long a typing notice without a `timeout` lasts (ms). The spec
+/// makes `timeout` optional; ruma requires it with `typing: true`.
+const DEFAULT_TYPING_TIMEOUT_MS: u64 = 30_000;
+
+fn typing_timeout_default(body: &mut JsonObject, _: &[&str]) -> Result<(), ApiError> {
+    if body.get("typing") == Some(&JsonValue::Bool(true)) {
+        body.entry("timeout")
+            .or_insert(JsonValue::from(DEFAULT_TYPING_TIMEOUT_MS));
+    }
+    Ok(())
 }
 
 async fn typing(

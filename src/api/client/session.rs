@@ -65,7 +65,7 @@ async fn login(services: Arc<Services>, req: Ruma<login::v3::Request>) -> Result
             s.users.verify_password(&user_id, &password.password)?;
             let (device_id, token) = s
                 .devices
-                .login(&user_id, device_id.as_deref(), display_name, client_ip)?;
+                .login(s, &user_id, device_id.as_deref(), display_name, client_ip)?;
             let mut response = login::v3::Response::new(user_id, token, device_id.into());
             #[allow(deprecated)]
             {

@@ -1,18 +1,20 @@
 //! `/sync` v2, with its long-poll.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
 use ruma::api::client::filter::FilterDefinition;
-use ruma::api::client::sync::sync_events::v3::{
-    self, Filter, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, State, StateEvents, Timeline,
-};
-use ruma::api::client::sync::sync_events::UnreadNotificationsCount;
-use ruma::serde::Raw;
-use ruma::{OneTimeKeyAlgorithm, UInt};
+use ruma::api::client::sync::sync_events::v3::{self, Filter};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value as JsonValue;
 
-use super::raw;
+use crate::api::router::{authenticate_raw, Written};
 use crate::api::{ApiError, Router, Ruma};
+use crate::service::push::Counts;
 use crate::service::sync::{self as sync_service, RoomSection, SyncResult};
 use crate::service::{ServiceError, Services};
 
@@ -24,9 +26,54 @@ const INLINE_WAKE_POSITIONS: u64 = 8;
 
 pub fn register_routes(router: &mut Router) {
     router.add(sync);
+    // Raw: deprecated since r0, so ruma has no request type for it.
+    router.add_raw(
+        Method::GET,
+        &["/_matrix/client/v3/events", "/_matrix/client/r0/events"],
+        events_stream,
+    );
 }
 
-async fn sync(services: Arc<Services>, req: Ruma<v3::Request>) -> Result<v3::Response, ApiError> {
+/// `GET /events`: the room events after `from` (or from now), waiting up
+/// to `timeout` ms for one.
+async fn events_stream(services: Arc<Services>, req: HttpRequest, _: web::Payload) -> Result<HttpResponse, ApiError> {
+    let (user, device) = authenticate_raw(&services, &req).await?;
+    let mut from = None;
+    let mut timeout = Duration::ZERO;
+    for (key, value) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        match key.as_ref() {
+            "from" => from = Some(sync_service::parse_token(&value)?),
+            "timeout" => {
+                let ms: u64 = value
+                    .parse()
+                    .map_err(|_| ApiError::InvalidParam("timeout must be a number of milliseconds".to_owned()))?;
+                timeout = Duration::from_millis(ms).min(MAX_TIMEOUT);
+            }
+            _ => {}
+        }
+    }
+    let watch = services.timeline.stream.subscribe(&user);
+    let start = from.unwrap_or_else(|| services.timeline.stream.visible());
+    let read = |up_to: u64| {
+        let (user, device) = (user.clone(), device.to_string());
+        services.run(move |s| sync_service::room_events_since(s, &user, &device, start, up_to))
+    };
+    let mut end = services.timeline.stream.visible();
+    let mut chunk = read(end).await?;
+    if chunk.is_empty() && !timeout.is_zero() {
+        tracing::debug!(target: "conduit::wait", %user, since = end, "events stream waiting");
+        services.timeline.stream.wait(watch, end, timeout).await;
+        end = services.timeline.stream.visible();
+        chunk = read(end).await?;
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "start": sync_service::token(start),
+        "end": sync_service::token(end),
+        "chunk": chunk,
+    })))
+}
+
+async fn sync(services: Arc<Services>, req: Ruma<v3::Request>) -> Result<Written, ApiError> {
     let user = req.user()?.to_owned();
     let device = req.device()?.to_owned();
     let body = req.body;
@@ -82,94 +129,174 @@ async fn sync(services: Arc<Services>, req: Ruma<v3::Request>) -> Result<v3::Res
     into_response(result)
 }
 
-fn unread(counts: crate::service::push::Counts) -> UnreadNotificationsCount {
-    let mut out = UnreadNotificationsCount::new();
-    out.notification_count = UInt::new(counts.notifications);
-    out.highlight_count = UInt::new(counts.highlights);
-    out
+/// The response as clients read it. Written here rather than through
+/// ruma's response type, which leaves empty sections and `limited: false`
+/// out: Synapse writes every section, and clients index them without a
+/// check (`rooms.join[id].ephemeral.events`, `timeline.limited`, …).
+/// Events stay the JSON text they were written as.
+#[derive(Serialize)]
+struct SyncBody {
+    next_batch: String,
+    rooms: Rooms,
+    presence: Events<JsonValue>,
+    account_data: Events<JsonValue>,
+    to_device: Events<Box<RawValue>>,
+    device_lists: DeviceLists,
+    device_one_time_keys_count: BTreeMap<String, u64>,
+    device_unused_fallback_key_types: Vec<String>,
 }
 
-fn state_section(events: Vec<ruma::serde::Raw<ruma::events::AnySyncStateEvent>>) -> StateEvents {
-    let mut state = StateEvents::new();
-    state.events = events;
-    state
+#[derive(Serialize)]
+struct Events<T> {
+    events: Vec<T>,
 }
 
-fn user_ids(ids: impl IntoIterator<Item = String>) -> Vec<ruma::OwnedUserId> {
-    ids.into_iter()
-        .filter_map(|id| ruma::OwnedUserId::try_from(id).ok())
-        .collect()
+#[derive(Serialize)]
+struct DeviceLists {
+    changed: Vec<String>,
+    left: Vec<String>,
 }
 
-fn into_response(result: SyncResult) -> Result<v3::Response, ApiError> {
-    let mut response = v3::Response::new(sync_service::token(result.next_batch));
-    response.account_data.events = result.account_data.iter().map(raw).collect::<Result<_, _>>()?;
-    response.presence.events = result.presence.iter().map(raw).collect::<Result<_, _>>()?;
-    response.to_device.events = result.to_device.into_iter().map(Raw::from_json).collect();
-    response.device_lists.changed = user_ids(result.device_lists.changed);
-    response.device_lists.left = user_ids(result.device_lists.left);
-    response.device_one_time_keys_count = result
-        .one_time_key_counts
-        .into_iter()
-        .map(|(algorithm, n)| {
-            (
-                OneTimeKeyAlgorithm::from(algorithm.as_str()),
-                UInt::new(n).unwrap_or_default(),
-            )
-        })
-        .collect();
-    response.device_unused_fallback_key_types = Some(
-        result
-            .unused_fallback_key_types
-            .iter()
-            .map(|a| OneTimeKeyAlgorithm::from(a.as_str()))
-            .collect(),
-    );
+#[derive(Serialize, Default)]
+struct Rooms {
+    join: BTreeMap<String, JoinedRoom>,
+    invite: BTreeMap<String, InvitedRoom>,
+    leave: BTreeMap<String, LeftRoom>,
+    knock: BTreeMap<String, KnockedRoom>,
+}
+
+#[derive(Serialize)]
+struct Timeline {
+    events: Vec<Box<RawValue>>,
+    limited: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_batch: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JoinedRoom {
+    summary: Summary,
+    state: Events<Box<RawValue>>,
+    timeline: Timeline,
+    ephemeral: Events<JsonValue>,
+    account_data: Events<JsonValue>,
+    unread_notifications: Unread,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    unread_thread_notifications: BTreeMap<String, Unread>,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    /// Only for a room without a name or canonical alias.
+    #[serde(rename = "m.heroes", skip_serializing_if = "Vec::is_empty")]
+    heroes: Vec<String>,
+    #[serde(rename = "m.joined_member_count")]
+    joined: u64,
+    #[serde(rename = "m.invited_member_count")]
+    invited: u64,
+}
+
+#[derive(Serialize)]
+struct Unread {
+    notification_count: u64,
+    highlight_count: u64,
+}
+
+impl From<Counts> for Unread {
+    fn from(counts: Counts) -> Self {
+        Self {
+            notification_count: counts.notifications,
+            highlight_count: counts.highlights,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LeftRoom {
+    state: Events<Box<RawValue>>,
+    timeline: Timeline,
+    account_data: Events<JsonValue>,
+}
+
+#[derive(Serialize)]
+struct InvitedRoom {
+    invite_state: Events<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+struct KnockedRoom {
+    knock_state: Events<Box<RawValue>>,
+}
+
+fn into_response(result: SyncResult) -> Result<Written, ApiError> {
+    let mut rooms = Rooms::default();
     for room in result.rooms {
-        let timeline_events = room.timeline.into_iter().map(Raw::from_json).collect();
-        let account_data = room.account_data.iter().map(raw).collect::<Result<Vec<_>, _>>()?;
-        let mut timeline = Timeline::new();
-        timeline.events = timeline_events;
-        timeline.limited = room.limited;
-        timeline.prev_batch = room.prev_batch;
+        let room_id = room.room_id.to_string();
+        let timeline = Timeline {
+            events: room.timeline,
+            limited: room.limited,
+            prev_batch: room.prev_batch,
+        };
+        let state = Events { events: room.state };
+        let account_data = Events {
+            events: room.account_data,
+        };
         match room.section {
             RoomSection::Join => {
-                let mut joined = JoinedRoom::new();
-                joined.timeline = timeline;
-                joined.state = State::Before(state_section(room.state.into_iter().map(Raw::from_json).collect()));
-                joined.account_data.events = account_data;
-                joined.summary.joined_member_count = UInt::new(room.joined_count);
-                joined.summary.invited_member_count = UInt::new(room.invited_count);
-                joined.summary.heroes = room.heroes;
-                joined.ephemeral.events = room.ephemeral.iter().map(raw).collect::<Result<_, _>>()?;
-                joined.unread_notifications = unread(room.unread);
-                for (thread, counts) in room.unread_threads {
-                    if let Ok(root) = ruma::OwnedEventId::try_from(thread) {
-                        joined.unread_thread_notifications.insert(root, unread(counts));
-                    }
-                }
-                response.rooms.join.insert(room.room_id, joined);
+                let joined = JoinedRoom {
+                    summary: Summary {
+                        heroes: room.heroes.into_iter().map(String::from).collect(),
+                        joined: room.joined_count,
+                        invited: room.invited_count,
+                    },
+                    state,
+                    timeline,
+                    ephemeral: Events { events: room.ephemeral },
+                    account_data,
+                    unread_notifications: room.unread.into(),
+                    unread_thread_notifications: room
+                        .unread_threads
+                        .into_iter()
+                        .map(|(thread, counts)| (thread, counts.into()))
+                        .collect(),
+                };
+                rooms.join.insert(room_id, joined);
             }
             RoomSection::Leave => {
-                let mut left = LeftRoom::new();
-                left.timeline = timeline;
-                left.state = State::Before(state_section(room.state.into_iter().map(Raw::from_json).collect()));
-                left.account_data.events = account_data;
-                response.rooms.leave.insert(room.room_id, left);
+                let left = LeftRoom {
+                    state,
+                    timeline,
+                    account_data,
+                };
+                rooms.leave.insert(room_id, left);
             }
             RoomSection::Invite => {
-                let stripped: Vec<_> = room.state.into_iter().map(Raw::from_json).collect();
-                let invited = InvitedRoom::from(InviteState::from(stripped));
-                response.rooms.invite.insert(room.room_id, invited);
+                rooms.invite.insert(room_id, InvitedRoom { invite_state: state });
             }
             RoomSection::Knock => {
-                let stripped: Vec<_> = room.state.into_iter().map(Raw::from_json).collect();
-                let mut knock_state = KnockState::new();
-                knock_state.events = stripped;
-                let knocked = KnockedRoom::from(knock_state);
-                response.rooms.knock.insert(room.room_id, knocked);
+                rooms.knock.insert(room_id, KnockedRoom { knock_state: state });
             }
         }
     }
-    Ok(response)
+    let body = SyncBody {
+        next_batch: sync_service::token(result.next_batch),
+        rooms,
+        presence: Events {
+            events: result.presence,
+        },
+        account_data: Events {
+            events: result.account_data,
+        },
+        to_device: Events {
+            events: result.to_device,
+        },
+        device_lists: DeviceLists {
+            changed: result.device_lists.changed.into_iter().collect(),
+            left: result.device_lists.left.into_iter().collect(),
+        },
+        device_one_time_keys_count: result.one_time_key_counts,
+        device_unused_fallback_key_types: result.unused_fallback_key_types,
+    };
+    let json = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(format!("sync response: {e}")))?;
+    Ok(Written(HttpResponse::Ok().content_type("application/json").body(json)))
 }

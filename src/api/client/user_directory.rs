@@ -1,4 +1,5 @@
-//! The user directory over local users.
+//! The user directory over local users (see
+//! `RoomsService::search_user_directory` for whom it shows).
 
 use std::sync::Arc;
 
@@ -19,11 +20,14 @@ async fn search(
     services: Arc<Services>,
     req: Ruma<search_users::v3::Request>,
 ) -> Result<search_users::v3::Response, ApiError> {
+    let searcher = req.user()?.to_owned();
     let term = req.body.search_term;
     let limit = usize::try_from(u64::from(req.body.limit))
         .unwrap_or(MAX_LIMIT)
         .min(MAX_LIMIT);
-    let (entries, limited) = services.run(move |s| s.users.search_directory(&term, limit)).await?;
+    let (entries, limited) = services
+        .run(move |s| s.rooms.search_user_directory(s, &searcher, &term, limit))
+        .await?;
     let results = entries
         .into_iter()
         .map(|e| {

@@ -328,6 +328,9 @@ impl RoomsService {
         if event_type == ENCRYPTION {
             encryption_allowed(s)?;
         }
+        if let Some(existing) = self.unchanged_state(s, room_id, sender, event_type, state_key, &body)? {
+            return Ok(existing);
+        }
         let spec = EventSpec {
             event_type: event_type.into(),
             content: body,
@@ -369,6 +372,20 @@ impl RoomsService {
 
     /// Joins `sender` to a room, named by ID or alias.
     pub fn join(&self, s: &Services, sender: &UserId, room: &str, reason: Option<&str>) -> ServiceResult<OwnedRoomId> {
+        self.join_with(s, sender, room, reason, Map::new())
+    }
+
+    /// Joins with `extra` content from the client beside the reason (a
+    /// per-room display name, or keys of its own). Joining again with the
+    /// same content sends nothing.
+    pub fn join_with(
+        &self,
+        s: &Services,
+        sender: &UserId,
+        room: &str,
+        reason: Option<&str>,
+        extra: Map<String, JsonValue>,
+    ) -> ServiceResult<OwnedRoomId> {
         let room_id = self.resolve_room(s, room)?;
         if s.timeline.room(&room_id)?.is_none() {
             return Err(ServiceError::NotFound(
@@ -376,17 +393,61 @@ impl RoomsService {
             ));
         }
         let mut body = self.member_content(s, sender, "join", reason, false)?;
-        if let Some(authoriser) = self.join_authoriser(s, &room_id, sender)? {
-            body["join_authorised_via_users_server"] = authoriser.as_str().into();
+        for (key, value) in extra {
+            // What the server decides is not the client's to set.
+            if !matches!(
+                key.as_str(),
+                "membership" | "join_authorised_via_users_server" | "third_party_invite"
+            ) {
+                body[key] = value;
+            }
         }
-        s.timeline.append(
-            s,
-            &room_id,
-            sender,
-            EventSpec::state(StateEventType::RoomMember, sender.as_str(), body)?,
-            None,
-        )?;
+        let body = content(body)?;
+        let member = StateEventType::RoomMember.to_string();
+        if self
+            .unchanged_state(s, &room_id, sender, &member, sender.as_str(), &body)?
+            .is_some()
+        {
+            return Ok(room_id);
+        }
+        let mut body = body;
+        if let Some(authoriser) = self.join_authoriser(s, &room_id, sender)? {
+            body.insert(
+                "join_authorised_via_users_server".to_owned(),
+                ruma::CanonicalJsonValue::String(authoriser.to_string()),
+            );
+        }
+        let spec = EventSpec {
+            event_type: member.into(),
+            content: body,
+            state_key: Some(sender.to_string()),
+            redacts: None,
+        };
+        s.timeline.append(s, &room_id, sender, spec, None)?;
         Ok(room_id)
+    }
+
+    /// The current state event at `(event_type, state_key)` when `sender`
+    /// sent it with this very content: sending it again would change
+    /// nothing, so clients get its ID instead of a duplicate event.
+    fn unchanged_state(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        sender: &UserId,
+        event_type: &str,
+        state_key: &str,
+        body: &ruma::CanonicalJsonObject,
+    ) -> ServiceResult<Option<ruma::OwnedEventId>> {
+        let Some(record) = s.timeline.room(room_id)? else {
+            return Ok(None);
+        };
+        let current = s
+            .timeline
+            .state_event(s, record.state_snapshot, event_type, state_key)?;
+        Ok(current
+            .filter(|event| event.sender() == sender.as_str() && event.content() == Some(body))
+            .map(|event| event.event_id.clone()))
     }
 
     /// A room ID, or the room an alias of this server points to.
@@ -458,6 +519,140 @@ impl RoomsService {
             return Err(ServiceError::Forbidden("you are not in this room".to_owned()));
         }
         Ok(self.directory.room_aliases(room_id.as_str())?)
+    }
+
+    /// Searches the user directory for `searcher`: by default only users
+    /// who share a joined room with them or are joined to a public room
+    /// (public join rule, or world-readable history), as Synapse does; a
+    /// family server should not hand every account name to anyone who
+    /// registers. `user_directory_search_all_users` lists everyone.
+    pub fn search_user_directory(
+        &self,
+        s: &Services,
+        searcher: &UserId,
+        term: &str,
+        limit: usize,
+    ) -> ServiceResult<(Vec<crate::service::users::DirectoryEntry>, bool)> {
+        if s.config.user_directory_search_all_users {
+            return s.users.search_directory(term, limit, |_| Ok(true));
+        }
+        let joined = |user: &UserId| -> ServiceResult<Vec<OwnedRoomId>> {
+            Ok(s.timeline
+                .user_rooms(user)?
+                .into_iter()
+                .filter(|(_, r)| r.membership == "join")
+                .map(|(room_id, _)| room_id)
+                .collect())
+        };
+        let mine: std::collections::HashSet<OwnedRoomId> = joined(searcher)?.into_iter().collect();
+        let mut public_rooms: std::collections::HashMap<OwnedRoomId, bool> = std::collections::HashMap::new();
+        s.users.search_directory(term, limit, |candidate| {
+            if candidate == searcher {
+                return Ok(true);
+            }
+            for room_id in joined(candidate)? {
+                if mine.contains(&room_id) {
+                    return Ok(true);
+                }
+                let public = match public_rooms.get(&room_id) {
+                    Some(public) => *public,
+                    None => {
+                        let public = self.is_publicly_joinable_or_readable(s, &room_id)?;
+                        public_rooms.insert(room_id, public);
+                        public
+                    }
+                };
+                if public {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+
+    /// A public join rule or world-readable history: the rooms whose
+    /// members the user directory shows to everyone.
+    fn is_publicly_joinable_or_readable(&self, s: &Services, room_id: &RoomId) -> ServiceResult<bool> {
+        let Some(record) = s.timeline.room(room_id)? else {
+            return Ok(false);
+        };
+        let state = |event_type: &str, field: &str| -> ServiceResult<Option<String>> {
+            Ok(s.timeline
+                .state_event(s, record.state_snapshot, event_type, "")?
+                .and_then(|e| e.content_str(field).map(str::to_owned)))
+        };
+        Ok(state("m.room.join_rules", "join_rule")?.as_deref() == Some("public")
+            || state("m.room.history_visibility", "history_visibility")?.as_deref() == Some("world_readable"))
+    }
+
+    /// Sets a profile field and carries it into the membership event of
+    /// every room the user is in, as other members read names from there.
+    /// A room that refuses the change is logged and skipped: the profile
+    /// itself is set.
+    pub fn set_profile_field(
+        &self,
+        s: &Services,
+        user: &UserId,
+        field: &str,
+        value: Option<&str>,
+    ) -> ServiceResult<()> {
+        s.users.set_profile_field(user, field, value)?;
+        let value = value.filter(|v| !v.is_empty());
+        for (room_id, membership) in s.timeline.user_rooms(user)? {
+            if membership.membership != "join" {
+                continue;
+            }
+            let Some(record) = s.timeline.room(&room_id)? else {
+                continue;
+            };
+            let Some(current) = s
+                .timeline
+                .state_event(s, record.state_snapshot, "m.room.member", user.as_str())?
+            else {
+                continue;
+            };
+            let mut body = current.content().cloned().unwrap_or_default();
+            match value {
+                Some(v) => body.insert(field.to_owned(), ruma::CanonicalJsonValue::String(v.to_owned())),
+                None => body.remove(field),
+            };
+            // Re-joining needs no authorisation; a new one is not asked for.
+            body.remove("join_authorised_via_users_server");
+            if current.content() == Some(&body) {
+                continue;
+            }
+            let spec = EventSpec {
+                event_type: StateEventType::RoomMember.to_string().into(),
+                content: body,
+                state_key: Some(user.to_string()),
+                redacts: None,
+            };
+            if let Err(e) = s.timeline.append(s, &room_id, user, spec, None) {
+                tracing::warn!(%room_id, %user, error = %e, "profile change not carried into the room");
+            }
+        }
+        Ok(())
+    }
+
+    /// Kicks `target`: only someone in the room (joined, invited or
+    /// knocking). The auth rules would let a moderator "kick" a banned
+    /// user, which lifts the ban: that is what unban is for.
+    pub fn kick(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> ServiceResult<()> {
+        s.timeline.room_or_404(room_id)?;
+        match s.timeline.membership(room_id, target)?.as_deref() {
+            Some("join" | "invite" | "knock") => self.set_membership(s, room_id, sender, target, "leave", reason),
+            Some("ban") => Err(ServiceError::Forbidden(
+                "this user is banned: unban them instead of kicking".to_owned(),
+            )),
+            _ => Err(ServiceError::Forbidden("this user is not in the room".to_owned())),
+        }
     }
 
     /// Lifts a ban (a leave for a banned user).

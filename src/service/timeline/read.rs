@@ -286,6 +286,7 @@ impl TimelineService {
         let mut visibility = VisibilityCache::default();
         let mut scanned = 0usize;
         let viewer = Some((user, device));
+        let ignored = s.account_data.ignored_users(user)?;
         for event in self.events(&record, Some(start), direction) {
             let event = event?;
             let past_to = match (to, page.backward) {
@@ -307,6 +308,7 @@ impl TimelineService {
                 continue;
             };
             if !crate::service::sync::event_passes(&page.filter, &event)
+                || ignored.contains(event.sender())
                 || !self.can_see_cached(s, user, room_id, &meta, Some(&event), &mut visibility)?
             {
                 continue;
