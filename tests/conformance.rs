@@ -12,6 +12,12 @@ fn rooms_path(room_id: &str, rest: &str) -> String {
     format!("/_matrix/client/v3/rooms/{}/{rest}", enc(room_id))
 }
 
+/// A GET (a long-poll) running while the test goes on; its JSON answer.
+fn get_in_background(server: &TestServer, token: &str, path: &str) -> tokio::task::JoinHandle<Value> {
+    let request = server.client.get(server.url(path)).bearer_auth(token);
+    tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap() })
+}
+
 fn events(section: &Value) -> Vec<Value> {
     section["events"].as_array().cloned().unwrap_or_default()
 }
@@ -721,21 +727,11 @@ async fn the_deprecated_events_stream_and_world_readable_rooms() {
 
     // A waiting request wakes for a message, which carries its room.
     let mark = server.log_mark();
-    let waiting = {
-        let url = server.url(&format!("/_matrix/client/v3/events?timeout=10000&from={from}"));
-        let (client, bob) = (server.client.clone(), bob.clone());
-        tokio::spawn(async move {
-            client
-                .get(url)
-                .bearer_auth(bob)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = get_in_background(
+        &server,
+        &bob,
+        &format!("/_matrix/client/v3/events?timeout=10000&from={from}"),
+    );
     server.wait_for_log(mark, &["events stream waiting"]).await;
     let sent = server.send_text(&alice, &room, "streamed").await;
     let got = waiting.await.unwrap();
@@ -1066,21 +1062,11 @@ async fn device_changes_reach_everyone_who_shares_a_room() {
 
     // A waiting sync wakes for a new device.
     let mark = server.log_mark();
-    let waiting = {
-        let url = server.url(&format!("/_matrix/client/v3/sync?timeout=10000&since={since}"));
-        let (client, bob) = (server.client.clone(), bob.clone());
-        tokio::spawn(async move {
-            client
-                .get(url)
-                .bearer_auth(bob)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = get_in_background(
+        &server,
+        &bob,
+        &format!("/_matrix/client/v3/sync?timeout=10000&since={since}"),
+    );
     server.wait_for_log(mark, &["sync waiting"]).await;
     let (status, login) = server.login("alice", "pw", Some("LAPTOP")).await;
     assert_eq!(status, 200, "{login}");
