@@ -1291,3 +1291,63 @@ async fn a_joiner_sees_their_own_join_in_a_private_history_room() {
         );
     }
 }
+
+#[tokio::test]
+async fn lazy_loading_sends_a_membership_once_and_the_gaps_changes() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (_, bob, _) = server.register("bob", "pw").await;
+    let (carol_id, carol, _) = server.register("carol", "pw").await;
+    let (dave_id, dave, _) = server.register("dave", "pw").await;
+    // Named: no heroes, whose memberships would come along anyway.
+    let room = server
+        .create_room(&alice, json!({"preset": "public_chat", "name": "Lazy"}))
+        .await;
+    for token in [&bob, &carol] {
+        server.join(token, &room).await;
+    }
+    server.send_text(&carol, &room, "c1").await;
+    let lazy = |redundant: bool, limit: u64| json!({"room": {"timeline": {"limit": limit}, "state": {"lazy_load_members": true, "include_redundant_members": redundant}}});
+    let members = |sync: &Value| -> Vec<String> {
+        state_of(&sync["rooms"]["join"][&room])
+            .into_iter()
+            .filter(|(t, _)| t == "m.room.member")
+            .map(|(_, k)| k)
+            .collect()
+    };
+    let first = server.sync(&bob, None, 0, Some(lazy(false, 1))).await;
+    assert!(members(&first).contains(&carol_id), "{first}");
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // Carol speaks again: Bob's device has her membership already.
+    server.send_text(&carol, &room, "c2").await;
+    let next = server.sync(&bob, Some(&since), 0, Some(lazy(false, 10))).await;
+    assert_eq!(events(&next["rooms"]["join"][&room]["timeline"]).len(), 1);
+    assert!(!members(&next).contains(&carol_id), "sent again: {next}");
+    since = next["next_batch"].as_str().unwrap().to_owned();
+    // Unless the filter asks for redundant members.
+    server.send_text(&carol, &room, "c3").await;
+    let next = server.sync(&bob, Some(&since), 0, Some(lazy(true, 10))).await;
+    assert!(members(&next).contains(&carol_id), "{next}");
+    since = next["next_batch"].as_str().unwrap().to_owned();
+
+    // Dave comes and goes in a gap that Alice's chatter leaves: Bob still
+    // learns of his leave, though Dave sent nothing in the timeline.
+    server.join(&dave, &room).await;
+    let (status, _) = server
+        .call("POST", &rooms_path(&room, "leave"), Some(&dave), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    for n in 0..6 {
+        server.send_text(&alice, &room, &format!("a{n}")).await;
+    }
+    let gapped = server.sync(&bob, Some(&since), 0, Some(lazy(false, 3))).await;
+    let joined = &gapped["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], json!(true));
+    let dave_state: Vec<Value> = events(&joined["state"])
+        .into_iter()
+        .filter(|e| e["state_key"] == dave_id.as_str())
+        .collect();
+    assert_eq!(dave_state.len(), 1, "{joined}");
+    assert_eq!(dave_state[0]["content"]["membership"], "leave");
+}

@@ -138,6 +138,8 @@ pub struct Services {
     pub media: media::MediaService,
     pub openid: openid::OpenIdService,
     pub voip: voip::VoipService,
+    /// What lazy-loading syncs sent each device (see `sync.rs`).
+    pub lazy_members: sync::LazyMembersSent,
     /// Event writes running now (see [`Services::run_write`]).
     writes_in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -195,6 +197,7 @@ impl Services {
             media: media::MediaService::open(db.clone(), &config)?,
             openid: openid::OpenIdService::new(db.clone(), config.openid_token_ttl),
             voip: voip::VoipService::new(&config),
+            lazy_members: sync::LazyMembersSent::default(),
             writes_in_flight: Default::default(),
             config,
             db,

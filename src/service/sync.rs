@@ -8,10 +8,11 @@
 //! initial sync or a new join, and otherwise the state that changed in the
 //! gap a `limited` timeline leaves.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 
-use ruma::api::client::filter::{EventFormat, FilterDefinition, RoomEventFilter};
-use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use ruma::api::client::filter::{EventFormat, FilterDefinition, LazyLoadOptions, RoomEventFilter};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
@@ -100,6 +101,60 @@ impl SyncResult {
     }
 }
 
+/// The membership events each device was sent by lazy-loading syncs, per
+/// room: the spec has a lazy-loading server not send them again unless the
+/// filter sets `include_redundant_members`. Kept in memory and bounded (as
+/// Synapse does): after a restart, or once a device's record is dropped, it
+/// gets some memberships again, which costs bytes, not correctness.
+#[derive(Default)]
+pub struct LazyMembersSent {
+    devices: Mutex<HashMap<(String, String), DeviceMembers>>,
+}
+
+#[derive(Default)]
+struct DeviceMembers {
+    /// Room → member → the membership event ID sent.
+    rooms: HashMap<String, HashMap<String, String>>,
+    last_used_ms: u64,
+}
+
+/// Devices remembered at most; past that the least recently syncing half
+/// is dropped.
+const LAZY_DEVICES_KEPT: usize = 1024;
+
+impl LazyMembersSent {
+    /// Whether `member_event` is news to this device; records it as sent.
+    fn first_time(&self, user: &UserId, device: &str, room_id: &RoomId, member_event: &StoredEvent) -> bool {
+        let Some(member) = member_event.state_key() else {
+            return true;
+        };
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (user.to_string(), device.to_owned());
+        if !devices.contains_key(&key) && devices.len() >= LAZY_DEVICES_KEPT {
+            let mut by_age: Vec<((String, String), u64)> =
+                devices.iter().map(|(k, d)| (k.clone(), d.last_used_ms)).collect();
+            by_age.sort_unstable_by_key(|(_, used)| *used);
+            for (old, _) in by_age.into_iter().take(LAZY_DEVICES_KEPT / 2) {
+                devices.remove(&old);
+            }
+        }
+        let entry = devices.entry(key).or_default();
+        entry.last_used_ms = super::now_ms();
+        let sent = entry.rooms.entry(room_id.to_string()).or_default();
+        let id = member_event.event_id.as_str();
+        if sent.get(member).is_some_and(|s| s == id) {
+            return false;
+        }
+        sent.insert(member.to_owned(), id.to_owned());
+        true
+    }
+
+    fn forget_device(&self, user: &UserId, device: &str) {
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices.remove(&(user.to_string(), device.to_owned()));
+    }
+}
+
 /// Parses a /sync or pagination token.
 pub fn parse_token(token: &str) -> ServiceResult<u64> {
     token
@@ -174,6 +229,11 @@ pub fn sync(
     filter: &FilterDefinition,
     full_state: bool,
 ) -> ServiceResult<SyncResult> {
+    // An initial or full-state sync starts the client over: it holds only
+    // the memberships this response sends.
+    if since.is_none() || full_state {
+        s.lazy_members.forget_device(user, device);
+    }
     // To-device messages first: when more wait than one response carries,
     // the whole response stops before the first one left out.
     let to_device = s.to_device.deliver(user, device, since, up_to)?;
@@ -437,6 +497,12 @@ fn sync_room(
     };
     let state_filter = &filter.room.state;
     let lazy = !state_filter.lazy_load_options.is_disabled();
+    let redundant_too = matches!(
+        state_filter.lazy_load_options,
+        LazyLoadOptions::Enabled {
+            include_redundant_members: true
+        }
+    );
     let (joined_count, invited_count, heroes) = summary(s, room_id, record, user)?;
     // Whose membership a lazy-loading client gets: the timeline's senders
     // and, as the spec requires, the heroes it names the room by.
@@ -453,6 +519,9 @@ fn sync_room(
         None
     };
     let mut state = Vec::new();
+    // Membership changes in a gap reach even a lazy-loading client: it
+    // cannot learn of a leave or a new member in the gap any other way.
+    let mut gap_members: HashSet<String> = HashSet::new();
     if whole_state.is_none() && limited {
         // State that changed between `since` and the start of the timeline.
         let before = s.state.load_snapshot(s.timeline.snapshot_at(record, since_pos)?)?;
@@ -460,6 +529,9 @@ fn sync_room(
         for (key, short) in &after {
             if before.get(key) != Some(short) {
                 if let Some(event) = s.timeline.event(&s.state.event_id(*short)?)? {
+                    if event.event_type() == "m.room.member" {
+                        gap_members.insert(event.event_id.to_string());
+                    }
                     state.push(event);
                 }
             }
@@ -467,8 +539,8 @@ fn sync_room(
     }
     if lazy && whole_state.is_none() {
         // A lazy-loading client only has the members it was sent: give it
-        // those of the timeline's senders (a few redundant ones are cheaper
-        // than remembering what each device holds).
+        // those of the timeline's senders (less what it already holds; see
+        // `LazyMembersSent`).
         let mut have: HashSet<String> = state.iter().map(|e| e.event_id.to_string()).collect();
         for sender in &senders {
             if let Some(member) = s.timeline.state_event(s, start_snapshot, "m.room.member", sender)? {
@@ -490,7 +562,16 @@ fn sync_room(
         .filter(|e| {
             !lazy
                 || e.event_type() != "m.room.member"
+                || gap_members.contains(e.event_id.as_str())
                 || e.state_key().is_some_and(|k| senders.contains(k) || k == user.as_str())
+        })
+        .filter(|e| {
+            // A membership this device was sent already is not sent again,
+            // unless the filter asks for redundant members.
+            !lazy
+                || redundant_too
+                || e.event_type() != "m.room.member"
+                || s.lazy_members.first_time(user, device, room_id, e)
         })
         .map(|e| {
             if federation_format {
