@@ -1351,3 +1351,97 @@ async fn lazy_loading_sends_a_membership_once_and_the_gaps_changes() {
     assert_eq!(dave_state.len(), 1, "{joined}");
     assert_eq!(dave_state[0]["content"]["membership"], "leave");
 }
+
+#[tokio::test]
+async fn an_erased_users_messages_show_redacted_to_those_who_join_after() {
+    let (mut server, alice, bob, room) = common::alice_and_bob_in_a_room().await;
+    let said = server.send_text(&bob, &room, "forget I said this").await;
+    let erase = |erase: bool, token: String, user: &'static str| {
+        let server = &server;
+        async move {
+            let body = |auth: Value| json!({"erase": erase, "auth": auth});
+            let (status, first) = server
+                .call(
+                    "POST",
+                    "/_matrix/client/v3/account/deactivate",
+                    Some(&token),
+                    Some(body(json!(null))),
+                )
+                .await;
+            assert_eq!(status, 401, "{first}");
+            let auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": "pw", "session": first["session"]});
+            let (status, done) = server
+                .call(
+                    "POST",
+                    "/_matrix/client/v3/account/deactivate",
+                    Some(&token),
+                    Some(body(auth)),
+                )
+                .await;
+            assert_eq!(status, 200, "{done}");
+        }
+    };
+    erase(true, bob.clone(), "bob").await;
+    let (_, carol, _) = server.register("carol", "pw").await;
+    server.join(&carol, &room).await;
+
+    let bobs = |token: String| {
+        let (server, room, said) = (&server, room.clone(), said.clone());
+        async move {
+            let (_, event) = server
+                .call(
+                    "GET",
+                    &rooms_path(&room, &format!("event/{}", enc(&said))),
+                    Some(&token),
+                    None,
+                )
+                .await;
+            event["content"].clone()
+        }
+    };
+    // Alice was there when Bob spoke and when he left: she keeps it.
+    assert_eq!(bobs(alice.clone()).await["body"], "forget I said this");
+    // Carol joined after the erasure: she reads it redacted, everywhere.
+    assert_eq!(bobs(carol.clone()).await, json!({}));
+    assert!(!server
+        .message_bodies(&carol, &room)
+        .await
+        .contains(&"forget I said this".to_owned()));
+    let sync = server
+        .sync(&carol, None, 0, Some(json!({"room": {"timeline": {"limit": 50}}})))
+        .await;
+    let seen = events(&sync["rooms"]["join"][&room]["timeline"])
+        .into_iter()
+        .find(|e| e["event_id"] == said.as_str())
+        .unwrap();
+    assert_eq!(seen["content"], json!({}), "{seen}");
+
+    // A deactivation without erase changes nothing for later joiners.
+    let (_, dave, _) = server.register("dave", "pw").await;
+    server.join(&dave, &room).await;
+    let kept = server.send_text(&dave, &room, "still here").await;
+    erase(false, dave.clone(), "dave").await;
+    let (_, erin, _) = server.register("erin", "pw").await;
+    server.join(&erin, &room).await;
+    let (_, event) = server
+        .call(
+            "GET",
+            &rooms_path(&room, &format!("event/{}", enc(&kept))),
+            Some(&erin),
+            None,
+        )
+        .await;
+    assert_eq!(event["content"]["body"], "still here");
+
+    // The erasure outlives a restart.
+    server.restart();
+    let (_, event) = server
+        .call(
+            "GET",
+            &rooms_path(&room, &format!("event/{}", enc(&said))),
+            Some(&carol),
+            None,
+        )
+        .await;
+    assert_eq!(event["content"], json!({}), "{event}");
+}

@@ -202,10 +202,15 @@ pub enum Table {
     /// first. Key: `(expires_ms: u64, sha256(token): [u8; 32])`. Value: the
     /// user ID, UTF-8.
     OpenIdTokens,
+    /// Users who deactivated with `erase: true` (`users.rs`): their
+    /// messages show redacted to whoever joins a room after. Key:
+    /// `(user_id: str)`. Value: the stream position at the erasure, `u64`
+    /// big-endian.
+    ErasedUsers,
 }
 
 impl Table {
-    pub const ALL: [Table; 51] = [
+    pub const ALL: [Table; 52] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -257,6 +262,7 @@ impl Table {
         Table::PendingMedia,
         Table::UrlPreviews,
         Table::OpenIdTokens,
+        Table::ErasedUsers,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -313,6 +319,7 @@ impl Table {
             Table::PendingMedia => "pending_media",
             Table::UrlPreviews => "url_previews",
             Table::OpenIdTokens => "openid_tokens",
+            Table::ErasedUsers => "erased_users",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Typed access to [`Table::Users`] and [`Table::Profiles`] (owned by `service::users`).
+//! Typed access to [`Table::Users`], [`Table::Profiles`] and
+//! [`Table::ErasedUsers`] (owned by `service::users`).
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,29 @@ impl UsersTables {
             Some(v) => batch.put(Table::Profiles, key, v.as_bytes().to_vec()),
             None => batch.delete(Table::Profiles, key),
         }
+    }
+
+    /// Records that `user_id` was erased at stream position `position`.
+    pub fn put_erased(&self, batch: &mut Batch, user_id: &str, position: u64) {
+        batch.put(Table::ErasedUsers, encode(user_id), position.to_be_bytes().to_vec());
+    }
+
+    /// Every erased user and the stream position of the erasure.
+    pub fn erased(&self) -> DbResult<Vec<(String, u64)>> {
+        self.db
+            .iter(Table::ErasedUsers, None, Direction::Forward)
+            .map(|entry| {
+                let (key, value) = entry?;
+                let position: [u8; 8] = value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| super::DbError::corrupt(Table::ErasedUsers, "position is not 8 bytes"))?;
+                Ok((
+                    decode_key::<String>(Table::ErasedUsers, &key)?,
+                    u64::from_be_bytes(position),
+                ))
+            })
+            .collect()
     }
 
     pub fn write(&self, batch: Batch) -> DbResult<()> {

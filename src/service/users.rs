@@ -24,6 +24,9 @@ pub struct UsersService {
     registration: Mutex<()>,
     server_name: OwnedServerName,
     passwords: PasswordHasher,
+    /// Erased users and the stream position of each erasure, read from
+    /// [`UsersTables::erased`] on first use: every event served asks.
+    erased: std::sync::RwLock<Option<std::collections::HashMap<String, u64>>>,
 }
 
 /// A new account's session, when one was asked for.
@@ -52,7 +55,19 @@ impl UsersService {
             registration: Mutex::new(()),
             server_name: config.server_name.clone(),
             passwords: PasswordHasher::new(argon2_params, config.password_checks_waiting),
+            erased: std::sync::RwLock::new(None),
         }
+    }
+
+    /// The stream position at which `user_id` was erased, if they were.
+    pub fn erased_at(&self, user_id: &str) -> ServiceResult<Option<u64>> {
+        if let Some(erased) = self.erased.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(erased.get(user_id).copied());
+        }
+        let loaded: std::collections::HashMap<String, u64> = self.tables.erased()?.into_iter().collect();
+        let found = loaded.get(user_id).copied();
+        *self.erased.write().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
+        Ok(found)
     }
 
     /// Whether the account exists (deactivated accounts still hold their ID).
@@ -189,8 +204,9 @@ impl UsersService {
     }
 
     /// Deactivates the account: no password, no devices, no profile; the ID
-    /// stays taken.
-    pub fn deactivate(&self, s: &Services, user_id: &UserId) -> ServiceResult<()> {
+    /// stays taken. With `erase`, the user's messages show redacted to
+    /// whoever joins a room from now on (the spec's "forget me").
+    pub fn deactivate(&self, s: &Services, user_id: &UserId, erase: bool) -> ServiceResult<()> {
         let mut record = self
             .tables
             .get(user_id.as_str())?
@@ -202,10 +218,22 @@ impl UsersService {
         for field in [DISPLAYNAME, AVATAR_URL] {
             self.tables.set_profile_field(&mut batch, user_id.as_str(), field, None);
         }
-        if s.devices.delete_all_in(s, &mut batch, user_id, None)? {
-            return s.e2e_keys.write_with_change(s, batch, user_id);
+        let erased_at = erase.then(|| s.timeline.stream.visible());
+        if let Some(position) = erased_at {
+            self.erased_at(user_id.as_str())?; // loaded before it is changed
+            self.tables.put_erased(&mut batch, user_id.as_str(), position);
         }
-        Ok(self.tables.write(batch)?)
+        if s.devices.delete_all_in(s, &mut batch, user_id, None)? {
+            s.e2e_keys.write_with_change(s, batch, user_id)?;
+        } else {
+            self.tables.write(batch)?;
+        }
+        if let Some(position) = erased_at {
+            if let Some(erased) = self.erased.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                erased.insert(user_id.to_string(), position);
+            }
+        }
+        Ok(())
     }
 
     /// One profile field of an existing user.

@@ -133,11 +133,12 @@ async fn deactivate(
 ) -> Result<deactivate::v3::Response, ApiError> {
     let user_id = req.user()?.to_owned();
     let auth = req.body.auth;
+    let erase = req.body.erase;
     services
         .run(move |s| {
             s.uiaa
                 .authenticate(&s.users, Some(&user_id), Purpose::Deactivate, "", auth.as_ref())?;
-            s.users.deactivate(s, &user_id)
+            s.users.deactivate(s, &user_id, erase)
         })
         .await?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))

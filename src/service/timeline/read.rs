@@ -39,8 +39,43 @@ impl TimelineService {
         with_room_id: bool,
         viewer: (&UserId, &str),
     ) -> ServiceResult<Box<RawValue>> {
+        if let Some(erased) = self.erased_for(s, event, viewer.0)? {
+            return erased.to_client_raw(with_room_id, Some(viewer));
+        }
         let bundle = s.relations.bundle(s, event, viewer.0)?;
         event.to_client_raw_bundled(with_room_id, Some(viewer), bundle.as_ref())
+    }
+
+    /// The event as a member who joined after its sender was erased reads
+    /// it: redacted (by the room version's rules, without a
+    /// `redacted_because`, since no redaction event exists). `None` for
+    /// everyone else, and for every event of a user not erased.
+    fn erased_for(&self, s: &Services, event: &StoredEvent, viewer: &UserId) -> ServiceResult<Option<StoredEvent>> {
+        let Some(erased_at) = s.users.erased_at(event.sender())? else {
+            return Ok(None);
+        };
+        let Some(room_id) = event.room_id() else {
+            return Ok(None);
+        };
+        let joined_after = self
+            .tables
+            .user_room(viewer.as_str(), &room_id)?
+            .is_some_and(|r| r.membership == "join" && r.count > erased_at);
+        if !joined_after {
+            return Ok(None);
+        }
+        let Some(record) = self.tables.room(&room_id)? else {
+            return Ok(None);
+        };
+        let (_, rules) = Self::rules(&record)?;
+        let redacted = ruma::canonical_json::redact(event.json.clone(), &rules.redaction, None)
+            .map_err(|e| ServiceError::Internal(format!("redacting an erased user's event: {e}")))?;
+        Ok(Some(StoredEvent {
+            event_id: event.event_id.clone(),
+            count: event.count,
+            json: redacted,
+            txn: None,
+        }))
     }
 
     pub fn client_events(
