@@ -40,6 +40,10 @@ pub struct Config {
     pub allow_registration: bool,
     #[serde(default)]
     pub registration_token: Option<String>,
+    /// Whether `register?kind=guest` makes guest accounts (read
+    /// world-readable rooms, join rooms that let guests in, upgrade later).
+    #[serde(default)]
+    pub allow_guest_access: bool,
     /// Whether the user directory lists every local user, rather than only
     /// those who share a room with the searcher or sit in a public room.
     #[serde(default)]

@@ -1445,3 +1445,138 @@ async fn an_erased_users_messages_show_redacted_to_those_who_join_after() {
         .await;
     assert_eq!(event["content"], json!({}), "{event}");
 }
+
+#[tokio::test]
+async fn guests_read_join_where_let_in_and_upgrade() {
+    // Off by default: a family server makes no guest accounts.
+    let closed = TestServer::start().await;
+    let refused = closed
+        .call("POST", "/_matrix/client/v3/register?kind=guest", None, Some(json!({})))
+        .await;
+    assert_error(&refused, 403, "M_GUEST_ACCESS_FORBIDDEN");
+
+    let server = TestServer::start_with("allow_guest_access = true").await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let (status, guest) = server
+        .call("POST", "/_matrix/client/v3/register?kind=guest", None, Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{guest}");
+    let guest_id = guest["user_id"].as_str().unwrap().to_owned();
+    let token = guest["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(server.whoami(&token).await.0, 200);
+
+    // A world-readable room can be read; joining needs guest_access can_join.
+    let readable = server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}]}),
+        )
+        .await;
+    server.send_text(&alice, &readable, "welcome, visitors").await;
+    assert_eq!(server.message_bodies(&token, &readable).await, ["welcome, visitors"]);
+    let join = |room: String| {
+        let (server, token) = (&server, token.clone());
+        async move {
+            server
+                .call("POST", &rooms_path(&room, "join"), Some(&token), Some(json!({})))
+                .await
+        }
+    };
+    assert_error(&join(readable.clone()).await, 403, "M_GUEST_ACCESS_FORBIDDEN");
+    let open = server
+        .create_room(
+            &alice,
+            json!({"preset": "public_chat", "initial_state": [{"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}}]}),
+        )
+        .await;
+    assert_eq!(join(open.clone()).await.0, 200);
+    server.send_text(&token, &open, "hello from a guest").await;
+    let (status, _) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&guest_id)),
+            Some(&token),
+            Some(json!({"displayname": "Visitor"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // What guests may not do.
+    for (method, path, body) in [
+        ("POST", "/_matrix/client/v3/createRoom".to_owned(), json!({})),
+        (
+            "PUT",
+            format!("/_matrix/client/v3/profile/{}/avatar_url", enc(&guest_id)),
+            json!({"avatar_url": "mxc://localhost/x"}),
+        ),
+        (
+            "POST",
+            "/_matrix/client/v3/user_directory/search".to_owned(),
+            json!({"search_term": "a"}),
+        ),
+    ] {
+        let got = server.call(method, &path, Some(&token), Some(body)).await;
+        assert_error(&got, 403, "M_GUEST_ACCESS_FORBIDDEN");
+    }
+    let upload = server
+        .client
+        .post(server.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&token)
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 403);
+
+    // The room stops letting guests in: the guest is made to leave.
+    let (status, _) = server
+        .call(
+            "PUT",
+            &rooms_path(&open, "state/m.room.guest_access/"),
+            Some(&alice),
+            Some(json!({"guest_access": "forbidden"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, member) = server
+        .call(
+            "GET",
+            &rooms_path(&open, &format!("state/m.room.member/{}", enc(&guest_id))),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(member["membership"], "leave", "{member}");
+
+    // Upgrade: the same user ID, now with a password and every endpoint.
+    let localpart = guest_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let upgrade = |auth: Option<Value>| {
+        let mut body = json!({"username": localpart, "password": "pw2", "guest_access_token": token});
+        if let Some(auth) = auth {
+            body["auth"] = auth;
+        }
+        body
+    };
+    let (status, first) = server
+        .call("POST", "/_matrix/client/v3/register", None, Some(upgrade(None)))
+        .await;
+    assert_eq!(status, 401, "{first}");
+    let (status, upgraded) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(upgrade(Some(
+                json!({"type": "m.login.dummy", "session": first["session"]}),
+            ))),
+        )
+        .await;
+    assert_eq!(status, 200, "{upgraded}");
+    assert_eq!(upgraded["user_id"], guest_id);
+    let full = upgraded["access_token"].as_str().unwrap();
+    let made = server
+        .call("POST", "/_matrix/client/v3/createRoom", Some(full), Some(json!({})))
+        .await;
+    assert_eq!(made.0, 200, "{made:?}");
+    assert_eq!(server.login(&localpart, "pw2", None).await.0, 200);
+}

@@ -21,7 +21,7 @@ use ruma::api::{IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse,
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
 use super::error::ApiError;
-use crate::service::Services;
+use crate::service::{ServiceError, Services};
 
 /// A parsed, authenticated request for endpoint `T`.
 pub struct Ruma<T> {
@@ -661,7 +661,64 @@ where
         Ok(None) | Err(_) => return Err(ApiError::MissingToken),
     };
     let (user, device) = token_owner(services, &token, client_ip).await?;
+    guest_may_call(services, &user, || {
+        R::PATH_BUILDER
+            .all_paths()
+            .any(|path| GUEST_ENDPOINTS.contains(&split_prefix(path).1))
+    })?;
     Ok((Some(user), Some(device)))
+}
+
+/// What a guest account may call (the spec's guest access module, plus
+/// `/join/{room}` that clients use for the same join, and the reads a
+/// client makes at start: filters, push rules, capabilities). Paths as ruma
+/// writes them, after the API prefix. Everything else is
+/// `M_GUEST_ACCESS_FORBIDDEN` for a guest.
+const GUEST_ENDPOINTS: &[&str] = &[
+    "/sync",
+    "/rooms/{room_id}/state",
+    "/rooms/{room_id}/state/{event_type}/{state_key}",
+    "/rooms/{room_id}/state/{event_type}",
+    "/rooms/{room_id}/context/{event_id}",
+    "/rooms/{room_id}/event/{event_id}",
+    "/rooms/{room_id}/messages",
+    "/rooms/{room_id}/members",
+    "/rooms/{room_id}/join",
+    "/join/{room_id_or_alias}",
+    "/rooms/{room_id}/leave",
+    "/rooms/{room_id}/send/{event_type}/{txn_id}",
+    "/sendToDevice/{event_type}/{txn_id}",
+    "/profile/{user_id}/displayname",
+    "/devices",
+    "/devices/{device_id}",
+    "/account/whoami",
+    "/keys/upload",
+    "/keys/query",
+    "/keys/claim",
+    "/user/{user_id}/filter",
+    "/user/{user_id}/filter/{filter_id}",
+    "/pushrules/",
+    "/capabilities",
+    "/logout",
+];
+
+/// Raw routes a guest may call: the spec's media downloads, and `/events`.
+const GUEST_RAW_PATHS: &[&str] = &[
+    "/_matrix/client/v3/events",
+    "/_matrix/client/r0/events",
+    "/_matrix/client/v1/media/download/{server_name}/{media_id}",
+    "/_matrix/client/v1/media/download/{server_name}/{media_id}/",
+    "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}",
+    "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}",
+];
+
+/// Refuses a guest on an endpoint not open to guests (`open` is asked
+/// only for guests).
+fn guest_may_call(services: &Services, user: &UserId, open: impl FnOnce() -> bool) -> Result<(), ApiError> {
+    if services.users.is_guest(user.as_str())? && !open() {
+        return Err(ServiceError::GuestAccessForbidden.into());
+    }
+    Ok(())
 }
 
 /// Looks a token up right here: two point reads of a small, hot table cost
@@ -707,7 +764,12 @@ pub async fn authenticate_raw(
             .ok_or(ApiError::MissingToken)?,
     };
     let client_ip = req.connection_info().realip_remote_addr().map(strip_port);
-    token_owner(services, &token, client_ip).await
+    let (user, device) = token_owner(services, &token, client_ip).await?;
+    guest_may_call(services, &user, || {
+        req.match_pattern()
+            .is_some_and(|p| GUEST_RAW_PATHS.contains(&p.as_str()))
+    })?;
+    Ok((user, device))
 }
 
 #[derive(serde::Deserialize)]
@@ -834,6 +896,26 @@ mod tests {
         }
         assert!(body_may_be_empty("/_matrix/client/v3/join/{room_id_or_alias}"));
         assert!(!body_may_be_empty("/_matrix/client/v3/createRoom"));
+    }
+
+    /// Every endpoint open to guests is a registered route, so the lists
+    /// cannot name one that moved or never existed.
+    #[test]
+    fn endpoints_open_to_guests_exist() {
+        let mut router = Router::default();
+        crate::api::client::register_routes(&mut router);
+        for listed in GUEST_ENDPOINTS {
+            assert!(
+                router.routes.iter().any(|(path, _, _)| split_prefix(path).1 == *listed),
+                "{listed} is not a registered route"
+            );
+        }
+        for listed in GUEST_RAW_PATHS {
+            assert!(
+                router.routes.iter().any(|(path, _, _)| path == listed),
+                "{listed} is not a registered route"
+            );
+        }
     }
 
     #[test]

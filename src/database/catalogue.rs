@@ -207,10 +207,13 @@ pub enum Table {
     /// `(user_id: str)`. Value: the stream position at the erasure, `u64`
     /// big-endian.
     ErasedUsers,
+    /// Guest accounts (`users.rs`), until they upgrade. Key: `(user_id:
+    /// str)`. Value: empty.
+    Guests,
 }
 
 impl Table {
-    pub const ALL: [Table; 52] = [
+    pub const ALL: [Table; 53] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -263,6 +266,7 @@ impl Table {
         Table::UrlPreviews,
         Table::OpenIdTokens,
         Table::ErasedUsers,
+        Table::Guests,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -320,6 +324,7 @@ impl Table {
             Table::UrlPreviews => "url_previews",
             Table::OpenIdTokens => "openid_tokens",
             Table::ErasedUsers => "erased_users",
+            Table::Guests => "guests",
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Typed access to [`Table::Users`], [`Table::Profiles`] and
-//! [`Table::ErasedUsers`] (owned by `service::users`).
+//! Typed access to [`Table::Users`], [`Table::Profiles`],
+//! [`Table::ErasedUsers`] and [`Table::Guests`] (owned by `service::users`).
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,22 @@ impl UsersTables {
                     u64::from_be_bytes(position),
                 ))
             })
+            .collect()
+    }
+
+    /// Marks (`true`) or unmarks a guest account.
+    pub fn set_guest(&self, batch: &mut Batch, user_id: &str, guest: bool) {
+        match guest {
+            true => batch.put(Table::Guests, encode(user_id), Vec::new()),
+            false => batch.delete(Table::Guests, encode(user_id)),
+        }
+    }
+
+    /// Every guest account.
+    pub fn guests(&self) -> DbResult<Vec<String>> {
+        self.db
+            .iter(Table::Guests, None, Direction::Forward)
+            .map(|entry| decode_key::<String>(Table::Guests, &entry?.0))
             .collect()
     }
 

@@ -27,6 +27,9 @@ pub struct UsersService {
     /// Erased users and the stream position of each erasure, read from
     /// [`UsersTables::erased`] on first use: every event served asks.
     erased: std::sync::RwLock<Option<std::collections::HashMap<String, u64>>>,
+    /// Guest accounts, read from [`UsersTables::guests`] on first use:
+    /// every authenticated request asks.
+    guests: std::sync::RwLock<Option<std::collections::HashSet<String>>>,
 }
 
 /// A new account's session, when one was asked for.
@@ -56,6 +59,7 @@ impl UsersService {
             server_name: config.server_name.clone(),
             passwords: PasswordHasher::new(argon2_params, config.password_checks_waiting),
             erased: std::sync::RwLock::new(None),
+            guests: std::sync::RwLock::new(None),
         }
     }
 
@@ -126,6 +130,68 @@ impl UsersService {
         password: Option<&str>,
         login: Option<(Option<String>, Option<String>)>,
     ) -> ServiceResult<Option<NewLogin>> {
+        self.create_account(devices, user_id, password, login, false)
+    }
+
+    /// A guest account under a generated ID, with its first device.
+    pub fn register_guest(
+        &self,
+        devices: &DevicesService,
+        device: (Option<String>, Option<String>),
+    ) -> ServiceResult<(OwnedUserId, NewLogin)> {
+        let user_id = self.generate_user_id()?;
+        let login = self
+            .create_account(devices, &user_id, None, Some(device), true)?
+            .ok_or_else(|| ServiceError::Internal("a guest account without a login".to_owned()))?;
+        Ok((user_id, login))
+    }
+
+    /// Whether `user_id` is a guest account.
+    pub fn is_guest(&self, user_id: &str) -> ServiceResult<bool> {
+        if let Some(guests) = self.guests.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(guests.contains(user_id));
+        }
+        let loaded: std::collections::HashSet<String> = self.tables.guests()?.into_iter().collect();
+        let found = loaded.contains(user_id);
+        *self.guests.write().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
+        Ok(found)
+    }
+
+    /// Makes a guest account a full one with a password (same user ID).
+    pub fn upgrade_guest(&self, user_id: &UserId, password: Option<&str>) -> ServiceResult<()> {
+        if !self.is_guest(user_id.as_str())? {
+            return Err(ServiceError::Forbidden("this is not a guest account".to_owned()));
+        }
+        let mut record = self
+            .tables
+            .get(user_id.as_str())?
+            .ok_or_else(|| ServiceError::NotFound("unknown user".to_owned()))?;
+        record.password_hash = password.map(|p| self.hash_password(p)).transpose()?;
+        let mut batch = Batch::new();
+        self.tables.put(&mut batch, user_id.as_str(), &record);
+        self.tables.set_guest(&mut batch, user_id.as_str(), false);
+        self.tables.write(batch)?;
+        self.set_guest_cached(user_id.as_str(), false);
+        Ok(())
+    }
+
+    fn set_guest_cached(&self, user_id: &str, guest: bool) {
+        if let Some(guests) = self.guests.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            match guest {
+                true => guests.insert(user_id.to_owned()),
+                false => guests.remove(user_id),
+            };
+        }
+    }
+
+    fn create_account(
+        &self,
+        devices: &DevicesService,
+        user_id: &UserId,
+        password: Option<&str>,
+        login: Option<(Option<String>, Option<String>)>,
+        guest: bool,
+    ) -> ServiceResult<Option<NewLogin>> {
         let password_hash = password.map(|p| self.hash_password(p)).transpose()?;
         let _guard = self
             .registration
@@ -155,7 +221,15 @@ impl UsersService {
             }
             None => None,
         };
+        if guest {
+            // Loaded before it changes, so the cache and the table agree.
+            self.is_guest(user_id.as_str())?;
+            self.tables.set_guest(&mut batch, user_id.as_str(), true);
+        }
         self.tables.write(batch)?;
+        if guest {
+            self.set_guest_cached(user_id.as_str(), true);
+        }
         Ok(new_login)
     }
 

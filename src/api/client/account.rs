@@ -32,7 +32,7 @@ async fn register(
 ) -> Result<register::v3::Response, ApiError> {
     let body = req.body;
     if body.kind == RegistrationKind::Guest {
-        return Err(ServiceError::GuestAccessForbidden.into());
+        return register_guest(services, body, req.client_ip).await;
     }
     if !services.config.allow_registration {
         return Err(ApiError::Forbidden(
@@ -50,6 +50,41 @@ async fn register(
                     let (device_id, access_token) = s.devices.login(
                         s,
                         &user_id,
+                        body.device_id.as_ref().map(|d| d.as_str()),
+                        body.initial_device_display_name,
+                        client_ip,
+                    )?;
+                    response.access_token = Some(access_token);
+                    response.device_id = Some(device_id.into());
+                }
+                return Ok(response);
+            }
+            // A guest becoming a full account keeps its user ID: the
+            // username must be its localpart (the spec's upgrade).
+            if let Some(guest_token) = body.guest_access_token.as_deref() {
+                let guest = match s.devices.token_owner(guest_token, None)?.map(|owner| owner.user_id) {
+                    Some(user) if s.users.is_guest(user.as_str())? => user,
+                    _ => {
+                        return Err(ServiceError::Forbidden(
+                            "guest_access_token is not a guest's token".to_owned(),
+                        ))
+                    }
+                };
+                if body.username.as_deref() != Some(guest.localpart()) {
+                    return Err(ServiceError::InvalidParam(
+                        "to upgrade a guest, username must be the guest's localpart".to_owned(),
+                    ));
+                }
+                s.uiaa
+                    .authenticate(&s.users, None, Purpose::Register, "", body.auth.as_ref())?;
+                s.users.upgrade_guest(&guest, body.password.as_deref())?;
+                s.uiaa.record_registration(body.auth.as_ref(), &guest)?;
+                tracing::info!(user_id = %guest, "guest account upgraded");
+                let mut response = register::v3::Response::new(guest.clone());
+                if !body.inhibit_login {
+                    let (device_id, access_token) = s.devices.login(
+                        s,
+                        &guest,
                         body.device_id.as_ref().map(|d| d.as_str()),
                         body.initial_device_display_name,
                         client_ip,
@@ -82,6 +117,28 @@ async fn register(
         })
         .await
         .map_err(Into::into)
+}
+
+/// `register?kind=guest`: an account without a password, for the guest
+/// endpoints only (see `api::router::GUEST_ENDPOINTS`); no
+/// user-interactive stage, as the spec's guest flow has none.
+async fn register_guest(
+    services: Arc<Services>,
+    body: register::v3::Request,
+    client_ip: Option<String>,
+) -> Result<register::v3::Response, ApiError> {
+    if !services.config.allow_guest_access {
+        return Err(ServiceError::GuestAccessForbidden.into());
+    }
+    let device = (body.device_id.map(|d| d.to_string()), body.initial_device_display_name);
+    let (user_id, login) = services
+        .run(move |s| s.users.register_guest(&s.devices, device))
+        .await?;
+    tracing::info!(%user_id, ip = client_ip.as_deref().unwrap_or("-"), "new guest account");
+    let mut response = register::v3::Response::new(user_id);
+    response.access_token = Some(login.access_token);
+    response.device_id = Some(login.device_id.into());
+    Ok(response)
 }
 
 async fn username_available(

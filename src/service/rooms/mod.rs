@@ -337,7 +337,35 @@ impl RoomsService {
             state_key: Some(state_key.to_owned()),
             redacts: None,
         };
-        s.timeline.append(s, room_id, sender, spec, None)
+        let event_id = s.timeline.append(s, room_id, sender, spec, None)?;
+        if event_type == "m.room.guest_access" && !self.guests_may_join(s, room_id)? {
+            self.guests_leave(s, room_id)?;
+        }
+        Ok(event_id)
+    }
+
+    /// Whether the room's `m.room.guest_access` is `can_join`: the spec lets
+    /// guests join only then.
+    fn guests_may_join(&self, s: &Services, room_id: &RoomId) -> ServiceResult<bool> {
+        let record = s.timeline.room_or_404(room_id)?;
+        Ok(s.timeline
+            .state_event(s, record.state_snapshot, "m.room.guest_access", "")?
+            .is_some_and(|e| e.content_str("guest_access") == Some("can_join")))
+    }
+
+    /// Guests leave a room that stopped letting them in, as the spec
+    /// requires of the server.
+    fn guests_leave(&self, s: &Services, room_id: &RoomId) -> ServiceResult<()> {
+        for (member, membership) in s.timeline.members(room_id)?.iter() {
+            if membership != "join" || !s.users.is_guest(member)? {
+                continue;
+            }
+            let Ok(guest) = OwnedUserId::try_from(member.as_str()) else {
+                continue;
+            };
+            self.set_membership(s, room_id, &guest, &guest, "leave", None)?;
+        }
+        Ok(())
     }
 
     /// Sends a membership event about `target` from `sender`.
@@ -391,6 +419,9 @@ impl RoomsService {
             return Err(ServiceError::NotFound(
                 "this room is not known to this server (joining over federation is not supported yet)".to_owned(),
             ));
+        }
+        if s.users.is_guest(sender.as_str())? && !self.guests_may_join(s, &room_id)? {
+            return Err(ServiceError::GuestAccessForbidden);
         }
         let mut body = self.member_content(s, sender, "join", reason, false)?;
         for (key, value) in extra {
