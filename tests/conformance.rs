@@ -844,7 +844,7 @@ async fn the_user_directory_shows_only_people_one_could_meet() {
 }
 
 #[tokio::test]
-async fn whois_shows_a_user_their_own_sessions() {
+async fn whois_for_the_user_themself_and_the_servers_admin() {
     let server = TestServer::start().await;
     let (alice_id, alice, device) = server.register("alice", "pw").await;
     let (_, bob, _) = server.register("bob", "pw").await;
@@ -856,6 +856,17 @@ async fn whois_shows_a_user_their_own_sessions() {
     assert_eq!(connection["ip"], "127.0.0.1", "{body}");
     assert!(connection["last_seen"].as_u64().is_some(), "{body}");
     assert_error(&server.call("GET", &path, Some(&bob), None).await, 403, "M_FORBIDDEN");
+    // Alice registered first: she is the server's admin and may look Bob up.
+    let bobs = format!("/_matrix/client/v3/admin/whois/{}", enc("@bob:localhost"));
+    let (status, body) = server.call("GET", &bobs, Some(&alice), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["devices"].as_object().unwrap().len(), 1, "{body}");
+    let nobody = format!("/_matrix/client/v3/admin/whois/{}", enc("@nobody:localhost"));
+    assert_error(
+        &server.call("GET", &nobody, Some(&alice), None).await,
+        404,
+        "M_NOT_FOUND",
+    );
 }
 
 #[tokio::test]

@@ -210,10 +210,13 @@ pub enum Table {
     /// Guest accounts (`users.rs`), until they upgrade. Key: `(user_id:
     /// str)`. Value: empty.
     Guests,
+    /// Server admins (`users.rs`): the first account registered, and whom
+    /// an admin makes one. Key: `(user_id: str)`. Value: empty.
+    Admins,
 }
 
 impl Table {
-    pub const ALL: [Table; 53] = [
+    pub const ALL: [Table; 54] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -267,6 +270,7 @@ impl Table {
         Table::OpenIdTokens,
         Table::ErasedUsers,
         Table::Guests,
+        Table::Admins,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -325,6 +329,7 @@ impl Table {
             Table::OpenIdTokens => "openid_tokens",
             Table::ErasedUsers => "erased_users",
             Table::Guests => "guests",
+            Table::Admins => "admins",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Typed access to [`Table::Users`], [`Table::Profiles`],
-//! [`Table::ErasedUsers`] and [`Table::Guests`] (owned by `service::users`).
+//! [`Table::ErasedUsers`], [`Table::Guests`] and [`Table::Admins`] (owned
+//! by `service::users`).
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +95,25 @@ impl UsersTables {
             .iter(Table::Guests, None, Direction::Forward)
             .map(|entry| decode_key::<String>(Table::Guests, &entry?.0))
             .collect()
+    }
+
+    /// Makes `user_id` a server admin.
+    pub fn put_admin(&self, batch: &mut Batch, user_id: &str) {
+        batch.put(Table::Admins, encode(user_id), Vec::new());
+    }
+
+    pub fn is_admin(&self, user_id: &str) -> DbResult<bool> {
+        Ok(self.db.get(Table::Admins, &encode(user_id))?.is_some())
+    }
+
+    /// Whether any account exists yet.
+    pub fn any_user(&self) -> DbResult<bool> {
+        Ok(self
+            .db
+            .iter(Table::Users, None, Direction::Forward)
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     pub fn write(&self, batch: Batch) -> DbResult<()> {

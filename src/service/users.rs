@@ -146,6 +146,11 @@ impl UsersService {
         Ok((user_id, login))
     }
 
+    /// Whether `user_id` is a server admin (the first account registered).
+    pub fn is_admin(&self, user_id: &UserId) -> ServiceResult<bool> {
+        Ok(self.tables.is_admin(user_id.as_str())?)
+    }
+
     /// Whether `user_id` is a guest account.
     pub fn is_guest(&self, user_id: &str) -> ServiceResult<bool> {
         if let Some(guests) = self.guests.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
@@ -201,6 +206,10 @@ impl UsersService {
             return Err(ServiceError::UserInUse);
         }
         let mut batch = Batch::new();
+        // The server's first account runs it: it is made an admin.
+        if !guest && !self.tables.any_user()? {
+            self.tables.put_admin(&mut batch, user_id.as_str());
+        }
         let record = UserRecord {
             password_hash,
             created_ms: now_ms(),

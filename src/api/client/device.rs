@@ -7,7 +7,7 @@ use ruma::api::client::device::{delete_device, delete_devices, get_device, get_d
 
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::uiaa::Purpose;
-use crate::service::Services;
+use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
     router.add(whois);
@@ -98,8 +98,7 @@ async fn delete_many(
 }
 
 /// `GET /admin/whois/{userId}`: a user's devices with where and when each
-/// was last seen. For the user themself; server admins arrive with the
-/// admin API, until then nobody reads another user's sessions.
+/// was last seen, for the user themself and for server admins.
 async fn whois(
     services: Arc<Services>,
     req: Ruma<get_user_info::v3::Request>,
@@ -107,12 +106,20 @@ async fn whois(
     use get_user_info::v3::{ConnectionInfo, DeviceInfo, SessionInfo};
     let user_id = req.user()?.to_owned();
     let target = req.body.user_id;
-    if target != user_id {
-        return Err(ApiError::Forbidden(
-            "only server admins may look up other users".to_owned(),
-        ));
-    }
-    let devices = services.run(move |s| s.devices.list(&user_id)).await?;
+    let looked_up = target.clone();
+    let devices = services
+        .run(move |s| {
+            if looked_up != user_id && !s.users.is_admin(&user_id)? {
+                return Err(ServiceError::Forbidden(
+                    "only server admins may look up other users".to_owned(),
+                ));
+            }
+            if !s.users.exists(&looked_up)? {
+                return Err(ServiceError::NotFound("unknown user".to_owned()));
+            }
+            s.devices.list(&looked_up)
+        })
+        .await?;
     let mut response = get_user_info::v3::Response::new();
     response.user_id = Some(target);
     for device in devices {
