@@ -581,6 +581,17 @@ async fn third_party_identifier_endpoints_answer_as_the_spec_says() {
             .await;
         assert_error(&got, 403, "M_THREEPID_DENIED");
     }
+    // An invite by email address: the same answer.
+    let room = server.create_room(&alice, json!({})).await;
+    let invite = server
+        .call(
+            "POST",
+            &rooms_path(&room, "invite"),
+            Some(&alice),
+            Some(json!({"id_server": "id.example.org", "id_access_token": "t", "medium": "email", "address": "a@example.org"})),
+        )
+        .await;
+    assert_error(&invite, 403, "M_THREEPID_DENIED");
     for path in ["/account/3pid/delete", "/account/3pid/unbind"] {
         let (status, body) = server
             .call(
@@ -1590,4 +1601,27 @@ async fn guests_read_join_where_let_in_and_upgrade() {
         .await;
     assert_eq!(made.0, 200, "{made:?}");
     assert_eq!(server.login(&localpart, "pw2", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn key_backups_take_any_algorithm_and_auth_data() {
+    let server = TestServer::start().await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    let auth_data = json!({"public_key": "abc", "org.example.extra": {"n": [1, 2]}});
+    let (status, created) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/room_keys/version",
+            Some(&alice),
+            Some(json!({"algorithm": "org.example.future.v1", "auth_data": auth_data})),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let (status, current) = server
+        .call("GET", "/_matrix/client/v3/room_keys/version", Some(&alice), None)
+        .await;
+    assert_eq!(status, 200, "{current}");
+    assert_eq!(current["algorithm"], "org.example.future.v1");
+    assert_eq!(current["auth_data"], auth_data);
+    assert_eq!(current["version"], created["version"]);
 }

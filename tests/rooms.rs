@@ -275,7 +275,7 @@ async fn refusals_leave_no_trace() {
             Some(json!({"id_server": "id.example.org", "id_access_token": "t", "medium": "email", "address": "a@example.org"})),
         )
         .await;
-    assert_error(&third_party, 403, "M_FORBIDDEN");
+    assert_error(&third_party, 403, "M_THREEPID_DENIED");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId};
 
 use super::raw;
 use crate::api::{ApiError, Router, Ruma};
-use crate::service::Services;
+use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
     router.add(join_by_id);
@@ -34,8 +34,11 @@ pub fn register_routes(router: &mut Router) {
 /// membership event's content.
 const JOIN_FIELDS: &[&str] = &["reason", "third_party_signed"];
 
+/// Invites by email or phone number (`m.room.third_party_invite`) need an
+/// identity server, which this server does not use: the spec's answer for
+/// an identifier it does not allow.
 fn third_party_refused() -> ApiError {
-    ApiError::Forbidden("third-party invites are not supported by this server".to_owned())
+    ServiceError::ThreepidDenied("third-party invites are not supported by this server".to_owned()).into()
 }
 
 async fn join_by_id(
