@@ -45,19 +45,7 @@ async fn register(
             // The request repeated within a completed session: the same
             // account again, with a login if one is asked for.
             if let Some(user_id) = s.uiaa.registered_in(body.auth.as_ref())? {
-                let mut response = register::v3::Response::new(user_id.clone());
-                if !body.inhibit_login {
-                    let (device_id, access_token) = s.devices.login(
-                        s,
-                        &user_id,
-                        body.device_id.as_ref().map(|d| d.as_str()),
-                        body.initial_device_display_name,
-                        client_ip,
-                    )?;
-                    response.access_token = Some(access_token);
-                    response.device_id = Some(device_id.into());
-                }
-                return Ok(response);
+                return existing_account(s, user_id, body, client_ip);
             }
             // A guest becoming a full account keeps its user ID: the
             // username must be its localpart (the spec's upgrade).
@@ -80,19 +68,7 @@ async fn register(
                 s.users.upgrade_guest(&guest, body.password.as_deref())?;
                 s.uiaa.record_registration(body.auth.as_ref(), &guest)?;
                 tracing::info!(user_id = %guest, "guest account upgraded");
-                let mut response = register::v3::Response::new(guest.clone());
-                if !body.inhibit_login {
-                    let (device_id, access_token) = s.devices.login(
-                        s,
-                        &guest,
-                        body.device_id.as_ref().map(|d| d.as_str()),
-                        body.initial_device_display_name,
-                        client_ip,
-                    )?;
-                    response.access_token = Some(access_token);
-                    response.device_id = Some(device_id.into());
-                }
-                return Ok(response);
+                return existing_account(s, guest, body, client_ip);
             }
             // Name problems are reported before any authentication stage.
             let user_id = match &body.username {
@@ -117,6 +93,30 @@ async fn register(
         })
         .await
         .map_err(Into::into)
+}
+
+/// The answer to a registration of an account that exists already (the
+/// request repeated in its session, or a guest upgraded): the account, and
+/// a login for the device asked for unless `inhibit_login`.
+fn existing_account(
+    s: &Services,
+    user_id: ruma::OwnedUserId,
+    body: register::v3::Request,
+    client_ip: Option<String>,
+) -> Result<register::v3::Response, ServiceError> {
+    let mut response = register::v3::Response::new(user_id.clone());
+    if !body.inhibit_login {
+        let (device_id, access_token) = s.devices.login(
+            s,
+            &user_id,
+            body.device_id.as_ref().map(|d| d.as_str()),
+            body.initial_device_display_name,
+            client_ip,
+        )?;
+        response.access_token = Some(access_token);
+        response.device_id = Some(device_id.into());
+    }
+    Ok(response)
 }
 
 /// `register?kind=guest`: an account without a password, for the guest
