@@ -372,18 +372,29 @@ async fn uia_answers_carry_params_and_sessions_stay_with_their_request() {
         .call("GET", "/_matrix/client/v3/devices", Some(&alice), None)
         .await;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 3, "{devices}");
-    // Nor can another user finish it.
-    let (_, bob, _) = server.register("bob", "pw").await;
-    let bobs = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "pw", "session": session});
-    let stolen = server
+    // Nor can another user finish one of Alice's sessions, even for the
+    // same operation on his own devices with his own password.
+    let (_, bob, bob_device) = server.register("bob", "pw").await;
+    let (status, started) = server
         .call(
-            "DELETE",
-            "/_matrix/client/v3/devices/PHONE",
-            Some(&bob),
-            Some(json!({"auth": bobs})),
+            "POST",
+            "/_matrix/client/v3/delete_devices",
+            Some(&alice),
+            Some(json!({"devices": ["TABLET"]})),
         )
         .await;
-    assert!(matches!(stolen.0, 403 | 404), "{stolen:?}");
+    assert_eq!(status, 401, "{started}");
+    let bobs = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "pw", "session": started["session"]});
+    let stolen = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/delete_devices",
+            Some(&bob),
+            Some(json!({"devices": [bob_device], "auth": bobs})),
+        )
+        .await;
+    assert_error(&stolen, 403, "M_FORBIDDEN");
+    assert_eq!(server.whoami(&bob).await.0, 200, "Bob's device is still there");
     // The session still does what it was started for.
     let (status, body) = server
         .call(
@@ -1057,6 +1068,24 @@ async fn create_events_upgrades_and_unknown_content_keys() {
     assert_eq!(event["content"], content);
 }
 
+/// `/keys/changes` from `from` up to now (a fresh sync's position).
+async fn key_changes_since(server: &TestServer, token: &str, from: &str) -> Value {
+    let to = server.sync(token, None, 0, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, changes) = server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/keys/changes?from={from}&to={to}"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{changes}");
+    changes
+}
+
 /// Waits (at most 10 s) for a sync from `since` whose device list names
 /// `user` as changed; returns it.
 async fn sync_until_changed(server: &TestServer, token: &str, since: &str, user: &str) -> Value {
@@ -1150,17 +1179,7 @@ async fn device_changes_reach_everyone_who_shares_a_room() {
     let (carol_id, carol, _) = server.register("carol", "pw").await;
     let from = next(&server.sync(&alice, None, 0, None).await);
     server.join(&carol, &secret).await;
-    let (_, changes) = server
-        .call(
-            "GET",
-            &format!(
-                "/_matrix/client/v3/keys/changes?from={from}&to={}",
-                next(&server.sync(&alice, None, 0, None).await)
-            ),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let changes = key_changes_since(&server, &alice, &from).await;
     assert!(
         changes["changed"].as_array().unwrap().iter().any(|u| u == &carol_id),
         "{changes}"
@@ -1170,17 +1189,7 @@ async fn device_changes_reach_everyone_who_shares_a_room() {
         .call("POST", &rooms_path(&secret, "leave"), Some(&carol), Some(json!({})))
         .await;
     assert_eq!(status, 200);
-    let (_, changes) = server
-        .call(
-            "GET",
-            &format!(
-                "/_matrix/client/v3/keys/changes?from={from}&to={}",
-                next(&server.sync(&alice, None, 0, None).await)
-            ),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let changes = key_changes_since(&server, &alice, &from).await;
     assert!(
         changes["left"].as_array().unwrap().iter().any(|u| u == &carol_id),
         "{changes}"

@@ -433,7 +433,7 @@ impl RoomsService {
                 body[key] = value;
             }
         }
-        let body = content(body)?;
+        let mut body = content(body)?;
         let member = StateEventType::RoomMember.to_string();
         if self
             .unchanged_state(s, &room_id, sender, &member, sender.as_str(), &body)?
@@ -441,7 +441,6 @@ impl RoomsService {
         {
             return Ok(room_id);
         }
-        let mut body = body;
         if let Some(authoriser) = self.join_authoriser(s, &room_id, sender)? {
             body.insert(
                 "join_authorised_via_users_server".to_owned(),
