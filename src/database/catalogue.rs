@@ -213,10 +213,18 @@ pub enum Table {
     /// Server admins (`users.rs`): the first account registered, and whom
     /// an admin makes one. Key: `(user_id: str)`. Value: empty.
     Admins,
+    /// Events known outside a room's timeline (`rooms.rs`): state and auth
+    /// events fetched from other servers (outliers), events refused by the
+    /// auth rules (rejected, kept so they are refused again without work)
+    /// and soft-failed events (accepted into the room graph, hidden from
+    /// clients; their `EventIndex` entry has count 0). Key: `(event_id:
+    /// str)`. Value: bincode `OutlierRecord` (room ID, the PDU as canonical
+    /// JSON, the kind).
+    Outliers,
 }
 
 impl Table {
-    pub const ALL: [Table; 54] = [
+    pub const ALL: [Table; 55] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -271,6 +279,7 @@ impl Table {
         Table::ErasedUsers,
         Table::Guests,
         Table::Admins,
+        Table::Outliers,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -330,6 +339,7 @@ impl Table {
             Table::ErasedUsers => "erased_users",
             Table::Guests => "guests",
             Table::Admins => "admins",
+            Table::Outliers => "outliers",
         }
     }
 }

@@ -46,6 +46,26 @@ pub struct EventMeta {
     pub state_after: u64,
 }
 
+/// What an event outside the timeline is (see [`Table::Outliers`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum OutlierKind {
+    /// Known for the room's state or auth chain, not (yet) in the timeline.
+    Outlier,
+    /// Refused by the auth rules, with why.
+    Rejected(String),
+    /// Authorized by its own history but not by the room's current state:
+    /// part of the room graph, never shown to clients.
+    SoftFailed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutlierRecord {
+    pub room_id: String,
+    /// The PDU as canonical JSON, with `event_id`.
+    pub json: String,
+    pub kind: OutlierKind,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserRoomRecord {
     pub membership: String,
@@ -142,6 +162,27 @@ impl RoomTables {
             let (_, count): (u64, u64) = decode_key(Table::Timeline, &k)?;
             Ok((count, from_record(Table::Timeline, &v)?))
         })
+    }
+
+    pub fn outlier(&self, event_id: &str) -> DbResult<Option<OutlierRecord>> {
+        self.db
+            .get(Table::Outliers, &keys::encode(event_id))?
+            .map(|v| from_record(Table::Outliers, &v))
+            .transpose()
+    }
+
+    pub fn put_outlier(&self, batch: &mut Batch, event_id: &str, record: &OutlierRecord) {
+        batch.put(Table::Outliers, keys::encode(event_id), to_record(record));
+    }
+
+    /// Forgets an outlier that has joined the timeline.
+    pub fn delete_outlier(&self, batch: &mut Batch, event_id: &str) {
+        batch.delete(Table::Outliers, keys::encode(event_id));
+    }
+
+    /// Indexes a soft-failed event (count 0: not in the timeline).
+    pub fn put_event_meta(&self, batch: &mut Batch, event_id: &str, meta: &EventMeta) {
+        batch.put(Table::EventIndex, keys::encode(event_id), to_record(meta));
     }
 
     pub fn put_membership(&self, batch: &mut Batch, room_id: &str, user_id: &str, membership: &str, count: u64) {

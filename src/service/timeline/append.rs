@@ -1,37 +1,38 @@
-//! Appending events: build the PDU, authorize it, store it atomically.
+//! Local events: choose their place in the room (`prev_events`, the
+//! `auth_events` from the current state), build and sign the PDU, check it
+//! against the auth rules, and hand it to `persist`.
 
 use std::sync::Arc;
 
-use ruma::canonical_json::{redact, RedactedBecause};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::state_res::events::{RoomCreateEvent, RoomPowerLevelsEvent};
 use ruma::state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
-    OwnedUserId, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId,
+    RoomVersionId, UserId,
 };
 use serde_json::Value as JsonValue;
 
+use super::persist::{room_id_of_v12_create, Authorized};
 use super::{
     internal, state_order, EventSpec, FailedLookup, StoredEvent, TimelineService, Txn, MAX_EVENT_TYPE_BYTES,
     MAX_STATE_KEY_BYTES,
 };
-use crate::database::rooms::{EventMeta, RoomRecord, TimelineRecord};
-use crate::database::Batch;
+use crate::database::rooms::{EventMeta, RoomRecord};
 use crate::service::pdu::{build_pdu, EventRef, NewPdu, Pdu};
 use crate::service::state::StateMap;
 use crate::service::{random_string, ServiceError, ServiceResult, Services};
 
 /// The state before an event, as the auth rules look it up: the parsed
 /// (cached) room state finds the event ID, the PDU cache the whole event.
-struct StateView<'a> {
-    timeline: &'a TimelineService,
-    state: Option<Arc<Vec<StoredEvent>>>,
+pub(super) struct StateView<'a> {
+    pub timeline: &'a TimelineService,
+    pub state: Option<Arc<Vec<StoredEvent>>>,
 }
 
 impl StateView<'_> {
-    fn get(&self, event_type: &str, state_key: &str) -> ServiceResult<Option<Arc<Pdu>>> {
+    pub fn get(&self, event_type: &str, state_key: &str) -> ServiceResult<Option<Arc<Pdu>>> {
         let Some(state) = self.state.as_ref() else {
             return Ok(None);
         };
@@ -76,7 +77,7 @@ impl TimelineService {
         let event_id = self.append_inner(s, room_id.as_deref(), None, &rules, version, creator, spec, None)?;
         match room_id {
             Some(id) => Ok(id),
-            None => OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..])).map_err(|e| internal("room ID", e)),
+            None => room_id_of_v12_create(&event_id),
         }
     }
 
@@ -125,12 +126,9 @@ impl TimelineService {
                 "the event type is longer than 255 bytes".to_owned(),
             ));
         }
-        // A room ending in several events (a fork) builds on their resolved state.
-        let base_snapshot = match &record {
-            Some(r) if r.forward_extremities.len() > 1 => Some(self.resolve_forks(s, rules, &r.forward_extremities)?),
-            Some(r) => Some(r.state_snapshot),
-            None => None,
-        };
+        // The room's current state: with several forward extremities (a
+        // fork), already their resolution (see `persist`).
+        let base_snapshot = record.as_ref().map(|r| r.state_snapshot);
         let state_before = match base_snapshot {
             Some(id) => Some(self.state_events(s, id)?),
             None => None,
@@ -191,7 +189,7 @@ impl TimelineService {
             redacts,
             origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
         };
-        let (event_id, mut object) = build_pdu(new, rules, &s.config.server_name, &s.server_keys)?;
+        let (event_id, object) = build_pdu(new, rules, &s.config.server_name, &s.server_keys)?;
         let pdu = Arc::new(Pdu::from_object(event_id.clone(), &object)?);
 
         // ruma looks events up through `Option`: a storage error is kept
@@ -210,222 +208,55 @@ impl TimelineService {
         // A redaction must name an event of this room, and only its sender or
         // someone with the power to redact may apply it.
         let redaction_target = match &spec.redacts {
-            Some(target) => Some(self.check_redaction(&view, rules, sender, room_id, target)?),
+            Some(target) => Some(self.check_redaction(&view, rules, sender, room_id, target, false)?),
             None => None,
         };
 
-        // The event's short ID and its mapping go into the event's batch.
-        let mut batch = Batch::new();
-        let short_event_id = s.state.new_short_event_id(&mut batch, &event_id)?;
-        let before_id = match base_snapshot {
-            Some(id) => id,
-            None => s.state.save_snapshot(&StateMap::new(), None)?,
+        let room_id = match room_id {
+            Some(id) => id.to_owned(),
+            None => room_id_of_v12_create(&event_id)?,
         };
-        // Only a state event needs the snapshot's map: it makes a new one.
-        let mut replaced = None;
-        let after_id = match &spec.state_key {
-            Some(state_key) => {
-                let mut state_after = match base_snapshot {
-                    Some(id) => s.state.load_snapshot(id)?,
-                    None => StateMap::new(),
-                };
-                let key = s.state.short_state_key(&spec.event_type.to_string(), state_key)?;
-                replaced = state_after.insert(key, short_event_id);
-                s.state.save_snapshot(&state_after, Some(before_id))?
-            }
-            None => before_id,
+        let state_before = match (base_snapshot, state_before) {
+            (Some(id), Some(state)) => (id, state),
+            // The create event: the room's state starts empty.
+            _ => (s.state.save_snapshot(&StateMap::new(), None)?, Arc::new(Vec::new())),
         };
-
-        // Server-side `unsigned`: what the state event replaced.
-        if let Some(prev_short) = replaced {
-            let prev_id = s.state.event_id(prev_short)?;
-            if let Some(prev) = self.event(&prev_id)? {
-                let mut unsigned = CanonicalJsonObject::new();
-                unsigned.insert("replaces_state".to_owned(), prev_id.as_str().into());
-                if let Some(c) = prev.json.get("content") {
-                    unsigned.insert("prev_content".to_owned(), c.clone());
-                }
-                unsigned.insert("prev_sender".to_owned(), prev.sender().into());
-                object.insert("unsigned".to_owned(), CanonicalJsonValue::Object(unsigned));
-            }
-        }
-        object.insert("event_id".to_owned(), event_id.as_str().into());
-
-        let ticket = self.stream.begin()?;
-        let count = ticket.0;
-        let written = (|| {
-            let (room_id_owned, mut room_record) = match record {
-                Some(r) => (room_id.expect("rooms with a record have an ID").to_owned(), r),
-                None => {
-                    let id = match room_id {
-                        Some(id) => id.to_owned(),
-                        None => OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
-                            .map_err(|e| internal("room ID", e))?,
-                    };
-                    let short_id = self.tables.next_count()?;
-                    let r = RoomRecord {
-                        short_id,
-                        version: version.to_string(),
-                        state_snapshot: before_id,
-                        forward_extremities: Vec::new(),
-                        depth: 0,
-                        last_count: 0,
-                    };
-                    (id, r)
-                }
-            };
-            let meta = EventMeta {
-                short_room_id: room_record.short_id,
-                count,
-                short_event_id,
-                state_before: before_id,
-                state_after: after_id,
-            };
-            let json = serde_json::to_string(&object).map_err(|e| internal("PDU", e))?;
-            let stored = TimelineRecord {
-                json,
-                txn: txn.map(|t| (t.device_id.clone(), t.txn_id.clone())),
-            };
-            self.tables.put_event(&mut batch, event_id.as_str(), &meta, &stored);
-            room_record.state_snapshot = after_id;
-            room_record.forward_extremities = vec![event_id.to_string()];
-            room_record.depth = depth;
-            room_record.last_count = count;
-            self.tables.put_room(&mut batch, room_id_owned.as_str(), &room_record);
-            let mut woken: Vec<OwnedUserId> = Vec::new();
-            if spec.event_type == TimelineEventType::RoomMember {
-                if let (Some(target), Some(membership)) = (&spec.state_key, membership_of(&object)) {
-                    self.tables
-                        .put_membership(&mut batch, room_id_owned.as_str(), target, membership, count);
-                    if let Ok(user) = OwnedUserId::try_from(target.as_str()) {
-                        woken.push(user);
-                    }
-                }
-            }
-            if let Some(txn) = txn {
-                self.tables.put_txn(
-                    &mut batch,
-                    sender.as_str(),
-                    &txn.device_id,
-                    &txn.txn_id,
-                    event_id.as_str(),
-                    crate::service::now_ms(),
-                )?;
-            }
-            let redacts_state = redaction_target.as_ref().is_some_and(|(_, t)| t.state_key().is_some());
-            let redacted_id = redaction_target.as_ref().map(|(_, t)| t.event_id.clone());
-            if let Some((target_meta, target)) = redaction_target {
-                s.search.unindex(&mut batch, target_meta.short_room_id, &target);
-                s.relations.unindex(&mut batch, &room_id_owned, &target)?;
-                let because = RedactedBecause::from_json(client_object(&object));
-                if let Ok(mut redacted) = redact(target.json, &rules.redaction, Some(because)) {
-                    // Redaction drops `event_id` from v3+ PDUs; it stays with the stored copy.
-                    redacted.insert("event_id".to_owned(), target.event_id.as_str().into());
-                    let json = serde_json::to_string(&redacted).map_err(|e| internal("redacted PDU", e))?;
-                    self.tables
-                        .replace_event(&mut batch, &target_meta, &TimelineRecord { json, txn: target.txn });
-                }
-            }
-            let stored_event = StoredEvent {
+        self.persist(
+            s,
+            Authorized {
+                room_id,
+                record,
+                version: version.as_str(),
+                rules,
                 event_id: event_id.clone(),
-                count,
-                json: object.clone(),
-                txn: stored.txn.clone(),
-            };
-            s.relations.index(s, &mut batch, &room_id_owned, &stored_event)?;
-            s.search.index(&mut batch, room_record.short_id, &stored_event);
-            // Unread notifications of the room's other local members.
-            let mut state_after_parsed = None;
-            let mut unread_changes = None;
-            if spec.event_type != TimelineEventType::RoomCreate {
-                // The state after this event; the event itself is not
-                // readable by its short ID until the batch lands.
-                let mut state = match &state_before {
-                    Some(state) => state.clone(),
-                    None => self.state_events(s, before_id)?,
-                };
-                if spec.state_key.is_some() {
-                    let mut changed: Vec<StoredEvent> = state.as_ref().clone();
-                    match changed.binary_search_by(|e| state_order(e).cmp(&state_order(&stored_event))) {
-                        Ok(i) => changed[i] = stored_event.state_entry(),
-                        Err(i) => changed.insert(i, stored_event.state_entry()),
-                    }
-                    state = std::sync::Arc::new(changed);
-                    state_after_parsed = Some(state.clone());
-                }
-                let context = s.push.room_context(s, rules, after_id, &state);
-                if context.recipients.iter().any(|(user, _)| user != sender) {
-                    let event = stored_event.to_client(true, None);
-                    unread_changes = Some(s.push.notify(s, &mut batch, &room_id_owned, &event, count, &context)?);
-                }
-            }
-            self.tables.write(batch)?;
-            if let Some(changes) = unread_changes {
-                s.push.remember_unread(&room_id_owned, changes);
-            }
-            self.remember_room(&room_id_owned, &room_record);
-            // Syncs and scrollback read the newest events first.
-            self.meta_cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(&event_id, meta);
-            // The caches learn of the change only now that it has landed.
-            {
-                let mut pdus = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(id) = &redacted_id {
-                    pdus.forget(id);
-                }
-                // The next event of the room references this one.
-                pdus.insert(pdu.clone());
-            }
-            if spec.event_type == TimelineEventType::RoomMember {
-                self.members_cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .forget(room_id_owned.as_str());
-            }
-            if redacts_state {
-                self.clear_state_cache();
-                s.push.forget_contexts();
-            } else if let Some(state) = state_after_parsed {
-                // The next event's state before: worth keeping parsed. No
-                // generation check needed: only a redaction in this room,
-                // which waits for its lock, could make it stale.
-                self.remember_state(after_id, room_id_owned.to_string(), state);
-            }
-            for (user, membership) in self.members(&room_id_owned)?.iter() {
-                if matches!(membership.as_str(), "join" | "invite" | "knock") {
-                    if let Ok(user) = OwnedUserId::try_from(user.as_str()) {
-                        woken.push(user);
-                    }
-                }
-            }
-            Ok::<_, ServiceError>(woken)
-        })();
-        match written {
-            Ok(woken) => {
-                self.stream.finish(ticket, woken.iter().map(|u| u.as_ref()));
-                tracing::debug!(%event_id, count, "event stored");
-                Ok(event_id)
-            }
-            Err(e) => {
-                self.stream.finish(ticket, []);
-                Err(e)
-            }
-        }
+                object,
+                pdu,
+                state_before,
+                txn,
+                redaction_target,
+                soft_failed: false,
+            },
+        )?;
+        Ok(event_id)
     }
 
     /// Checks a redaction of `target` by `sender`; returns the target.
-    fn check_redaction(
+    pub(super) fn check_redaction(
         &self,
         view: &StateView<'_>,
         rules: &RoomVersionRules,
         sender: &UserId,
         room_id: Option<&RoomId>,
         target: &EventId,
+        from_remote: bool,
     ) -> ServiceResult<(EventMeta, StoredEvent)> {
         let not_found = || ServiceError::NotFound("the event to redact is not in this room".to_owned());
-        let meta = self.tables.event_meta(target.as_str())?.ok_or_else(not_found)?;
+        let meta = self
+            .tables
+            .event_meta(target.as_str())?
+            // Count 0: a soft-failed event, outside the timeline.
+            .filter(|meta| meta.count != 0)
+            .ok_or_else(not_found)?;
         let event = self.event(target)?.ok_or_else(not_found)?;
         let in_room = match (event.json.get("room_id"), room_id) {
             (Some(CanonicalJsonValue::String(r)), Some(room)) => r == room.as_str(),
@@ -434,7 +265,12 @@ impl TimelineService {
         if !in_room {
             return Err(not_found());
         }
-        if event.sender() == sender.as_str() {
+        // Their own events, or for a redaction from another server, its own
+        // users' events (that server vouches for them).
+        let same_server = from_remote
+            && UserId::parse(event.sender())
+                .is_ok_and(|target_sender| target_sender.server_name() == sender.server_name());
+        if event.sender() == sender.as_str() || same_server {
             return Ok((meta, event));
         }
         let create = view.get("m.room.create", "")?;
@@ -476,7 +312,7 @@ impl TimelineService {
     }
 
     /// `(event_id, sha256 content hash)` of a stored event, for references.
-    fn event_ref(&self, event_id: &EventId) -> ServiceResult<EventRef> {
+    pub(super) fn event_ref(&self, event_id: &EventId) -> ServiceResult<EventRef> {
         let pdu = self
             .pdu(event_id)?
             .ok_or_else(|| internal("reference", format!("{event_id} is not stored")))?;
@@ -485,35 +321,6 @@ impl TimelineService {
             sha256: pdu.content_sha256().to_owned(),
         })
     }
-}
-
-fn membership_of(object: &CanonicalJsonObject) -> Option<&str> {
-    match object.get("content") {
-        Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
-            Some(CanonicalJsonValue::String(m)) => Some(m),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The client-format copy of a PDU kept in `redacted_because`.
-fn client_object(object: &CanonicalJsonObject) -> CanonicalJsonObject {
-    let mut out = CanonicalJsonObject::new();
-    for key in [
-        "type",
-        "content",
-        "sender",
-        "origin_server_ts",
-        "event_id",
-        "room_id",
-        "redacts",
-    ] {
-        if let Some(v) = object.get(key) {
-            out.insert(key.to_owned(), v.clone());
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,21 +1,30 @@
-//! Room timelines: building, authorizing and storing events
-//! ([`append`]), and reading them back as clients see them ([`read`]:
-//! history visibility, `/messages`, `/context`, bundled aggregations).
-//! This module holds the shared types and the plain lookups.
+//! Room timelines: building local events ([`append`]), authorizing events
+//! from other servers ([`incoming`]), storing both the same way
+//! ([`persist`]), resolving forked histories ([`resolve`]), and reading
+//! events back as clients see them ([`read`]: history visibility,
+//! `/messages`, `/context`, bundled aggregations). This module holds the
+//! shared types and the plain lookups.
 //!
-//! Every local event goes through [`TimelineService::append`]: under the
-//! room's write lock it is laid out as a signed PDU of the room's version,
-//! checked against the auth rules with ruma's `state_res`, and written with
-//! its indexes, the new room state and membership changes in one atomic
-//! batch. A refused event leaves nothing behind.
+//! A local event ([`TimelineService::append`]) is laid out under the
+//! room's write lock as a signed PDU of the room's version on the room's
+//! current state and checked against the auth rules with ruma's
+//! `state_res`; a remote one ([`TimelineService::receive_remote`]) is
+//! checked against its auth events, the state before it and the current
+//! state. Either is then written with its indexes, the state after it, the
+//! room's new extremities and current state and the membership changes in
+//! one atomic batch. A refused event leaves nothing behind but, for a
+//! remote one, the note that it was rejected.
 
 mod append;
 mod cache;
+mod incoming;
+mod persist;
 mod read;
 mod resolve;
 mod stored_json;
 
 pub use cache::Members;
+pub use incoming::Received;
 pub use read::{Around, VisibilityCache};
 
 use std::collections::HashMap;
@@ -33,7 +42,7 @@ use serde_json::Value as JsonValue;
 use super::pdu::Pdu;
 use super::stream::Stream;
 use super::{now_ms, PruneSchedule, ServiceError, ServiceResult, Services};
-use crate::database::rooms::{EventMeta, RoomRecord, RoomTables, TimelineRecord, UserRoomRecord};
+use crate::database::rooms::{EventMeta, OutlierKind, RoomRecord, RoomTables, TimelineRecord, UserRoomRecord};
 use crate::database::{Batch, Db, Direction};
 
 /// The spec's limits on an event's `state_key` and `type` ("Size limits").
@@ -566,15 +575,26 @@ impl TimelineService {
         Ok(meta)
     }
 
-    /// A stored event by ID.
+    /// A stored event by ID: in the timeline, or outside it (count 0) as
+    /// an outlier or a soft-failed event. Never a rejected one.
     pub fn event(&self, event_id: &EventId) -> ServiceResult<Option<StoredEvent>> {
-        let Some(meta) = self.event_meta(event_id)? else {
-            return Ok(None);
-        };
-        let Some(record) = self.tables.event(meta.short_room_id, meta.count)? else {
-            return Ok(None);
-        };
-        Ok(Some(stored(event_id.to_owned(), meta.count, record)?))
+        if let Some(meta) = self.event_meta(event_id)?.filter(|meta| meta.count != 0) {
+            let Some(record) = self.tables.event(meta.short_room_id, meta.count)? else {
+                return Ok(None);
+            };
+            return Ok(Some(stored(event_id.to_owned(), meta.count, record)?));
+        }
+        match self.tables.outlier(event_id.as_str())? {
+            Some(outlier) if !matches!(outlier.kind, OutlierKind::Rejected(_)) => Ok(Some(stored(
+                event_id.to_owned(),
+                0,
+                TimelineRecord {
+                    json: outlier.json,
+                    txn: None,
+                },
+            )?)),
+            _ => Ok(None),
+        }
     }
 
     /// A stored event read for the auth rules, shared through the PDU
@@ -587,13 +607,24 @@ impl TimelineService {
             }
             cache.generation
         };
-        let Some(meta) = self.event_meta(event_id)? else {
-            return Ok(None);
+        let in_timeline = self.event_meta(event_id)?.filter(|meta| meta.count != 0);
+        let pdu = match in_timeline {
+            Some(meta) => {
+                let Some(record) = self.tables.event(meta.short_room_id, meta.count)? else {
+                    return Ok(None);
+                };
+                Pdu::from_json(event_id.to_owned(), &record.json)?
+            }
+            None => match self.tables.outlier(event_id.as_str())? {
+                Some(outlier) => {
+                    let mut pdu = Pdu::from_json(event_id.to_owned(), &outlier.json)?;
+                    pdu.rejected = matches!(outlier.kind, OutlierKind::Rejected(_));
+                    pdu
+                }
+                None => return Ok(None),
+            },
         };
-        let Some(record) = self.tables.event(meta.short_room_id, meta.count)? else {
-            return Ok(None);
-        };
-        let pdu = Arc::new(Pdu::from_json(event_id.to_owned(), &record.json)?);
+        let pdu = Arc::new(pdu);
         let mut cache = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.generation == generation {
             cache.insert(pdu.clone());

@@ -20,21 +20,38 @@ use crate::service::{ServiceError, ServiceResult, Services};
 const MAX_EVENTS: usize = 100_000;
 
 impl TimelineService {
-    /// The state a new event builds on when the room ends in `extremities`:
-    /// the state after each, resolved. Returns the snapshot ID.
-    pub fn resolve_forks(&self, s: &Services, rules: &RoomVersionRules, extremities: &[String]) -> ServiceResult<u64> {
-        let mut snapshots = Vec::new();
-        for id in extremities {
-            let id = EventId::parse(id).map_err(|e| internal("stored extremity", e))?;
-            let meta = self
-                .event_meta(&id)?
-                .ok_or_else(|| internal("forward extremity", "not stored"))?;
-            if !snapshots.contains(&meta.state_after) {
-                snapshots.push(meta.state_after);
+    /// The resolution of several states (snapshot IDs, at least one): the
+    /// state after the forks of a room's history that meet here. Returns
+    /// the snapshot ID.
+    pub(super) fn resolve_snapshots(
+        &self,
+        s: &Services,
+        rules: &RoomVersionRules,
+        snapshots: &[u64],
+    ) -> ServiceResult<u64> {
+        self.resolve_snapshots_with(s, rules, snapshots, None)
+    }
+
+    /// The same, where one state holds `pending`, an event being persisted
+    /// in this very resolution's batch (not readable from storage yet).
+    pub(super) fn resolve_snapshots_with(
+        &self,
+        s: &Services,
+        rules: &RoomVersionRules,
+        snapshots: &[u64],
+        pending: Option<&Arc<Pdu>>,
+    ) -> ServiceResult<u64> {
+        let mut unique: Vec<u64> = Vec::new();
+        for snapshot in snapshots {
+            if !unique.contains(snapshot) {
+                unique.push(*snapshot);
             }
         }
-        if snapshots.len() == 1 {
-            return Ok(snapshots[0]);
+        let snapshots = unique;
+        match snapshots.as_slice() {
+            [] => return Err(internal("state resolution", "no state to resolve")),
+            [only] => return Ok(*only),
+            _ => {}
         }
 
         // Each fork's state as ruma's map of (type, state_key) → event ID.
@@ -49,6 +66,12 @@ impl TimelineService {
         }
 
         let events = EventCache::new(self);
+        if let Some(pdu) = pending {
+            events
+                .events
+                .borrow_mut()
+                .insert(pdu.event_id.clone(), Some(pdu.clone()));
+        }
         let mut auth_chains = Vec::new();
         for map in &maps {
             let chain = events.auth_chain(map.values());
@@ -277,12 +300,18 @@ mod tests {
             s.timeline.append(&s, &room_id, &bob, name, None).unwrap();
             let branch_b = s.timeline.room_or_404(&room_id).unwrap();
 
-            // The next event joins both branches and builds on their resolution.
+            // The room now ends in both branches; its current state is their
+            // resolution, which the next event builds on.
             let ends = [
                 branch_a.forward_extremities[0].as_str(),
                 branch_b.forward_extremities[0].as_str(),
             ];
-            set_extremities(&s, &room_id, &ends, branch_b.state_snapshot);
+            let rules = RoomVersionId::try_from(version).unwrap().rules().unwrap();
+            let resolved = s
+                .timeline
+                .resolve_snapshots(&s, &rules, &[branch_a.state_snapshot, branch_b.state_snapshot])
+                .unwrap();
+            set_extremities(&s, &room_id, &ends, resolved);
             let text = EventSpec {
                 event_type: "m.room.message".into(),
                 content: ruma::CanonicalJsonObject::new(),

@@ -1,0 +1,666 @@
+//! Events from other servers, after the federation layer has checked their
+//! format, signatures and content hash: authorized in the spec's order
+//! (server-server API, "Checks performed on receipt of a PDU") and handed
+//! to `persist`, the same path local events take.
+//!
+//! 1. Against its own `auth_events`: refused events are remembered as
+//!    rejected, so a repeat costs one read.
+//! 2. Against the state before it, computed from the states after its
+//!    `prev_events` (resolved when they differ), or given by the caller
+//!    when its history is not known here (fetched with `/state_ids`).
+//! 3. Against the room's current state: an event that fails only this is
+//!    soft-failed: part of the room graph, never shown to clients.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma::events::{StateEventType, TimelineEventType};
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::state_res::{check_state_dependent_auth_rules, check_state_independent_auth_rules, Event};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId};
+
+use super::append::StateView;
+use super::persist::Authorized;
+use super::{internal, FailedLookup, TimelineService};
+use crate::database::rooms::{OutlierKind, OutlierRecord};
+use crate::database::Batch;
+use crate::service::pdu::Pdu;
+use crate::service::state::StateMap;
+use crate::service::{ServiceError, ServiceResult, Services};
+
+/// What became of an event from another server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// In the timeline at this stream position.
+    Accepted { count: u64 },
+    /// Stored (or refused) before; nothing changed.
+    AlreadyKnown,
+    /// Kept in the room graph, hidden from clients (see the module doc).
+    SoftFailed,
+    /// Refused by the auth rules, and remembered as such.
+    Rejected(String),
+    /// Events it references are not known here: fetch them, then offer it
+    /// again. `prev` is only filled when no state was given.
+    Missing {
+        auth: Vec<OwnedEventId>,
+        prev: Vec<OwnedEventId>,
+    },
+}
+
+impl TimelineService {
+    /// Authorizes and stores `object`, an event of `room_id` (a room this
+    /// server knows) whose signatures have been checked. `state_before`,
+    /// the IDs of the state events before it (all stored, as outliers at
+    /// least), stands in for its history when that is not known here.
+    pub fn receive_remote(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        event_id: OwnedEventId,
+        mut object: CanonicalJsonObject,
+        state_before: Option<&[OwnedEventId]>,
+    ) -> ServiceResult<Received> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.event_meta(&event_id)?.is_some() {
+            return Ok(Received::AlreadyKnown);
+        }
+        match self.tables.outlier(event_id.as_str())?.map(|o| o.kind) {
+            Some(OutlierKind::Rejected(reason)) => return Ok(Received::Rejected(reason)),
+            Some(OutlierKind::SoftFailed) => return Ok(Received::AlreadyKnown),
+            Some(OutlierKind::Outlier) | None => {}
+        }
+        let record = self.room_or_404(room_id)?;
+        let (version, rules) = Self::rules(&record)?;
+        // What another server put in `unsigned` is not signed: not ours to keep.
+        object.remove("unsigned");
+        object.remove("event_id");
+        if matches!(version, ruma::RoomVersionId::V1 | ruma::RoomVersionId::V2) {
+            object.insert("event_id".to_owned(), event_id.as_str().into());
+        }
+        let pdu = Arc::new(Pdu::from_object(event_id.clone(), &object)?);
+        if pdu.room_id() != Some(room_id) {
+            return Err(ServiceError::BadJson(format!(
+                "{event_id} is not an event of {room_id}"
+            )));
+        }
+        if pdu.event_type() == &TimelineEventType::RoomCreate {
+            let reason = "a room has one create event".to_owned();
+            return self.reject(room_id, &event_id, &object, reason);
+        }
+
+        // Everything it references must be known before anything is decided.
+        let mut auth_events: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
+        let mut missing_auth = Vec::new();
+        for id in pdu.auth_events() {
+            match self.pdu(id)? {
+                Some(auth) if auth.rejected => {
+                    let reason = format!("it is authorized by {id}, a rejected event");
+                    return self.reject(room_id, &event_id, &object, reason);
+                }
+                Some(auth) => {
+                    let key = (
+                        auth.event_type().to_string().into(),
+                        auth.state_key().unwrap_or_default().to_owned(),
+                    );
+                    if auth_events.insert(key, auth).is_some() {
+                        let reason = "its auth_events name two events for one state key".to_owned();
+                        return self.reject(room_id, &event_id, &object, reason);
+                    }
+                }
+                None => missing_auth.push(id.clone()),
+            }
+        }
+        let mut prev_states = Vec::new();
+        let mut missing_prev = Vec::new();
+        for id in pdu.prev_events() {
+            match self.event_meta(id)? {
+                Some(meta) => prev_states.push(meta.state_after),
+                None => missing_prev.push(id.clone()),
+            }
+        }
+        if state_before.is_some() {
+            missing_prev.clear();
+        }
+        if !missing_auth.is_empty() || !missing_prev.is_empty() {
+            return Ok(Received::Missing {
+                auth: missing_auth,
+                prev: missing_prev,
+            });
+        }
+
+        // 1. Against its own auth events.
+        let lookups = FailedLookup::default();
+        let independent =
+            check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| lookups.keep(self.pdu(id)));
+        lookups.check()?;
+        if let Err(reason) = independent {
+            return self.reject(room_id, &event_id, &object, reason);
+        }
+        let by_auth_events =
+            check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+                auth_events.get(&(t.clone(), k.to_owned())).cloned()
+            });
+        if let Err(reason) = by_auth_events {
+            return self.reject(room_id, &event_id, &object, format!("by its auth events: {reason}"));
+        }
+
+        // 2. Against the state before it.
+        let before_id = match state_before {
+            Some(ids) => self.snapshot_of(s, ids)?,
+            None => self.resolve_snapshots(s, &rules, &prev_states)?,
+        };
+        let state = self.state_events(s, before_id)?;
+        let view = StateView {
+            timeline: self,
+            state: Some(state.clone()),
+        };
+        if let Err(reason) = self.check_against(&rules, &pdu, &view)? {
+            return self.reject(room_id, &event_id, &object, format!("by the state before it: {reason}"));
+        }
+
+        // 3. Against the room's current state.
+        let soft_failed = record.state_snapshot != before_id && {
+            let current = StateView {
+                timeline: self,
+                state: Some(self.state_events(s, record.state_snapshot)?),
+            };
+            self.check_against(&rules, &pdu, &current)?.is_err()
+        };
+
+        let redaction_target = match redacted_event(&pdu, &object) {
+            Some(target) if !soft_failed => {
+                match self.check_redaction(&view, &rules, pdu.sender(), Some(room_id), &target, true) {
+                    Ok(found) => Some(found),
+                    // Not stored here, or not the sender's to redact: the
+                    // redaction is kept, and redacts nothing.
+                    Err(ServiceError::NotFound(_) | ServiceError::Forbidden(_)) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => None,
+        };
+        let persisted = self.persist(
+            s,
+            Authorized {
+                room_id: room_id.to_owned(),
+                record: Some(record.clone()),
+                version: record.version.as_str(),
+                rules: &rules,
+                event_id,
+                object,
+                pdu,
+                state_before: (before_id, state),
+                txn: None,
+                redaction_target,
+                soft_failed,
+            },
+        )?;
+        Ok(if soft_failed {
+            Received::SoftFailed
+        } else {
+            Received::Accepted { count: persisted.count }
+        })
+    }
+
+    /// Keeps an event of a room outside its timeline (state or auth chain
+    /// events fetched from another server), unless it is stored already.
+    pub fn store_outlier(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        object: &CanonicalJsonObject,
+    ) -> ServiceResult<()> {
+        if self.event_meta(event_id)?.is_some() || self.tables.outlier(event_id.as_str())?.is_some() {
+            return Ok(());
+        }
+        let mut object = object.clone();
+        object.remove("unsigned");
+        object.insert("event_id".to_owned(), event_id.as_str().into());
+        let record = OutlierRecord {
+            room_id: room_id.to_string(),
+            json: serde_json::to_string(&object).map_err(|e| internal("PDU", e))?,
+            kind: OutlierKind::Outlier,
+        };
+        let mut batch = Batch::new();
+        self.tables.put_outlier(&mut batch, event_id.as_str(), &record);
+        Ok(self.tables.write(batch)?)
+    }
+
+    /// Whether the event was refused by the auth rules here.
+    pub fn is_rejected(&self, event_id: &EventId) -> ServiceResult<bool> {
+        Ok(matches!(
+            self.tables.outlier(event_id.as_str())?.map(|o| o.kind),
+            Some(OutlierKind::Rejected(_))
+        ))
+    }
+
+    /// The state-dependent auth rules against `view`: `Err(reason)` when
+    /// they refuse the event.
+    fn check_against(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Arc<Pdu>,
+        view: &StateView<'_>,
+    ) -> ServiceResult<Result<(), String>> {
+        let lookups = FailedLookup::default();
+        let verdict = check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k: &str| {
+            lookups.keep(view.get(&t.to_string(), k))
+        });
+        lookups.check()?;
+        Ok(verdict)
+    }
+
+    /// Remembers why `event_id` was refused.
+    fn reject(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        object: &CanonicalJsonObject,
+        reason: String,
+    ) -> ServiceResult<Received> {
+        tracing::info!(%event_id, %room_id, %reason, "event from another server rejected");
+        let mut object = object.clone();
+        object.insert("event_id".to_owned(), event_id.as_str().into());
+        let record = OutlierRecord {
+            room_id: room_id.to_string(),
+            json: serde_json::to_string(&object).map_err(|e| internal("PDU", e))?,
+            kind: OutlierKind::Rejected(reason.clone()),
+        };
+        let mut batch = Batch::new();
+        self.tables.put_outlier(&mut batch, event_id.as_str(), &record);
+        self.tables.write(batch)?;
+        self.pdu_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(event_id);
+        Ok(Received::Rejected(reason))
+    }
+
+    /// The snapshot of a state given as the IDs of its (stored) events.
+    fn snapshot_of(&self, s: &Services, event_ids: &[OwnedEventId]) -> ServiceResult<u64> {
+        let mut state = StateMap::new();
+        for id in event_ids {
+            let pdu = self
+                .pdu(id)?
+                .ok_or_else(|| ServiceError::BadRequest(format!("the state event {id} is not known here")))?;
+            let Some(state_key) = pdu.state_key() else {
+                return Err(ServiceError::BadJson(format!("{id} is not a state event")));
+            };
+            let key = s.state.short_state_key(&pdu.event_type().to_string(), state_key)?;
+            state.insert(key, s.state.short_event_id(id)?);
+        }
+        s.state.save_snapshot(&state, None)
+    }
+}
+
+/// The event a redaction names: top-level `redacts` before room version
+/// 11, in the content after.
+fn redacted_event(pdu: &Pdu, object: &CanonicalJsonObject) -> Option<OwnedEventId> {
+    if pdu.event_type() != &TimelineEventType::RoomRedaction {
+        return None;
+    }
+    if let Some(id) = pdu.redacts() {
+        return Some(id.clone());
+    }
+    match object.get("content") {
+        Some(CanonicalJsonValue::Object(content)) => match content.get("redacts") {
+            Some(CanonicalJsonValue::String(id)) => EventId::parse(id).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::events::StateEventType;
+    use ruma::{MilliSecondsSinceUnixEpoch, OwnedUserId};
+    use serde_json::{json, Value as JsonValue};
+
+    use super::*;
+    use crate::service::pdu::{build_pdu, EventRef, NewPdu};
+    use crate::service::server_keys::ServerKeysService;
+    use crate::service::testing::{two_in_a_room, TwoInARoom};
+    use crate::service::timeline::{to_object, EventSpec};
+
+    /// The other server: its own signing key, its users `@...:remote.test`.
+    struct Remote {
+        _dir: tempfile::TempDir,
+        keys: ServerKeysService,
+    }
+
+    fn remote() -> Remote {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ServerKeysService::open(
+            crate::database::open_test_db(dir.path()),
+            "remote.test".try_into().unwrap(),
+        )
+        .unwrap();
+        Remote { _dir: dir, keys }
+    }
+
+    impl Remote {
+        /// An event of `sender` built and signed by the remote server.
+        #[allow(clippy::too_many_arguments)]
+        fn event(
+            &self,
+            t: &TwoInARoom,
+            sender: &str,
+            event_type: &str,
+            state_key: Option<&str>,
+            content: JsonValue,
+            prev: &[EventRef],
+            auth: &[OwnedEventId],
+        ) -> (OwnedEventId, CanonicalJsonObject) {
+            let record = t.s.timeline.room_or_404(&t.room).unwrap();
+            let (_, rules) = TimelineService::rules(&record).unwrap();
+            let new = NewPdu {
+                room_id: Some(t.room.clone()),
+                sender: sender.try_into().unwrap(),
+                event_type: event_type.into(),
+                content: to_object(content).unwrap(),
+                state_key: state_key.map(str::to_owned),
+                prev_events: prev.to_vec(),
+                auth_events: auth.iter().map(|id| t.s.timeline.event_ref(id).unwrap()).collect(),
+                depth: record.depth + 1,
+                redacts: None,
+                origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
+            };
+            build_pdu(new, &rules, "remote.test".try_into().unwrap(), &self.keys).unwrap()
+        }
+    }
+
+    /// The room's forward extremities, as references.
+    fn ends(t: &TwoInARoom) -> Vec<EventRef> {
+        let record = t.s.timeline.room_or_404(&t.room).unwrap();
+        record
+            .forward_extremities
+            .iter()
+            .map(|id| t.s.timeline.event_ref(&EventId::parse(id).unwrap()).unwrap())
+            .collect()
+    }
+
+    /// The IDs of these events of the room's current state.
+    fn current(t: &TwoInARoom, keys: &[(&str, &str)]) -> Vec<OwnedEventId> {
+        let snapshot = t.s.timeline.room_or_404(&t.room).unwrap().state_snapshot;
+        keys.iter()
+            .map(|(event_type, state_key)| {
+                t.s.timeline
+                    .state_event(&t.s, snapshot, event_type, state_key)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("no {event_type} {state_key:?} in the state"))
+                    .event_id
+            })
+            .collect()
+    }
+
+    fn receive(t: &TwoInARoom, (id, object): (OwnedEventId, CanonicalJsonObject)) -> Received {
+        t.s.timeline.receive_remote(&t.s, &t.room, id, object, None).unwrap()
+    }
+
+    const CAROL: &str = "@carol:remote.test";
+
+    /// Carol of remote.test joins the (public) room.
+    fn carol_joins(t: &TwoInARoom, remote: &Remote) -> OwnedEventId {
+        let auth = current(
+            t,
+            &[
+                ("m.room.create", ""),
+                ("m.room.join_rules", ""),
+                ("m.room.power_levels", ""),
+            ],
+        );
+        let join = remote.event(
+            t,
+            CAROL,
+            "m.room.member",
+            Some(CAROL),
+            json!({"membership": "join"}),
+            &ends(t),
+            &auth,
+        );
+        let id = join.0.clone();
+        assert!(matches!(receive(t, join), Received::Accepted { .. }));
+        id
+    }
+
+    /// The content of a state event of the room's current state.
+    fn current_content(t: &TwoInARoom, event_type: &str, state_key: &str) -> Option<JsonValue> {
+        let snapshot = t.s.timeline.room_or_404(&t.room).unwrap().state_snapshot;
+        t.s.timeline
+            .state_event(&t.s, snapshot, event_type, state_key)
+            .unwrap()
+            .map(|e| serde_json::to_value(e.content()).unwrap())
+    }
+
+    fn give_carol_power(t: &TwoInARoom) {
+        let mut levels = current_content(t, "m.room.power_levels", "").unwrap();
+        levels["users"][CAROL] = json!(50);
+        let spec = EventSpec::state(StateEventType::RoomPowerLevels, "", levels).unwrap();
+        t.s.timeline.append(&t.s, &t.room, &t.alice, spec, None).unwrap();
+    }
+
+    fn newest_in_timeline(t: &TwoInARoom) -> OwnedEventId {
+        let record = t.s.timeline.room_or_404(&t.room).unwrap();
+        t.s.timeline
+            .events(&record, None, crate::database::Direction::Backward)
+            .next()
+            .unwrap()
+            .unwrap()
+            .event_id
+    }
+
+    #[test]
+    fn a_remote_member_joins_and_speaks_and_a_stranger_is_rejected_once_and_for_all() {
+        let t = two_in_a_room();
+        let remote = remote();
+        let join = carol_joins(&t, &remote);
+        let carol: OwnedUserId = CAROL.try_into().unwrap();
+        assert!(t.s.timeline.is_joined(&t.room, &carol).unwrap());
+        assert_eq!(ends(&t).iter().map(|r| r.event_id.clone()).collect::<Vec<_>>(), [join]);
+
+        let auth = current(
+            &t,
+            &[
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", CAROL),
+            ],
+        );
+        let hello = remote.event(
+            &t,
+            CAROL,
+            "m.room.message",
+            None,
+            json!({"body": "hi", "msgtype": "m.text"}),
+            &ends(&t),
+            &auth,
+        );
+        let hello_id = hello.0.clone();
+        assert!(matches!(receive(&t, hello.clone()), Received::Accepted { .. }));
+        assert_eq!(newest_in_timeline(&t), hello_id);
+        assert_eq!(receive(&t, hello), Received::AlreadyKnown, "a repeat changes nothing");
+
+        // Dave never joined: his event is refused by its own auth events.
+        let dave = "@dave:remote.test";
+        let auth = current(&t, &[("m.room.create", ""), ("m.room.power_levels", "")]);
+        let spam = remote.event(
+            &t,
+            dave,
+            "m.room.message",
+            None,
+            json!({"body": "buy"}),
+            &ends(&t),
+            &auth,
+        );
+        let spam_id = spam.0.clone();
+        let Received::Rejected(reason) = receive(&t, spam.clone()) else {
+            panic!("a non-member's message must be rejected");
+        };
+        assert_eq!(receive(&t, spam), Received::Rejected(reason), "remembered");
+        assert!(t.s.timeline.is_rejected(&spam_id).unwrap());
+        assert!(t.s.timeline.event(&spam_id).unwrap().is_none(), "never shown");
+        assert_eq!(newest_in_timeline(&t), hello_id);
+        assert_eq!(ends(&t)[0].event_id, hello_id);
+
+        // An event that builds on a rejected one is rejected too.
+        let mut auth = current(&t, &[("m.room.create", ""), ("m.room.power_levels", "")]);
+        auth.push(spam_id);
+        let follow = remote.event(
+            &t,
+            CAROL,
+            "m.room.message",
+            None,
+            json!({"body": "x"}),
+            &ends(&t),
+            &auth,
+        );
+        assert!(matches!(receive(&t, follow), Received::Rejected(_)));
+    }
+
+    #[test]
+    fn events_that_reference_unknown_events_wait_for_them() {
+        let t = two_in_a_room();
+        let remote = remote();
+        carol_joins(&t, &remote);
+        let unknown = EventRef {
+            event_id: "$unknownunknownunknownunknownunknownunknown1".try_into().unwrap(),
+            sha256: String::new(),
+        };
+        let auth = current(
+            &t,
+            &[
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", CAROL),
+            ],
+        );
+        let later = remote.event(
+            &t,
+            CAROL,
+            "m.room.message",
+            None,
+            json!({"body": "?"}),
+            std::slice::from_ref(&unknown),
+            &auth,
+        );
+        assert_eq!(
+            receive(&t, later),
+            Received::Missing {
+                auth: vec![],
+                prev: vec![unknown.event_id.clone()]
+            }
+        );
+        assert_eq!(ends(&t).len(), 1, "nothing stored");
+    }
+
+    #[test]
+    fn a_fork_from_another_server_merges_into_the_current_state() {
+        let t = two_in_a_room();
+        let remote = remote();
+        carol_joins(&t, &remote);
+        give_carol_power(&t);
+        let fork = ends(&t);
+
+        // Here: alice sets the topic. There, not knowing it: carol renames.
+        let topic = EventSpec::state(StateEventType::RoomTopic, "", json!({"topic": "alice's"})).unwrap();
+        t.s.timeline.append(&t.s, &t.room, &t.alice, topic, None).unwrap();
+        let auth = current(
+            &t,
+            &[
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", CAROL),
+            ],
+        );
+        let rename = remote.event(
+            &t,
+            CAROL,
+            "m.room.name",
+            Some(""),
+            json!({"name": "carol's"}),
+            &fork,
+            &auth,
+        );
+        let rename_id = rename.0.clone();
+        assert!(matches!(receive(&t, rename), Received::Accepted { .. }));
+
+        assert_eq!(ends(&t).len(), 2, "the room ends in both branches");
+        assert_eq!(current_content(&t, "m.room.name", "").unwrap()["name"], "carol's");
+        assert_eq!(current_content(&t, "m.room.topic", "").unwrap()["topic"], "alice's");
+        assert_eq!(newest_in_timeline(&t), rename_id, "clients see the remote event");
+
+        // The next local event joins the branches.
+        let text = EventSpec {
+            event_type: "m.room.message".into(),
+            content: to_object(json!({"body": "both"})).unwrap(),
+            state_key: None,
+            redacts: None,
+        };
+        let merged = t.s.timeline.append(&t.s, &t.room, &t.bob, text, None).unwrap();
+        let pdu = t.s.timeline.pdu(&merged).unwrap().unwrap();
+        assert_eq!(pdu.prev_events().count(), 2);
+        assert_eq!(ends(&t).len(), 1);
+        assert_eq!(current_content(&t, "m.room.name", "").unwrap()["name"], "carol's");
+    }
+
+    #[test]
+    fn an_event_the_current_state_forbids_is_soft_failed_and_hidden() {
+        let t = two_in_a_room();
+        let remote = remote();
+        carol_joins(&t, &remote);
+        give_carol_power(&t);
+        let fork = ends(&t);
+        let auth = current(
+            &t,
+            &[
+                ("m.room.create", ""),
+                ("m.room.power_levels", ""),
+                ("m.room.member", CAROL),
+            ],
+        );
+
+        // Here, alice bans carol; carol's rename was made before she knew.
+        let carol: OwnedUserId = CAROL.try_into().unwrap();
+        t.s.rooms
+            .set_membership(&t.s, &t.room, &t.alice, &carol, "ban", None)
+            .unwrap();
+        let ban = newest_in_timeline(&t);
+        let rename = remote.event(
+            &t,
+            CAROL,
+            "m.room.name",
+            Some(""),
+            json!({"name": "carol's"}),
+            &fork,
+            &auth,
+        );
+        let rename_id = rename.0.clone();
+        assert_eq!(receive(&t, rename.clone()), Received::SoftFailed);
+        assert_eq!(receive(&t, rename), Received::AlreadyKnown);
+
+        assert!(
+            current_content(&t, "m.room.name", "").is_none(),
+            "the state is unchanged"
+        );
+        assert_eq!(newest_in_timeline(&t), ban, "clients never see it");
+        assert_eq!(ends(&t).iter().map(|r| r.event_id.clone()).collect::<Vec<_>>(), [ban]);
+        assert_eq!(t.s.timeline.event(&rename_id).unwrap().unwrap().count, 0);
+        assert!(!t.s.timeline.is_joined(&t.room, &carol).unwrap());
+
+        // It stays in the graph: an event after it is judged on its state,
+        // and soft-fails in turn.
+        let after = t.s.timeline.event_ref(&rename_id).unwrap();
+        let more = remote.event(
+            &t,
+            CAROL,
+            "m.room.message",
+            None,
+            json!({"body": "hello?"}),
+            &[after],
+            &auth,
+        );
+        assert_eq!(receive(&t, more), Received::SoftFailed);
+    }
+}
