@@ -20,6 +20,10 @@ struct Cli {
 enum Command {
     /// Validates the config and prints the effective settings.
     CheckConfig,
+    /// Retires the server's signing key and makes a new one (run it with
+    /// the server stopped). Other servers still verify old events with
+    /// the retired key, which stays published as an old key.
+    RotateSigningKey,
 }
 
 /// glibc raises its mmap threshold after the first large free and from then
@@ -57,6 +61,19 @@ fn main() -> ExitCode {
         }
         let _ = write!(std::io::stdout(), "{}", config.to_toml());
         return ExitCode::SUCCESS;
+    }
+
+    if let Some(Command::RotateSigningKey) = cli.command {
+        return match conduit::service::Services::rotate_signing_key(&config) {
+            Ok(key_id) => {
+                let _ = writeln!(std::io::stdout(), "new signing key: {key_id}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "conduit: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
 
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {

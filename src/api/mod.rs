@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod error;
+pub mod federation;
 pub mod router;
 
 use actix_web::body::MessageBody;
@@ -19,6 +20,7 @@ pub use router::{Router, Ruma};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let mut router = Router::default();
     client::register_routes(&mut router);
+    federation::register_routes(&mut router);
     router.configure(cfg);
 }
 

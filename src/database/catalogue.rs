@@ -221,10 +221,15 @@ pub enum Table {
     /// str)`. Value: bincode `OutlierRecord` (room ID, the PDU as canonical
     /// JSON, the kind).
     Outliers,
+    /// What waits to be delivered, per destination (`outbox.rs`): PDUs and
+    /// EDUs for other servers (later appservices and push gateways).
+    /// Key: `(destination: str, seq: u64)`, destination `server:<name>`,
+    /// seq from the server-wide counter. Value: bincode `OutboxItem`.
+    Outbox,
 }
 
 impl Table {
-    pub const ALL: [Table; 55] = [
+    pub const ALL: [Table; 56] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -280,6 +285,7 @@ impl Table {
         Table::Guests,
         Table::Admins,
         Table::Outliers,
+        Table::Outbox,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -340,6 +346,7 @@ impl Table {
             Table::Guests => "guests",
             Table::Admins => "admins",
             Table::Outliers => "outliers",
+            Table::Outbox => "outbox",
         }
     }
 }

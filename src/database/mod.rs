@@ -14,6 +14,7 @@ pub mod keys;
 pub mod media;
 pub mod meta;
 pub mod openid;
+pub mod outbox;
 pub mod presence;
 pub mod push;
 pub mod receipts;

@@ -9,6 +9,7 @@ pub mod filters;
 pub mod key_backups;
 pub mod media;
 pub mod openid;
+pub mod outbox;
 pub mod password;
 pub mod pdu;
 pub mod presence;
@@ -138,6 +139,8 @@ pub struct Services {
     pub media: media::MediaService,
     pub openid: openid::OpenIdService,
     pub voip: voip::VoipService,
+    /// What waits to be delivered to other servers (see `outbox.rs`).
+    pub outbox: Arc<outbox::OutboxService>,
     /// What lazy-loading syncs sent each device (see `sync.rs`).
     pub lazy_members: sync::LazyMembersSent,
     /// Event writes running now (see [`Services::run_write`]).
@@ -147,18 +150,7 @@ pub struct Services {
 impl Services {
     /// Opens (or creates) the database at `config.database_path`.
     pub fn open(config: Config) -> ServiceResult<Arc<Self>> {
-        std::fs::create_dir_all(&config.database_path)
-            .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", config.database_path.display())))?;
-        let engine = RocksDb::open(
-            &config.database_path,
-            &EngineOptions {
-                cache_bytes: (config.db_cache_capacity_mb * 1024.0 * 1024.0) as usize,
-                max_open_files: config.rocksdb_max_open_files,
-                sync_writes: config.sync_writes,
-            },
-        )?;
-        let db: Db = Arc::new(engine);
-        MetaTables::new(db.clone()).check_schema()?;
+        let db = open_database(&config)?;
         let services = Self::build(config, db)?;
         let purged = services.uiaa.purge_expired()?;
         if purged > 0 {
@@ -169,6 +161,13 @@ impl Services {
             tracing::info!(indexed, "transaction IDs from an older database set to expire in a day");
         }
         Ok(Arc::new(services))
+    }
+
+    /// Retires the server's signing key and makes a new one, on a stopped
+    /// server's database (the running server reads its key at start).
+    /// Returns the new key's ID.
+    pub fn rotate_signing_key(config: &Config) -> ServiceResult<String> {
+        server_keys::ServerKeysService::rotate(open_database(config)?)
     }
 
     fn build(config: Config, db: Db) -> ServiceResult<Self> {
@@ -197,6 +196,7 @@ impl Services {
             media: media::MediaService::open(db.clone(), &config)?,
             openid: openid::OpenIdService::new(db.clone(), config.openid_token_ttl),
             voip: voip::VoipService::new(&config),
+            outbox: Arc::new(outbox::OutboxService::open(db.clone())?),
             lazy_members: sync::LazyMembersSent::default(),
             writes_in_flight: Default::default(),
             config,
@@ -251,6 +251,22 @@ impl Services {
     pub fn flush(&self) -> ServiceResult<()> {
         Ok(self.db.flush()?)
     }
+}
+
+fn open_database(config: &Config) -> ServiceResult<Db> {
+    std::fs::create_dir_all(&config.database_path)
+        .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", config.database_path.display())))?;
+    let engine = RocksDb::open(
+        &config.database_path,
+        &EngineOptions {
+            cache_bytes: (config.db_cache_capacity_mb * 1024.0 * 1024.0) as usize,
+            max_open_files: config.rocksdb_max_open_files,
+            sync_writes: config.sync_writes,
+        },
+    )?;
+    let db: Db = Arc::new(engine);
+    MetaTables::new(db.clone()).check_schema()?;
+    Ok(db)
 }
 
 /// When to prune an in-memory map whose entries go idle (a room nobody

@@ -149,6 +149,17 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Starts a stopped server again on the same data.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        self.spawn();
+    }
+
+    /// The config file the server runs with (for command-line tools).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
     /// Stops the server and starts it again on the same data.
     pub fn restart(&mut self) {
         assert!(self.stop().success());

@@ -1,0 +1,20 @@
+//! The server-server API: what other homeservers call. Every endpoint
+//! answers 403 `M_FORBIDDEN` when the operator turned federation off.
+
+mod keys;
+
+use crate::api::{ApiError, Router};
+use crate::service::Services;
+
+pub fn register_routes(router: &mut Router) {
+    keys::register_routes(router);
+}
+
+/// Refuses a federation request when `allow_federation` is off.
+fn federation_enabled(services: &Services) -> Result<(), ApiError> {
+    if services.config.allow_federation {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("federation is disabled on this server".to_owned()))
+    }
+}
