@@ -226,10 +226,18 @@ pub enum Table {
     /// Key: `(destination: str, seq: u64)`, destination `server:<name>`,
     /// seq from the server-wide counter. Value: bincode `OutboxItem`.
     Outbox,
+    /// Other servers' signing keys (`remote_keys.rs`), current and retired.
+    /// Key: `(server_name: str, key_id: str)`. Value: bincode
+    /// `RemoteKeyRecord` (public key, valid until).
+    RemoteServerKeys,
+    /// Each server's newest key document as it signed it, for answering
+    /// key queries as a notary (`remote_keys.rs`). Key: `(server_name:
+    /// str)`. Value: the JSON document, UTF-8.
+    RemoteKeyDocuments,
 }
 
 impl Table {
-    pub const ALL: [Table; 56] = [
+    pub const ALL: [Table; 58] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -286,6 +294,8 @@ impl Table {
         Table::Admins,
         Table::Outliers,
         Table::Outbox,
+        Table::RemoteServerKeys,
+        Table::RemoteKeyDocuments,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -347,6 +357,8 @@ impl Table {
             Table::Admins => "admins",
             Table::Outliers => "outliers",
             Table::Outbox => "outbox",
+            Table::RemoteServerKeys => "remote_server_keys",
+            Table::RemoteKeyDocuments => "remote_key_documents",
         }
     }
 }

@@ -88,6 +88,22 @@ pub fn build_pdu(
     if let Some(redacts) = new.redacts {
         object.insert("redacts".to_owned(), redacts.as_str().into());
     }
+    sign_pdu(object, rules, server_name, keys)
+}
+
+/// Hashes and signs a laid-out PDU (one of ours, or a template another
+/// server made for our join, leave or knock); returns its event ID and
+/// the PDU as it is stored and sent.
+pub fn sign_pdu(
+    mut object: CanonicalJsonObject,
+    rules: &RoomVersionRules,
+    server_name: &ServerName,
+    keys: &ServerKeysService,
+) -> ServiceResult<(OwnedEventId, CanonicalJsonObject)> {
+    object.remove("signatures");
+    object.remove("hashes");
+    object.remove("unsigned");
+    object.remove("event_id");
     // Versions 1 and 2 name events `$opaque:origin`, inside the signed event.
     let v1_event_id = match rules.event_id_format {
         EventIdFormatVersion::V1 => {

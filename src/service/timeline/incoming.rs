@@ -203,6 +203,70 @@ impl TimelineService {
         })
     }
 
+    /// This server's join to a room of another server, the first event of
+    /// that room here (or the first since this server left it): `object`,
+    /// signed by the resident server, on `state`, the IDs of the state
+    /// before it (stored as outliers). The room's record, the event and
+    /// every member's membership land in one batch: a crash before leaves
+    /// only outliers, which the next try reuses.
+    pub fn receive_join(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        version: &ruma::RoomVersionId,
+        event_id: OwnedEventId,
+        mut object: CanonicalJsonObject,
+        state: &[OwnedEventId],
+    ) -> ServiceResult<Received> {
+        if self.room(room_id)?.is_some() {
+            return self.receive_remote(s, room_id, event_id, object, Some(state));
+        }
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let rules = version
+            .rules()
+            .ok_or_else(|| ServiceError::UnsupportedRoomVersion(format!("room version {version} is not supported")))?;
+        object.remove("unsigned");
+        object.remove("event_id");
+        if matches!(version, ruma::RoomVersionId::V1 | ruma::RoomVersionId::V2) {
+            object.insert("event_id".to_owned(), event_id.as_str().into());
+        }
+        let pdu = Arc::new(Pdu::from_object(event_id.clone(), &object)?);
+        if pdu.room_id() != Some(room_id) || pdu.event_type() != &TimelineEventType::RoomMember {
+            return Err(ServiceError::BadJson(format!("{event_id} is not a join to {room_id}")));
+        }
+        let before_id = self.snapshot_of(s, state)?;
+        let parsed = self.state_events(s, before_id)?;
+        let view = StateView {
+            timeline: self,
+            state: Some(parsed.clone()),
+        };
+        let lookups = FailedLookup::default();
+        let independent =
+            check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| lookups.keep(self.pdu(id)));
+        lookups.check()?;
+        independent.map_err(|reason| ServiceError::Forbidden(format!("the join is not allowed: {reason}")))?;
+        self.check_against(&rules, &pdu, &view)?
+            .map_err(|reason| ServiceError::Forbidden(format!("the join is not allowed: {reason}")))?;
+        let persisted = self.persist(
+            s,
+            Authorized {
+                room_id: room_id.to_owned(),
+                record: None,
+                version: version.as_str(),
+                rules: &rules,
+                event_id,
+                object,
+                pdu,
+                state_before: (before_id, parsed),
+                txn: None,
+                redaction_target: None,
+                soft_failed: false,
+            },
+        )?;
+        Ok(Received::Accepted { count: persisted.count })
+    }
+
     /// Keeps an event of a room outside its timeline (state or auth chain
     /// events fetched from another server), unless it is stored already.
     pub fn store_outlier(

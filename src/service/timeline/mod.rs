@@ -21,11 +21,13 @@ mod incoming;
 mod persist;
 mod read;
 mod resolve;
+mod serve;
 mod stored_json;
 
 pub use cache::Members;
 pub use incoming::Received;
 pub use read::{Around, VisibilityCache};
+pub use serve::{MissingEvents, StateAt, MAX_EVENTS_PER_REQUEST};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -338,8 +340,30 @@ impl Serialize for UnsignedView<'_> {
     }
 }
 
+/// An event being persisted, as subscribers see it.
+pub struct PersistedEvent<'a> {
+    pub room_id: &'a RoomId,
+    pub event_id: &'a EventId,
+    pub pdu: &'a Pdu,
+    /// The PDU as stored (with `event_id` and server-side `unsigned`).
+    pub object: &'a CanonicalJsonObject,
+    /// Its stream position.
+    pub count: u64,
+}
+
+/// Told of every event that enters a timeline (federation sends our own
+/// events on; appservices and push gateways will get theirs): first in the
+/// event's batch, so what a subscriber queues lands with the event or not
+/// at all, then once the batch has landed, or failed.
+pub trait EventSubscriber: Send + Sync {
+    fn stage(&self, s: &Services, batch: &mut Batch, event: &PersistedEvent<'_>) -> ServiceResult<()>;
+    fn committed(&self, event: &PersistedEvent<'_>);
+    fn aborted(&self, event: &PersistedEvent<'_>);
+}
+
 pub struct TimelineService {
     tables: RoomTables,
+    subscribers: std::sync::RwLock<Vec<Arc<dyn EventSubscriber>>>,
     pub stream: Arc<Stream>,
     room_locks: Mutex<RoomLocks>,
     state_cache: Mutex<StateCache>,
@@ -476,6 +500,7 @@ impl TimelineService {
     pub fn new(db: Db, stream: Arc<Stream>) -> Self {
         Self {
             tables: RoomTables::new(db),
+            subscribers: Default::default(),
             stream,
             room_locks: Mutex::new(RoomLocks {
                 locks: HashMap::new(),
@@ -487,6 +512,18 @@ impl TimelineService {
             meta_cache: Mutex::default(),
             room_cache: Mutex::default(),
         }
+    }
+
+    /// Adds a subscriber to every new timeline event.
+    pub fn subscribe(&self, subscriber: Arc<dyn EventSubscriber>) {
+        self.subscribers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(subscriber);
+    }
+
+    fn subscribers(&self) -> Vec<Arc<dyn EventSubscriber>> {
+        self.subscribers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Adds the deletes of a logged-out device's transaction IDs to `batch`.

@@ -16,7 +16,7 @@ use ruma::room_version_rules::RoomVersionRules;
 use ruma::state_res::Event;
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId};
 
-use super::{internal, state_order, StoredEvent, TimelineService, Txn};
+use super::{internal, state_order, PersistedEvent, StoredEvent, TimelineService, Txn};
 use crate::database::rooms::{EventMeta, OutlierKind, OutlierRecord, RoomRecord, TimelineRecord};
 use crate::database::Batch;
 use crate::service::pdu::Pdu;
@@ -183,7 +183,13 @@ impl TimelineService {
             self.tables.put_room(&mut batch, room_id.as_str(), &room_record);
 
             let mut woken: Vec<OwnedUserId> = Vec::new();
-            let linear = old_current.is_none_or(|old| old == before_id) && new_current == after_id;
+            // Linear: the event builds on the current state and ends the room
+            // alone. A room's first event builds on nothing, except a join to
+            // a room of another server, which builds on the state it sent.
+            let linear = match old_current {
+                Some(old) => old == before_id && new_current == after_id,
+                None => state_before.is_empty(),
+            };
             let membership_changed = if linear {
                 // The common case: only this event changed the state.
                 match (&event_type, &state_key, membership_of(&object)) {
@@ -198,7 +204,7 @@ impl TimelineService {
                     _ => false,
                 }
             } else {
-                let changed = self.membership_changes(s, old_current, new_current)?;
+                let changed = self.membership_changes(s, old_current, new_current, (short_event_id, &object))?;
                 for (user, membership) in &changed {
                     self.tables
                         .put_membership(&mut batch, room_id.as_str(), user, membership, count);
@@ -262,7 +268,25 @@ impl TimelineService {
                     unread_changes = Some(s.push.notify(s, &mut batch, &room_id, &event, count, &context)?);
                 }
             }
-            self.tables.write(batch)?;
+            let subscribers = self.subscribers();
+            let persisted = PersistedEvent {
+                room_id: &room_id,
+                event_id: &event_id,
+                pdu: &pdu,
+                object: &object,
+                count,
+            };
+            for subscriber in &subscribers {
+                if let Err(e) = subscriber.stage(s, &mut batch, &persisted) {
+                    subscribers.iter().for_each(|sub| sub.aborted(&persisted));
+                    return Err(e);
+                }
+            }
+            if let Err(e) = self.tables.write(batch) {
+                subscribers.iter().for_each(|sub| sub.aborted(&persisted));
+                return Err(e.into());
+            }
+            subscribers.iter().for_each(|sub| sub.committed(&persisted));
             if let Some(changes) = unread_changes {
                 s.push.remember_unread(&room_id, changes);
             }
@@ -350,7 +374,14 @@ impl TimelineService {
 
     /// `(user_id, membership)` of each member whose membership event differs
     /// between two states (every member when there was no state before).
-    fn membership_changes(&self, s: &Services, old: Option<u64>, new: u64) -> ServiceResult<Vec<(String, String)>> {
+    /// `pending` is the event being persisted, not readable yet.
+    fn membership_changes(
+        &self,
+        s: &Services,
+        old: Option<u64>,
+        new: u64,
+        pending: (u64, &CanonicalJsonObject),
+    ) -> ServiceResult<Vec<(String, String)>> {
         let old: StateMap = match old {
             Some(id) => s.state.load_snapshot(id)?,
             None => StateMap::new(),
@@ -363,6 +394,12 @@ impl TimelineService {
             }
             let (event_type, user) = s.state.state_key(*key)?;
             if event_type != "m.room.member" {
+                continue;
+            }
+            if *short_event == pending.0 {
+                if let Some(membership) = membership_of(pending.1) {
+                    changed.push((user, membership.to_owned()));
+                }
                 continue;
             }
             let event_id = s.state.event_id(*short_event)?;
