@@ -1,6 +1,7 @@
 //! Requests to other servers: where a server name is reached
-//! ([`discovery`]).
+//! ([`discovery`]) and the signed HTTP client that sends them ([`client`]).
 
+pub mod client;
 pub mod discovery;
 
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use http::StatusCode;
 use ruma::OwnedServerName;
 
+pub use client::{FederationClient, FederationConfig, RequestSigner};
 pub use discovery::{Destination, ServerResolver};
 
 use super::ServiceError;
