@@ -52,6 +52,24 @@ pub struct Config {
     pub allow_federation: bool,
     #[serde(default = "defaults::trusted_servers")]
     pub trusted_servers: Vec<OwnedServerName>,
+    /// Where to reach some servers instead of what server discovery finds
+    /// (tests, servers on the same network): server name → address.
+    #[serde(default)]
+    pub federation_destination_overrides: BTreeMap<OwnedServerName, DestinationOverride>,
+    /// PEM files of certificate authorities trusted for federation besides
+    /// the built-in public ones.
+    #[serde(default)]
+    pub federation_ca_files: Vec<PathBuf>,
+    /// Accept any certificate from other servers. Only for tests.
+    #[serde(default)]
+    pub federation_skip_tls_verification: bool,
+    /// Address ranges other servers may be reached at although they are not
+    /// public (loopback, private, link-local, ...), e.g. `["10.0.0.0/8"]`.
+    #[serde(default)]
+    pub federation_allowed_ranges: Vec<IpRange>,
+    /// Seconds a request to another server may take, answer included.
+    #[serde(default = "defaults::federation_request_timeout")]
+    pub federation_request_timeout: u64,
     #[serde(default = "defaults::log")]
     pub log: String,
     #[serde(default)]
@@ -193,6 +211,43 @@ impl From<IpRange> for String {
     }
 }
 
+/// Where to reach one server, bypassing server discovery: `host:port` or
+/// `https://host:port` (HTTPS, the certificate checked for the server's own
+/// name) or `http://host:port` (plain HTTP, for tests). The host may be a
+/// name or an IP address (`[::1]` for IPv6); the port is required.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DestinationOverride {
+    pub plain_http: bool,
+    /// The host and port, in server-name syntax.
+    pub address: OwnedServerName,
+}
+
+impl TryFrom<String> for DestinationOverride {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let (plain_http, rest) = if let Some(rest) = text.strip_prefix("http://") {
+            (true, rest)
+        } else {
+            (false, text.strip_prefix("https://").unwrap_or(&text))
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let address = OwnedServerName::try_from(rest)
+            .ok()
+            .filter(|a| a.port().is_some())
+            .ok_or_else(|| format!("`{text}` is not host:port, https://host:port or http://host:port"))?;
+        Ok(DestinationOverride { plain_http, address })
+    }
+}
+
+impl From<DestinationOverride> for String {
+    fn from(value: DestinationOverride) -> String {
+        let scheme = if value.plain_http { "http" } else { "https" };
+        format!("{scheme}://{}", value.address)
+    }
+}
+
 /// A date or date-time (`2024-09-01`, `2024-09-01T12:00:00Z`), as a TOML
 /// date-time or a string; UTC unless an offset is given.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -301,6 +356,9 @@ mod defaults {
     }
     pub fn turn_ttl() -> u64 {
         86_400
+    }
+    pub fn federation_request_timeout() -> u64 {
+        30
     }
     pub fn default_room_version() -> RoomVersionId {
         RoomVersionId::V11
@@ -419,6 +477,9 @@ impl Config {
                 "argon2_memory_kib",
                 "argon2 parameters out of range (memory ≥ 8 × parallelism KiB, iterations ≥ 1)",
             ));
+        }
+        if self.federation_request_timeout == 0 {
+            return Err(key_error("federation_request_timeout", "must be greater than 0"));
         }
         if matches!(&self.turn_secret, Some(s) if s.is_empty()) {
             return Err(key_error(
@@ -678,9 +739,43 @@ mod tests {
     }
 
     #[test]
+    fn federation_settings_are_read() {
+        let c = load_str(
+            "[global]\nfederation_allowed_ranges = [\"10.0.0.0/8\"]\nfederation_ca_files = [\"/etc/ca.pem\"]\n\
+             [global.federation_destination_overrides]\n\"b.test\" = \"http://127.0.0.1:6168\"\n\
+             \"c.test:8448\" = \"matrix.c.test:443\"\n\"d.test\" = \"https://[::1]:8448/\"\n",
+            &[],
+        )
+        .unwrap();
+        let overrides = &c.federation_destination_overrides;
+        let b = &overrides[<&ruma::ServerName>::try_from("b.test").unwrap()];
+        assert!(b.plain_http);
+        assert_eq!(b.address.as_str(), "127.0.0.1:6168");
+        let c_test = &overrides[<&ruma::ServerName>::try_from("c.test:8448").unwrap()];
+        assert!(!c_test.plain_http);
+        assert_eq!(c_test.address.as_str(), "matrix.c.test:443");
+        let d = &overrides[<&ruma::ServerName>::try_from("d.test").unwrap()];
+        assert_eq!(d.address.port(), Some(8448));
+        assert!(c.federation_allowed_ranges[0].contains("10.1.2.3".parse().unwrap()));
+        assert_eq!(c.federation_ca_files, vec![PathBuf::from("/etc/ca.pem")]);
+        assert!(!c.federation_skip_tls_verification);
+        assert_eq!(c.federation_request_timeout, 30);
+        for bad in ["127.0.0.1", "ftp://x:1", "http://x:1/path", "x:99999"] {
+            let text = format!("[global.federation_destination_overrides]\n\"b.test\" = \"{bad}\"\n");
+            let key = key_of(load_str(&text, &[]).unwrap_err());
+            assert!(key.starts_with("federation_destination_overrides"), "{bad}: {key}");
+        }
+        assert_eq!(
+            key_of(load_str("[global]\nfederation_request_timeout = 0\n", &[]).unwrap_err()),
+            "federation_request_timeout"
+        );
+    }
+
+    #[test]
     fn effective_config_round_trips() {
         let c = load_str(
-            "[global]\nserver_name = \"example.org\"\nregistration_token = \"t\"\n",
+            "[global]\nserver_name = \"example.org\"\nregistration_token = \"t\"\n\
+             [global.federation_destination_overrides]\n\"b.test\" = \"127.0.0.1:6168\"\n",
             &[],
         )
         .unwrap();

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod dehydrated_devices;
 pub mod devices;
 pub mod e2e_keys;
+pub mod federation;
 pub mod filters;
 pub mod key_backups;
 pub mod media;

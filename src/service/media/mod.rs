@@ -22,7 +22,7 @@ use ruma::{OwnedMxcUri, OwnedServerName, UserId};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
-pub use preview::PreviewConfig;
+pub use preview::{is_public, PreviewConfig};
 pub use reader::FileStream;
 pub use thumbnail::{Method, ThumbnailRequest};
 

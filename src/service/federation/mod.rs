@@ -1,0 +1,88 @@
+//! Requests to other servers: where a server name is reached
+//! ([`discovery`]) and the signed HTTP client that sends them ([`client`]).
+
+pub mod client;
+pub mod discovery;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use ruma::OwnedServerName;
+
+pub use client::{FederationClient, FederationConfig, RequestSigner};
+pub use discovery::{Destination, ServerResolver};
+
+use super::ServiceError;
+
+/// What can go wrong sending a request to another server.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("federation is turned off on this server")]
+    Disabled,
+    /// Recent requests to this server failed; it is not tried again yet.
+    #[error("{destination} failed recently; not retrying for another {}s", retry_in.as_secs().max(1))]
+    BackedOff {
+        destination: OwnedServerName,
+        retry_in: Duration,
+    },
+    /// The server resolves to an address this server may not connect to.
+    #[error("refusing to connect to {destination}: {reason}")]
+    Forbidden {
+        destination: OwnedServerName,
+        reason: String,
+    },
+    /// No answer: DNS, connection or TLS failed.
+    #[error("could not reach {destination}: {message}")]
+    Unreachable {
+        destination: OwnedServerName,
+        message: String,
+    },
+    #[error("{destination} did not answer within {}s", timeout.as_secs_f32())]
+    Timeout {
+        destination: OwnedServerName,
+        timeout: Duration,
+    },
+    #[error("the answer from {destination} is larger than {limit} bytes")]
+    TooLarge { destination: OwnedServerName, limit: usize },
+    /// The server answered with an error status (a Matrix error when it
+    /// had an `errcode`).
+    #[error("{destination} answered {status}{}: {message}", errcode.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Remote {
+        destination: OwnedServerName,
+        status: StatusCode,
+        errcode: Option<String>,
+        message: String,
+    },
+    /// A success status with a body that is not what the endpoint returns.
+    #[error("unexpected answer from {destination}: {message}")]
+    BadResponse {
+        destination: OwnedServerName,
+        message: String,
+    },
+    /// The request could not be built or signed (a bug here, or bad TLS
+    /// settings when building the client).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl FederationError {
+    /// Whether this failure says the destination is down or unreachable,
+    /// so that further requests should wait (a refusal or a 4xx does not).
+    pub fn is_transport_failure(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Timeout { .. } => true,
+            Self::Remote { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
+}
+
+impl From<FederationError> for ServiceError {
+    fn from(error: FederationError) -> Self {
+        match error {
+            FederationError::Disabled => ServiceError::Forbidden(error.to_string()),
+            FederationError::Internal(message) => ServiceError::Internal(message),
+            other => ServiceError::RemoteFailed(other.to_string()),
+        }
+    }
+}
