@@ -56,6 +56,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::info!("listening on {scheme}://{bound}");
     }
 
+    let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
+    let workers = services.start_workers(workers_stop);
     let server = server.run();
     let handle = server.handle();
     tokio::spawn(async {
@@ -68,7 +70,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::info!("shutting down: finishing in-flight requests");
         handle.stop(true).await;
     });
-    server.await.map_err(StartError::Serve)?;
+    let served = server.await.map_err(StartError::Serve);
+    // Background work (deliveries in flight) finishes before the database
+    // is flushed.
+    let _ = stop_workers.send(true);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    served?;
     services.flush()?;
     tracing::info!("database flushed, bye");
     Ok(())

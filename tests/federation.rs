@@ -6,7 +6,7 @@ use common::{assert_error, conduit_command, TestServer};
 use ruma::serde::Base64;
 use ruma::signatures::{verify_json, PublicKeyMap};
 use ruma::CanonicalJsonObject;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The key document, checked against its own current key.
 async fn verified_keys(server: &TestServer) -> Value {
@@ -65,4 +65,107 @@ async fn with_federation_off_other_servers_get_a_clean_403() {
     for path in ["/_matrix/key/v2/server", "/_matrix/federation/v1/version"] {
         assert_error(&server.call("GET", path, None, None).await, 403, "M_FORBIDDEN");
     }
+}
+
+/// A free loopback port (there is a small window in which another process
+/// could take it; the test would then fail to start, not pass wrongly).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two servers on loopback that reach each other by name.
+async fn two_servers() -> (TestServer, TestServer) {
+    let (port_a, port_b) = (free_port(), free_port());
+    let config = |name: &str, port: u16, other: &str, other_port: u16| {
+        format!(
+            "server_name = \"{name}\"\nport = {port}\nallow_federation = true\n\
+             [global.federation_destination_overrides]\n\"{other}\" = \"http://127.0.0.1:{other_port}\"\n"
+        )
+    };
+    let a = TestServer::start_with(&config("conduit-a.test", port_a, "conduit-b.test", port_b)).await;
+    let b = TestServer::start_with(&config("conduit-b.test", port_b, "conduit-a.test", port_a)).await;
+    (a, b)
+}
+
+/// Waits (at most 20 s) until `user` on `server` sees `bodies` as the last
+/// messages of the room, in that order.
+async fn wait_for_messages(server: &TestServer, token: &str, room_id: &str, bodies: &[&str]) {
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen = server.message_bodies(token, room_id).await;
+        if seen.len() >= bodies.len() && seen[seen.len() - bodies.len()..] == *bodies {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("expected the room to end in {bodies:?}, saw {seen:?}");
+}
+
+#[tokio::test]
+async fn users_of_two_servers_join_each_others_rooms_and_talk_both_ways() {
+    let (a, b) = two_servers().await;
+    let (alice, alice_token, _) = a.register("alice", "password-a").await;
+    let (bob, bob_token, _) = b.register("bob", "password-b").await;
+    assert_eq!(alice, "@alice:conduit-a.test");
+
+    // Alice's room on A; Bob joins it from B.
+    let room_a = a
+        .create_room(&alice_token, json!({"preset": "public_chat", "name": "on A"}))
+        .await;
+    let (status, joined) = b
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", common::enc(&room_a)),
+            Some(&bob_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["room_id"], room_a.as_str());
+
+    // Both servers know Bob is in; messages cross both ways, in order, once.
+    a.send_text(&alice_token, &room_a, "hello bob").await;
+    wait_for_messages(&b, &bob_token, &room_a, &["hello bob"]).await;
+    b.send_text(&bob_token, &room_a, "hi alice").await;
+    b.send_text(&bob_token, &room_a, "how are you?").await;
+    wait_for_messages(&a, &alice_token, &room_a, &["hello bob", "hi alice", "how are you?"]).await;
+    wait_for_messages(&b, &bob_token, &room_a, &["hello bob", "hi alice", "how are you?"]).await;
+
+    let (status, members) = a
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", common::enc(&room_a)),
+            Some(&alice_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(members["joined"][&bob].is_object(), "{members}");
+
+    // Bob's room on B; Alice joins it from A.
+    let room_b = b.create_room(&bob_token, json!({"preset": "public_chat"})).await;
+    let (status, joined) = a
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", common::enc(&room_b)),
+            Some(&alice_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{joined}");
+    b.send_text(&bob_token, &room_b, "welcome").await;
+    wait_for_messages(&a, &alice_token, &room_b, &["welcome"]).await;
+    a.send_text(&alice_token, &room_b, "thanks").await;
+    wait_for_messages(&b, &bob_token, &room_b, &["welcome", "thanks"]).await;
+
+    let bodies = a.message_bodies(&alice_token, &room_a).await;
+    assert_eq!(
+        bodies.iter().filter(|b| *b == "hi alice").count(),
+        1,
+        "delivered once: {bodies:?}"
+    );
 }

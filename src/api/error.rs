@@ -74,6 +74,8 @@ impl ApiError {
                 S::CannotOverwriteMedia => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
                 S::NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
                 S::RemoteFailed(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
+                S::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
+                S::IncompatibleRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
             },
         }
     }
@@ -106,6 +108,9 @@ impl ResponseError for ApiError {
                 return HttpResponse::build(status)
                     .insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()))
                     .json(body);
+            }
+            ApiError::Service(ServiceError::IncompatibleRoomVersion(version)) => {
+                json!({"errcode": errcode, "error": self.to_string(), "room_version": version})
             }
             ApiError::Service(ServiceError::WrongRoomKeysVersion(current)) => {
                 json!({"errcode": errcode, "error": self.to_string(), "current_version": current})

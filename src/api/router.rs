@@ -29,6 +29,8 @@ pub struct Ruma<T> {
     pub sender_user: Option<OwnedUserId>,
     pub sender_device: Option<OwnedDeviceId>,
     pub client_ip: Option<String>,
+    /// The server that signed a federation request.
+    pub origin: Option<ruma::OwnedServerName>,
     /// The JSON body as it came (`{}` for an empty one): for the fields a
     /// ruma request type drops, such as a join's custom content.
     pub json_body: Vec<u8>,
@@ -53,6 +55,14 @@ impl<T> Ruma<T> {
         self.sender_user.as_deref().ok_or(ApiError::MissingToken)
     }
 
+    /// The server a federation request came from; endpoints that require
+    /// its signature always have one.
+    pub fn origin(&self) -> Result<&ruma::ServerName, ApiError> {
+        self.origin
+            .as_deref()
+            .ok_or_else(|| ApiError::Forbidden("this endpoint is for other servers".to_owned()))
+    }
+
     pub fn device(&self) -> Result<&str, ApiError> {
         self.sender_device
             .as_deref()
@@ -67,6 +77,8 @@ pub enum AuthRequirement {
     None,
     Optional,
     Required,
+    /// Another server's X-Matrix signature.
+    Server,
 }
 
 pub trait AuthKind {
@@ -90,6 +102,7 @@ auth_kinds! {
     // until then they are looked up like any access token.
     AppserviceToken => Required,
     AppserviceTokenOptional => Optional,
+    ruma::api::federation::authentication::ServerSignatures => Server,
 }
 
 /// Collects routes, then registers them on actix grouped by path.
@@ -482,7 +495,16 @@ where
     path_args.resize(endpoint.arg_count, String::new());
 
     let client_ip = req.connection_info().realip_remote_addr().map(strip_port);
-    let (sender_user, sender_device) = authenticate::<R>(&services, &request, client_ip.clone()).await?;
+    let (sender_user, sender_device, origin) =
+        if <R::Authentication as AuthKind>::REQUIREMENT == AuthRequirement::Server {
+            if !services.config.allow_federation {
+                return Err(ApiError::Forbidden("federation is disabled on this server".to_owned()));
+            }
+            (None, None, Some(services.federation.authenticate(&request).await?))
+        } else {
+            let (user, device) = authenticate::<R>(&services, &request, client_ip.clone()).await?;
+            (user, device, None)
+        };
 
     let (parts, mut body) = request.into_parts();
     let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
@@ -518,6 +540,7 @@ where
             sender_user,
             sender_device,
             client_ip,
+            origin,
             json_body: body,
         },
     )
@@ -652,7 +675,7 @@ where
     R::Authentication: AuthKind,
 {
     let requirement = <R::Authentication as AuthKind>::REQUIREMENT;
-    if requirement == AuthRequirement::None {
+    if matches!(requirement, AuthRequirement::None | AuthRequirement::Server) {
         return Ok((None, None));
     }
     let token = match extract_bearer_or_query_token(request) {

@@ -63,6 +63,12 @@ pub enum ServiceError {
     InvalidUsername(String),
     #[error("this user ID is already taken")]
     UserInUse,
+    /// A server asked to join a room whose version it does not support.
+    #[error("the room's version {0} is not one the joining server supports")]
+    IncompatibleRoomVersion(String),
+    /// A federation request whose signature does not check out.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("this account has been deactivated")]
     UserDeactivated,
     #[error("guest accounts are not supported on this server")]
@@ -122,7 +128,7 @@ pub struct Services {
     pub uiaa: uiaa::UiaaService,
     pub account_data: account_data::AccountDataService,
     pub filters: filters::FiltersService,
-    pub server_keys: server_keys::ServerKeysService,
+    pub server_keys: Arc<server_keys::ServerKeysService>,
     pub state: state::StateService,
     pub timeline: timeline::TimelineService,
     pub rooms: rooms::RoomsService,
@@ -142,6 +148,7 @@ pub struct Services {
     pub voip: voip::VoipService,
     /// What waits to be delivered to other servers (see `outbox.rs`).
     pub outbox: Arc<outbox::OutboxService>,
+    pub federation: federation::FederationService,
     /// What lazy-loading syncs sent each device (see `sync.rs`).
     pub lazy_members: sync::LazyMembersSent,
     /// Event writes running now (see [`Services::run_write`]).
@@ -173,8 +180,19 @@ impl Services {
 
     fn build(config: Config, db: Db) -> ServiceResult<Self> {
         let stream = Arc::new(stream::Stream::new(db.clone()));
+        let server_keys = Arc::new(server_keys::ServerKeysService::open(
+            db.clone(),
+            config.server_name.clone(),
+        )?);
+        let outbox = Arc::new(outbox::OutboxService::open(db.clone())?);
+        let federation = federation::FederationService::new(&config, db.clone(), server_keys.clone(), outbox.clone())?;
+        let timeline = timeline::TimelineService::new(db.clone(), stream.clone());
+        timeline.subscribe(Arc::new(federation::sender::FederationSender::new(
+            config.server_name.clone(),
+            outbox.clone(),
+        )));
         Ok(Services {
-            server_keys: server_keys::ServerKeysService::open(db.clone(), config.server_name.clone())?,
+            server_keys,
             users: users::UsersService::new(db.clone(), &config),
             devices: devices::DevicesService::new(db.clone()),
             uiaa: uiaa::UiaaService::new(db.clone(), config.registration_token.clone()),
@@ -192,12 +210,13 @@ impl Services {
             to_device: to_device::ToDeviceService::new(db.clone(), config.max_to_device_queue),
             key_backups: key_backups::KeyBackupsService::new(db.clone()),
             dehydrated_devices: dehydrated_devices::DehydratedDevicesService::new(db.clone()),
-            timeline: timeline::TimelineService::new(db.clone(), stream),
+            timeline,
             rooms: rooms::RoomsService::new(db.clone()),
             media: media::MediaService::open(db.clone(), &config)?,
             openid: openid::OpenIdService::new(db.clone(), config.openid_token_ttl),
             voip: voip::VoipService::new(&config),
-            outbox: Arc::new(outbox::OutboxService::open(db.clone())?),
+            outbox,
+            federation,
             lazy_members: sync::LazyMembersSent::default(),
             writes_in_flight: Default::default(),
             config,
@@ -246,6 +265,20 @@ impl Services {
         } else {
             self.run(f).await
         }
+    }
+
+    /// Starts the background workers (deliveries to other servers); they
+    /// stop when `stop` turns true, and the returned handles finish once
+    /// they have.
+    pub fn start_workers(
+        self: &Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let transport = Arc::new(federation::sender::ServerTransport {
+            client: self.federation.client.clone(),
+            server_name: self.config.server_name.clone(),
+        });
+        vec![tokio::spawn(self.outbox.clone().run(transport, stop))]
     }
 
     /// Flushes everything to disk (at shutdown).

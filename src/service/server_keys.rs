@@ -144,6 +144,12 @@ impl ServerKeysService {
     }
 }
 
+impl super::federation::RequestSigner for ServerKeysService {
+    fn key_pair(&self) -> &Ed25519KeyPair {
+        &self.key_pair
+    }
+}
+
 fn key_pair_of(key_id: &str, record: &SigningKeyRecord) -> ServiceResult<Ed25519KeyPair> {
     let version = key_id.strip_prefix("ed25519:").unwrap_or(key_id).to_owned();
     Ed25519KeyPair::from_der(&record.pkcs8, version)

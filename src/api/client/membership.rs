@@ -51,12 +51,15 @@ async fn join_by_id(
     if body.third_party_signed.is_some() {
         return Err(third_party_refused());
     }
-    let room_id = services
-        .run(move |s| {
-            s.rooms
-                .join_with(s, &user, body.room_id.as_str(), body.reason.as_deref(), extra)
-        })
-        .await?;
+    let room_id = join(
+        &services,
+        user,
+        body.room_id.to_string(),
+        body.reason,
+        extra,
+        Vec::new(),
+    )
+    .await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
@@ -70,13 +73,72 @@ async fn join_by_id_or_alias(
     if body.third_party_signed.is_some() {
         return Err(third_party_refused());
     }
-    let room_id = services
-        .run(move |s| {
-            s.rooms
-                .join_with(s, &user, body.room_id_or_alias.as_str(), body.reason.as_deref(), extra)
-        })
-        .await?;
+    let room_id = join(
+        &services,
+        user,
+        body.room_id_or_alias.to_string(),
+        body.reason,
+        extra,
+        body.via,
+    )
+    .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+/// A join: here when this server is in the room (or the room has nobody
+/// from anywhere else), else over federation through `via`, or the server
+/// in the room's ID.
+async fn join(
+    services: &Arc<Services>,
+    user: ruma::OwnedUserId,
+    room: String,
+    reason: Option<String>,
+    extra: crate::api::router::JsonObject,
+    via: Vec<ruma::OwnedServerName>,
+) -> Result<ruma::OwnedRoomId, ApiError> {
+    let resolved = {
+        let room = room.clone();
+        services
+            .run(move |s| {
+                let room_id = s.rooms.resolve_room(s, &room)?;
+                let local = s.rooms.joins_here(s, &room_id)?;
+                Ok((room_id, local))
+            })
+            .await?
+    };
+    let (room_id, local) = resolved;
+    if local || !services.config.allow_federation {
+        let user = user.clone();
+        return Ok(services
+            .run(move |s| s.rooms.join_with(s, &user, &room, reason.as_deref(), extra))
+            .await?);
+    }
+    let mut via = via;
+    if let Some(server) = room_id.server_name() {
+        via.push(server.to_owned());
+    }
+    let content = {
+        let user = user.clone();
+        services
+            .run(move |s| {
+                let mut body = s.rooms.member_content(s, &user, "join", reason.as_deref(), false)?;
+                for (key, value) in extra {
+                    if !matches!(
+                        key.as_str(),
+                        "membership" | "join_authorised_via_users_server" | "third_party_invite"
+                    ) {
+                        body[key] = value;
+                    }
+                }
+                crate::service::timeline::to_object(body)
+            })
+            .await?
+    };
+    services
+        .federation
+        .join_remote(services, &user, &room_id, &via, content)
+        .await?;
+    Ok(room_id)
 }
 
 async fn knock(

@@ -2,12 +2,14 @@
 //! answers 403 `M_FORBIDDEN` when the operator turned federation off.
 
 mod keys;
+mod rooms;
 
 use crate::api::{ApiError, Router};
 use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
     keys::register_routes(router);
+    rooms::register_routes(router);
 }
 
 /// Refuses a federation request when `allow_federation` is off.

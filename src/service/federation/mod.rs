@@ -1,8 +1,15 @@
-//! Requests to other servers: where a server name is reached
-//! ([`discovery`]) and the signed HTTP client that sends them ([`client`]).
+//! Federation: requests to other servers (where a server name is reached,
+//! [`discovery`], and the signed client that sends them, [`client`]), their
+//! signing keys ([`keys`]), what they send us ([`receive`]), our users
+//! joining their rooms ([`membership`]), and our events on their way to
+//! them through the outbox ([`sender`]).
 
 pub mod client;
 pub mod discovery;
+pub mod keys;
+mod membership;
+mod receive;
+pub mod sender;
 
 use std::time::Duration;
 
@@ -12,7 +19,38 @@ use ruma::OwnedServerName;
 pub use client::{FederationClient, FederationConfig, RequestSigner};
 pub use discovery::{Destination, ServerResolver};
 
+use std::sync::Arc;
+
+use super::outbox::OutboxService;
+use super::server_keys::ServerKeysService;
 use super::ServiceError;
+use crate::config::Config;
+use crate::database::Db;
+
+/// Talking to other servers.
+pub struct FederationService {
+    pub client: Arc<FederationClient>,
+    pub keys: keys::RemoteKeys,
+    server_name: OwnedServerName,
+    outbox: Arc<OutboxService>,
+}
+
+impl FederationService {
+    pub fn new(
+        config: &Config,
+        db: Db,
+        server_keys: Arc<ServerKeysService>,
+        outbox: Arc<OutboxService>,
+    ) -> Result<Self, FederationError> {
+        let client = Arc::new(FederationClient::new(&config.into(), server_keys.clone())?);
+        Ok(Self {
+            keys: keys::RemoteKeys::new(db, server_keys, config.trusted_servers.clone()),
+            client,
+            server_name: config.server_name.clone(),
+            outbox,
+        })
+    }
+}
 
 /// What can go wrong sending a request to another server.
 #[derive(Debug, thiserror::Error)]

@@ -398,6 +398,17 @@ impl RoomsService {
         Ok(())
     }
 
+    /// Whether a join to `room_id` is made here: this server is in the
+    /// room, or nobody from another server is (a room of ours everyone
+    /// left). Otherwise it goes through a server in the room.
+    pub fn joins_here(&self, s: &Services, room_id: &RoomId) -> ServiceResult<bool> {
+        if s.timeline.room(room_id)?.is_none() {
+            return Ok(false);
+        }
+        let servers = s.timeline.servers_in_room(room_id)?;
+        Ok(servers.is_empty() || servers.contains(&s.config.server_name))
+    }
+
     /// Joins `sender` to a room, named by ID or alias.
     pub fn join(&self, s: &Services, sender: &UserId, room: &str, reason: Option<&str>) -> ServiceResult<OwnedRoomId> {
         self.join_with(s, sender, room, reason, Map::new())
@@ -417,7 +428,7 @@ impl RoomsService {
         let room_id = self.resolve_room(s, room)?;
         if s.timeline.room(&room_id)?.is_none() {
             return Err(ServiceError::NotFound(
-                "this room is not known to this server (joining over federation is not supported yet)".to_owned(),
+                "this room is not known to this server".to_owned(),
             ));
         }
         if s.users.is_guest(sender.as_str())? && !self.guests_may_join(s, &room_id)? {

@@ -482,7 +482,7 @@ pub(super) fn state_order(event: &StoredEvent) -> (&str, Option<&str>) {
 /// Parsed state events kept at most (a few KiB each).
 const STATE_CACHE_EVENTS: usize = 4096;
 
-fn to_object(value: JsonValue) -> ServiceResult<CanonicalJsonObject> {
+pub(crate) fn to_object(value: JsonValue) -> ServiceResult<CanonicalJsonObject> {
     match CanonicalJsonValue::try_from(value) {
         Ok(CanonicalJsonValue::Object(o)) => Ok(o),
         Ok(_) => Err(ServiceError::BadJson("event content must be a JSON object".to_owned())),

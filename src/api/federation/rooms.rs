@@ -1,0 +1,391 @@
+//! Rooms over federation: transactions in, joins and leaves of other
+//! servers' users, and the reads they make of our rooms (events, state,
+//! auth chains, backfill, missing events). Every read checks the room's
+//! history visibility for the asking server.
+
+use std::sync::Arc;
+
+use ruma::api::federation::authorization::get_event_authorization;
+use ruma::api::federation::backfill::get_backfill;
+use ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
+use ruma::api::federation::membership::{
+    create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
+use ruma::api::federation::transactions::send_transaction_message;
+use ruma::events::TimelineEventType;
+use ruma::state_res::Event;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId,
+    ServerName, UserId,
+};
+use serde_json::value::RawValue;
+
+use crate::api::{ApiError, Router, Ruma};
+use crate::service::timeline::MissingEvents;
+use crate::service::{ServiceError, Services};
+
+pub fn register_routes(router: &mut Router) {
+    router.add(send_transaction);
+    router.add(make_join);
+    router.add(send_join);
+    router.add(make_leave);
+    router.add(send_leave);
+    router.add(event);
+    router.add(state_ids);
+    router.add(state);
+    router.add(event_auth);
+    router.add(backfill);
+    router.add(missing_events);
+}
+
+async fn send_transaction(
+    services: Arc<Services>,
+    req: Ruma<send_transaction_message::v1::Request>,
+) -> Result<send_transaction_message::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    if req.body.origin != origin {
+        return Err(ApiError::Forbidden(
+            "the transaction's origin is not the server that signed it".to_owned(),
+        ));
+    }
+    if req.body.pdus.len() > 50 || req.body.edus.len() > 100 {
+        return Err(ApiError::BadJson(
+            "a transaction has at most 50 PDUs and 100 EDUs".to_owned(),
+        ));
+    }
+    let pdus = services
+        .federation
+        .receive_transaction(&services, &origin, &req.body.pdus, &req.body.edus)
+        .await;
+    Ok(send_transaction_message::v1::Response::new(pdus))
+}
+
+/// The room, known here, and the origin in it (or allowed to see it).
+async fn readable_room(
+    services: &Arc<Services>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: Option<&EventId>,
+) -> Result<(), ApiError> {
+    let (origin, room_id, event_id) = (origin.to_owned(), room_id.to_owned(), event_id.map(ToOwned::to_owned));
+    services
+        .run(move |s| {
+            s.timeline.room_or_404(&room_id)?;
+            let allowed = match &event_id {
+                Some(event_id) => {
+                    let in_room = s
+                        .timeline
+                        .pdu(event_id)?
+                        .is_some_and(|pdu| pdu.room_id() == Some(&*room_id) || is_create_of(&pdu, &room_id));
+                    if !in_room {
+                        return Err(ServiceError::NotFound("this event is not in this room".to_owned()));
+                    }
+                    s.timeline.server_can_see(s, &origin, &room_id, event_id)?
+                }
+                None => s.timeline.server_in_room(&origin, &room_id)?,
+            };
+            if allowed {
+                Ok(())
+            } else {
+                Err(ServiceError::Forbidden(format!(
+                    "{origin} may not see this in {room_id}"
+                )))
+            }
+        })
+        .await
+        .map_err(Into::into)
+}
+
+/// A version 12 create event has no `room_id`: the room is named after it.
+fn is_create_of(pdu: &crate::service::pdu::Pdu, room_id: &RoomId) -> bool {
+    pdu.event_type() == &TimelineEventType::RoomCreate && room_id.as_str()[1..] == pdu.event_id.as_str()[1..]
+}
+
+/// The PDUs of `ids` in their federation form (those stored).
+fn pdus(s: &Services, ids: &[OwnedEventId]) -> Result<Vec<Box<RawValue>>, ServiceError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(pdu) = s.timeline.federation_pdu_raw(id)? {
+            out.push(pdu);
+        }
+    }
+    Ok(out)
+}
+
+async fn event(
+    services: Arc<Services>,
+    req: Ruma<get_event::v1::Request>,
+) -> Result<get_event::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let event_id = req.body.event_id;
+    let room_id = {
+        let id = event_id.clone();
+        services
+            .run(move |s| {
+                let pdu = s
+                    .timeline
+                    .pdu(&id)?
+                    .filter(|pdu| !pdu.rejected)
+                    .ok_or_else(|| ServiceError::NotFound("this event is not known here".to_owned()))?;
+                match pdu.room_id() {
+                    Some(room) => Ok(room.to_owned()),
+                    None => Ok(ruma::OwnedRoomId::try_from(format!("!{}", &id.as_str()[1..]))
+                        .map_err(|e| ServiceError::Internal(e.to_string()))?),
+                }
+            })
+            .await?
+    };
+    readable_room(&services, &origin, &room_id, Some(&event_id)).await?;
+    let pdu = services
+        .run(move |s| s.timeline.federation_pdu_raw(&event_id))
+        .await?
+        .ok_or_else(|| ServiceError::NotFound("this event is not known here".to_owned()))?;
+    Ok(get_event::v1::Response::new(
+        services.config.server_name.clone(),
+        MilliSecondsSinceUnixEpoch::now(),
+        pdu,
+    ))
+}
+
+async fn state_ids(
+    services: Arc<Services>,
+    req: Ruma<get_room_state_ids::v1::Request>,
+) -> Result<get_room_state_ids::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    readable_room(&services, &origin, &body.room_id, Some(&body.event_id)).await?;
+    let at = services.run(move |s| s.timeline.state_at(s, &body.event_id)).await?;
+    Ok(get_room_state_ids::v1::Response::new(at.auth_chain, at.state))
+}
+
+async fn state(
+    services: Arc<Services>,
+    req: Ruma<get_room_state::v1::Request>,
+) -> Result<get_room_state::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    readable_room(&services, &origin, &body.room_id, Some(&body.event_id)).await?;
+    let (auth_chain, state) = services
+        .run(move |s| {
+            let at = s.timeline.state_at(s, &body.event_id)?;
+            Ok((pdus(s, &at.auth_chain)?, pdus(s, &at.state)?))
+        })
+        .await?;
+    Ok(get_room_state::v1::Response::new(auth_chain, state))
+}
+
+async fn event_auth(
+    services: Arc<Services>,
+    req: Ruma<get_event_authorization::v1::Request>,
+) -> Result<get_event_authorization::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    readable_room(&services, &origin, &body.room_id, Some(&body.event_id)).await?;
+    let chain = services
+        .run(move |s| {
+            let chain = s.timeline.auth_chain(std::slice::from_ref(&body.event_id))?;
+            pdus(s, &chain)
+        })
+        .await?;
+    Ok(get_event_authorization::v1::Response::new(chain))
+}
+
+async fn backfill(
+    services: Arc<Services>,
+    req: Ruma<get_backfill::v1::Request>,
+) -> Result<get_backfill::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    readable_room(&services, &origin, &body.room_id, None).await?;
+    let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
+    let events = services
+        .run(move |s| {
+            let ids = s.timeline.backfill(s, &origin, &body.room_id, &body.v, limit)?;
+            pdus(s, &ids)
+        })
+        .await?;
+    Ok(get_backfill::v1::Response::new(
+        services.config.server_name.clone(),
+        MilliSecondsSinceUnixEpoch::now(),
+        events,
+    ))
+}
+
+async fn missing_events(
+    services: Arc<Services>,
+    req: Ruma<get_missing_events::v1::Request>,
+) -> Result<get_missing_events::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    readable_room(&services, &origin, &body.room_id, None).await?;
+    let events = services
+        .run(move |s| {
+            let ids = s.timeline.missing_events(
+                s,
+                &origin,
+                &body.room_id,
+                &MissingEvents {
+                    earliest: &body.earliest_events,
+                    latest: &body.latest_events,
+                    limit: usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX),
+                    min_depth: body.min_depth.into(),
+                },
+            )?;
+            pdus(s, &ids)
+        })
+        .await?;
+    Ok(get_missing_events::v1::Response::new(events))
+}
+
+/// The user a membership request is about: one of the origin's.
+fn origin_user<'a>(origin: &ServerName, user: &'a UserId) -> Result<&'a UserId, ApiError> {
+    if user.server_name() == origin {
+        Ok(user)
+    } else {
+        Err(ApiError::Forbidden(format!("{origin} may not act for {user}")))
+    }
+}
+
+async fn make_join(
+    services: Arc<Services>,
+    req: Ruma<prepare_join_event::v1::Request>,
+) -> Result<prepare_join_event::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    let user = origin_user(&origin, &body.user_id)?.to_owned();
+    let supported = body.ver.clone();
+    let (version, template) = services
+        .run(move |s| {
+            let record = s.timeline.room_or_404(&body.room_id)?;
+            // Without `ver`, the joining server supports version 1 only.
+            let supports = if supported.is_empty() {
+                record.version == "1"
+            } else {
+                supported.iter().any(|v| v.as_str() == record.version)
+            };
+            if !supports {
+                return Err(ServiceError::IncompatibleRoomVersion(record.version));
+            }
+            s.timeline
+                .membership_template(s, &body.room_id, &user, "join", CanonicalJsonObject::new())
+        })
+        .await?;
+    let version = RoomVersionId::try_from(version.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut response = prepare_join_event::v1::Response::new(event);
+    response.room_version = Some(version);
+    Ok(response)
+}
+
+async fn make_leave(
+    services: Arc<Services>,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> Result<prepare_leave_event::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    let user = origin_user(&origin, &body.user_id)?.to_owned();
+    let (version, template) = services
+        .run(move |s| {
+            s.timeline
+                .membership_template(s, &body.room_id, &user, "leave", CanonicalJsonObject::new())
+        })
+        .await?;
+    let version = RoomVersionId::try_from(version.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(prepare_leave_event::v1::Response::new(Some(version), event))
+}
+
+/// Checks and stores a membership event another server signed for one of
+/// its users (`send_join`, `send_leave`): it must be that user's, with
+/// `membership`, and under the ID the request names.
+async fn accept_membership(
+    services: &Arc<Services>,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    pdu: &RawValue,
+    membership: &str,
+) -> Result<(), ApiError> {
+    let version = {
+        let room_id = room_id.to_owned();
+        let record = services.run(move |s| s.timeline.room_or_404(&room_id)).await?;
+        RoomVersionId::try_from(record.version.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?
+    };
+    let (id, object) = services.federation.verify_pdu(&version, pdu).await?;
+    if id != event_id {
+        return Err(ApiError::BadJson(format!("the event's ID is {id}, not {event_id}")));
+    }
+    let field = |key: &str| match object.get(key) {
+        Some(CanonicalJsonValue::String(v)) => Some(v.as_str()),
+        _ => None,
+    };
+    let content_membership = match object.get("content") {
+        Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
+            Some(CanonicalJsonValue::String(m)) => Some(m.as_str()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let sender = field("sender").and_then(|s| UserId::parse(s).ok());
+    let fits = field("type") == Some("m.room.member")
+        && field("room_id") == Some(room_id.as_str())
+        && sender.as_ref().is_some_and(|u| u.server_name() == origin)
+        && field("state_key") == field("sender")
+        && content_membership == Some(membership);
+    if !fits {
+        return Err(ApiError::BadJson(format!(
+            "this is not a {membership} of one of {origin}'s users to {room_id}"
+        )));
+    }
+    services
+        .federation
+        .handle_pdu(services, origin, room_id, &version, id, object)
+        .await?;
+    Ok(())
+}
+
+async fn send_join(
+    services: Arc<Services>,
+    req: Ruma<create_join_event::v2::Request>,
+) -> Result<create_join_event::v2::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "join").await?;
+    let (auth_chain, state, servers) = services
+        .run(move |s| {
+            let joined = s.timeline.is_joined(
+                &body.room_id,
+                &s.timeline
+                    .pdu(&body.event_id)?
+                    .map(|p| p.sender().to_owned())
+                    .ok_or_else(|| ServiceError::Forbidden("the join was not accepted".to_owned()))?,
+            )?;
+            if !joined {
+                return Err(ServiceError::Forbidden("the join was not accepted".to_owned()));
+            }
+            let at = s.timeline.state_at(s, &body.event_id)?;
+            let servers: Vec<String> = s
+                .timeline
+                .servers_in_room(&body.room_id)?
+                .into_iter()
+                .map(|server| server.to_string())
+                .collect();
+            Ok((pdus(s, &at.auth_chain)?, pdus(s, &at.state)?, servers))
+        })
+        .await?;
+    let mut room_state = create_join_event::v2::RoomState::new();
+    room_state.state = state;
+    room_state.auth_chain = auth_chain;
+    room_state.servers_in_room = Some(servers);
+    Ok(create_join_event::v2::Response::new(room_state))
+}
+
+async fn send_leave(
+    services: Arc<Services>,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> Result<create_leave_event::v2::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "leave").await?;
+    Ok(create_leave_event::v2::Response::new())
+}

@@ -1,0 +1,432 @@
+//! What other servers send us: X-Matrix request authentication, PDU
+//! signature and content-hash checks, and transactions of PDUs (with the
+//! history they lack fetched from the sender) and EDUs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ruma::api::federation::authentication::XMatrix;
+use ruma::api::federation::authorization::get_event_authorization;
+use ruma::api::federation::event::{get_event, get_missing_events, get_room_state_ids};
+use ruma::api::federation::transactions::edu::Edu;
+use ruma::room_version_rules::RoomVersionRules;
+use ruma::serde::Raw;
+use ruma::signatures::{PublicKeyMap, Verified};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, ServerName,
+};
+use serde_json::value::RawValue;
+
+use super::keys::{key_validity_for, valid_now};
+use super::FederationService;
+use crate::service::outbox::Destination;
+use crate::service::pdu::MAX_PDU_BYTES;
+use crate::service::timeline::Received;
+use crate::service::{ServiceError, ServiceResult, Services};
+
+/// Events fetched for one incoming PDU at most (missing events, or the
+/// state and auth chain when its history cannot be filled in).
+const MAX_FETCHED_EVENTS: usize = 5000;
+/// Missing events asked for in one go.
+const MISSING_EVENTS_LIMIT: u32 = 20;
+/// How long a remote user's typing notice lasts without renewal.
+const REMOTE_TYPING: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl FederationService {
+    /// Checks the X-Matrix signature of an incoming request; returns the
+    /// server that sent it. A request that reaches us means its server is
+    /// up: what waits for it goes out now.
+    pub async fn authenticate(&self, request: &http::Request<Vec<u8>>) -> ServiceResult<ruma::OwnedServerName> {
+        let refused = |why: String| ServiceError::Unauthorized(why);
+        let xmatrix = XMatrix::extract_from_http_headers(request.headers())
+            .map_err(|e| refused(format!("no valid X-Matrix authorization: {e}")))?;
+        if xmatrix.destination.as_ref().is_some_and(|d| d != &self.server_name) {
+            return Err(refused("the request is meant for another server".to_owned()));
+        }
+        if xmatrix.origin == self.server_name {
+            return Err(refused("the request claims to come from this server".to_owned()));
+        }
+        let key_id = xmatrix.key.to_string();
+        let keys = self
+            .keys
+            .keys_for(
+                &self.client,
+                &xmatrix.origin,
+                std::slice::from_ref(&key_id),
+                valid_now(),
+            )
+            .await?;
+        if keys.is_empty() {
+            return Err(refused(format!(
+                "the key {key_id} of {} could not be found",
+                xmatrix.origin
+            )));
+        }
+        let mut map = PublicKeyMap::new();
+        map.insert(xmatrix.origin.to_string(), keys);
+        xmatrix
+            .verify_http_request(request, &self.server_name, &map)
+            .map_err(|e| refused(format!("the request's signature does not verify: {e}")))?;
+        self.client.reset(&xmatrix.origin);
+        self.outbox.retry_now(&Destination::Server(xmatrix.origin.clone()));
+        Ok(xmatrix.origin)
+    }
+
+    /// Reads a PDU of a room of `version` and checks its format, size and
+    /// signatures; a PDU whose content does not match its hash is redacted
+    /// (the spec's rule), one whose signatures fail is refused.
+    pub async fn verify_pdu(
+        &self,
+        version: &RoomVersionId,
+        raw: &RawValue,
+    ) -> ServiceResult<(OwnedEventId, CanonicalJsonObject)> {
+        let rules = rules_of(version)?;
+        if raw.get().len() > MAX_PDU_BYTES {
+            return Err(ServiceError::TooLarge(format!("a PDU may have {MAX_PDU_BYTES} bytes")));
+        }
+        let mut object: CanonicalJsonObject =
+            serde_json::from_str(raw.get()).map_err(|e| ServiceError::BadJson(format!("not a PDU: {e}")))?;
+        object.remove("unsigned");
+        let event_id = event_id_of(&object, &rules)?;
+        ruma::state_res::check_pdu_format(&object, &rules.event_format)
+            .map_err(|e| ServiceError::BadJson(format!("{event_id} is malformed: {e}")))?;
+        let valid_at = match object.get("origin_server_ts") {
+            Some(CanonicalJsonValue::Integer(ts)) => {
+                key_validity_for(&rules, u64::try_from(i64::from(*ts)).unwrap_or(0))
+            }
+            _ => 0,
+        };
+        let mut map = PublicKeyMap::new();
+        if let Some(CanonicalJsonValue::Object(signatures)) = object.get("signatures") {
+            for (server, keys) in signatures {
+                let (Ok(server), CanonicalJsonValue::Object(keys)) = (ServerName::parse(server), keys) else {
+                    continue;
+                };
+                let key_ids: Vec<String> = keys.keys().cloned().collect();
+                let found = self.keys.keys_for(&self.client, &server, &key_ids, valid_at).await?;
+                map.insert(server.to_string(), found);
+            }
+        }
+        match ruma::signatures::verify_event(&map, &object, &rules) {
+            Ok(Verified::All) => {}
+            Ok(Verified::Signatures) => {
+                tracing::info!(%event_id, "content hash mismatch: the event is kept redacted");
+                object = ruma::canonical_json::redact(object, &rules.redaction, None)
+                    .map_err(|e| ServiceError::BadJson(format!("{event_id} cannot be redacted: {e}")))?;
+            }
+            Err(e) => {
+                return Err(ServiceError::Forbidden(format!(
+                    "{event_id}: signatures do not verify: {e}"
+                )));
+            }
+        }
+        Ok((event_id, object))
+    }
+
+    /// `PUT /send/{txnId}`: each PDU authorized and stored (rooms one
+    /// after the other, a room's events in order), each EDU applied.
+    pub async fn receive_transaction(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        pdus: &[Box<RawValue>],
+        edus: &[Raw<Edu>],
+    ) -> BTreeMap<OwnedEventId, Result<(), String>> {
+        let mut results = BTreeMap::new();
+        for raw in pdus {
+            let Some(room_id) = room_id_of(raw) else {
+                tracing::info!(%origin, "a PDU without a room ID ignored");
+                continue;
+            };
+            let version = match s.timeline.room(&room_id) {
+                Ok(Some(record)) => match RoomVersionId::try_from(record.version.as_str()) {
+                    Ok(version) => version,
+                    Err(_) => continue,
+                },
+                // Events of rooms this server is not in are not ours to take.
+                _ => continue,
+            };
+            let (event_id, object) = match self.verify_pdu(&version, raw).await {
+                Ok(verified) => verified,
+                Err(e) => {
+                    tracing::info!(%origin, %room_id, error = %e, "PDU refused");
+                    if let Ok(id) = rules_of(&version).and_then(|rules| {
+                        serde_json::from_str(raw.get())
+                            .map_err(|e| ServiceError::BadJson(e.to_string()))
+                            .and_then(|o: CanonicalJsonObject| event_id_of(&o, &rules))
+                    }) {
+                        results.insert(id, Err(e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            let outcome = self
+                .handle_pdu(s, origin, &room_id, &version, event_id.clone(), object)
+                .await;
+            results.insert(event_id, outcome.map_err(|e| e.to_string()));
+        }
+        for edu in edus {
+            let Ok(edu) = edu.deserialize() else { continue };
+            if let Err(e) = self.receive_edu(s, origin, edu).await {
+                tracing::debug!(%origin, error = %e, "EDU ignored");
+            }
+        }
+        results
+    }
+
+    /// One PDU into its room: what it lacks fetched from `origin` first.
+    pub async fn handle_pdu(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: OwnedEventId,
+        object: CanonicalJsonObject,
+    ) -> ServiceResult<()> {
+        let mut fetched = 0usize;
+        let mut outcome = receive(s, room_id, &event_id, &object, None).await?;
+        if let Received::Missing { auth, prev } = &outcome {
+            if !auth.is_empty() {
+                self.fetch_auth_chain(s, origin, room_id, version, &event_id, &mut fetched)
+                    .await?;
+            }
+            if !prev.is_empty() {
+                self.fetch_missing(s, origin, room_id, version, &event_id, &object, &mut fetched)
+                    .await?;
+            }
+            outcome = receive(s, room_id, &event_id, &object, None).await?;
+        }
+        if let Received::Missing { .. } = outcome {
+            // The gap is too wide to fill: take the state before the event
+            // from the server that sent it.
+            let state = self
+                .fetch_state_before(s, origin, room_id, version, &event_id, &mut fetched)
+                .await?;
+            outcome = receive(s, room_id, &event_id, &object, Some(state)).await?;
+        }
+        match outcome {
+            Received::Accepted { .. } | Received::AlreadyKnown | Received::SoftFailed => Ok(()),
+            Received::Rejected(reason) => Err(ServiceError::Forbidden(reason)),
+            Received::Missing { auth, prev } => Err(ServiceError::BadRequest(format!(
+                "{event_id} references events that could not be fetched ({} auth, {} prev)",
+                auth.len(),
+                prev.len()
+            ))),
+        }
+    }
+
+    /// Fills a gap before `event_id` with `get_missing_events`, oldest first.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_missing(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: &EventId,
+        object: &CanonicalJsonObject,
+        fetched: &mut usize,
+    ) -> ServiceResult<()> {
+        let record = s.timeline.room_or_404(room_id)?;
+        let earliest: Vec<OwnedEventId> = record
+            .forward_extremities
+            .iter()
+            .filter_map(|id| OwnedEventId::try_from(id.as_str()).ok())
+            .collect();
+        let min_depth = match object.get("depth") {
+            Some(CanonicalJsonValue::Integer(depth)) => {
+                i64::from(*depth).saturating_sub(MISSING_EVENTS_LIMIT.into()).max(0)
+            }
+            _ => 0,
+        };
+        let mut request = get_missing_events::v1::Request::new(room_id.to_owned(), earliest, vec![event_id.to_owned()]);
+        request.limit = MISSING_EVENTS_LIMIT.into();
+        request.min_depth = ruma::UInt::try_from(min_depth).unwrap_or_default();
+        let response = self.client.send(origin, request).await?;
+        let mut events = Vec::new();
+        for raw in response.events.iter().take(MAX_FETCHED_EVENTS.saturating_sub(*fetched)) {
+            *fetched += 1;
+            match self.verify_pdu(version, raw).await {
+                Ok((id, object)) => {
+                    let depth = match object.get("depth") {
+                        Some(CanonicalJsonValue::Integer(d)) => i64::from(*d),
+                        _ => 0,
+                    };
+                    events.push((depth, id, object));
+                }
+                Err(e) => tracing::info!(%origin, error = %e, "missing event refused"),
+            }
+        }
+        events.sort_by_key(|(depth, _, _)| *depth);
+        for (_, id, object) in events {
+            // Each in turn; one that still lacks history waits for later.
+            receive(s, room_id, &id, &object, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches the auth chain of `event_id` from `origin` and keeps what
+    /// was missing as outliers.
+    async fn fetch_auth_chain(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: &EventId,
+        fetched: &mut usize,
+    ) -> ServiceResult<()> {
+        let request = get_event_authorization::v1::Request::new(room_id.to_owned(), event_id.to_owned());
+        let response = self.client.send(origin, request).await?;
+        for raw in response
+            .auth_chain
+            .iter()
+            .take(MAX_FETCHED_EVENTS.saturating_sub(*fetched))
+        {
+            *fetched += 1;
+            match self.verify_pdu(version, raw).await {
+                Ok((id, object)) => store_outlier(s, room_id, id, object).await?,
+                Err(e) => tracing::info!(%origin, error = %e, "auth event refused"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The state before `event_id` as `origin` has it: the IDs, with every
+    /// event of it and of its auth chain not known here fetched and kept
+    /// as outliers.
+    async fn fetch_state_before(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        event_id: &EventId,
+        fetched: &mut usize,
+    ) -> ServiceResult<Vec<OwnedEventId>> {
+        let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), room_id.to_owned());
+        let response = self.client.send(origin, request).await?;
+        for id in response.auth_chain_ids.iter().chain(&response.pdu_ids) {
+            if s.timeline.pdu(id)?.is_some() {
+                continue;
+            }
+            if *fetched >= MAX_FETCHED_EVENTS {
+                return Err(ServiceError::RemoteFailed(format!(
+                    "the state of {room_id} at {event_id} is larger than this server fetches"
+                )));
+            }
+            *fetched += 1;
+            let event = self
+                .client
+                .send(origin, get_event::v1::Request::new(id.clone()))
+                .await?;
+            let (got, object) = self.verify_pdu(version, &event.pdu).await?;
+            if &got != id {
+                return Err(ServiceError::RemoteFailed(format!(
+                    "asked {origin} for {id}, got {got}"
+                )));
+            }
+            store_outlier(s, room_id, got, object).await?;
+        }
+        Ok(response.pdu_ids)
+    }
+
+    async fn receive_edu(&self, s: &Arc<Services>, origin: &ServerName, edu: Edu) -> ServiceResult<()> {
+        match edu {
+            Edu::Typing(typing) => {
+                if typing.user_id.server_name() != origin {
+                    return Err(ServiceError::Forbidden("typing of another server's user".to_owned()));
+                }
+                let timeout = typing.typing.then_some(REMOTE_TYPING);
+                s.run(move |s| s.typing.set(s, &typing.user_id, &typing.room_id, timeout))
+                    .await
+            }
+            Edu::Receipt(receipts) => {
+                for (room_id, map) in receipts.receipts {
+                    for (user_id, data) in map.read {
+                        if user_id.server_name() != origin {
+                            continue;
+                        }
+                        let thread = match &data.data.thread {
+                            ruma::events::receipt::ReceiptThread::Main => Some("main".to_owned()),
+                            ruma::events::receipt::ReceiptThread::Thread(root) => Some(root.to_string()),
+                            _ => None,
+                        };
+                        for event_id in data.event_ids {
+                            let (room_id, user_id, thread) = (room_id.clone(), user_id.clone(), thread.clone());
+                            let set = s
+                                .run(move |s| {
+                                    s.receipts
+                                        .set(s, &user_id, &room_id, "m.read", &event_id, thread.as_deref())
+                                })
+                                .await;
+                            if let Err(e) = set {
+                                tracing::debug!(%origin, error = %e, "receipt ignored");
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn receive(
+    s: &Arc<Services>,
+    room_id: &RoomId,
+    event_id: &EventId,
+    object: &CanonicalJsonObject,
+    state: Option<Vec<OwnedEventId>>,
+) -> ServiceResult<Received> {
+    let (room_id, event_id, object) = (room_id.to_owned(), event_id.to_owned(), object.clone());
+    s.run_write(move |s| {
+        s.timeline
+            .receive_remote(s, &room_id, event_id, object, state.as_deref())
+    })
+    .await
+}
+
+async fn store_outlier(
+    s: &Arc<Services>,
+    room_id: &RoomId,
+    id: OwnedEventId,
+    object: CanonicalJsonObject,
+) -> ServiceResult<()> {
+    let room_id = room_id.to_owned();
+    s.run(move |s| s.timeline.store_outlier(&room_id, &id, &object)).await
+}
+
+pub(super) fn rules_of(version: &RoomVersionId) -> ServiceResult<RoomVersionRules> {
+    version
+        .rules()
+        .ok_or_else(|| ServiceError::UnsupportedRoomVersion(format!("room version {version} is not supported")))
+}
+
+/// The event ID: inside the event for room versions 1 and 2, its
+/// reference hash after.
+pub(super) fn event_id_of(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> ServiceResult<OwnedEventId> {
+    match rules.event_id_format {
+        ruma::room_version_rules::EventIdFormatVersion::V1 => match object.get("event_id") {
+            Some(CanonicalJsonValue::String(id)) => {
+                OwnedEventId::try_from(id.as_str()).map_err(|e| ServiceError::BadJson(format!("event_id: {e}")))
+            }
+            _ => Err(ServiceError::BadJson("the PDU has no event_id".to_owned())),
+        },
+        _ => {
+            let hash = ruma::signatures::reference_hash(object, rules)
+                .map_err(|e| ServiceError::BadJson(format!("the PDU cannot be hashed: {e}")))?;
+            OwnedEventId::try_from(format!("${hash}")).map_err(|e| ServiceError::BadJson(format!("event ID: {e}")))
+        }
+    }
+}
+
+fn room_id_of(raw: &RawValue) -> Option<OwnedRoomId> {
+    #[derive(serde::Deserialize)]
+    struct RoomOnly {
+        room_id: OwnedRoomId,
+    }
+    serde_json::from_str::<RoomOnly>(raw.get()).ok().map(|r| r.room_id)
+}
