@@ -169,3 +169,210 @@ async fn users_of_two_servers_join_each_others_rooms_and_talk_both_ways() {
         "delivered once: {bodies:?}"
     );
 }
+
+/// Alice of A with a public room that Bob of B has joined over federation.
+struct Pair {
+    a: TestServer,
+    b: TestServer,
+    alice: String,
+    alice_token: String,
+    bob: String,
+    bob_token: String,
+    room: String,
+}
+
+async fn alice_and_bob_across_servers() -> Pair {
+    let (a, b) = two_servers().await;
+    let (alice, alice_token, _) = a.register("alice", "password-a").await;
+    let (bob, bob_token, _) = b.register("bob", "password-b").await;
+    let room = a.create_room(&alice_token, json!({"preset": "public_chat"})).await;
+    let path = format!("/_matrix/client/v3/join/{}", common::enc(&room));
+    let (status, joined) = b.call("POST", &path, Some(&bob_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{joined}");
+    Pair {
+        a,
+        b,
+        alice,
+        alice_token,
+        bob,
+        bob_token,
+        room,
+    }
+}
+
+/// Syncs (at most 20 s in all) until `found` holds for the room's section.
+async fn wait_for_sync(server: &TestServer, token: &str, room_id: &str, what: &str, found: impl Fn(&Value) -> bool) {
+    let mut since: Option<String> = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let sync = server.sync(token, since.as_deref(), 1000, None).await;
+        if found(&sync["rooms"]["join"][room_id]) {
+            return;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{what}: not seen within 20 s");
+}
+
+#[tokio::test]
+async fn typing_and_read_receipts_cross_to_the_other_server() {
+    let p = alice_and_bob_across_servers().await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/typing/{}",
+        common::enc(&p.room),
+        common::enc(&p.alice)
+    );
+    let (status, _) =
+        p.a.call(
+            "PUT",
+            &path,
+            Some(&p.alice_token),
+            Some(json!({"typing": true, "timeout": 20000})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let alice = p.alice.clone();
+    wait_for_sync(&p.b, &p.bob_token, &p.room, "alice typing on B", |room| {
+        room["ephemeral"]["events"].as_array().is_some_and(|events| {
+            events.iter().any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|u| u.contains(&json!(alice)))
+            })
+        })
+    })
+    .await;
+
+    // Bob reads Alice's message; A sees his receipt.
+    let message = p.a.send_text(&p.alice_token, &p.room, "read me").await;
+    wait_for_messages(&p.b, &p.bob_token, &p.room, &["read me"]).await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+        common::enc(&p.room),
+        common::enc(&message)
+    );
+    let (status, body) = p.b.call("POST", &path, Some(&p.bob_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    let (bob, message_id) = (p.bob.clone(), message.clone());
+    wait_for_sync(&p.a, &p.alice_token, &p.room, "bob's receipt on A", |room| {
+        room["ephemeral"]["events"].as_array().is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e["type"] == "m.receipt" && e["content"][&message_id]["m.read"][&bob].is_object())
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn messages_sent_while_the_other_server_is_down_arrive_once_it_is_back() {
+    let mut p = alice_and_bob_across_servers().await;
+    p.a.send_text(&p.alice_token, &p.room, "before").await;
+    wait_for_messages(&p.b, &p.bob_token, &p.room, &["before"]).await;
+
+    assert!(p.b.stop().success());
+    for text in ["while down 1", "while down 2", "while down 3"] {
+        p.a.send_text(&p.alice_token, &p.room, text).await;
+    }
+    // A restarts too, with the deliveries still queued.
+    p.a.restart();
+    p.b.start_again();
+    // B contacting A (its join is long done; any signed request will do)
+    // is not needed: A retries on its own, and at once when B calls.
+    b_calls_a(&p).await;
+    wait_for_messages(
+        &p.b,
+        &p.bob_token,
+        &p.room,
+        &["before", "while down 1", "while down 2", "while down 3"],
+    )
+    .await;
+    let bodies = p.b.message_bodies(&p.bob_token, &p.room).await;
+    assert_eq!(
+        bodies.iter().filter(|b| b.starts_with("while down")).count(),
+        3,
+        "once each: {bodies:?}"
+    );
+
+    // And the other way after the restart.
+    p.b.send_text(&p.bob_token, &p.room, "back").await;
+    wait_for_messages(&p.a, &p.alice_token, &p.room, &["while down 3", "back"]).await;
+}
+
+/// Bob sends something into A's room: B's transaction tells A that B is up.
+async fn b_calls_a(p: &Pair) {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/typing/{}",
+        common::enc(&p.room),
+        common::enc(&p.bob)
+    );
+    let (status, _) =
+        p.b.call(
+            "PUT",
+            &path,
+            Some(&p.bob_token),
+            Some(json!({"typing": true, "timeout": 1000})),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn requests_with_a_forged_or_missing_signature_are_refused() {
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    use ruma::signatures::Ed25519KeyPair;
+
+    let (a, b) = two_servers().await;
+    let b_keys = verified_keys(&b).await;
+    let b_key_id = b_keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let path = "/_matrix/federation/v1/send/forged1";
+    let body = json!({"origin": "conduit-b.test", "origin_server_ts": 1, "pdus": []});
+    let body_bytes = serde_json::to_vec(&body).unwrap();
+
+    // Signed by someone claiming to be B, with B's key ID or another.
+    for key_version in [b_key_id.trim_start_matches("ed25519:").to_owned(), "forged".to_owned()] {
+        let key = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), key_version).unwrap();
+        let request = http::Request::builder()
+            .method("PUT")
+            .uri(path)
+            .body(body_bytes.clone())
+            .unwrap();
+        let input = XMatrixSigningInput::new(
+            "conduit-b.test".try_into().unwrap(),
+            "conduit-a.test".try_into().unwrap(),
+            &key,
+        );
+        let header = http::HeaderValue::from(&XMatrix::sign_http_request(&request, input).unwrap());
+        let response = a
+            .client
+            .put(a.url(path))
+            .header("Authorization", header.to_str().unwrap())
+            .header("Content-Type", "application/json")
+            .body(body_bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(
+            (status, answer["errcode"].as_str()),
+            (401, Some("M_UNAUTHORIZED")),
+            "{answer}"
+        );
+    }
+
+    // No signature at all.
+    let (status, answer) = a.call("PUT", path, None, Some(body)).await;
+    assert_eq!(
+        (status, answer["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "{answer}"
+    );
+}

@@ -122,6 +122,19 @@ impl ReceiptsService {
             }
         }
         self.stream.finish(ticket, woken.iter().map(|u| u.as_ref()));
+        // Our users' public receipts go to the other servers in the room.
+        if written.is_ok() && receipt_type == READ && user.server_name() == s.config.server_name {
+            let mut data = serde_json::json!({"ts": record.ts});
+            if let Some(thread) = thread {
+                data["thread_id"] = thread.into();
+            }
+            let content = serde_json::json!({
+                room_id.as_str(): {READ: {user.as_str(): {"data": data, "event_ids": [event_id]}}}
+            });
+            if let Err(e) = s.federation.send_room_edu(s, room_id, "m.receipt", content) {
+                tracing::warn!(%room_id, error = %e, "receipt not queued for other servers");
+            }
+        }
         written
     }
 

@@ -119,6 +119,13 @@ impl TypingService {
                 .inner
                 .change(room_id, &members, |room| room.until.remove(user).is_some())?,
         }
+        // Our users' typing goes to the other servers in the room.
+        if user.server_name() == s.config.server_name {
+            let content = serde_json::json!({"room_id": room_id, "user_id": user, "typing": typing.is_some()});
+            if let Err(e) = s.federation.send_room_edu(s, room_id, "m.typing", content) {
+                tracing::warn!(%room_id, error = %e, "typing notice not queued for other servers");
+            }
+        }
         Ok(())
     }
 

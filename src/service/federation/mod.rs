@@ -36,6 +36,35 @@ pub struct FederationService {
 }
 
 impl FederationService {
+    /// Queues an EDU about `room_id` (typing, receipts) for the other
+    /// servers in the room, when federation is on.
+    pub fn send_room_edu(
+        &self,
+        s: &super::Services,
+        room_id: &ruma::RoomId,
+        edu_type: &str,
+        content: serde_json::Value,
+    ) -> super::ServiceResult<()> {
+        if !s.config.allow_federation {
+            return Ok(());
+        }
+        let destinations: Vec<super::outbox::Destination> = s
+            .timeline
+            .servers_in_room(room_id)?
+            .into_iter()
+            .filter(|server| *server != self.server_name)
+            .map(super::outbox::Destination::Server)
+            .collect();
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        let edu = serde_json::json!({"edu_type": edu_type, "content": content});
+        self.outbox.queue(
+            &destinations,
+            &crate::database::outbox::OutboxItem::Edu(edu.to_string()),
+        )
+    }
+
     pub fn new(
         config: &Config,
         db: Db,
