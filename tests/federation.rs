@@ -376,3 +376,76 @@ async fn requests_with_a_forged_or_missing_signature_are_refused() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn invites_cross_servers_both_ways_and_can_be_accepted_or_refused() {
+    let (a, b) = two_servers().await;
+    let (alice, alice_token, _) = a.register("alice", "password-a").await;
+    let (bob, bob_token, _) = b.register("bob", "password-b").await;
+
+    // A direct chat: Alice creates a private room inviting Bob of B.
+    let dm = a
+        .create_room(
+            &alice_token,
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bob]}),
+        )
+        .await;
+    wait_for_invite(&b, &bob_token, &dm).await;
+    let (status, joined) = b
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/join", common::enc(&dm)),
+            Some(&bob_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{joined}");
+    b.send_text(&bob_token, &dm, "thanks for the invite").await;
+    wait_for_messages(&a, &alice_token, &dm, &["thanks for the invite"]).await;
+
+    // Bob invites Alice to a private room of B's; she refuses.
+    let private = b.create_room(&bob_token, json!({"preset": "private_chat"})).await;
+    b.invite(&bob_token, &private, &alice).await;
+    wait_for_invite(&a, &alice_token, &private).await;
+    let (status, _) = a
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/leave", common::enc(&private)),
+            Some(&alice_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let sync = a.sync(&alice_token, None, 0, None).await;
+    assert!(sync["rooms"]["invite"].get(&private).is_none(), "refused: {sync}");
+
+    // A private room Alice was never invited to stays closed to her.
+    let closed = b.create_room(&bob_token, json!({"preset": "private_chat"})).await;
+    let (status, _) = a
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", common::enc(&closed)),
+            Some(&alice_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 403, "B's refusal reaches Alice's client as one");
+}
+
+/// Waits (at most 20 s) for an invite to `room_id` in the user's sync,
+/// with the inviting server's stripped state.
+async fn wait_for_invite(server: &TestServer, token: &str, room_id: &str) {
+    for _ in 0..100 {
+        let sync = server.sync(token, None, 0, None).await;
+        let invite = &sync["rooms"]["invite"][room_id]["invite_state"]["events"];
+        if let Some(events) = invite.as_array() {
+            assert!(events.iter().any(|e| e["type"] == "m.room.create"), "{invite}");
+            assert!(events
+                .iter()
+                .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "invite"));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("no invite to {room_id} within 20 s");
+}

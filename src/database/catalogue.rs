@@ -234,10 +234,15 @@ pub enum Table {
     /// key queries as a notary (`remote_keys.rs`). Key: `(server_name:
     /// str)`. Value: the JSON document, UTF-8.
     RemoteKeyDocuments,
+    /// Invites of our users to rooms this server is not in (`rooms.rs`),
+    /// until they join or refuse. Key: `(user_id: str, room_id: str)`.
+    /// Value: bincode `RemoteInviteRecord` (room version, the invite event,
+    /// the stripped state the inviting server sent).
+    RemoteInvites,
 }
 
 impl Table {
-    pub const ALL: [Table; 58] = [
+    pub const ALL: [Table; 59] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -296,6 +301,7 @@ impl Table {
         Table::Outbox,
         Table::RemoteServerKeys,
         Table::RemoteKeyDocuments,
+        Table::RemoteInvites,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -359,6 +365,7 @@ impl Table {
             Table::Outbox => "outbox",
             Table::RemoteServerKeys => "remote_server_keys",
             Table::RemoteKeyDocuments => "remote_key_documents",
+            Table::RemoteInvites => "remote_invites",
         }
     }
 }

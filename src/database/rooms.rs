@@ -66,6 +66,17 @@ pub struct OutlierRecord {
     pub kind: OutlierKind,
 }
 
+/// An invite of one of our users to a room this server is not in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteInviteRecord {
+    pub room_version: String,
+    /// The invite event (federation form, signed by both servers), JSON.
+    pub event: String,
+    /// What the inviting server showed of the room, stripped (`type`,
+    /// `state_key`, `sender`, `content`), each as JSON.
+    pub stripped_state: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserRoomRecord {
     pub membership: String,
@@ -183,6 +194,25 @@ impl RoomTables {
     /// Indexes a soft-failed event (count 0: not in the timeline).
     pub fn put_event_meta(&self, batch: &mut Batch, event_id: &str, meta: &EventMeta) {
         batch.put(Table::EventIndex, keys::encode(event_id), to_record(meta));
+    }
+
+    pub fn remote_invite(&self, user_id: &str, room_id: &str) -> DbResult<Option<RemoteInviteRecord>> {
+        self.db
+            .get(Table::RemoteInvites, &keys::encode(&(user_id, room_id)))?
+            .map(|v| from_record(Table::RemoteInvites, &v))
+            .transpose()
+    }
+
+    pub fn put_remote_invite(&self, batch: &mut Batch, user_id: &str, room_id: &str, record: &RemoteInviteRecord) {
+        batch.put(
+            Table::RemoteInvites,
+            keys::encode(&(user_id, room_id)),
+            to_record(record),
+        );
+    }
+
+    pub fn delete_remote_invite(&self, batch: &mut Batch, user_id: &str, room_id: &str) {
+        batch.delete(Table::RemoteInvites, keys::encode(&(user_id, room_id)));
     }
 
     pub fn put_membership(&self, batch: &mut Batch, room_id: &str, user_id: &str, membership: &str, count: u64) {

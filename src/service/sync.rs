@@ -258,6 +258,10 @@ pub fn sync(
             continue;
         }
         let Some(record) = s.timeline.room(&room_id)? else {
+            // An invite to a room of another server, or the end of one.
+            if let Some(room) = remote_invite_room(s, user, &room_id, &membership, since, up_to)? {
+                rooms.push(room);
+            }
             continue;
         };
         let mut extra_data = room_account_data.remove(room_id.as_str()).unwrap_or_default();
@@ -690,6 +694,36 @@ fn is_named(s: &Services, record: &RoomRecord) -> ServiceResult<bool> {
         }
     }
     Ok(false)
+}
+
+/// A room this server is not in, as the user's sync shows it: an invite
+/// (the stripped state the inviting server sent), or the refusal of one.
+fn remote_invite_room(
+    s: &Services,
+    user: &UserId,
+    room_id: &OwnedRoomId,
+    membership: &UserRoomRecord,
+    since: Option<u64>,
+    up_to: u64,
+) -> ServiceResult<Option<SyncRoom>> {
+    let changed = membership.count > since.unwrap_or(0) && membership.count <= up_to;
+    match membership.membership.as_str() {
+        "invite" if changed || since.is_none() => {
+            let Some(invite) = s.timeline.remote_invite(user, room_id)? else {
+                return Ok(None);
+            };
+            let mut state = Vec::new();
+            for json in &invite.stripped_state {
+                state.push(RawValue::from_string(json.clone()).map_err(|e| ServiceError::Internal(e.to_string()))?);
+            }
+            Ok(Some(SyncRoom {
+                state,
+                ..SyncRoom::empty(room_id.clone(), RoomSection::Invite)
+            }))
+        }
+        "leave" if changed && since.is_some() => Ok(Some(SyncRoom::empty(room_id.clone(), RoomSection::Leave))),
+        _ => Ok(None),
+    }
 }
 
 /// The stripped state an invited or knocking user sees.

@@ -114,6 +114,19 @@ async fn join(
             .await?);
     }
     let mut via = via;
+    // An invite names the server that sent it; the room's ID may name one.
+    let invited_by = {
+        let (user, room_id) = (user.clone(), room_id.clone());
+        services.run(move |s| s.timeline.remote_invite(&user, &room_id)).await?
+    };
+    if let Some(invite) = &invited_by {
+        let sender = serde_json::from_str::<serde_json::Value>(&invite.event)
+            .ok()
+            .and_then(|e| e["sender"].as_str().and_then(|u| ruma::OwnedUserId::try_from(u).ok()));
+        if let Some(sender) = sender {
+            via.push(sender.server_name().to_owned());
+        }
+    }
     if let Some(server) = room_id.server_name() {
         via.push(server.to_owned());
     }
@@ -138,6 +151,12 @@ async fn join(
         .federation
         .join_remote(services, &user, &room_id, &via, content)
         .await?;
+    if invited_by.is_some() {
+        let (user, room) = (user.clone(), room_id.clone());
+        services
+            .run(move |s| s.timeline.end_remote_invite(&user, &room, false))
+            .await?;
+    }
     Ok(room_id)
 }
 
@@ -182,6 +201,20 @@ async fn leave(
 ) -> Result<leave_room::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let body = req.body;
+    // Refusing an invite to a room this server is not in: refused here.
+    let (room, who) = (body.room_id.clone(), user.clone());
+    let refused_here = services
+        .run(move |s| {
+            if s.timeline.room(&room)?.is_some() || s.timeline.remote_invite(&who, &room)?.is_none() {
+                return Ok(false);
+            }
+            s.timeline.end_remote_invite(&who, &room, true)?;
+            Ok(true)
+        })
+        .await?;
+    if refused_here {
+        return Ok(leave_room::v3::Response::new());
+    }
     membership_change(services, user.clone(), body.room_id, user, "leave", body.reason).await?;
     Ok(leave_room::v3::Response::new())
 }
@@ -207,6 +240,23 @@ async fn invite(
         InvitationRecipient::UserId(invite) => (invite.user_id, invite.reason),
         _ => return Err(third_party_refused()),
     };
+    if target.server_name() != services.config.server_name && services.config.allow_federation {
+        let (room, invitee) = (body.room_id.clone(), target.clone());
+        let content = services
+            .run(move |s| {
+                s.timeline.room_or_404(&room)?;
+                let body = s
+                    .rooms
+                    .member_content(s, &invitee, "invite", reason.as_deref(), false)?;
+                crate::service::timeline::to_object(body)
+            })
+            .await?;
+        services
+            .federation
+            .invite_remote(&services, &body.room_id, &user, &target, content)
+            .await?;
+        return Ok(invite_user::v3::Response::new());
+    }
     membership_change(services, user, body.room_id, target, "invite", reason).await?;
     Ok(invite_user::v3::Response::new())
 }

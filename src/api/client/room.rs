@@ -90,7 +90,33 @@ async fn create_room(
         is_direct: body.is_direct,
         room_version: body.room_version,
     };
-    let room_id = services.run(move |s| s.rooms.create_room(s, &sender, request)).await?;
+    let remote_invitees: Vec<ruma::OwnedUserId> = request
+        .invite
+        .iter()
+        .filter(|u| u.server_name() != services.config.server_name)
+        .cloned()
+        .collect();
+    let is_direct = request.is_direct;
+    let creator = sender.clone();
+    let room_id = services.run(move |s| s.rooms.create_room(s, &creator, request)).await?;
+    // Invites of other servers' users need their server's signature.
+    for invitee in remote_invitees {
+        let (room, who) = (room_id.clone(), invitee.clone());
+        let content = services
+            .run(move |s| {
+                let body = s.rooms.member_content(s, &who, "invite", None, is_direct)?;
+                crate::service::timeline::to_object(body)
+            })
+            .await?;
+        if let Err(e) = services
+            .federation
+            .invite_remote(&services, &room, &sender, &invitee, content)
+            .await
+        {
+            // The room exists; the invite can be sent again.
+            tracing::warn!(%room, %invitee, error = %e, "invite to another server failed");
+        }
+    }
     Ok(create_room::v3::Response::new(room_id))
 }
 

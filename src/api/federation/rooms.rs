@@ -9,7 +9,7 @@ use ruma::api::federation::authorization::get_event_authorization;
 use ruma::api::federation::backfill::get_backfill;
 use ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
 use ruma::api::federation::membership::{
-    create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
 };
 use ruma::api::federation::transactions::send_transaction_message;
 use ruma::events::TimelineEventType;
@@ -36,6 +36,18 @@ pub fn register_routes(router: &mut Router) {
     router.add(event_auth);
     router.add(backfill);
     router.add(missing_events);
+    router.add(invite);
+}
+
+async fn invite(
+    services: Arc<Services>,
+    req: Ruma<create_invite::v2::Request>,
+) -> Result<create_invite::v2::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    let signed = services.federation.receive_invite(&services, &origin, &body).await?;
+    let event = serde_json::value::to_raw_value(&signed).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(create_invite::v2::Response::new(event))
 }
 
 async fn send_transaction(

@@ -137,3 +137,160 @@ impl FederationService {
         }
     }
 }
+
+/// `{type, state_key, sender, content}` of an event (PDU or already
+/// stripped), as clients see invite state; `None` if it lacks them.
+fn stripped(event: &serde_json::Value) -> Option<String> {
+    let stripped = serde_json::json!({
+        "type": event.get("type")?,
+        "state_key": event.get("state_key")?,
+        "sender": event.get("sender")?,
+        "content": event.get("content")?,
+    });
+    Some(stripped.to_string())
+}
+
+impl FederationService {
+    /// `PUT /_matrix/federation/v2/invite`: another server invites one of
+    /// our users. The invite is checked, signed by us, and kept for the
+    /// user; returns the event with our signature.
+    pub async fn receive_invite(
+        &self,
+        s: &Arc<Services>,
+        origin: &ruma::ServerName,
+        request: &ruma::api::federation::membership::create_invite::v2::Request,
+    ) -> ServiceResult<CanonicalJsonObject> {
+        let (room_id, event_id, version) = (&request.room_id, &request.event_id, &request.room_version);
+        let (event, invite_room_state) = (&request.event, &request.invite_room_state);
+        rules_of(version)?;
+        let (id, mut object) = self.verify_pdu(version, event).await?;
+        if id != *event_id {
+            return Err(ServiceError::BadJson(format!(
+                "the invite's ID is {id}, not {event_id}"
+            )));
+        }
+        let field = |key: &str| match object.get(key) {
+            Some(CanonicalJsonValue::String(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let membership = match object.get("content") {
+            Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
+                Some(CanonicalJsonValue::String(m)) => Some(m.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let sender = field("sender").and_then(|u| ruma::OwnedUserId::try_from(u).ok());
+        let invitee = field("state_key").and_then(|u| ruma::OwnedUserId::try_from(u).ok());
+        let (Some(sender), Some(invitee)) = (sender, invitee) else {
+            return Err(ServiceError::BadJson(
+                "the invite names no sender or invitee".to_owned(),
+            ));
+        };
+        if field("type").as_deref() != Some("m.room.member")
+            || membership.as_deref() != Some("invite")
+            || field("room_id").as_deref() != Some(room_id.as_str())
+            || sender.server_name() != origin
+        {
+            return Err(ServiceError::BadJson(format!(
+                "this is not an invite from {origin} to {room_id}"
+            )));
+        }
+        if invitee.server_name() != self.server_name {
+            return Err(ServiceError::BadJson(format!("{invitee} is not a user of this server")));
+        }
+        let who = invitee.clone();
+        if !s.run(move |s| s.users.exists(&who)).await? {
+            return Err(ServiceError::NotFound(format!(
+                "{invitee} is not a user of this server"
+            )));
+        }
+        // Our signature, as the spec asks of the invited server.
+        s.server_keys.sign_json(&mut object)?;
+
+        let mut state = Vec::new();
+        for entry in invite_room_state {
+            #[allow(deprecated)]
+            let json = match entry {
+                ruma::api::federation::membership::RawStrippedState::Stripped(raw) => raw.json().get().to_owned(),
+                ruma::api::federation::membership::RawStrippedState::Pdu(raw) => raw.get().to_owned(),
+                _ => continue,
+            };
+            if let Some(stripped) = serde_json::from_str(&json).ok().as_ref().and_then(stripped) {
+                state.push(stripped);
+            }
+        }
+        // The invite itself is the user's own member event in that state.
+        if let Some(invite) =
+            stripped(&serde_json::to_value(&object).map_err(|e| ServiceError::Internal(e.to_string()))?)
+        {
+            state.push(invite);
+        }
+        let record = crate::database::rooms::RemoteInviteRecord {
+            room_version: version.to_string(),
+            event: serde_json::to_string(&object).map_err(|e| ServiceError::Internal(e.to_string()))?,
+            stripped_state: state,
+        };
+        let room = room_id.to_owned();
+        s.run(move |s| s.timeline.store_remote_invite(&invitee, &room, &record))
+            .await?;
+        tracing::info!(%room_id, %origin, "invite from another server");
+        Ok(object)
+    }
+
+    /// One of our users invites a user of another server to a room here:
+    /// the invite is built, signed by the invitee's server, then stored and
+    /// sent to the room as any event.
+    pub async fn invite_remote(
+        &self,
+        s: &Arc<Services>,
+        room_id: &RoomId,
+        sender: &UserId,
+        invitee: &UserId,
+        content: CanonicalJsonObject,
+    ) -> ServiceResult<()> {
+        let spec = crate::service::timeline::EventSpec {
+            event_type: "m.room.member".into(),
+            content,
+            state_key: Some(invitee.to_string()),
+            redacts: None,
+        };
+        let (room, sender_owned) = (room_id.to_owned(), sender.to_owned());
+        let (event_id, event, version, state) = s
+            .run(move |s| {
+                let (event_id, event, version) = s.timeline.build_for_signing(s, &room, &sender_owned, spec)?;
+                let mut state = Vec::new();
+                for id in s.timeline.invite_state(s, &room, &sender_owned)? {
+                    if let Some(pdu) = s.timeline.federation_pdu_raw(&id)? {
+                        state.push(ruma::api::federation::membership::RawStrippedState::Pdu(pdu));
+                    }
+                }
+                Ok((event_id, event, version, state))
+            })
+            .await?;
+        let raw = serde_json::value::to_raw_value(&event).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let request = ruma::api::federation::membership::create_invite::v2::Request::new(
+            room_id.to_owned(),
+            event_id.clone(),
+            version.clone(),
+            raw,
+            state,
+        );
+        let answer = self.client.send(invitee.server_name(), request).await?;
+        let (signed_id, signed) = self.verify_pdu(&version, &answer.event).await?;
+        if signed_id != event_id {
+            return Err(ServiceError::RemoteFailed(format!(
+                "{} returned another event than the invite",
+                invitee.server_name()
+            )));
+        }
+        let room = room_id.to_owned();
+        let stored = s
+            .run_write(move |s| s.timeline.receive_remote(s, &room, signed_id, signed, None))
+            .await?;
+        match stored {
+            Received::Accepted { .. } | Received::AlreadyKnown => Ok(()),
+            other => Err(ServiceError::Forbidden(format!("the invite was not stored: {other:?}"))),
+        }
+    }
+}

@@ -149,6 +149,13 @@ impl From<FederationError> for ServiceError {
         match error {
             FederationError::Disabled => ServiceError::Forbidden(error.to_string()),
             FederationError::Internal(message) => ServiceError::Internal(message),
+            // The other server's refusal is the answer, not a gateway failure.
+            FederationError::Remote { status, .. } if status == StatusCode::FORBIDDEN => {
+                ServiceError::Forbidden(error.to_string())
+            }
+            FederationError::Remote { status, .. } if status == StatusCode::NOT_FOUND => {
+                ServiceError::NotFound(error.to_string())
+            }
             other => ServiceError::RemoteFailed(other.to_string()),
         }
     }

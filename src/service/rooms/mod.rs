@@ -120,10 +120,9 @@ impl RoomsService {
             None => None,
         };
         for user in &req.invite {
-            if user.server_name() != s.config.server_name {
+            if user.server_name() != s.config.server_name && !s.config.allow_federation {
                 return Err(ServiceError::Forbidden(
-                    "invites to users on other servers need federation, which this server does not speak yet"
-                        .to_owned(),
+                    "invites to users on other servers need federation, which is off on this server".to_owned(),
                 ));
             }
         }
@@ -265,8 +264,9 @@ impl RoomsService {
             )?;
         }
 
-        // 8. Invites.
-        for user in &req.invite {
+        // 8. Invites; those of other servers' users go through their
+        // server once the room exists (the API layer sends them).
+        for user in req.invite.iter().filter(|u| u.server_name() == s.config.server_name) {
             let body = self.member_content(s, user, "invite", None, req.is_direct)?;
             send_state(StateEventType::RoomMember, user.as_str(), body)?;
         }
@@ -288,7 +288,8 @@ impl RoomsService {
     ) -> ServiceResult<JsonValue> {
         let mut body = Map::new();
         body.insert("membership".to_owned(), membership.into());
-        if matches!(membership, "join" | "invite" | "knock") {
+        // Profiles of other servers' users are theirs to put in their joins.
+        if matches!(membership, "join" | "invite" | "knock") && user.server_name() == s.config.server_name {
             if let Some(name) = s.users.profile_field(user, DISPLAYNAME)? {
                 body.insert("displayname".to_owned(), name.into());
             }
@@ -380,7 +381,7 @@ impl RoomsService {
     ) -> ServiceResult<()> {
         if membership == "invite" && target.server_name() != s.config.server_name {
             return Err(ServiceError::Forbidden(
-                "invites to users on other servers need federation, which this server does not speak yet".to_owned(),
+                "invites to users on other servers need federation, which is off on this server".to_owned(),
             ));
         }
         if membership != "leave" && membership != "ban" && !s.users.exists(target)? {

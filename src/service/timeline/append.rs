@@ -47,6 +47,17 @@ impl StateView<'_> {
     }
 }
 
+/// A local event built and authorized, not stored yet.
+struct Built {
+    room_id: OwnedRoomId,
+    record: Option<RoomRecord>,
+    event_id: OwnedEventId,
+    object: CanonicalJsonObject,
+    pdu: Arc<Pdu>,
+    state_before: (u64, Arc<Vec<StoredEvent>>),
+    redaction_target: Option<(EventMeta, StoredEvent)>,
+}
+
 impl TimelineService {
     /// Creates a room with its `m.room.create` event; returns the room ID.
     pub fn create_room(
@@ -115,6 +126,56 @@ impl TimelineService {
         spec: EventSpec,
         txn: Option<&Txn>,
     ) -> ServiceResult<OwnedEventId> {
+        let built = self.build(s, room_id, record, rules, sender, spec)?;
+        let event_id = built.event_id.clone();
+        self.persist(
+            s,
+            Authorized {
+                room_id: built.room_id,
+                record: built.record,
+                version: version.as_str(),
+                rules,
+                event_id: built.event_id,
+                object: built.object,
+                pdu: built.pdu,
+                state_before: built.state_before,
+                txn,
+                redaction_target: built.redaction_target,
+                soft_failed: false,
+            },
+        )?;
+        Ok(event_id)
+    }
+
+    /// Builds, signs and authorizes an event of ours for another server to
+    /// sign as well before it is stored (an invite of one of its users).
+    /// Returns its ID and PDU; nothing is stored.
+    pub fn build_for_signing(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        sender: &UserId,
+        spec: EventSpec,
+    ) -> ServiceResult<(OwnedEventId, CanonicalJsonObject, RoomVersionId)> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let record = self.room_or_404(room_id)?;
+        let (version, rules) = Self::rules(&record)?;
+        let built = self.build(s, Some(room_id), Some(record), &rules, sender, spec)?;
+        Ok((built.event_id, built.object, version))
+    }
+
+    /// Lays out, signs and authorizes a local event on the room's
+    /// current state.
+    fn build(
+        &self,
+        s: &Services,
+        room_id: Option<&RoomId>,
+        record: Option<RoomRecord>,
+        rules: &RoomVersionRules,
+        sender: &UserId,
+        spec: EventSpec,
+    ) -> ServiceResult<Built> {
         // The spec's size limits per key (as Synapse, 413 M_TOO_LARGE).
         if let Some(key) = &spec.state_key {
             if key.len() > MAX_STATE_KEY_BYTES {
@@ -221,23 +282,15 @@ impl TimelineService {
             // The create event: the room's state starts empty.
             _ => (s.state.save_snapshot(&StateMap::new(), None)?, Arc::new(Vec::new())),
         };
-        self.persist(
-            s,
-            Authorized {
-                room_id,
-                record,
-                version: version.as_str(),
-                rules,
-                event_id: event_id.clone(),
-                object,
-                pdu,
-                state_before,
-                txn,
-                redaction_target,
-                soft_failed: false,
-            },
-        )?;
-        Ok(event_id)
+        Ok(Built {
+            room_id,
+            record,
+            event_id,
+            object,
+            pdu,
+            state_before,
+            redaction_target,
+        })
     }
 
     /// Checks a redaction of `target` by `sender`; returns the target.

@@ -267,6 +267,52 @@ impl TimelineService {
         Ok(Received::Accepted { count: persisted.count })
     }
 
+    /// Keeps an invite of `user` (ours) to a room of another server, with
+    /// what that server showed of the room; the user sees it at the next
+    /// sync.
+    pub fn store_remote_invite(
+        &self,
+        user: &ruma::UserId,
+        room_id: &RoomId,
+        record: &crate::database::rooms::RemoteInviteRecord,
+    ) -> ServiceResult<()> {
+        let ticket = self.stream.begin()?;
+        let mut batch = Batch::new();
+        self.tables
+            .put_remote_invite(&mut batch, user.as_str(), room_id.as_str(), record);
+        self.tables
+            .put_membership(&mut batch, room_id.as_str(), user.as_str(), "invite", ticket.0);
+        let written = self.tables.write(batch);
+        self.stream.finish(ticket, written.is_ok().then_some(user));
+        Ok(written?)
+    }
+
+    /// The invite of `user` to a room this server is not in, if any.
+    pub fn remote_invite(
+        &self,
+        user: &ruma::UserId,
+        room_id: &RoomId,
+    ) -> ServiceResult<Option<crate::database::rooms::RemoteInviteRecord>> {
+        Ok(self.tables.remote_invite(user.as_str(), room_id.as_str())?)
+    }
+
+    /// Ends `user`'s invite to a room this server is not in: as refused
+    /// (`leave`), or once the user has joined (the join's membership then
+    /// stands).
+    pub fn end_remote_invite(&self, user: &ruma::UserId, room_id: &RoomId, refused: bool) -> ServiceResult<()> {
+        let ticket = self.stream.begin()?;
+        let mut batch = Batch::new();
+        self.tables
+            .delete_remote_invite(&mut batch, user.as_str(), room_id.as_str());
+        if refused {
+            self.tables
+                .put_membership(&mut batch, room_id.as_str(), user.as_str(), "leave", ticket.0);
+        }
+        let written = self.tables.write(batch);
+        self.stream.finish(ticket, written.is_ok().then_some(user));
+        Ok(written?)
+    }
+
     /// Keeps an event of a room outside its timeline (state or auth chain
     /// events fetched from another server), unless it is stored already.
     pub fn store_outlier(

@@ -245,6 +245,29 @@ impl TimelineService {
         Ok(out.into_iter().map(|(_, id)| id).collect())
     }
 
+    /// The state events an invited user is shown of the room (the spec's
+    /// recommended stripped state), by ID: what an invite to another
+    /// server carries.
+    pub fn invite_state(&self, s: &Services, room_id: &RoomId, inviter: &UserId) -> ServiceResult<Vec<OwnedEventId>> {
+        let record = self.room_or_404(room_id)?;
+        let mut ids = Vec::new();
+        for (event_type, key) in [
+            ("m.room.create", ""),
+            ("m.room.join_rules", ""),
+            ("m.room.name", ""),
+            ("m.room.avatar", ""),
+            ("m.room.topic", ""),
+            ("m.room.canonical_alias", ""),
+            ("m.room.encryption", ""),
+            ("m.room.member", inviter.as_str()),
+        ] {
+            if let Some(event) = self.state_event(s, record.state_snapshot, event_type, key)? {
+                ids.push(event.event_id);
+            }
+        }
+        Ok(ids)
+    }
+
     /// `make_join` / `make_leave` / `make_knock`: the template of a
     /// membership event of `user` (another server's) on the room's current
     /// state, unsigned. Refused when the auth rules would refuse it.
