@@ -449,3 +449,120 @@ async fn wait_for_invite(server: &TestServer, token: &str, room_id: &str) {
     }
     panic!("no invite to {room_id} within 20 s");
 }
+
+#[tokio::test]
+async fn encryption_keys_and_to_device_messages_cross_servers() {
+    use common::keys::{device_keys, new_key};
+    let p = alice_and_bob_across_servers().await;
+    let (status, who) = p.a.whoami(&p.alice_token).await;
+    assert_eq!(status, 200);
+    let alice_device = who["device_id"].as_str().unwrap().to_owned();
+    let (_, who) = p.b.whoami(&p.bob_token).await;
+    let bob_device = who["device_id"].as_str().unwrap().to_owned();
+
+    // Alice's device publishes its keys and a one-time key on A.
+    let key = new_key(&alice_device);
+    let upload = json!({
+        "device_keys": device_keys(&p.alice, &alice_device, &key),
+        "one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "b25lLXRpbWUta2V5LW9uZS10aW1lLWtleS0xMjM0NTY"}},
+    });
+    let (status, body) =
+        p.a.call(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&p.alice_token),
+            Some(upload),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Bob's client, through B, sees her device and claims the key.
+    let (status, keys) =
+        p.b.call(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            Some(&p.bob_token),
+            Some(json!({"device_keys": {&p.alice: []}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{keys}");
+    assert_eq!(
+        keys["device_keys"][&p.alice][&alice_device]["device_id"],
+        alice_device.as_str(),
+        "{keys}"
+    );
+    assert_eq!(keys["failures"], json!({}));
+    let claim = json!({"one_time_keys": {&p.alice: {&alice_device: "signed_curve25519"}}});
+    let (status, claimed) =
+        p.b.call(
+            "POST",
+            "/_matrix/client/v3/keys/claim",
+            Some(&p.bob_token),
+            Some(claim.clone()),
+        )
+        .await;
+    assert_eq!(status, 200, "{claimed}");
+    assert!(
+        claimed["one_time_keys"][&p.alice][&alice_device]["signed_curve25519:AAAAAQ"].is_object(),
+        "{claimed}"
+    );
+    // Claimed once: the second claim finds none.
+    let (_, again) =
+        p.b.call("POST", "/_matrix/client/v3/keys/claim", Some(&p.bob_token), Some(claim))
+            .await;
+    assert!(
+        again["one_time_keys"][&p.alice][&alice_device]
+            .get("signed_curve25519:AAAAAQ")
+            .is_none(),
+        "{again}"
+    );
+
+    // Bob sends Alice's device a to-device message (how room keys travel).
+    let path = "/_matrix/client/v3/sendToDevice/m.room.encrypted/txn1";
+    let body = json!({"messages": {&p.alice: {&alice_device: {"algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {"k": {"type": 0, "body": "secret"}}}}}});
+    let (status, _) = p.b.call("PUT", path, Some(&p.bob_token), Some(body)).await;
+    assert_eq!(status, 200);
+    let mut got = Value::Null;
+    for _ in 0..100 {
+        let sync = p.a.sync(&p.alice_token, None, 0, None).await;
+        let events = &sync["to_device"]["events"];
+        if events.as_array().is_some_and(|e| !e.is_empty()) {
+            got = events[0].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(got["sender"], p.bob.as_str(), "{got}");
+    assert_eq!(got["content"]["ciphertext"]["k"]["body"], "secret");
+
+    // Bob's new keys on B: Alice's sync on A says to fetch them again.
+    let bob_key = new_key(&bob_device);
+    let upload = json!({"device_keys": device_keys(&p.bob, &bob_device, &bob_key)});
+    let since = p.a.sync(&p.alice_token, None, 0, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) =
+        p.b.call(
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&p.bob_token),
+            Some(upload),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut since = since;
+    let mut changed = false;
+    for _ in 0..20 {
+        let sync = p.a.sync(&p.alice_token, Some(&since), 1000, None).await;
+        if sync["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!(p.bob)))
+        {
+            changed = true;
+            break;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    assert!(changed, "Bob's device list change reached Alice's sync");
+}

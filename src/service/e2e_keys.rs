@@ -312,19 +312,18 @@ impl E2eKeysService {
     }
 
     /// `POST /keys/query`.
+    /// Only this server's users are answered; the API layer asks other
+    /// servers for theirs. `requester` is `None` for another server, which
+    /// sees no user's own signatures.
     pub fn query(
         &self,
         s: &Services,
-        requester: &UserId,
+        requester: Option<&UserId>,
         wanted: &BTreeMap<OwnedUserId, Vec<String>>,
     ) -> ServiceResult<QueriedKeys> {
         let mut out = QueriedKeys::default();
         for (user, devices) in wanted {
             if user.server_name() != s.config.server_name {
-                out.failures.insert(
-                    user.server_name().to_string(),
-                    serde_json::json!({"status": 503, "message": "federation is not available yet"}),
-                );
                 continue;
             }
             let names = s.devices.display_names(user)?;
@@ -334,7 +333,9 @@ impl E2eKeysService {
                     continue;
                 }
                 let mut object = stored_object(&json)?;
-                self.add_signatures_by(&mut object, user, &device_id, requester)?;
+                if let Some(requester) = requester {
+                    self.add_signatures_by(&mut object, user, &device_id, requester)?;
+                }
                 let mut value = JsonValue::from(CanonicalJsonValue::Object(object));
                 if let Some(Some(name)) = names.get(&device_id) {
                     value["unsigned"] = serde_json::json!({ "device_display_name": name });
@@ -348,8 +349,8 @@ impl E2eKeysService {
             if let Some(key) = self.cross_signing_key_for(user, SELF_SIGNING, requester)? {
                 out.self_signing_keys.insert(user.clone(), key);
             }
-            if user == requester {
-                if let Some(key) = self.cross_signing_key_for(user, USER_SIGNING, requester)? {
+            if let Some(requester) = requester.filter(|r| *r == user) {
+                if let Some(key) = self.cross_signing_key_for(user, USER_SIGNING, Some(requester))? {
                     out.user_signing_keys.insert(user.clone(), key);
                 }
             }
@@ -358,12 +359,17 @@ impl E2eKeysService {
     }
 
     /// A cross-signing key with the signatures `viewer` may see.
-    fn cross_signing_key_for(&self, user: &UserId, usage: &str, viewer: &UserId) -> ServiceResult<Option<JsonValue>> {
+    fn cross_signing_key_for(
+        &self,
+        user: &UserId,
+        usage: &str,
+        viewer: Option<&UserId>,
+    ) -> ServiceResult<Option<JsonValue>> {
         let Some(json) = self.tables.cross_signing_key(user.as_str(), usage)? else {
             return Ok(None);
         };
         let mut object = stored_object(&json)?;
-        if let Some((_, public_key)) = cross_signing_public_key(&object) {
+        if let (Some((_, public_key)), Some(viewer)) = (cross_signing_public_key(&object), viewer) {
             self.add_signatures_by(&mut object, user, &public_key, viewer)?;
         }
         Ok(Some(JsonValue::from(CanonicalJsonValue::Object(object))))
@@ -396,15 +402,12 @@ impl E2eKeysService {
         wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
     ) -> ServiceResult<(ClaimedKeys, BTreeMap<String, JsonValue>)> {
         let mut claimed = ClaimedKeys::new();
-        let mut failures = BTreeMap::new();
+        let failures = BTreeMap::new();
         let _guard = self.claims.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = Batch::new();
         for (user, devices) in wanted {
+            // Other servers' users are claimed from their server (API layer).
             if user.server_name() != s.config.server_name {
-                failures.insert(
-                    user.server_name().to_string(),
-                    serde_json::json!({"status": 503, "message": "federation is not available yet"}),
-                );
                 continue;
             }
             let mut user_keys = BTreeMap::new();
@@ -722,7 +725,8 @@ impl E2eKeysService {
         let interested = self.peers(s, user, false)?;
         let stream = &s.timeline.stream;
         let ticket = stream.begin()?;
-        self.tables.put_device_list_change(&mut batch, ticket.0, user.as_str());
+        let position = ticket.0;
+        self.tables.put_device_list_change(&mut batch, position, user.as_str());
         let written = self.tables.write(batch);
         let users: Vec<OwnedUserId> = if written.is_ok() {
             interested
@@ -734,7 +738,12 @@ impl E2eKeysService {
             Vec::new()
         };
         stream.finish(ticket, users.iter().map(|u| &**u));
-        Ok(written?)
+        written?;
+        // Other servers' clients fetch our user's keys again.
+        if let Err(e) = s.federation.send_device_list_update(s, user, position) {
+            tracing::warn!(%user, error = %e, "device list update not queued for other servers");
+        }
+        Ok(())
     }
 
     /// Users who share a room with `user` (joined now); only encrypted

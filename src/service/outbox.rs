@@ -147,6 +147,17 @@ impl OutboxService {
         Ok(())
     }
 
+    /// Queues a different item for each destination, in one write.
+    pub fn queue_each(&self, items: &[(Destination, OutboxItem)]) -> ServiceResult<()> {
+        let mut batch = Batch::new();
+        for (destination, item) in items {
+            self.stage(&mut batch, destination, item)?;
+        }
+        self.tables.write(batch)?;
+        self.committed(items.iter().map(|(d, _)| d));
+        Ok(())
+    }
+
     /// The destination is back (it contacted us): retry now.
     pub fn retry_now(&self, destination: &Destination) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());

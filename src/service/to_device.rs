@@ -12,6 +12,7 @@ use crate::database::{Batch, Db};
 const MAX_PER_SYNC: usize = 100;
 
 /// Who a message goes to: one device or all of a user's devices (`*`).
+#[derive(Debug, Clone)]
 pub enum Recipient {
     Device(String),
     AllDevices,
@@ -63,11 +64,33 @@ impl ToDeviceService {
         if self.tables.has_txn(sender.as_str(), sender_device, txn_id)? {
             return Ok(());
         }
+        // Other servers' users get theirs through their server.
+        let remote: Vec<(OwnedUserId, Recipient, Box<RawValue>)> = messages
+            .iter()
+            .filter(|(user, _, _)| user.server_name() != s.config.server_name)
+            .cloned()
+            .collect();
+        if !remote.is_empty() {
+            let message_id = format!("{sender_device}.{txn_id}");
+            s.federation
+                .send_to_device(s, sender, event_type, &message_id, &remote)?;
+        }
+        self.queue(s, sender, event_type, messages, Some((sender_device, txn_id)))
+    }
+
+    /// Queues messages from `sender` (ours, or another server's) for this
+    /// server's users among `messages`; with a transaction, remembers it.
+    pub fn queue(
+        &self,
+        s: &Services,
+        sender: &UserId,
+        event_type: &str,
+        messages: &[(OwnedUserId, Recipient, Box<RawValue>)],
+        txn: Option<(&str, &str)>,
+    ) -> ServiceResult<()> {
         let mut targets: Vec<(OwnedUserId, String, String)> = Vec::new();
         for (user, recipient, content) in messages {
             if user.server_name() != s.config.server_name {
-                // Federation will carry these; until then they cannot be delivered.
-                tracing::debug!(%user, "to-device message for a remote user dropped");
                 continue;
             }
             let devices: Vec<String> = match recipient {
@@ -109,8 +132,10 @@ impl ToDeviceService {
             self.tables
                 .put_message(&mut batch, user.as_str(), device, ticket.0, json);
         }
-        self.tables
-            .put_txn(&mut batch, sender.as_str(), sender_device, txn_id, super::now_ms())?;
+        if let Some((sender_device, txn_id)) = txn {
+            self.tables
+                .put_txn(&mut batch, sender.as_str(), sender_device, txn_id, super::now_ms())?;
+        }
         match self.tables.write(batch) {
             Ok(()) => {
                 stream.finish(ticket, targets.iter().map(|(u, _, _)| &**u));

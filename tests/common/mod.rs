@@ -2,6 +2,8 @@
 //! directory, and talks to it over real HTTP.
 #![allow(dead_code)]
 
+pub mod keys;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -76,17 +76,31 @@ async fn upload(
     Ok(upload_keys::v3::Response::new(counts(counted)))
 }
 
+use crate::service::federation::devices::KeyQuery;
+
 async fn query(services: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Result<get_keys::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
-    let wanted = req
-        .body
-        .device_keys
-        .into_iter()
-        .map(|(u, devices)| (u, devices.into_iter().map(|d| d.to_string()).collect()))
-        .collect();
-    let keys = services.run(move |s| s.e2e_keys.query(s, &user, &wanted)).await?;
+    let own_server = services.config.server_name.clone();
+    let mut remote: BTreeMap<ruma::OwnedServerName, KeyQuery> = BTreeMap::new();
+    let mut wanted = BTreeMap::new();
+    for (u, devices) in req.body.device_keys {
+        if u.server_name() == own_server {
+            wanted.insert(u, devices.into_iter().map(|d| d.to_string()).collect());
+        } else {
+            remote.entry(u.server_name().to_owned()).or_default().insert(u, devices);
+        }
+    }
+    let keys = services.run(move |s| s.e2e_keys.query(s, Some(&user), &wanted)).await?;
     let mut response = get_keys::v3::Response::new();
     response.failures = keys.failures;
+    // Other servers' users: asked of their servers.
+    let (answers, failures) = services.federation.query_keys(remote).await;
+    response.failures.extend(failures);
+    for answer in answers {
+        response.device_keys.extend(answer.device_keys);
+        response.master_keys.extend(answer.master_keys);
+        response.self_signing_keys.extend(answer.self_signing_keys);
+    }
     for (user, devices) in keys.device_keys {
         let mut out = BTreeMap::new();
         for (device, json) in devices {
@@ -110,9 +124,17 @@ async fn claim(
     services: Arc<Services>,
     req: Ruma<claim_keys::v3::Request>,
 ) -> Result<claim_keys::v3::Response, ApiError> {
-    let wanted = req
+    let own_server = services.config.server_name.clone();
+    let (local, others): (BTreeMap<_, _>, BTreeMap<_, _>) = req
         .body
         .one_time_keys
+        .into_iter()
+        .partition(|(u, _)| u.server_name() == own_server);
+    let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<_, _>> = BTreeMap::new();
+    for (u, devices) in others {
+        remote.entry(u.server_name().to_owned()).or_default().insert(u, devices);
+    }
+    let wanted = local
         .into_iter()
         .map(|(u, devices)| {
             let devices = devices
@@ -139,6 +161,11 @@ async fn claim(
     }
     let mut response = claim_keys::v3::Response::new(one_time_keys);
     response.failures = failures;
+    let (answers, failures) = services.federation.claim_keys(remote).await;
+    response.failures.extend(failures);
+    for answer in answers {
+        response.one_time_keys.extend(answer.one_time_keys);
+    }
     Ok(response)
 }
 

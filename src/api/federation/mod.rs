@@ -1,6 +1,7 @@
 //! The server-server API: what other homeservers call. Every endpoint
 //! answers 403 `M_FORBIDDEN` when the operator turned federation off.
 
+mod devices;
 mod keys;
 mod rooms;
 
@@ -8,6 +9,7 @@ use crate::api::{ApiError, Router};
 use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
+    devices::register_routes(router);
     keys::register_routes(router);
     rooms::register_routes(router);
 }

@@ -5,6 +5,7 @@
 //! them through the outbox ([`sender`]).
 
 pub mod client;
+pub mod devices;
 pub mod discovery;
 pub mod keys;
 mod membership;

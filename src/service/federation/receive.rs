@@ -369,6 +369,9 @@ impl FederationService {
                 }
                 Ok(())
             }
+            Edu::DirectToDevice(content) => self.receive_to_device(s, origin, content).await,
+            Edu::DeviceListUpdate(update) => self.receive_device_list_update(s, origin, update).await,
+            Edu::SigningKeyUpdate(update) => self.receive_signing_key_update(s, origin, update).await,
             _ => Ok(()),
         }
     }

@@ -1,0 +1,123 @@
+//! Our users' encryption keys and devices, as other servers ask for them:
+//! `user/keys/query`, `user/keys/claim`, `user/devices/{userId}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ruma::api::federation::device::get_devices;
+use ruma::api::federation::keys::{claim_keys, get_keys};
+use ruma::serde::Raw;
+use ruma::{OwnedDeviceId, OwnedOneTimeKeyId, UInt};
+
+use crate::api::{ApiError, Router, Ruma};
+use crate::service::Services;
+
+pub fn register_routes(router: &mut Router) {
+    router.add(query_keys);
+    router.add(claim_keys_handler);
+    router.add(devices);
+}
+
+fn raw<T>(value: &serde_json::Value) -> Result<Raw<T>, ApiError> {
+    serde_json::value::to_raw_value(value)
+        .map(Raw::from_json)
+        .map_err(|e| ApiError::Internal(format!("key JSON: {e}")))
+}
+
+async fn query_keys(
+    services: Arc<Services>,
+    req: Ruma<get_keys::v1::Request>,
+) -> Result<get_keys::v1::Response, ApiError> {
+    let wanted = req
+        .body
+        .device_keys
+        .into_iter()
+        .map(|(u, devices)| (u, devices.into_iter().map(|d| d.to_string()).collect()))
+        .collect();
+    let keys = services.run(move |s| s.e2e_keys.query(s, None, &wanted)).await?;
+    let mut response = get_keys::v1::Response::new(BTreeMap::new());
+    for (user, devices) in keys.device_keys {
+        let mut out = BTreeMap::new();
+        for (device, json) in devices {
+            out.insert(OwnedDeviceId::from(device), raw(&json)?);
+        }
+        response.device_keys.insert(user, out);
+    }
+    for (user, json) in keys.master_keys {
+        response.master_keys.insert(user, raw(&json)?);
+    }
+    for (user, json) in keys.self_signing_keys {
+        response.self_signing_keys.insert(user, raw(&json)?);
+    }
+    Ok(response)
+}
+
+async fn claim_keys_handler(
+    services: Arc<Services>,
+    req: Ruma<claim_keys::v1::Request>,
+) -> Result<claim_keys::v1::Response, ApiError> {
+    let wanted = req
+        .body
+        .one_time_keys
+        .into_iter()
+        .map(|(u, devices)| {
+            let devices = devices
+                .into_iter()
+                .map(|(d, algorithm)| (d.to_string(), algorithm.to_string()))
+                .collect();
+            (u, devices)
+        })
+        .collect();
+    let (claimed, _) = services.run(move |s| s.e2e_keys.claim(s, &wanted)).await?;
+    let mut one_time_keys = BTreeMap::new();
+    for (user, devices) in claimed {
+        let mut user_keys = BTreeMap::new();
+        for (device, keys) in devices {
+            let mut device_keys = BTreeMap::new();
+            for (key_id, json) in keys {
+                let key_id = OwnedOneTimeKeyId::try_from(key_id)
+                    .map_err(|e| ApiError::Internal(format!("stored one-time key ID: {e}")))?;
+                device_keys.insert(key_id, raw(&json)?);
+            }
+            user_keys.insert(OwnedDeviceId::from(device), device_keys);
+        }
+        one_time_keys.insert(user, user_keys);
+    }
+    Ok(claim_keys::v1::Response::new(one_time_keys))
+}
+
+async fn devices(
+    services: Arc<Services>,
+    req: Ruma<get_devices::v1::Request>,
+) -> Result<get_devices::v1::Response, ApiError> {
+    let user = req.body.user_id;
+    if user.server_name() != services.config.server_name {
+        return Err(ApiError::Forbidden(format!("{user} is not a user of this server")));
+    }
+    let (keys, names, stream_id) = {
+        let user = user.clone();
+        services
+            .run(move |s| {
+                let wanted = BTreeMap::from([(user.clone(), Vec::new())]);
+                let keys = s.e2e_keys.query(s, None, &wanted)?;
+                let names = s.devices.display_names(&user)?;
+                Ok((keys, names, s.timeline.stream.visible()))
+            })
+            .await?
+    };
+    let mut response = get_devices::v1::Response::new(user.clone(), UInt::new(stream_id).unwrap_or_default());
+    if let Some(devices) = keys.device_keys.get(&user) {
+        for (device, json) in devices {
+            let mut entry = get_devices::v1::UserDevice::new(OwnedDeviceId::from(device.as_str()), raw(json)?);
+            entry.device_display_name = names.get(device).cloned().flatten();
+            response.devices.push(entry);
+        }
+    }
+    if let Some(master) = keys.master_keys.get(&user) {
+        response.master_key = Some(raw(master)?);
+    }
+    if let Some(key) = keys.self_signing_keys.get(&user) {
+        response.self_signing_key = Some(raw(key)?);
+    }
+    Ok(response)
+}

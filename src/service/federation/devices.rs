@@ -1,0 +1,209 @@
+//! End-to-end encryption across servers: other servers' users' keys
+//! queried and claimed from their server, our users' keys served to them
+//! (API layer), to-device messages both ways, and device list updates so
+//! that each side's clients know when to fetch keys again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ruma::api::federation::keys::{claim_keys, get_keys};
+use ruma::api::federation::transactions::edu::{DeviceListUpdateContent, DirectDeviceContent, SigningKeyUpdateContent};
+use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
+use serde_json::value::RawValue;
+
+use super::FederationService;
+use crate::database::outbox::OutboxItem;
+use crate::database::Batch;
+use crate::service::outbox::Destination;
+use crate::service::to_device::Recipient;
+use crate::service::{ServiceError, ServiceResult, Services};
+
+/// Users (of one server) and the devices wanted of each.
+pub type KeyQuery = BTreeMap<OwnedUserId, Vec<ruma::OwnedDeviceId>>;
+
+impl FederationService {
+    /// `/keys/query` for other servers' users: each server asked once, in
+    /// parallel; an unreachable one is named in the failures.
+    pub async fn query_keys(
+        &self,
+        wanted: BTreeMap<OwnedServerName, KeyQuery>,
+    ) -> (Vec<get_keys::v1::Response>, BTreeMap<String, serde_json::Value>) {
+        let asks = wanted.into_iter().map(|(server, users)| async move {
+            let answer = self.client.send(&server, get_keys::v1::Request::new(users)).await;
+            (server, answer)
+        });
+        let mut answers = Vec::new();
+        let mut failures = BTreeMap::new();
+        for (server, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(answer) => answers.push(answer),
+                Err(e) => {
+                    failures.insert(server.to_string(), failure(&e));
+                }
+            }
+        }
+        (answers, failures)
+    }
+
+    /// `/keys/claim` for other servers' users, likewise.
+    pub async fn claim_keys(
+        &self,
+        wanted: BTreeMap<OwnedServerName, claim_keys::v1::OneTimeKeyClaims>,
+    ) -> (Vec<claim_keys::v1::Response>, BTreeMap<String, serde_json::Value>) {
+        let asks = wanted.into_iter().map(|(server, claims)| async move {
+            let answer = self.client.send(&server, claim_keys::v1::Request::new(claims)).await;
+            (server, answer)
+        });
+        let mut answers = Vec::new();
+        let mut failures = BTreeMap::new();
+        for (server, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(answer) => answers.push(answer),
+                Err(e) => {
+                    failures.insert(server.to_string(), failure(&e));
+                }
+            }
+        }
+        (answers, failures)
+    }
+
+    /// Queues to-device messages of our `sender` for other servers' users:
+    /// one `m.direct_to_device` EDU per server.
+    pub fn send_to_device(
+        &self,
+        s: &Services,
+        sender: &UserId,
+        event_type: &str,
+        message_id: &str,
+        messages: &[(OwnedUserId, Recipient, Box<RawValue>)],
+    ) -> ServiceResult<()> {
+        if !s.config.allow_federation {
+            return Ok(());
+        }
+        let mut by_server: BTreeMap<OwnedServerName, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+        for (user, recipient, content) in messages {
+            let device = match recipient {
+                Recipient::Device(id) => id.clone(),
+                Recipient::AllDevices => "*".to_owned(),
+            };
+            let content: serde_json::Value =
+                serde_json::from_str(content.get()).map_err(|e| ServiceError::BadJson(e.to_string()))?;
+            let users = by_server.entry(user.server_name().to_owned()).or_default();
+            let devices = users
+                .entry(user.to_string())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            devices[device] = content;
+        }
+        let mut items = Vec::new();
+        for (server, messages) in by_server {
+            let edu = serde_json::json!({
+                "edu_type": "m.direct_to_device",
+                "content": {
+                    "sender": sender,
+                    "type": event_type,
+                    "message_id": message_id,
+                    "messages": messages,
+                },
+            });
+            items.push((Destination::Server(server), OutboxItem::Edu(edu.to_string())));
+        }
+        self.outbox.queue_each(&items)
+    }
+
+    /// Tells the servers that share a room with our `user` that the user's
+    /// devices or keys changed; theirs fetch them again.
+    pub fn send_device_list_update(&self, s: &Services, user: &UserId, stream_id: u64) -> ServiceResult<()> {
+        if !s.config.allow_federation || user.server_name() != self.server_name {
+            return Ok(());
+        }
+        let mut servers = std::collections::BTreeSet::new();
+        for (room_id, membership) in s.timeline.user_rooms(user)? {
+            if membership.membership == "join" {
+                servers.extend(s.timeline.servers_in_room(&room_id)?);
+            }
+        }
+        servers.remove(&self.server_name);
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let device_id = s
+            .devices
+            .list(user)?
+            .into_iter()
+            .next()
+            .map(|d| d.device_id.to_string())
+            .unwrap_or_default();
+        let edu = serde_json::json!({
+            "edu_type": "m.device_list_update",
+            "content": {"user_id": user, "device_id": device_id, "stream_id": stream_id, "prev_id": []},
+        });
+        let destinations: Vec<Destination> = servers.into_iter().map(Destination::Server).collect();
+        self.outbox.queue(&destinations, &OutboxItem::Edu(edu.to_string()))
+    }
+
+    pub(super) async fn receive_to_device(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        content: DirectDeviceContent,
+    ) -> ServiceResult<()> {
+        if content.sender.server_name() != origin {
+            return Err(ServiceError::Forbidden(
+                "to-device message of another server's user".to_owned(),
+            ));
+        }
+        let mut messages = Vec::new();
+        for (user, devices) in content.messages {
+            for (device, message) in devices {
+                let recipient = match device {
+                    ruma::to_device::DeviceIdOrAllDevices::DeviceId(id) => Recipient::Device(id.to_string()),
+                    ruma::to_device::DeviceIdOrAllDevices::AllDevices => Recipient::AllDevices,
+                };
+                messages.push((user.clone(), recipient, message.into_json()));
+            }
+        }
+        let (sender, event_type) = (content.sender, content.ev_type.to_string());
+        s.run(move |s| s.to_device.queue(s, &sender, &event_type, &messages, None))
+            .await
+    }
+
+    /// A remote user's devices or keys changed: our users who share a room
+    /// with them see it in their next sync and fetch the keys again.
+    pub(super) async fn receive_device_change(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        user: OwnedUserId,
+    ) -> ServiceResult<()> {
+        if user.server_name() != origin {
+            return Err(ServiceError::Forbidden(
+                "device update of another server's user".to_owned(),
+            ));
+        }
+        s.run(move |s| s.e2e_keys.write_with_change(s, Batch::new(), &user))
+            .await
+    }
+
+    pub(super) async fn receive_device_list_update(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        update: DeviceListUpdateContent,
+    ) -> ServiceResult<()> {
+        self.receive_device_change(s, origin, update.user_id).await
+    }
+
+    pub(super) async fn receive_signing_key_update(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        update: SigningKeyUpdateContent,
+    ) -> ServiceResult<()> {
+        self.receive_device_change(s, origin, update.user_id).await
+    }
+}
+
+/// A failed server as `/keys/query` and `/keys/claim` report it.
+fn failure(error: &super::FederationError) -> serde_json::Value {
+    serde_json::json!({"status": 503, "message": error.to_string()})
+}
