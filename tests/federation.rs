@@ -566,3 +566,122 @@ async fn encryption_keys_and_to_device_messages_cross_servers() {
     }
     assert!(changed, "Bob's device list change reached Alice's sync");
 }
+
+#[tokio::test]
+async fn profiles_and_aliases_of_the_other_server_and_its_server_acl() {
+    let p = alice_and_bob_across_servers().await;
+    // Alice's profile, read from B.
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", common::enc(&p.alice));
+    let (status, _) =
+        p.a.call(
+            "PUT",
+            &path,
+            Some(&p.alice_token),
+            Some(json!({"displayname": "Alice A."})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, profile) =
+        p.b.call(
+            "GET",
+            &format!("/_matrix/client/v3/profile/{}", common::enc(&p.alice)),
+            Some(&p.bob_token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, profile["displayname"].as_str()),
+        (200, Some("Alice A.")),
+        "{profile}"
+    );
+
+    // A room of A's by its alias, resolved and joined from B.
+    let lobby =
+        p.a.create_room(
+            &p.alice_token,
+            json!({"preset": "public_chat", "room_alias_name": "lobby"}),
+        )
+        .await;
+    let alias = "#lobby:conduit-a.test";
+    let (status, found) =
+        p.b.call(
+            "GET",
+            &format!("/_matrix/client/v3/directory/room/{}", common::enc(alias)),
+            Some(&p.bob_token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, found["room_id"].as_str()),
+        (200, Some(lobby.as_str())),
+        "{found}"
+    );
+    let (status, joined) =
+        p.b.call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", common::enc(alias)),
+            Some(&p.bob_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status, joined["room_id"].as_str()),
+        (200, Some(lobby.as_str())),
+        "{joined}"
+    );
+
+    // The first room bars B by its server ACL: A takes nothing more from B there.
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
+        common::enc(&p.room)
+    );
+    let acl = json!({"allow": ["conduit-a.test"], "deny": [], "allow_ip_literals": false});
+    let (status, body) = p.a.call("PUT", &path, Some(&p.alice_token), Some(acl)).await;
+    assert_eq!(status, 200, "{body}");
+    p.a.send_text(&p.alice_token, &p.room, "acl set").await;
+    wait_for_messages(&p.b, &p.bob_token, &p.room, &["acl set"]).await;
+    p.b.send_text(&p.bob_token, &p.room, "from a barred server").await;
+    // Meanwhile the lobby, without an ACL, still takes Bob's messages.
+    p.b.send_text(&p.bob_token, &lobby, "lobby is fine").await;
+    wait_for_messages(&p.a, &p.alice_token, &lobby, &["lobby is fine"]).await;
+    let bodies = p.a.message_bodies(&p.alice_token, &p.room).await;
+    assert!(!bodies.iter().any(|b| b == "from a barred server"), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn a_join_cut_short_by_a_crash_leaves_a_room_that_works_after_a_restart() {
+    let (a, mut b) = two_servers().await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (_, bob_token, _) = b.register("bob", "password-b").await;
+    let room = a
+        .create_room(&alice_token, json!({"preset": "public_chat", "name": "busy"}))
+        .await;
+    for i in 0..20 {
+        a.send_text(&alice_token, &room, &format!("history {i}")).await;
+    }
+
+    // B dies (SIGKILL) while its join is under way, at a different point
+    // each round; each time it restarts, joins (again) and the room works.
+    let path = format!("/_matrix/client/v3/join/{}", common::enc(&room));
+    for (round, delay_ms) in [5u64, 20, 60].into_iter().enumerate() {
+        let request = b
+            .client
+            .post(b.url(&path))
+            .bearer_auth(&bob_token)
+            .json(&json!({}))
+            .send();
+        let in_flight = tokio::spawn(request);
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        b.stop_with("KILL");
+        let _ = in_flight.await;
+        b.start_again();
+        let (status, joined) = b.call("POST", &path, Some(&bob_token), Some(json!({}))).await;
+        assert_eq!(status, 200, "round {round}: {joined}");
+        let text = format!("after crash {round}");
+        a.send_text(&alice_token, &room, &text).await;
+        wait_for_messages(&b, &bob_token, &room, &[text.as_str()]).await;
+        let reply = format!("bob back {round}");
+        b.send_text(&bob_token, &room, &reply).await;
+        wait_for_messages(&a, &alice_token, &room, &[reply.as_str()]).await;
+    }
+}

@@ -73,6 +73,12 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
+        // A fresh connection pool: connections to a killed process on the
+        // same port would fail the first requests to the new one.
+        self.client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
         let mut command = conduit_command();
         command.arg("-c").arg(&self.config_path);
         let (child, base) = spawn_logging(command, self.log.clone());

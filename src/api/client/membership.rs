@@ -96,24 +96,37 @@ async fn join(
     extra: crate::api::router::JsonObject,
     via: Vec<ruma::OwnedServerName>,
 ) -> Result<ruma::OwnedRoomId, ApiError> {
-    let resolved = {
-        let room = room.clone();
-        services
-            .run(move |s| {
-                let room_id = s.rooms.resolve_room(s, &room)?;
-                let local = s.rooms.joins_here(s, &room_id)?;
-                Ok((room_id, local))
-            })
-            .await?
+    let mut via = via;
+    // An alias of another server is resolved by that server.
+    let remote_alias = ruma::RoomAliasId::parse(&room)
+        .ok()
+        .filter(|alias| alias.server_name() != services.config.server_name && services.config.allow_federation);
+    let (room_id, local) = match remote_alias {
+        Some(alias) => {
+            let (room_id, servers) = services.federation.resolve_alias(&alias).await?;
+            via.extend(servers);
+            let id = room_id.clone();
+            let local = services.run(move |s| s.rooms.joins_here(s, &id)).await?;
+            (room_id, local)
+        }
+        None => {
+            let room = room.clone();
+            services
+                .run(move |s| {
+                    let room_id = s.rooms.resolve_room(s, &room)?;
+                    let local = s.rooms.joins_here(s, &room_id)?;
+                    Ok((room_id, local))
+                })
+                .await?
+        }
     };
-    let (room_id, local) = resolved;
     if local || !services.config.allow_federation {
         let user = user.clone();
+        let room = room_id.to_string();
         return Ok(services
             .run(move |s| s.rooms.join_with(s, &user, &room, reason.as_deref(), extra))
             .await?);
     }
-    let mut via = via;
     // An invite names the server that sent it; the room's ID may name one.
     let invited_by = {
         let (user, room_id) = (user.clone(), room_id.clone());

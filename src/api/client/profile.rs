@@ -46,14 +46,18 @@ async fn profile(
     req: Ruma<get_profile::v3::Request>,
 ) -> Result<get_profile::v3::Response, ApiError> {
     let user_id = req.body.user_id;
-    let (name, avatar) = services
-        .run(move |s| {
-            Ok((
-                s.users.profile_field(&user_id, DISPLAYNAME)?,
-                s.users.profile_field(&user_id, AVATAR_URL)?,
-            ))
-        })
-        .await?;
+    let (name, avatar) = if user_id.server_name() != services.config.server_name && services.config.allow_federation {
+        services.federation.profile(&user_id).await?
+    } else {
+        services
+            .run(move |s| {
+                Ok((
+                    s.users.profile_field(&user_id, DISPLAYNAME)?,
+                    s.users.profile_field(&user_id, AVATAR_URL)?,
+                ))
+            })
+            .await?
+    };
     let mut response = get_profile::v3::Response::new();
     if let Some(name) = name {
         response.set(DISPLAYNAME.to_owned(), name.into());
@@ -69,6 +73,10 @@ async fn display_name(
     req: Ruma<get_display_name::v3::Request>,
 ) -> Result<get_display_name::v3::Response, ApiError> {
     let user_id = req.body.user_id;
+    if user_id.server_name() != services.config.server_name && services.config.allow_federation {
+        let (name, _) = services.federation.profile(&user_id).await?;
+        return Ok(get_display_name::v3::Response::new(name));
+    }
     let name = services
         .run(move |s| s.users.profile_field(&user_id, DISPLAYNAME))
         .await?;

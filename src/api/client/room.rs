@@ -164,6 +164,10 @@ async fn get_alias(
 ) -> Result<get_alias::v3::Response, ApiError> {
     let alias = req.body.room_alias;
     let server = services.config.server_name.clone();
+    if alias.server_name() != server && services.config.allow_federation {
+        let (room_id, servers) = services.federation.resolve_alias(&alias).await?;
+        return Ok(get_alias::v3::Response::new(room_id, servers));
+    }
     let room_id = services.run(move |s| s.rooms.resolve_alias(s, &alias)).await?;
     Ok(get_alias::v3::Response::new(room_id, vec![server]))
 }

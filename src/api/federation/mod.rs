@@ -3,6 +3,7 @@
 
 mod devices;
 mod keys;
+mod query;
 mod rooms;
 
 use crate::api::{ApiError, Router};
@@ -11,6 +12,7 @@ use crate::service::Services;
 pub fn register_routes(router: &mut Router) {
     devices::register_routes(router);
     keys::register_routes(router);
+    query::register_routes(router);
     rooms::register_routes(router);
 }
 

@@ -83,6 +83,11 @@ async fn readable_room(
     services
         .run(move |s| {
             s.timeline.room_or_404(&room_id)?;
+            if !s.timeline.server_allowed(s, &room_id, &origin)? {
+                return Err(ServiceError::Forbidden(format!(
+                    "{origin} is denied by the room's server ACL"
+                )));
+            }
             let allowed = match &event_id {
                 Some(event_id) => {
                     let in_room = s
@@ -106,6 +111,17 @@ async fn readable_room(
         })
         .await
         .map_err(Into::into)
+}
+
+/// Refuses a server the room's ACL denies.
+fn acl_allows(s: &Services, room_id: &RoomId, server: &ServerName) -> Result<(), ServiceError> {
+    if s.timeline.server_allowed(s, room_id, server)? {
+        Ok(())
+    } else {
+        Err(ServiceError::Forbidden(format!(
+            "{server} is denied by the room's server ACL"
+        )))
+    }
 }
 
 /// A version 12 create event has no `room_id`: the room is named after it.
@@ -269,6 +285,7 @@ async fn make_join(
     let (version, template) = services
         .run(move |s| {
             let record = s.timeline.room_or_404(&body.room_id)?;
+            acl_allows(s, &body.room_id, user.server_name())?;
             // Without `ver`, the joining server supports version 1 only.
             let supports = if supported.is_empty() {
                 record.version == "1"
@@ -298,6 +315,7 @@ async fn make_leave(
     let user = origin_user(&origin, &body.user_id)?.to_owned();
     let (version, template) = services
         .run(move |s| {
+            acl_allows(s, &body.room_id, user.server_name())?;
             s.timeline
                 .membership_template(s, &body.room_id, &user, "leave", CanonicalJsonObject::new())
         })
@@ -319,8 +337,13 @@ async fn accept_membership(
     membership: &str,
 ) -> Result<(), ApiError> {
     let version = {
-        let room_id = room_id.to_owned();
-        let record = services.run(move |s| s.timeline.room_or_404(&room_id)).await?;
+        let (room_id, origin) = (room_id.to_owned(), origin.to_owned());
+        let record = services
+            .run(move |s| {
+                acl_allows(s, &room_id, &origin)?;
+                s.timeline.room_or_404(&room_id)
+            })
+            .await?;
         RoomVersionId::try_from(record.version.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?
     };
     let (id, object) = services.federation.verify_pdu(&version, pdu).await?;

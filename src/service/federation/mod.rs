@@ -9,6 +9,7 @@ pub mod devices;
 pub mod discovery;
 pub mod keys;
 mod membership;
+mod query;
 mod receive;
 pub mod sender;
 

@@ -138,6 +138,11 @@ impl FederationService {
                 tracing::info!(%origin, "a PDU without a room ID ignored");
                 continue;
             };
+            // A server the room's ACL denies takes no part in it.
+            if !s.timeline.server_allowed(s, &room_id, origin).unwrap_or(false) {
+                tracing::info!(%origin, %room_id, "PDU from a server the room's ACL denies");
+                continue;
+            }
             let version = match s.timeline.room(&room_id) {
                 Ok(Some(record)) => match RoomVersionId::try_from(record.version.as_str()) {
                     Ok(version) => version,
@@ -335,7 +340,7 @@ impl FederationService {
     async fn receive_edu(&self, s: &Arc<Services>, origin: &ServerName, edu: Edu) -> ServiceResult<()> {
         match edu {
             Edu::Typing(typing) => {
-                if typing.user_id.server_name() != origin {
+                if typing.user_id.server_name() != origin || !s.timeline.server_allowed(s, &typing.room_id, origin)? {
                     return Err(ServiceError::Forbidden("typing of another server's user".to_owned()));
                 }
                 let timeout = typing.typing.then_some(REMOTE_TYPING);
@@ -344,6 +349,9 @@ impl FederationService {
             }
             Edu::Receipt(receipts) => {
                 for (room_id, map) in receipts.receipts {
+                    if !s.timeline.server_allowed(s, &room_id, origin)? {
+                        continue;
+                    }
                     for (user_id, data) in map.read {
                         if user_id.server_name() != origin {
                             continue;

@@ -109,6 +109,23 @@ impl TimelineService {
         })
     }
 
+    /// Whether the room's server ACL (`m.room.server_acl`) lets `server`
+    /// take part: no ACL allows everyone.
+    pub fn server_allowed(&self, s: &Services, room_id: &RoomId, server: &ServerName) -> ServiceResult<bool> {
+        let Some(record) = self.room(room_id)? else {
+            return Ok(true);
+        };
+        let Some(acl) = self.state_event(s, record.state_snapshot, "m.room.server_acl", "")? else {
+            return Ok(true);
+        };
+        let content = serde_json::to_value(acl.content()).map_err(|e| internal("server ACL", e))?;
+        match serde_json::from_value::<ruma::events::room::server_acl::RoomServerAclEventContent>(content) {
+            Ok(acl) => Ok(acl.is_allowed(server)),
+            // An ACL that does not parse denies nobody (as Synapse reads it).
+            Err(_) => Ok(true),
+        }
+    }
+
     /// Whether one of `server`'s users is joined to the room now.
     pub fn server_in_room(&self, server: &ServerName, room_id: &RoomId) -> ServiceResult<bool> {
         Ok(self.members(room_id)?.iter().any(|(user, membership)| {
