@@ -348,7 +348,7 @@ pub(crate) fn random_string(len: usize) -> String {
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use ruma::{OwnedRoomId, OwnedUserId};
+    use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId};
 
     use super::rooms::{CreateRoom, Preset};
     use super::Services;
@@ -367,6 +367,11 @@ pub(crate) mod testing {
     }
 
     pub fn two_in_a_room() -> TwoInARoom {
+        two_in_a_room_of(None)
+    }
+
+    /// As [`two_in_a_room`], the room of `version` (else the default).
+    pub fn two_in_a_room_of(version: Option<RoomVersionId>) -> TwoInARoom {
         let dir = tempfile::tempdir().unwrap();
         let store = FaultyStore::open(dir.path());
         let config = crate::config::Config {
@@ -381,6 +386,7 @@ pub(crate) mod testing {
         }
         let public = CreateRoom {
             preset: Some(Preset::PublicChat),
+            room_version: version,
             ..Default::default()
         };
         let room = s.rooms.create_room(&s, &alice, public).unwrap();

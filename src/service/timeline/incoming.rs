@@ -111,6 +111,18 @@ impl TimelineService {
                 None => missing_auth.push(id.clone()),
             }
         }
+        // Since room version 12 the create event is not among the auth
+        // events (the room ID is its hash) yet the auth rules still read it.
+        if rules.authorization.room_create_event_id_as_room_id {
+            let create_id = OwnedEventId::try_from(format!("${}", room_id.strip_sigil()))
+                .map_err(|e| ServiceError::BadJson(format!("{room_id} names no create event: {e}")))?;
+            match self.pdu(&create_id)? {
+                Some(create) => {
+                    auth_events.insert((StateEventType::RoomCreate, String::new()), create);
+                }
+                None => missing_auth.push(create_id),
+            }
+        }
         let mut prev_states = Vec::new();
         let mut missing_prev = Vec::new();
         for id in pdu.prev_events() {
@@ -431,7 +443,7 @@ mod tests {
     use super::*;
     use crate::service::pdu::{build_pdu, EventRef, NewPdu};
     use crate::service::server_keys::ServerKeysService;
-    use crate::service::testing::{two_in_a_room, TwoInARoom};
+    use crate::service::testing::{two_in_a_room, two_in_a_room_of, TwoInARoom};
     use crate::service::timeline::{to_object, EventSpec};
 
     /// The other server: its own signing key, its users `@...:remote.test`.
@@ -627,6 +639,27 @@ mod tests {
             &auth,
         );
         assert!(matches!(receive(&t, follow), Received::Rejected(_)));
+    }
+
+    #[test]
+    fn in_a_room_of_version_12_the_unlisted_create_event_still_authorizes() {
+        let t = two_in_a_room_of(Some(ruma::RoomVersionId::V12));
+        let remote = remote();
+        // Since version 12 the create event is never among the auth events.
+        let auth = current(&t, &[("m.room.join_rules", ""), ("m.room.power_levels", "")]);
+        let join = remote.event(
+            &t,
+            CAROL,
+            "m.room.member",
+            Some(CAROL),
+            json!({"membership": "join"}),
+            &ends(&t),
+            &auth,
+        );
+        let outcome = receive(&t, join);
+        assert!(matches!(outcome, Received::Accepted { .. }), "{outcome:?}");
+        let carol: OwnedUserId = CAROL.try_into().unwrap();
+        assert!(t.s.timeline.is_joined(&t.room, &carol).unwrap());
     }
 
     #[test]
