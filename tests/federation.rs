@@ -82,7 +82,7 @@ async fn two_servers() -> (TestServer, TestServer) {
     let (port_a, port_b) = (free_port(), free_port());
     let config = |name: &str, port: u16, other: &str, other_port: u16| {
         format!(
-            "server_name = \"{name}\"\nport = {port}\nallow_federation = true\n\
+            "server_name = \"{name}\"\nport = {port}\nallow_federation = true\ntrusted_servers = []\n\
              [global.federation_destination_overrides]\n\"{other}\" = \"http://127.0.0.1:{other_port}\"\n"
         )
     };

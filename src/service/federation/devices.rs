@@ -28,21 +28,7 @@ impl FederationService {
         &self,
         wanted: BTreeMap<OwnedServerName, KeyQuery>,
     ) -> (Vec<get_keys::v1::Response>, BTreeMap<String, serde_json::Value>) {
-        let asks = wanted.into_iter().map(|(server, users)| async move {
-            let answer = self.client.send(&server, get_keys::v1::Request::new(users)).await;
-            (server, answer)
-        });
-        let mut answers = Vec::new();
-        let mut failures = BTreeMap::new();
-        for (server, answer) in futures_util::future::join_all(asks).await {
-            match answer {
-                Ok(answer) => answers.push(answer),
-                Err(e) => {
-                    failures.insert(server.to_string(), failure(&e));
-                }
-            }
-        }
-        (answers, failures)
+        self.ask_each(wanted, get_keys::v1::Request::new).await
     }
 
     /// `/keys/claim` for other servers' users, likewise.
@@ -50,9 +36,26 @@ impl FederationService {
         &self,
         wanted: BTreeMap<OwnedServerName, claim_keys::v1::OneTimeKeyClaims>,
     ) -> (Vec<claim_keys::v1::Response>, BTreeMap<String, serde_json::Value>) {
-        let asks = wanted.into_iter().map(|(server, claims)| async move {
-            let answer = self.client.send(&server, claim_keys::v1::Request::new(claims)).await;
-            (server, answer)
+        self.ask_each(wanted, claim_keys::v1::Request::new).await
+    }
+
+    /// Sends each server its request at once; the answers, and the
+    /// failures as `/keys/*` report them (by server name).
+    async fn ask_each<Q, R>(
+        &self,
+        wanted: BTreeMap<OwnedServerName, Q>,
+        request: impl Fn(Q) -> R,
+    ) -> (Vec<R::IncomingResponse>, BTreeMap<String, serde_json::Value>)
+    where
+        R: ruma::api::OutgoingRequest<PathBuilder = ruma::api::path_builder::SinglePath> + Clone,
+        R::Authentication: super::client::FederationAuth,
+    {
+        let asks = wanted.into_iter().map(|(server, query)| {
+            let request = request(query);
+            async move {
+                let answer = self.client.send(&server, request).await;
+                (server, answer)
+            }
         });
         let mut answers = Vec::new();
         let mut failures = BTreeMap::new();
@@ -60,7 +63,10 @@ impl FederationService {
             match answer {
                 Ok(answer) => answers.push(answer),
                 Err(e) => {
-                    failures.insert(server.to_string(), failure(&e));
+                    failures.insert(
+                        server.to_string(),
+                        serde_json::json!({"status": 503, "message": e.to_string()}),
+                    );
                 }
             }
         }
@@ -201,9 +207,4 @@ impl FederationService {
     ) -> ServiceResult<()> {
         self.receive_device_change(s, origin, update.user_id).await
     }
-}
-
-/// A failed server as `/keys/query` and `/keys/claim` report it.
-fn failure(error: &super::FederationError) -> serde_json::Value {
-    serde_json::json!({"status": 503, "message": error.to_string()})
 }

@@ -10,24 +10,9 @@ use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerNam
 use super::receive::rules_of;
 use super::FederationService;
 use crate::service::pdu::sign_pdu;
+use crate::service::rooms::SUPPORTED_ROOM_VERSIONS;
 use crate::service::timeline::Received;
 use crate::service::{ServiceError, ServiceResult, Services};
-
-/// The room versions this server can join.
-const JOINABLE_VERSIONS: [RoomVersionId; 12] = [
-    RoomVersionId::V1,
-    RoomVersionId::V2,
-    RoomVersionId::V3,
-    RoomVersionId::V4,
-    RoomVersionId::V5,
-    RoomVersionId::V6,
-    RoomVersionId::V7,
-    RoomVersionId::V8,
-    RoomVersionId::V9,
-    RoomVersionId::V10,
-    RoomVersionId::V11,
-    RoomVersionId::V12,
-];
 
 impl FederationService {
     /// Joins `user` (of ours) to `room_id`, asking each of `via` in turn.
@@ -65,7 +50,7 @@ impl FederationService {
         content: CanonicalJsonObject,
     ) -> ServiceResult<()> {
         let mut request = prepare_join_event::v1::Request::new(room_id.to_owned(), user.to_owned());
-        request.ver = JOINABLE_VERSIONS.to_vec();
+        request.ver = SUPPORTED_ROOM_VERSIONS.to_vec();
         let made = self.client.send(server, request).await?;
         let version = made.room_version.unwrap_or(RoomVersionId::V1);
         let rules = rules_of(&version)?;

@@ -288,12 +288,20 @@ impl TimelineService {
         room_id: &RoomId,
         record: &crate::database::rooms::RemoteInviteRecord,
     ) -> ServiceResult<()> {
+        self.write_for_user(user, |batch, count| {
+            self.tables
+                .put_remote_invite(batch, user.as_str(), room_id.as_str(), record);
+            self.tables
+                .put_membership(batch, room_id.as_str(), user.as_str(), "invite", count);
+        })
+    }
+
+    /// Writes what `fill` puts in a batch at a new stream position, and
+    /// wakes `user`'s syncs once it has landed.
+    fn write_for_user(&self, user: &ruma::UserId, fill: impl FnOnce(&mut Batch, u64)) -> ServiceResult<()> {
         let ticket = self.stream.begin()?;
         let mut batch = Batch::new();
-        self.tables
-            .put_remote_invite(&mut batch, user.as_str(), room_id.as_str(), record);
-        self.tables
-            .put_membership(&mut batch, room_id.as_str(), user.as_str(), "invite", ticket.0);
+        fill(&mut batch, ticket.0);
         let written = self.tables.write(batch);
         self.stream.finish(ticket, written.is_ok().then_some(user));
         Ok(written?)
@@ -312,17 +320,13 @@ impl TimelineService {
     /// (`leave`), or once the user has joined (the join's membership then
     /// stands).
     pub fn end_remote_invite(&self, user: &ruma::UserId, room_id: &RoomId, refused: bool) -> ServiceResult<()> {
-        let ticket = self.stream.begin()?;
-        let mut batch = Batch::new();
-        self.tables
-            .delete_remote_invite(&mut batch, user.as_str(), room_id.as_str());
-        if refused {
-            self.tables
-                .put_membership(&mut batch, room_id.as_str(), user.as_str(), "leave", ticket.0);
-        }
-        let written = self.tables.write(batch);
-        self.stream.finish(ticket, written.is_ok().then_some(user));
-        Ok(written?)
+        self.write_for_user(user, |batch, count| {
+            self.tables.delete_remote_invite(batch, user.as_str(), room_id.as_str());
+            if refused {
+                self.tables
+                    .put_membership(batch, room_id.as_str(), user.as_str(), "leave", count);
+            }
+        })
     }
 
     /// Keeps an event of a room outside its timeline (state or auth chain
