@@ -10,6 +10,7 @@ Prints 'N passed, N failed' and exits non-zero on any failure. Plain HTTP
 checked."""
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -288,6 +289,7 @@ class Servers:
         d = os.path.join(self.dir, "conduit")
         os.makedirs(d)
         cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        self.conduit_cert = cert
         made = subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
@@ -512,6 +514,52 @@ def conduit_user_sees_history_from_before_join(servers, n):
     )
 
 
+def encrypted_room_across_servers(servers, n):
+    """matrix-nio on each side of an encrypted room: a Conduit user invites
+    a Synapse user, and each decrypts the other's message. Keys, one-time
+    key claims, device lists and the to-device messages that carry room keys
+    all cross between the servers."""
+    asyncio.run(_encrypted_room_across_servers(servers, n))
+
+
+async def _encrypted_room_across_servers(servers, n):
+    # The nio helpers of the single-server interop suite.
+    from nio import AsyncClient, AsyncClientConfig, JoinResponse, RegisterResponse
+    from run import create_encrypted_room, e2e_sync, wait_for_text
+
+    stores = [tempfile.TemporaryDirectory(), tempfile.TemporaryDirectory()]
+    config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False)
+    conduit_tls = ssl.create_default_context(cafile=servers.conduit_cert)
+    alice = AsyncClient(servers.conduit_base, f"ealice{n}", store_path=stores[0].name, config=config, ssl=conduit_tls)
+    bob = AsyncClient(servers.synapse_base, f"ebob{n}", store_path=stores[1].name, config=config)
+    try:
+        for client, name in ((alice, f"ealice{n}"), (bob, f"ebob{n}")):
+            reg = await client.register(name, "pw-" + name + "-long-enough", name + " device")
+            assert isinstance(reg, RegisterResponse), f"register {name}: {reg}"
+            await e2e_sync(client)
+        room_id = await create_encrypted_room(alice, "Across", bob.user_id)
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while room_id not in bob.invited_rooms and time.monotonic() < deadline:
+            await e2e_sync(bob, timeout=1000)
+        assert room_id in bob.invited_rooms, "the invite never reached the Synapse user"
+        joined = await bob.join(room_id)
+        assert isinstance(joined, JoinResponse), f"join: {joined}"
+        for client in (alice, bob, alice, bob):
+            await e2e_sync(client)
+        deadline = time.monotonic() + 2 * EVENT_TIMEOUT
+        for sender, receiver, body in [(alice, bob, "secret from conduit"), (bob, alice, "secret from synapse")]:
+            sent = await sender.room_send(
+                room_id, "m.room.message", {"msgtype": "m.text", "body": body}, ignore_unverified_devices=True
+            )
+            assert hasattr(sent, "event_id"), f"send: {sent}"
+            await wait_for_text(receiver, room_id, sender.user_id, body, deadline)
+    finally:
+        await alice.close()
+        await bob.close()
+        for store in stores:
+            store.cleanup()
+
+
 def wait_for_invite(client, room_id, what):
     def invited(answer):
         return room_id in answer.get("rooms", {}).get("invite", {})
@@ -557,6 +605,7 @@ SCENARIOS = [
     leaving_both_ways,
     synapse_user_invites_conduit_user,
     conduit_user_invites_synapse_user,
+    encrypted_room_across_servers,
 ]
 # Scenarios that need what Conduit does not do yet; run them by name.
 PENDING = [
