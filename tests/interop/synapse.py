@@ -278,10 +278,14 @@ class Servers:
             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=START_TIMEOUT,
         )
         assert keys.returncode == 0, f"synapse --generate-keys: {keys.stderr[-2000:]}"
-        with open(self.synapse_log, "w") as log:
+        self.synapse_command = ([python, "-m", "synapse.app.homeserver", "-c", path], d)
+        self.spawn_synapse()
+
+    def spawn_synapse(self):
+        command, cwd = self.synapse_command
+        with open(self.synapse_log, "a") as log:
             self.synapse = subprocess.Popen(
-                [python, "-m", "synapse.app.homeserver", "-c", path],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=d, env=clean_env(),
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd, env=clean_env()
             )
         wait_until_up(self.synapse_base + "/_matrix/client/versions", self.synapse, self.synapse_log, "synapse")
 
@@ -309,11 +313,8 @@ class Servers:
                 f'"{self.synapse_name}" = "http://127.0.0.1:{self.synapse_port}"\n'
                 f'[global.tls]\ncerts = "{cert}"\nkey = "{key}"\n'
             )
-        env = {k: v for k, v in clean_env().items() if not k.startswith("CONDUIT_")}
-        with open(self.conduit_log, "w") as log:
-            self.conduit = subprocess.Popen(
-                [binary, "-c", config], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
+        self.conduit_command = [binary, "-c", config]
+        self.spawn_conduit(wait=False)
         # The client calls below go to Conduit over HTTPS too; the
         # certificate is the self-signed one made above.
         global OPENER
@@ -322,6 +323,15 @@ class Servers:
             urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cert)),
         )
         wait_until_up(self.conduit_base + "/_matrix/client/versions", self.conduit, self.conduit_log, "conduit")
+
+    def spawn_conduit(self, wait=True):
+        env = {k: v for k, v in clean_env().items() if not k.startswith("CONDUIT_")}
+        with open(self.conduit_log, "a") as log:
+            self.conduit = subprocess.Popen(
+                self.conduit_command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+        if wait:
+            wait_until_up(self.conduit_base + "/_matrix/client/versions", self.conduit, self.conduit_log, "conduit")
 
     def stop(self):
         for proc in (self.conduit, self.synapse):
@@ -560,6 +570,61 @@ async def _encrypted_room_across_servers(servers, n):
             store.cleanup()
 
 
+def current_state(client, room_id):
+    """The room's current state as {(type, state_key): event_id}."""
+    events = client.call("GET", f"/_matrix/client/v3/rooms/{enc(room_id)}/state")
+    return {(e["type"], e["state_key"]): e["event_id"] for e in events}
+
+
+def state_conflict_heals(servers, n):
+    """Both servers change the room's power levels and memberships while
+    they cannot reach each other; once the link is back, state resolution
+    gives both the same room state."""
+    alice = register(servers.conduit_base, f"salice{n}")
+    dave = register(servers.conduit_base, f"sdave{n}")
+    bob = register(servers.synapse_base, f"sbob{n}")
+    room_id = alice.call("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"})["room_id"]
+    for user, query in ((bob, {"server_name": servers.conduit_name}), (dave, None)):
+        user.call("POST", f"/_matrix/client/v3/join/{enc(room_id)}", {}, query=query)
+    levels = alice.call("GET", f"/_matrix/client/v3/rooms/{enc(room_id)}/state/m.room.power_levels/")
+    levels["users"][bob.user_id] = 100
+    alice.call("PUT", f"/_matrix/client/v3/rooms/{enc(room_id)}/state/m.room.power_levels/", levels)
+    alice.send_text(room_id, "before the split")
+    bob.wait_for_texts(room_id, [(alice.user_id, "before the split")], "synapse side before the split")
+
+    # The link is cut: Synapse changes the room while Conduit is down...
+    stop(servers.conduit)
+    bob.call("PUT", f"/_matrix/client/v3/rooms/{enc(room_id)}/state/m.room.name/", {"name": "named on synapse"})
+    bob.call("POST", f"/_matrix/client/v3/rooms/{enc(room_id)}/ban", {"user_id": dave.user_id, "reason": "split"})
+    # ...then Conduit changes it while Synapse is down.
+    stop(servers.synapse)
+    servers.spawn_conduit()
+    # Alice raises the very user Bob banned meanwhile (she cannot lower
+    # Bob: his level equals hers).
+    levels["users"][dave.user_id] = 60
+    levels["events_default"] = 10
+    alice.call("PUT", f"/_matrix/client/v3/rooms/{enc(room_id)}/state/m.room.power_levels/", levels)
+    alice.call("PUT", f"/_matrix/client/v3/rooms/{enc(room_id)}/state/m.room.topic/", {"topic": "set on conduit"})
+    servers.spawn_synapse()
+
+    # Healed: messages both ways carry each side's history to the other,
+    # and both resolve to one state.
+    alice.send_text(room_id, "after the split (conduit)")
+    deadline = time.monotonic() + 2 * EVENT_TIMEOUT
+    conduit_state = synapse_state = None
+    while time.monotonic() < deadline:
+        conduit_state = current_state(alice, room_id)
+        synapse_state = current_state(bob, room_id)
+        if conduit_state == synapse_state and ("m.room.name", "") in conduit_state and (
+            "m.room.topic", ""
+        ) in conduit_state:
+            return
+        time.sleep(0.5)
+    differ = {k: (conduit_state.get(k), synapse_state.get(k)) for k in set(conduit_state) | set(synapse_state)
+              if conduit_state.get(k) != synapse_state.get(k)}
+    raise AssertionError(f"the two servers' states differ after healing: {differ}")
+
+
 def wait_for_invite(client, room_id, what):
     def invited(answer):
         return room_id in answer.get("rooms", {}).get("invite", {})
@@ -606,6 +671,7 @@ SCENARIOS = [
     synapse_user_invites_conduit_user,
     conduit_user_invites_synapse_user,
     encrypted_room_across_servers,
+    state_conflict_heals,
 ]
 # Scenarios that need what Conduit does not do yet; run them by name.
 PENDING = [
