@@ -136,6 +136,17 @@ pub fn sign_pdu(
     Ok((event_id, object))
 }
 
+/// A stored PDU as other servers get it: without `unsigned` (this server's
+/// own additions) and, from room version 3, without `event_id`, which is
+/// derived from the event (such IDs have no `:server` part).
+pub fn federation_form(mut stored: CanonicalJsonObject, event_id: &EventId) -> CanonicalJsonObject {
+    stored.remove("unsigned");
+    if !event_id.as_str().contains(':') {
+        stored.remove("event_id");
+    }
+    stored
+}
+
 /// A stored PDU, read for authorization and state resolution.
 #[derive(Debug, Clone)]
 pub struct Pdu {

@@ -57,12 +57,7 @@ impl EventSubscriber for FederationSender {
         if servers.is_empty() {
             return Ok(());
         }
-        let mut pdu = event.object.clone();
-        pdu.remove("unsigned");
-        if !event.event_id.as_str().contains(':') {
-            // Derived from the event from room version 3.
-            pdu.remove("event_id");
-        }
+        let pdu = crate::service::pdu::federation_form(event.object.clone(), event.event_id);
         let item = OutboxItem::Pdu {
             event_id: event.event_id.to_string(),
             json: serde_json::to_string(&pdu).map_err(|e| crate::service::ServiceError::Internal(e.to_string()))?,

@@ -40,18 +40,12 @@ pub struct StateAt {
 }
 
 impl TimelineService {
-    /// The stored PDU as other servers get it: without `unsigned` (ours
-    /// alone) and, from room version 3, without `event_id` (derived).
+    /// The stored PDU as other servers get it (see `pdu::federation_form`).
     pub fn federation_pdu(&self, event_id: &EventId) -> ServiceResult<Option<CanonicalJsonObject>> {
         let Some(event) = self.event(event_id)? else {
             return Ok(None);
         };
-        let mut object = event.json;
-        object.remove("unsigned");
-        if !event_id.as_str().contains(':') {
-            object.remove("event_id");
-        }
-        Ok(Some(object))
+        Ok(Some(crate::service::pdu::federation_form(event.json, event_id)))
     }
 
     /// The same, as JSON text.
