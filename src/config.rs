@@ -2,7 +2,7 @@
 //! mean what upstream Conduit's keys mean, each overridable by `CONDUIT_<KEY>`.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ruma::{OwnedServerName, RoomVersionId};
@@ -34,6 +34,10 @@ pub struct Config {
     pub port: u16,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// More listeners besides `address`/`port`/`tls` (which is always the
+    /// first); each serves everything, client and federation API alike.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
     #[serde(default = "defaults::max_request_size")]
     pub max_request_size: u32,
     #[serde(default = "defaults::yes")]
@@ -276,13 +280,43 @@ impl From<PointInTime> for String {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file with the certificate chain.
     pub certs: PathBuf,
     /// PEM file with the private key.
     pub key: PathBuf,
+}
+
+/// One `[[global.listeners]]` entry: an address and port to serve on, with
+/// HTTPS when `tls` is given.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: IpAddr,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+impl ListenerConfig {
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+
+    /// Whether the two cannot both be bound: the same port (0, a free port
+    /// picked at bind time, never clashes) and the same address, or a
+    /// wildcard address covering the other (`0.0.0.0` covers IPv4; `::`
+    /// covers IPv6 and, dual-stack as Linux binds it by default, IPv4 too).
+    fn overlaps(&self, other: &ListenerConfig) -> bool {
+        let covers = |a: IpAddr, b: IpAddr| a.is_unspecified() && (a.is_ipv6() || b.is_ipv4());
+        self.port != 0
+            && self.port == other.port
+            && (self.address == other.address
+                || covers(self.address, other.address)
+                || covers(other.address, self.address))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -493,7 +527,37 @@ impl Config {
                 "must not be empty (leave it out to need no token)",
             ));
         }
+        self.validate_listeners()
+    }
+
+    /// Refuses a listener that the socket of an earlier one would already
+    /// hold: binding it would fail at start with a less clear error.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let all = self.all_listeners();
+        for (i, listener) in all.iter().enumerate().skip(1) {
+            if let Some(earlier) = all[..i].iter().position(|e| e.overlaps(listener)) {
+                let earlier = match earlier {
+                    0 => "address/port".to_owned(),
+                    n => format!("listeners[{}]", n - 1),
+                };
+                return Err(key_error(
+                    &format!("listeners[{}]", i - 1),
+                    &format!("{} overlaps the listener of {earlier}", listener.socket_addr()),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Every listener: the one of `address`/`port`/`tls` first, then
+    /// `listeners` in order.
+    pub fn all_listeners(&self) -> Vec<ListenerConfig> {
+        let first = ListenerConfig {
+            address: self.address,
+            port: self.port,
+            tls: self.tls.clone(),
+        };
+        std::iter::once(first).chain(self.listeners.iter().cloned()).collect()
     }
 
     /// `legacy_media_cutover` in milliseconds since the Unix epoch.
@@ -772,18 +836,129 @@ mod tests {
     }
 
     #[test]
+    fn without_listeners_address_and_port_are_the_one_listener() {
+        let c = load_str("[global]\naddress = \"0.0.0.0\"\nport = 8008\n", &[]).unwrap();
+        assert!(c.listeners.is_empty());
+        assert_eq!(
+            c.all_listeners(),
+            vec![ListenerConfig {
+                address: "0.0.0.0".parse().unwrap(),
+                port: 8008,
+                tls: None
+            }]
+        );
+        let c = load_str("[global.tls]\ncerts = \"c.pem\"\nkey = \"k.pem\"\n", &[]).unwrap();
+        let only = c.all_listeners();
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].socket_addr().to_string(), "127.0.0.1:6167");
+        assert_eq!(only[0].tls.as_ref().unwrap().key, PathBuf::from("k.pem"));
+    }
+
+    #[test]
+    fn listeners_add_to_address_and_port_in_order() {
+        let c = load_str(
+            "[global]\naddress = \"0.0.0.0\"\nport = 8008\n\
+             [[global.listeners]]\naddress = \"0.0.0.0\"\nport = 8448\n\
+             tls = { certs = \"/etc/conduit/fullchain.pem\", key = \"/etc/conduit/privkey.pem\" }\n\
+             [[global.listeners]]\naddress = \"::1\"\nport = 8008\n\
+             [[global.listeners]]\naddress = \"127.0.0.1\"\nport = 9448\n\
+             [global.listeners.tls]\ncerts = \"c.pem\"\nkey = \"k.pem\"\n",
+            &[],
+        )
+        .unwrap();
+        let all: Vec<_> = c
+            .all_listeners()
+            .iter()
+            .map(|l| (l.socket_addr().to_string(), l.tls.as_ref().map(|t| t.certs.clone())))
+            .collect();
+        assert_eq!(
+            all,
+            vec![
+                ("0.0.0.0:8008".to_owned(), None),
+                (
+                    "0.0.0.0:8448".to_owned(),
+                    Some(PathBuf::from("/etc/conduit/fullchain.pem"))
+                ),
+                ("[::1]:8008".to_owned(), None),
+                ("127.0.0.1:9448".to_owned(), Some(PathBuf::from("c.pem"))),
+            ]
+        );
+        // As every other key, from the environment too.
+        let c = load_str(
+            "",
+            &[("CONDUIT_LISTENERS", "[{ address = \"127.0.0.1\", port = 8448 }]")],
+        )
+        .unwrap();
+        assert_eq!(c.all_listeners()[1].socket_addr().to_string(), "127.0.0.1:8448");
+    }
+
+    #[test]
+    fn overlapping_or_incomplete_listeners_are_refused() {
+        let with = |listeners: &[&str]| {
+            let mut text = "[global]\naddress = \"127.0.0.1\"\nport = 8008\n".to_owned();
+            for l in listeners {
+                text.push_str(&format!("[[global.listeners]]\n{l}\n"));
+            }
+            load_str(&text, &[])
+        };
+        let refused = |listeners: &[&str]| match with(listeners).unwrap_err() {
+            ConfigError::Key { key, message } => format!("{key}: {message}"),
+            other => panic!("expected a key error, got {other}"),
+        };
+        assert_eq!(
+            refused(&["address = \"127.0.0.1\"\nport = 8008"]),
+            "listeners[0]: 127.0.0.1:8008 overlaps the listener of address/port"
+        );
+        // TLS or not, one socket cannot be both.
+        assert_eq!(
+            refused(&[
+                "address = \"127.0.0.1\"\nport = 8448",
+                "address = \"127.0.0.1\"\nport = 8448\ntls = { certs = \"c\", key = \"k\" }",
+            ]),
+            "listeners[1]: 127.0.0.1:8448 overlaps the listener of listeners[0]"
+        );
+        // A wildcard address holds the port for every address it covers.
+        assert!(refused(&["address = \"0.0.0.0\"\nport = 8008"]).starts_with("listeners[0]"));
+        assert!(refused(&["address = \"::\"\nport = 8008"]).starts_with("listeners[0]"));
+        with(&["address = \"::1\"\nport = 8008", "address = \"127.0.0.2\"\nport = 8008"]).unwrap();
+        with(&["address = \"0.0.0.0\"\nport = 8448", "address = \"::1\"\nport = 8448"]).unwrap();
+        // Port 0 picks a free port for each.
+        let zero = "address = \"127.0.0.1\"\nport = 0";
+        with(&[zero, zero]).unwrap();
+
+        assert!(key_of(with(&["address = \"127.0.0.1\""]).unwrap_err()).starts_with("listeners[0]"));
+        assert!(key_of(with(&["port = 8448"]).unwrap_err()).starts_with("listeners[0]"));
+        assert_eq!(
+            key_of(with(&["address = \"localhost\"\nport = 8448"]).unwrap_err()),
+            "listeners[0].address"
+        );
+        assert_eq!(
+            key_of(with(&["address = \"127.0.0.1\"\nport = 8448\ntls = { certs = \"c\" }"]).unwrap_err()),
+            "listeners[0].tls"
+        );
+        assert_eq!(
+            key_of(with(&["address = \"127.0.0.1\"\nport = 8448\ntsl = {}"]).unwrap_err()),
+            "listeners[0].tsl"
+        );
+    }
+
+    #[test]
     fn effective_config_round_trips() {
         let c = load_str(
             "[global]\nserver_name = \"example.org\"\nregistration_token = \"t\"\n\
-             [global.federation_destination_overrides]\n\"b.test\" = \"127.0.0.1:6168\"\n",
+             [global.federation_destination_overrides]\n\"b.test\" = \"127.0.0.1:6168\"\n\
+             [[global.listeners]]\naddress = \"::\"\nport = 8448\ntls = { certs = \"c.pem\", key = \"k.pem\" }\n\
+             [[global.listeners]]\naddress = \"127.0.0.1\"\nport = 8009\n",
             &[],
         )
         .unwrap();
         let text = c.to_toml();
+        assert!(text.contains("[[global.listeners]]"), "{text}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("again.toml");
         std::fs::write(&path, &text).unwrap();
         let again = Config::load(Some(&path), Vec::new()).unwrap();
         assert_eq!(again.to_toml(), text);
+        assert_eq!(again.all_listeners(), c.all_listeners());
     }
 }

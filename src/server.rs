@@ -28,12 +28,27 @@ const BLOCKING_THREADS_PER_WORKER: usize = 8;
 /// Runs the server until SIGINT or SIGTERM, then finishes in-flight requests,
 /// flushes the database and returns.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let addr = SocketAddr::new(config.address, config.port);
-    let tls = config.tls.as_ref().map(load_tls).transpose()?;
+    // Certificates are read before the database is opened: a bad path
+    // fails start-up at once.
+    let listeners = config
+        .all_listeners()
+        .into_iter()
+        .map(|listener| {
+            let addr = listener.socket_addr();
+            let tls = listener
+                .tls
+                .as_ref()
+                .map(load_tls)
+                .transpose()
+                .map_err(|e| StartError::Tls(format!("listener {addr}: {e}")))?;
+            Ok((addr, tls))
+        })
+        .collect::<Result<Vec<_>, StartError>>()?;
     let services = Services::open(config)?;
     let data = web::Data::from(Arc::clone(&services));
 
-    let server = HttpServer::new(move || {
+    // One app behind every listener: clients and other servers may use any.
+    let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(api::cors))
@@ -46,13 +61,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // Signals are ours: actix would stop without waiting on SIGINT.
     .disable_signals()
     .shutdown_timeout(30);
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let server = match tls {
-        Some(tls) => server.bind_rustls_0_23(addr, tls),
-        None => server.bind(addr),
+    for (addr, tls) in listeners {
+        server = match tls {
+            Some(tls) => server.bind_rustls_0_23(addr, tls),
+            None => server.bind(addr),
+        }
+        .map_err(|source| StartError::Bind { addr, source })?;
     }
-    .map_err(|source| StartError::Bind { addr, source })?;
-    for bound in server.addrs() {
+    // In config order, so the first line names the first listener (tests and
+    // scripts read the address from it).
+    for (bound, scheme) in server.addrs_with_scheme() {
         tracing::info!("listening on {scheme}://{bound}");
     }
 
@@ -170,24 +188,25 @@ async fn shutdown_signal() {
     }
 }
 
-fn load_tls(tls: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, StartError> {
+/// A listener's rustls config; the error says what is wrong with which file.
+fn load_tls(tls: &crate::config::TlsConfig) -> Result<rustls::ServerConfig, String> {
     let read = |path: &std::path::Path| {
         std::fs::File::open(path)
             .map(BufReader::new)
-            .map_err(|e| StartError::Tls(format!("cannot read {}: {e}", path.display())))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
     let certs = rustls_pemfile::certs(&mut read(&tls.certs)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StartError::Tls(format!("certificates in {}: {e}", tls.certs.display())))?;
+        .map_err(|e| format!("certificates in {}: {e}", tls.certs.display()))?;
     let key = rustls_pemfile::private_key(&mut read(&tls.key)?)
-        .map_err(|e| StartError::Tls(format!("key in {}: {e}", tls.key.display())))?
-        .ok_or_else(|| StartError::Tls(format!("no private key in {}", tls.key.display())))?;
+        .map_err(|e| format!("key in {}: {e}", tls.key.display()))?
+        .ok_or_else(|| format!("no private key in {}", tls.key.display()))?;
     rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(e.to_string()))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

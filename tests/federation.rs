@@ -685,3 +685,151 @@ async fn a_join_cut_short_by_a_crash_leaves_a_room_that_works_after_a_restart() 
         wait_for_messages(&a, &alice_token, &room, &[reply.as_str()]).await;
     }
 }
+
+/// Runs the `openssl` CLI in `dir` with `args` (split at whitespace), then
+/// `verbatim` (paths, which may hold spaces).
+fn openssl(dir: &std::path::Path, args: &str, verbatim: &[&str]) {
+    let made = std::process::Command::new("openssl")
+        .args(args.split_whitespace())
+        .args(verbatim)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the openssl CLI (scripts/test installs it)");
+    assert!(
+        made.status.success(),
+        "openssl {args} {verbatim:?}: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// A new P-256 key, unencrypted, and two days of validity.
+const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2";
+
+/// A certificate authority in `dir`: `ca.pem` and `ca.key`.
+fn make_ca(dir: &std::path::Path) -> std::path::PathBuf {
+    openssl(
+        dir,
+        &format!(
+            "req -x509 {NEW_KEY} -keyout ca.key -out ca.pem -subj /CN=conduit-test-ca \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+        ),
+        &[],
+    );
+    dir.join("ca.pem")
+}
+
+/// A server certificate for `name` (as its DNS name) in `dir`, signed by
+/// the CA in `ca_dir`, or self-signed without one. Returns the config value
+/// of a listener's `tls`.
+fn make_cert(dir: &std::path::Path, name: &str, ca_dir: Option<&std::path::Path>) -> String {
+    // Not a CA (OpenSSL's default for a self-signed certificate is one), so
+    // that a refusal is for the issuer, not for the kind of certificate.
+    let extensions = format!("subjectAltName=DNS:{name}\nbasicConstraints=critical,CA:FALSE\n");
+    match ca_dir {
+        Some(ca_dir) => {
+            let path = |file: &str| ca_dir.join(file).display().to_string();
+            std::fs::write(dir.join("cert.ext"), &extensions).unwrap();
+            openssl(
+                dir,
+                &format!("req -new {NEW_KEY} -keyout key.pem -out cert.csr -subj /CN={name}"),
+                &[],
+            );
+            openssl(
+                dir,
+                "x509 -req -days 2 -in cert.csr -extfile cert.ext -out cert.pem -CAcreateserial",
+                &["-CA", &path("ca.pem"), "-CAkey", &path("ca.key")],
+            );
+        }
+        None => {
+            let addext: Vec<String> = extensions.lines().map(|e| format!("-addext {e}")).collect();
+            openssl(
+                dir,
+                &format!(
+                    "req -x509 {NEW_KEY} -keyout key.pem -out cert.pem -subj /CN={name} {}",
+                    addext.join(" ")
+                ),
+                &[],
+            );
+        }
+    }
+    format!(
+        "{{ certs = {:?}, key = {:?} }}",
+        dir.join("cert.pem").display().to_string(),
+        dir.join("key.pem").display().to_string()
+    )
+}
+
+#[tokio::test]
+async fn servers_federate_over_tls_listeners_and_refuse_a_certificate_of_no_trusted_ca() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = make_ca(pki.path());
+    let names = ["conduit-a.test", "conduit-b.test", "conduit-c.test"];
+    let tls_ports = [free_port(), free_port(), free_port()];
+    let overrides: String = names
+        .iter()
+        .zip(tls_ports)
+        .map(|(name, port)| format!("\"{name}\" = \"https://127.0.0.1:{port}\"\n"))
+        .collect();
+    // Each server: clients on the first listener (plain HTTP, port 0, what
+    // TestServer talks to), other servers on a TLS listener. C's certificate
+    // is self-signed: no server trusts it.
+    let mut servers = Vec::new();
+    for (name, tls_port) in names.into_iter().zip(tls_ports) {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = make_cert(dir.path(), name, (name != "conduit-c.test").then(|| pki.path()));
+        let config = format!(
+            "server_name = \"{name}\"\nallow_federation = true\ntrusted_servers = []\n\
+             federation_ca_files = [{:?}]\n\
+             listeners = [{{ address = \"127.0.0.1\", port = {tls_port}, tls = {tls} }}]\n\
+             [global.federation_destination_overrides]\n{overrides}",
+            ca.display().to_string()
+        );
+        servers.push(TestServer::start_in(dir, &config).await);
+    }
+    let [a, b, c] = <[TestServer; 3]>::try_from(servers).ok().unwrap();
+    for (server, port) in [&a, &b, &c].into_iter().zip(tls_ports) {
+        assert!(server.base.starts_with("http://127.0.0.1:"), "{}", server.base);
+        server
+            .wait_for_log(0, &[&format!("listening on https://127.0.0.1:{port}")])
+            .await;
+    }
+
+    // Bob of B joins Alice's room on A; messages cross both ways.
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (bob, bob_token, _) = b.register("bob", "password-b").await;
+    let room_a = a.create_room(&alice_token, json!({"preset": "public_chat"})).await;
+    b.join(&bob_token, &room_a).await;
+    a.send_text(&alice_token, &room_a, "over tls").await;
+    wait_for_messages(&b, &bob_token, &room_a, &["over tls"]).await;
+    b.send_text(&bob_token, &room_a, "both ways").await;
+    wait_for_messages(&a, &alice_token, &room_a, &["over tls", "both ways"]).await;
+
+    // C answers on its TLS listener, but with a certificate of no trusted
+    // CA: B refuses to talk to it, and C's room never sees Bob.
+    let (_, carol_token, _) = c.register("carol", "password-c").await;
+    let room_c = c.create_room(&carol_token, json!({"preset": "public_chat"})).await;
+    let mark = b.log_mark();
+    let (status, body) = b
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", common::enc(&room_c)),
+            Some(&bob_token),
+            Some(json!({})),
+        )
+        .await;
+    assert!(status >= 400, "{status} {body}");
+    // For the certificate's issuer, not for want of an answer.
+    b.wait_for_log(mark, &["federation request failed", "conduit-c.test", "UnknownIssuer"])
+        .await;
+    let (status, members) = c
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", common::enc(&room_c)),
+            Some(&carol_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{members}");
+    assert!(members["joined"].get(&bob).is_none(), "{members}");
+}

@@ -42,7 +42,12 @@ impl TestServer {
 
     /// `extra` is more `[global]` keys, one per line.
     pub async fn start_with(extra: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), extra).await
+    }
+
+    /// As [`TestServer::start_with`], in `dir`, which may already hold files
+    /// the config names (certificates, keys).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> Self {
         let config_path = dir.path().join("conduit.toml");
         let db = dir.path().join("db");
         // Keys in `extra` replace the base's.
