@@ -729,16 +729,8 @@ fn remote_invite_room(
 /// The stripped state an invited or knocking user sees.
 fn stripped_state(s: &Services, user: &UserId, record: &RoomRecord) -> ServiceResult<Vec<Box<RawValue>>> {
     let mut out = Vec::new();
-    for (event_type, key) in [
-        ("m.room.create", ""),
-        ("m.room.join_rules", ""),
-        ("m.room.name", ""),
-        ("m.room.avatar", ""),
-        ("m.room.topic", ""),
-        ("m.room.canonical_alias", ""),
-        ("m.room.encryption", ""),
-        ("m.room.member", user.as_str()),
-    ] {
+    let keys = super::timeline::STRIPPED_STATE_TYPES.iter().map(|t| (*t, ""));
+    for (event_type, key) in keys.chain([("m.room.member", user.as_str())]) {
         if let Some(event) = s.timeline.state_event(s, record.state_snapshot, event_type, key)? {
             let client = event.to_client(false, None);
             let stripped = serde_json::json!({

@@ -14,6 +14,8 @@ use ruma::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedOneTimeKeyId, UInt};
 use super::raw;
 use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
+use crate::service::e2e_keys::ClaimedKeys;
+use crate::service::federation::devices::KeyQuery;
 use crate::service::sync::parse_token;
 use crate::service::to_device::Recipient;
 use crate::service::uiaa::Purpose;
@@ -75,8 +77,6 @@ async fn upload(
         .await?;
     Ok(upload_keys::v3::Response::new(counts(counted)))
 }
-
-use crate::service::federation::devices::KeyQuery;
 
 async fn query(services: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Result<get_keys::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
@@ -145,6 +145,18 @@ async fn claim(
         })
         .collect();
     let (claimed, failures) = services.run(move |s| s.e2e_keys.claim(s, &wanted)).await?;
+    let mut response = claim_keys::v3::Response::new(one_time_keys_json(claimed)?);
+    response.failures = failures;
+    let (answers, failures) = services.federation.claim_keys(remote).await;
+    response.failures.extend(failures);
+    for answer in answers {
+        response.one_time_keys.extend(answer.one_time_keys);
+    }
+    Ok(response)
+}
+
+/// Claimed one-time keys as the client and federation answers carry them.
+pub(crate) fn one_time_keys_json<T>(claimed: ClaimedKeys) -> Result<OneTimeKeysJson<T>, ApiError> {
     let mut one_time_keys = BTreeMap::new();
     for (user, devices) in claimed {
         let mut user_keys = BTreeMap::new();
@@ -159,15 +171,12 @@ async fn claim(
         }
         one_time_keys.insert(user, user_keys);
     }
-    let mut response = claim_keys::v3::Response::new(one_time_keys);
-    response.failures = failures;
-    let (answers, failures) = services.federation.claim_keys(remote).await;
-    response.failures.extend(failures);
-    for answer in answers {
-        response.one_time_keys.extend(answer.one_time_keys);
-    }
-    Ok(response)
+    Ok(one_time_keys)
 }
+
+/// Users → devices → one-time key ID → key.
+pub(crate) type OneTimeKeysJson<T> =
+    BTreeMap<ruma::OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<OwnedOneTimeKeyId, Raw<T>>>>;
 
 async fn changes(
     services: Arc<Services>,

@@ -7,7 +7,7 @@ mod dehydrated_device;
 mod device;
 mod discovery;
 mod filter;
-mod keys;
+pub(crate) mod keys;
 mod media;
 mod membership;
 mod message;

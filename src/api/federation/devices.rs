@@ -7,8 +7,9 @@ use std::sync::Arc;
 use ruma::api::federation::device::get_devices;
 use ruma::api::federation::keys::{claim_keys, get_keys};
 use ruma::serde::Raw;
-use ruma::{OwnedDeviceId, OwnedOneTimeKeyId, UInt};
+use ruma::{OwnedDeviceId, UInt};
 
+use crate::api::client::keys::one_time_keys_json;
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::Services;
 
@@ -69,21 +70,7 @@ async fn claim_keys_handler(
         })
         .collect();
     let (claimed, _) = services.run(move |s| s.e2e_keys.claim(s, &wanted)).await?;
-    let mut one_time_keys = BTreeMap::new();
-    for (user, devices) in claimed {
-        let mut user_keys = BTreeMap::new();
-        for (device, keys) in devices {
-            let mut device_keys = BTreeMap::new();
-            for (key_id, json) in keys {
-                let key_id = OwnedOneTimeKeyId::try_from(key_id)
-                    .map_err(|e| ApiError::Internal(format!("stored one-time key ID: {e}")))?;
-                device_keys.insert(key_id, raw(&json)?);
-            }
-            user_keys.insert(OwnedDeviceId::from(device), device_keys);
-        }
-        one_time_keys.insert(user, user_keys);
-    }
-    Ok(claim_keys::v1::Response::new(one_time_keys))
+    Ok(claim_keys::v1::Response::new(one_time_keys_json(claimed)?))
 }
 
 async fn devices(

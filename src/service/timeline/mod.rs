@@ -79,6 +79,19 @@ pub struct Txn {
     pub txn_id: String,
 }
 
+/// The state events (with an empty state key) an invited or knocking user
+/// is shown of a room, besides their own membership: the spec's
+/// recommended stripped state.
+pub const STRIPPED_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
 /// Events per `/messages` page at most.
 const MAX_PAGE: usize = 1000;
 

@@ -262,16 +262,8 @@ impl TimelineService {
     pub fn invite_state(&self, s: &Services, room_id: &RoomId, inviter: &UserId) -> ServiceResult<Vec<OwnedEventId>> {
         let record = self.room_or_404(room_id)?;
         let mut ids = Vec::new();
-        for (event_type, key) in [
-            ("m.room.create", ""),
-            ("m.room.join_rules", ""),
-            ("m.room.name", ""),
-            ("m.room.avatar", ""),
-            ("m.room.topic", ""),
-            ("m.room.canonical_alias", ""),
-            ("m.room.encryption", ""),
-            ("m.room.member", inviter.as_str()),
-        ] {
+        let keys = super::STRIPPED_STATE_TYPES.iter().map(|t| (*t, ""));
+        for (event_type, key) in keys.chain([("m.room.member", inviter.as_str())]) {
             if let Some(event) = self.state_event(s, record.state_snapshot, event_type, key)? {
                 ids.push(event.event_id);
             }
