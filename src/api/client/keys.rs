@@ -101,22 +101,14 @@ async fn query(services: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Res
         response.master_keys.extend(answer.master_keys);
         response.self_signing_keys.extend(answer.self_signing_keys);
     }
-    for (user, devices) in keys.device_keys {
-        let mut out = BTreeMap::new();
-        for (device, json) in devices {
-            out.insert(OwnedDeviceId::from(device), raw(&json)?);
-        }
-        response.device_keys.insert(user, out);
-    }
-    for (user, json) in keys.master_keys {
-        response.master_keys.insert(user, raw(&json)?);
-    }
-    for (user, json) in keys.self_signing_keys {
-        response.self_signing_keys.insert(user, raw(&json)?);
-    }
-    for (user, json) in keys.user_signing_keys {
-        response.user_signing_keys.insert(user, raw(&json)?);
-    }
+    response.device_keys.extend(device_keys_json(keys.device_keys)?);
+    response.master_keys.extend(user_keys_json(keys.master_keys)?);
+    response
+        .self_signing_keys
+        .extend(user_keys_json(keys.self_signing_keys)?);
+    response
+        .user_signing_keys
+        .extend(user_keys_json(keys.user_signing_keys)?);
     Ok(response)
 }
 
@@ -153,6 +145,28 @@ async fn claim(
         response.one_time_keys.extend(answer.one_time_keys);
     }
     Ok(response)
+}
+
+/// Queried device keys as the client and federation answers carry them.
+pub(crate) fn device_keys_json<T>(
+    keys: BTreeMap<ruma::OwnedUserId, BTreeMap<String, serde_json::Value>>,
+) -> Result<BTreeMap<ruma::OwnedUserId, BTreeMap<OwnedDeviceId, Raw<T>>>, ApiError> {
+    let mut out = BTreeMap::new();
+    for (user, devices) in keys {
+        let mut user_devices = BTreeMap::new();
+        for (device, json) in devices {
+            user_devices.insert(OwnedDeviceId::from(device), raw(&json)?);
+        }
+        out.insert(user, user_devices);
+    }
+    Ok(out)
+}
+
+/// One key per user (cross-signing keys) as the answers carry them.
+pub(crate) fn user_keys_json<T>(
+    keys: BTreeMap<ruma::OwnedUserId, serde_json::Value>,
+) -> Result<BTreeMap<ruma::OwnedUserId, Raw<T>>, ApiError> {
+    keys.into_iter().map(|(user, json)| Ok((user, raw(&json)?))).collect()
 }
 
 /// Claimed one-time keys as the client and federation answers carry them.

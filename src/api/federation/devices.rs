@@ -9,7 +9,7 @@ use ruma::api::federation::keys::{claim_keys, get_keys};
 use ruma::serde::Raw;
 use ruma::{OwnedDeviceId, UInt};
 
-use crate::api::client::keys::one_time_keys_json;
+use crate::api::client::keys::{device_keys_json, one_time_keys_json, user_keys_json};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::Services;
 
@@ -36,20 +36,9 @@ async fn query_keys(
         .map(|(u, devices)| (u, devices.into_iter().map(|d| d.to_string()).collect()))
         .collect();
     let keys = services.run(move |s| s.e2e_keys.query(s, None, &wanted)).await?;
-    let mut response = get_keys::v1::Response::new(BTreeMap::new());
-    for (user, devices) in keys.device_keys {
-        let mut out = BTreeMap::new();
-        for (device, json) in devices {
-            out.insert(OwnedDeviceId::from(device), raw(&json)?);
-        }
-        response.device_keys.insert(user, out);
-    }
-    for (user, json) in keys.master_keys {
-        response.master_keys.insert(user, raw(&json)?);
-    }
-    for (user, json) in keys.self_signing_keys {
-        response.self_signing_keys.insert(user, raw(&json)?);
-    }
+    let mut response = get_keys::v1::Response::new(device_keys_json(keys.device_keys)?);
+    response.master_keys = user_keys_json(keys.master_keys)?;
+    response.self_signing_keys = user_keys_json(keys.self_signing_keys)?;
     Ok(response)
 }
 
