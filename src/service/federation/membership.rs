@@ -15,10 +15,97 @@ use crate::service::timeline::Received;
 use crate::service::{ServiceError, ServiceResult, Services};
 
 impl FederationService {
+    /// A client's join, by room ID or alias: made here when this server is
+    /// in the room (or the room has nobody from anywhere else), else over
+    /// federation through `via`, the server that invited the user, or the
+    /// server in the room's ID. `extra` is the client's own content.
+    pub async fn join(
+        &self,
+        services: &Arc<Services>,
+        user: ruma::OwnedUserId,
+        room: String,
+        reason: Option<String>,
+        extra: serde_json::Map<String, serde_json::Value>,
+        via: Vec<OwnedServerName>,
+    ) -> ServiceResult<ruma::OwnedRoomId> {
+        let mut via = via;
+        // An alias of another server is resolved by that server.
+        let remote_alias = ruma::RoomAliasId::parse(&room)
+            .ok()
+            .filter(|alias| alias.server_name() != services.config.server_name && services.config.allow_federation);
+        let (room_id, local) = match remote_alias {
+            Some(alias) => {
+                let (room_id, servers) = self.resolve_alias(&alias).await?;
+                via.extend(servers);
+                let id = room_id.clone();
+                let local = services.run(move |s| s.rooms.joins_here(s, &id)).await?;
+                (room_id, local)
+            }
+            None => {
+                let room = room.clone();
+                services
+                    .run(move |s| {
+                        let room_id = s.rooms.resolve_room(s, &room)?;
+                        let local = s.rooms.joins_here(s, &room_id)?;
+                        Ok((room_id, local))
+                    })
+                    .await?
+            }
+        };
+        if local || !services.config.allow_federation {
+            let user = user.clone();
+            let room = room_id.to_string();
+            return services
+                .run(move |s| s.rooms.join_with(s, &user, &room, reason.as_deref(), extra))
+                .await;
+        }
+        // An invite names the server that sent it; the room's ID may name one.
+        let invited_by = {
+            let (user, room_id) = (user.clone(), room_id.clone());
+            services.run(move |s| s.timeline.remote_invite(&user, &room_id)).await?
+        };
+        if let Some(invite) = &invited_by {
+            let sender = serde_json::from_str::<serde_json::Value>(&invite.event)
+                .ok()
+                .and_then(|e| e["sender"].as_str().and_then(|u| ruma::OwnedUserId::try_from(u).ok()));
+            if let Some(sender) = sender {
+                via.push(sender.server_name().to_owned());
+            }
+        }
+        if let Some(server) = room_id.server_name() {
+            via.push(server.to_owned());
+        }
+        let content = {
+            let user = user.clone();
+            services
+                .run(move |s| {
+                    let mut body = s.rooms.member_content(s, &user, "join", reason.as_deref(), false)?;
+                    for (key, value) in extra {
+                        if !matches!(
+                            key.as_str(),
+                            "membership" | "join_authorised_via_users_server" | "third_party_invite"
+                        ) {
+                            body[key] = value;
+                        }
+                    }
+                    crate::service::timeline::to_object(body)
+                })
+                .await?
+        };
+        self.join_remote(services, &user, &room_id, &via, content).await?;
+        if invited_by.is_some() {
+            let (user, room) = (user.clone(), room_id.clone());
+            services
+                .run(move |s| s.timeline.end_remote_invite(&user, &room, false))
+                .await?;
+        }
+        Ok(room_id)
+    }
+
     /// Joins `user` (of ours) to `room_id`, asking each of `via` in turn.
     /// `content` is the membership content (display name, avatar, the
     /// client's extra keys).
-    pub async fn join_remote(
+    async fn join_remote(
         &self,
         s: &Arc<Services>,
         user: &UserId,
