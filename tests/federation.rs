@@ -833,3 +833,37 @@ async fn servers_federate_over_tls_listeners_and_refuse_a_certificate_of_no_trus
     assert_eq!(status, 200, "{members}");
     assert!(members["joined"].get(&bob).is_none(), "{members}");
 }
+
+#[tokio::test]
+async fn a_server_vouches_for_another_servers_keys_as_a_notary() {
+    let (a, b) = two_servers().await;
+    let a_keys = verified_keys(&a).await;
+    let b_keys = verified_keys(&b).await;
+    for (method, path, body) in [
+        (
+            "POST",
+            "/_matrix/key/v2/query".to_owned(),
+            Some(json!({"server_keys": {"conduit-b.test": {}}})),
+        ),
+        ("GET", "/_matrix/key/v2/query/conduit-b.test".to_owned(), None),
+    ] {
+        let (status, answer) = a.call(method, &path, None, body).await;
+        assert_eq!(status, 200, "{answer}");
+        let documents = answer["server_keys"].as_array().unwrap();
+        assert_eq!(documents.len(), 1, "{answer}");
+        let document = &documents[0];
+        assert_eq!(document["server_name"], "conduit-b.test");
+        assert_eq!(document["verify_keys"], b_keys["verify_keys"]);
+        // Signed by B itself, and countersigned by A, the notary.
+        let mut map = PublicKeyMap::new();
+        for (server, keys) in [("conduit-b.test", &b_keys), ("conduit-a.test", &a_keys)] {
+            let (key_id, key) = keys["verify_keys"].as_object().unwrap().iter().next().unwrap();
+            map.insert(
+                server.to_owned(),
+                [(key_id.clone(), Base64::parse(key["key"].as_str().unwrap()).unwrap())].into(),
+            );
+        }
+        let object: CanonicalJsonObject = serde_json::from_value(document.clone()).unwrap();
+        verify_json(&map, &object).expect("signed by the server and the notary");
+    }
+}

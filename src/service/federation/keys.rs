@@ -100,8 +100,41 @@ impl RemoteKeys {
             .collect())
     }
 
-    /// The stored key document of each of `servers` (for notary queries).
-    pub fn documents(&self, servers: &[OwnedServerName]) -> ServiceResult<Vec<CanonicalJsonObject>> {
+    /// As a notary: the key document of each of `servers` (fetched from it
+    /// when none is stored or the stored one expires before
+    /// `valid_until_ms`), each with this server's signature added.
+    pub async fn notarize(
+        &self,
+        client: &FederationClient,
+        servers: &[(OwnedServerName, u64)],
+    ) -> ServiceResult<Vec<CanonicalJsonObject>> {
+        for (server, valid_until_ms) in servers {
+            if server == self.own.server_name() {
+                continue;
+            }
+            let fresh = match self.tables.document(server.as_str())? {
+                Some(json) => serde_json::from_str::<ServerSigningKeys>(&json)
+                    .is_ok_and(|doc| u64::from(doc.valid_until_ts.get()) >= (*valid_until_ms).max(now_ms())),
+                None => false,
+            };
+            if fresh {
+                continue;
+            }
+            match client.send(server, get_server_keys::v2::Request::new()).await {
+                Ok(response) => {
+                    if let Err(e) = self.accept_document(server, response.server_key.json().get(), None) {
+                        tracing::info!(%server, error = %e, "key document refused");
+                    }
+                }
+                Err(e) => tracing::info!(%server, error = %e, "cannot fetch the server's keys for a notary query"),
+            }
+        }
+        let servers: Vec<OwnedServerName> = servers.iter().map(|(s, _)| s.clone()).collect();
+        self.documents(&servers)
+    }
+
+    /// The stored key document of each of `servers`, signed by us too.
+    fn documents(&self, servers: &[OwnedServerName]) -> ServiceResult<Vec<CanonicalJsonObject>> {
         let mut out = Vec::new();
         for server in servers {
             if server == self.own.server_name() {
