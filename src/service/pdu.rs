@@ -45,6 +45,23 @@ pub struct NewPdu {
     pub origin_server_ts: MilliSecondsSinceUnixEpoch,
 }
 
+/// `prev_events` or `auth_events` as the room version writes them: IDs, or
+/// for versions 1 and 2 `[id, {"sha256": hash}]` pairs.
+pub fn references(list: Vec<EventRef>, rules: &RoomVersionRules) -> CanonicalJsonValue {
+    CanonicalJsonValue::Array(
+        list.into_iter()
+            .map(|r| match rules.events_reference_format {
+                EventsReferenceFormatVersion::V1 => {
+                    let mut hashes = CanonicalJsonObject::new();
+                    hashes.insert("sha256".to_owned(), r.sha256.into());
+                    CanonicalJsonValue::Array(vec![r.event_id.as_str().into(), hashes.into()])
+                }
+                _ => r.event_id.as_str().into(),
+            })
+            .collect(),
+    )
+}
+
 /// Lays out, hashes and signs `new`; returns its event ID and the PDU as it
 /// is stored and sent (with `event_id` inside only for versions 1 and 2).
 pub fn build_pdu(
@@ -53,20 +70,7 @@ pub fn build_pdu(
     server_name: &ServerName,
     keys: &ServerKeysService,
 ) -> ServiceResult<(OwnedEventId, CanonicalJsonObject)> {
-    let refs = |list: Vec<EventRef>| -> CanonicalJsonValue {
-        CanonicalJsonValue::Array(
-            list.into_iter()
-                .map(|r| match rules.events_reference_format {
-                    EventsReferenceFormatVersion::V1 => {
-                        let mut hashes = CanonicalJsonObject::new();
-                        hashes.insert("sha256".to_owned(), r.sha256.into());
-                        CanonicalJsonValue::Array(vec![r.event_id.as_str().into(), hashes.into()])
-                    }
-                    _ => r.event_id.as_str().into(),
-                })
-                .collect(),
-        )
-    };
+    let refs = |list: Vec<EventRef>| references(list, rules);
     let mut object = CanonicalJsonObject::new();
     if let Some(room_id) = &new.room_id {
         object.insert("room_id".to_owned(), room_id.as_str().into());
@@ -134,6 +138,22 @@ pub fn sign_pdu(
     ruma::state_res::check_pdu_format(&object, &rules.event_format)
         .map_err(|e| ServiceError::Internal(format!("built a malformed PDU: {e}")))?;
     Ok((event_id, object))
+}
+
+/// A PDU from another server as it is stored here: without the sender's
+/// `unsigned` (not signed, so not to be trusted) and with `event_id` only
+/// where the room version puts it in the event (versions 1 and 2).
+pub fn received_form(
+    mut object: CanonicalJsonObject,
+    event_id: &EventId,
+    rules: &RoomVersionRules,
+) -> CanonicalJsonObject {
+    object.remove("unsigned");
+    object.remove("event_id");
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        object.insert("event_id".to_owned(), event_id.as_str().into());
+    }
+    object
 }
 
 /// A stored PDU as other servers get it: without `unsigned` (this server's

@@ -126,16 +126,7 @@ async fn claim(
     for (u, devices) in others {
         remote.entry(u.server_name().to_owned()).or_default().insert(u, devices);
     }
-    let wanted = local
-        .into_iter()
-        .map(|(u, devices)| {
-            let devices = devices
-                .into_iter()
-                .map(|(d, algorithm)| (d.to_string(), algorithm.to_string()))
-                .collect();
-            (u, devices)
-        })
-        .collect();
+    let wanted = claims_wanted(local);
     let (claimed, failures) = services.run(move |s| s.e2e_keys.claim(s, &wanted)).await?;
     let mut response = claim_keys::v3::Response::new(one_time_keys_json(claimed)?);
     response.failures = failures;
@@ -167,6 +158,22 @@ pub(crate) fn user_keys_json<T>(
     keys: BTreeMap<ruma::OwnedUserId, serde_json::Value>,
 ) -> Result<BTreeMap<ruma::OwnedUserId, Raw<T>>, ApiError> {
     keys.into_iter().map(|(user, json)| Ok((user, raw(&json)?))).collect()
+}
+
+/// A claim request's users → devices → algorithm, as the service reads it.
+pub(crate) fn claims_wanted(
+    claims: BTreeMap<ruma::OwnedUserId, BTreeMap<OwnedDeviceId, OneTimeKeyAlgorithm>>,
+) -> BTreeMap<ruma::OwnedUserId, BTreeMap<String, String>> {
+    claims
+        .into_iter()
+        .map(|(u, devices)| {
+            let devices = devices
+                .into_iter()
+                .map(|(d, algorithm)| (d.to_string(), algorithm.to_string()))
+                .collect();
+            (u, devices)
+        })
+        .collect()
 }
 
 /// Claimed one-time keys as the client and federation answers carry them.

@@ -9,7 +9,7 @@ use ruma::api::federation::keys::{claim_keys, get_keys};
 use ruma::serde::Raw;
 use ruma::{OwnedDeviceId, UInt};
 
-use crate::api::client::keys::{device_keys_json, one_time_keys_json, user_keys_json};
+use crate::api::client::keys::{claims_wanted, device_keys_json, one_time_keys_json, user_keys_json};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::Services;
 
@@ -46,18 +46,7 @@ async fn claim_keys_handler(
     services: Arc<Services>,
     req: Ruma<claim_keys::v1::Request>,
 ) -> Result<claim_keys::v1::Response, ApiError> {
-    let wanted = req
-        .body
-        .one_time_keys
-        .into_iter()
-        .map(|(u, devices)| {
-            let devices = devices
-                .into_iter()
-                .map(|(d, algorithm)| (d.to_string(), algorithm.to_string()))
-                .collect();
-            (u, devices)
-        })
-        .collect();
+    let wanted = claims_wanted(req.body.one_time_keys);
     let (claimed, _) = services.run(move |s| s.e2e_keys.claim(s, &wanted)).await?;
     Ok(claim_keys::v1::Response::new(one_time_keys_json(claimed)?))
 }

@@ -21,7 +21,7 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use crate::api::{ApiError, Router, Ruma};
-use crate::service::timeline::MissingEvents;
+use crate::service::timeline::{room_id_of_v12_create, MissingEvents};
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
@@ -126,7 +126,8 @@ fn acl_allows(s: &Services, room_id: &RoomId, server: &ServerName) -> Result<(),
 
 /// A version 12 create event has no `room_id`: the room is named after it.
 fn is_create_of(pdu: &crate::service::pdu::Pdu, room_id: &RoomId) -> bool {
-    pdu.event_type() == &TimelineEventType::RoomCreate && room_id.as_str()[1..] == pdu.event_id.as_str()[1..]
+    pdu.event_type() == &TimelineEventType::RoomCreate
+        && room_id_of_v12_create(&pdu.event_id).is_ok_and(|id| id == room_id)
 }
 
 /// The PDUs of `ids` in their federation form (those stored).
@@ -157,8 +158,7 @@ async fn event(
                     .ok_or_else(|| ServiceError::NotFound("this event is not known here".to_owned()))?;
                 match pdu.room_id() {
                     Some(room) => Ok(room.to_owned()),
-                    None => Ok(ruma::OwnedRoomId::try_from(format!("!{}", &id.as_str()[1..]))
-                        .map_err(|e| ServiceError::Internal(e.to_string()))?),
+                    None => room_id_of_v12_create(&id),
                 }
             })
             .await?

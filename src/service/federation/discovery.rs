@@ -311,11 +311,6 @@ impl<L: Lookups> ServerResolver<L> {
         }
     }
 
-    /// Whether the operator set where `server` is reached.
-    pub fn is_overridden(&self, server: &ServerName) -> bool {
-        self.overrides.contains_key(server)
-    }
-
     /// Where to send requests for `server`. Never fails: the last resort is
     /// the name itself on port 8448.
     pub async fn resolve(&self, server: &ServerName) -> Destination {

@@ -89,17 +89,6 @@ impl RemoteKeys {
         self.cached(server, key_ids, valid_at_ms)
     }
 
-    /// Every usable key of `server` known here (for verifying an event
-    /// whose signatures name several keys).
-    pub fn known_keys(&self, server: &ServerName) -> ServiceResult<Vec<String>> {
-        Ok(self
-            .tables
-            .keys(server.as_str())?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect())
-    }
-
     /// As a notary: the key document of each of `servers` (fetched from it
     /// when none is stored or the stored one expires before
     /// `valid_until_ms`), each with this server's signature added.

@@ -142,6 +142,7 @@ impl TimelineService {
                 txn,
                 redaction_target: built.redaction_target,
                 soft_failed: false,
+                was_outlier: false,
             },
         )?;
         Ok(event_id)

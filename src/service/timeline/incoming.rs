@@ -24,7 +24,7 @@ use super::persist::Authorized;
 use super::{internal, FailedLookup, TimelineService};
 use crate::database::rooms::{OutlierKind, OutlierRecord};
 use crate::database::Batch;
-use crate::service::pdu::Pdu;
+use crate::service::pdu::{received_form, Pdu};
 use crate::service::state::StateMap;
 use crate::service::{ServiceError, ServiceResult, Services};
 
@@ -57,7 +57,7 @@ impl TimelineService {
         s: &Services,
         room_id: &RoomId,
         event_id: OwnedEventId,
-        mut object: CanonicalJsonObject,
+        object: CanonicalJsonObject,
         state_before: Option<&[OwnedEventId]>,
     ) -> ServiceResult<Received> {
         let lock = self.room_lock(room_id);
@@ -65,19 +65,15 @@ impl TimelineService {
         if self.event_meta(&event_id)?.is_some() {
             return Ok(Received::AlreadyKnown);
         }
-        match self.tables.outlier(event_id.as_str())?.map(|o| o.kind) {
+        let was_outlier = match self.tables.outlier(event_id.as_str())?.map(|o| o.kind) {
             Some(OutlierKind::Rejected(reason)) => return Ok(Received::Rejected(reason)),
             Some(OutlierKind::SoftFailed) => return Ok(Received::AlreadyKnown),
-            Some(OutlierKind::Outlier) | None => {}
-        }
+            Some(OutlierKind::Outlier) => true,
+            None => false,
+        };
         let record = self.room_or_404(room_id)?;
-        let (version, rules) = Self::rules(&record)?;
-        // What another server put in `unsigned` is not signed: not ours to keep.
-        object.remove("unsigned");
-        object.remove("event_id");
-        if matches!(version, ruma::RoomVersionId::V1 | ruma::RoomVersionId::V2) {
-            object.insert("event_id".to_owned(), event_id.as_str().into());
-        }
+        let (_, rules) = Self::rules(&record)?;
+        let object = received_form(object, &event_id, &rules);
         let pdu = Arc::new(Pdu::from_object(event_id.clone(), &object)?);
         if pdu.room_id() != Some(room_id) {
             return Err(ServiceError::BadJson(format!(
@@ -206,6 +202,7 @@ impl TimelineService {
                 txn: None,
                 redaction_target,
                 soft_failed,
+                was_outlier,
             },
         )?;
         Ok(if soft_failed {
@@ -227,7 +224,7 @@ impl TimelineService {
         room_id: &RoomId,
         version: &ruma::RoomVersionId,
         event_id: OwnedEventId,
-        mut object: CanonicalJsonObject,
+        object: CanonicalJsonObject,
         state: &[OwnedEventId],
     ) -> ServiceResult<Received> {
         if self.room(room_id)?.is_some() {
@@ -238,12 +235,9 @@ impl TimelineService {
         let rules = version
             .rules()
             .ok_or_else(|| ServiceError::UnsupportedRoomVersion(format!("room version {version} is not supported")))?;
-        object.remove("unsigned");
-        object.remove("event_id");
-        if matches!(version, ruma::RoomVersionId::V1 | ruma::RoomVersionId::V2) {
-            object.insert("event_id".to_owned(), event_id.as_str().into());
-        }
+        let object = received_form(object, &event_id, &rules);
         let pdu = Arc::new(Pdu::from_object(event_id.clone(), &object)?);
+        let was_outlier = self.tables.outlier(event_id.as_str())?.is_some();
         if pdu.room_id() != Some(room_id) || pdu.event_type() != &TimelineEventType::RoomMember {
             return Err(ServiceError::BadJson(format!("{event_id} is not a join to {room_id}")));
         }
@@ -274,6 +268,7 @@ impl TimelineService {
                 txn: None,
                 redaction_target: None,
                 soft_failed: false,
+                was_outlier,
             },
         )?;
         Ok(Received::Accepted { count: persisted.count })

@@ -45,6 +45,8 @@ pub(super) struct Authorized<'a> {
     /// Authorized by the state before it but not by the room's current
     /// state: kept in the room graph, hidden from clients, not an extremity.
     pub soft_failed: bool,
+    /// Stored as an outlier until now (state fetched for a join, say).
+    pub was_outlier: bool,
 }
 
 /// What persisting did: the stream position (0 for a soft-failed event).
@@ -67,6 +69,7 @@ impl TimelineService {
             txn,
             redaction_target,
             soft_failed,
+            was_outlier,
         } = event;
         let event_type = pdu.event_type().clone();
         let state_key = pdu.state_key().map(str::to_owned);
@@ -171,7 +174,7 @@ impl TimelineService {
             };
             self.tables.put_event(&mut batch, event_id.as_str(), &meta, &stored);
             // An outlier (say, state fetched for a join) now in the timeline.
-            if self.tables.outlier(event_id.as_str())?.is_some() {
+            if was_outlier {
                 self.tables.delete_outlier(&mut batch, event_id.as_str());
             }
 
@@ -444,6 +447,6 @@ fn client_object(object: &CanonicalJsonObject) -> CanonicalJsonObject {
 }
 
 /// A version 12 room's ID: its create event's ID with the `!` sigil.
-pub(super) fn room_id_of_v12_create(event_id: &EventId) -> ServiceResult<OwnedRoomId> {
+pub fn room_id_of_v12_create(event_id: &EventId) -> ServiceResult<OwnedRoomId> {
     OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..])).map_err(|e| internal("room ID", e))
 }

@@ -311,20 +311,7 @@ impl TimelineService {
         for id in &record.forward_extremities {
             prev_events.push(self.event_ref(&EventId::parse(id).map_err(|e| internal("stored extremity", e))?)?);
         }
-        let refs = |list: Vec<crate::service::pdu::EventRef>| -> CanonicalJsonValue {
-            CanonicalJsonValue::Array(
-                list.into_iter()
-                    .map(|r| match rules.events_reference_format {
-                        ruma::room_version_rules::EventsReferenceFormatVersion::V1 => {
-                            let mut hashes = CanonicalJsonObject::new();
-                            hashes.insert("sha256".to_owned(), r.sha256.into());
-                            CanonicalJsonValue::Array(vec![r.event_id.as_str().into(), hashes.into()])
-                        }
-                        _ => r.event_id.as_str().into(),
-                    })
-                    .collect(),
-            )
-        };
+        let refs = |list| crate::service::pdu::references(list, &rules);
         let mut template = CanonicalJsonObject::new();
         template.insert("room_id".to_owned(), room_id.as_str().into());
         template.insert("sender".to_owned(), user.as_str().into());
