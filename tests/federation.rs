@@ -300,6 +300,144 @@ async fn messages_sent_while_the_other_server_is_down_arrive_once_it_is_back() {
     wait_for_messages(&p.a, &p.alice_token, &p.room, &["while down 3", "back"]).await;
 }
 
+/// Pages back through a room's history (at most 40 pages of `limit`),
+/// oldest first, until the server says it has reached the start.
+async fn read_back_to_the_start(server: &TestServer, token: &str, room_id: &str, limit: u32) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..40 {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}",
+            common::enc(room_id)
+        );
+        if let Some(from) = &from {
+            path.push_str(&format!("&from={}", common::enc(from)));
+        }
+        let (status, page) = server.call("GET", &path, Some(token), None).await;
+        assert_eq!(status, 200, "{page}");
+        events.extend(page["chunk"].as_array().unwrap().iter().cloned());
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => {
+                events.reverse();
+                return events;
+            }
+        }
+    }
+    panic!("no start of the room's history after 40 pages");
+}
+
+fn bodies_of(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_late_joiner_reads_what_was_said_before_the_join_fetched_from_the_other_server() {
+    let (a, mut b) = two_servers().await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (_, bob_token, _) = b.register("bob", "password-b").await;
+    let room = a
+        .create_room(&alice_token, json!({"preset": "public_chat", "name": "history"}))
+        .await;
+    let mut said: Vec<String> = Vec::new();
+    for i in 0..30 {
+        if i == 12 {
+            let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", common::enc(&room));
+            let (status, body) = a
+                .call("PUT", &path, Some(&alice_token), Some(json!({"topic": "halfway"})))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        said.push(format!("before {i}"));
+        a.send_text(&alice_token, &room, &said[i]).await;
+    }
+    let path = format!("/_matrix/client/v3/join/{}", common::enc(&room));
+    let (status, joined) = b.call("POST", &path, Some(&bob_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{joined}");
+    a.send_text(&alice_token, &room, "after the join").await;
+    said.push("after the join".to_owned());
+    wait_for_sync(&b, &bob_token, &room, "the message after the join on B", |r| {
+        r["timeline"]["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == "after the join"))
+    })
+    .await;
+    // B restarts before anyone reads back: nothing of the room's past is
+    // stored there, only its state.
+    b.restart();
+    let since = b.sync(&bob_token, None, 0, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Bob pages back in small pages: each reaches past what B has, and B
+    // fetches the rest from A. Everything, in order, once, up to the
+    // room's creation.
+    let history = read_back_to_the_start(&b, &bob_token, &room, 7).await;
+    assert_eq!(bodies_of(&history), said);
+    assert_eq!(
+        history[0]["type"], "m.room.create",
+        "the history starts at the creation"
+    );
+    let topic = history
+        .iter()
+        .find(|e| e["type"] == "m.room.topic")
+        .expect("the topic change");
+    assert_eq!(topic["content"]["topic"], "halfway");
+    let ids: std::collections::HashSet<&str> = history.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert_eq!(ids.len(), history.len(), "no event twice");
+
+    // The fetched past is history, not news: the next sync brings none of it.
+    a.send_text(&alice_token, &room, "later").await;
+    let mut news = Vec::new();
+    let mut since = since;
+    for _ in 0..40 {
+        let sync = b.sync(&bob_token, Some(&since), 500, None).await;
+        news.extend(bodies_of(
+            sync["rooms"]["join"][&room]["timeline"]["events"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        ));
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        if news.contains(&"later".to_owned()) {
+            break;
+        }
+    }
+    assert_eq!(news, ["later"]);
+
+    // Read again, from B alone (A is gone): the same history, and /context
+    // works inside the fetched part.
+    drop(a);
+    let again = read_back_to_the_start(&b, &bob_token, &room, 50).await;
+    said.push("later".to_owned());
+    assert_eq!(bodies_of(&again), said);
+    let fifth = again.iter().find(|e| e["content"]["body"] == "before 5").unwrap()["event_id"]
+        .as_str()
+        .unwrap();
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/context/{}?limit=2",
+        common::enc(&room),
+        common::enc(fifth)
+    );
+    let (status, context) = b.call("GET", &path, Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{context}");
+    assert_eq!(context["events_before"][0]["content"]["body"], "before 4");
+    assert_eq!(context["events_after"][0]["content"]["body"], "before 6");
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1&from={}",
+        common::enc(&room),
+        common::enc(context["start"].as_str().unwrap())
+    );
+    let (status, page) = b.call("GET", &path, Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["chunk"][0]["content"]["body"], "before 3");
+}
+
 /// Bob sends something into A's room: B's transaction tells A that B is up.
 async fn b_calls_a(p: &Pair) {
     let path = format!(

@@ -61,10 +61,14 @@ pub enum Table {
     /// Value: bincode `RoomRecord` (short ID, version, current state,
     /// forward extremities, last stream position).
     Rooms,
-    /// Every room's events in stream order (`rooms.rs`). Key:
-    /// `(short_room_id: u64, count: u64)`, count being the server-wide stream
-    /// position of the event. Value: bincode `TimelineRecord` (the PDU as
-    /// canonical JSON with `event_id`, plus the sending device's txnId).
+    /// Every room's events in timeline order (`rooms.rs`). Key:
+    /// `(short_room_id: u64, count: u64)` for an event stored as it arrived,
+    /// count being its server-wide stream position (never 0); `(short_room_id:
+    /// u64, 0: u64, u64::MAX - n: u64)` for the `n`th event fetched from the
+    /// room's past (backfill), so that those sort before every stream
+    /// position, the oldest first (see `rooms::position`). Value: bincode
+    /// `TimelineRecord` (the PDU as canonical JSON with `event_id`, plus the
+    /// sending device's txnId).
     Timeline,
     /// Where an event is and the state around it (`rooms.rs`). Key:
     /// `(event_id: str)`. Value: bincode `EventMeta`.

@@ -34,10 +34,89 @@ pub struct TimelineRecord {
     pub txn: Option<(String, String)>,
 }
 
+/// Where an event sits in its room's timeline, as `EventMeta::count` and
+/// the timeline's keys hold it. An event stored as it arrives takes the next
+/// stream position (the server-wide count, in order of arrival). An event
+/// fetched later from the room's past (backfill) has no stream position: it
+/// sits before all of them, numbered back in time from 1, and is held as
+/// `BACKFILLED | n`. Position 0 is no place: a soft-failed event.
+pub mod position {
+    pub const BACKFILLED: u64 = 1 << 63;
+
+    /// The `n`th event fetched from the room's past (1 is the newest).
+    pub fn backfilled(n: u64) -> u64 {
+        BACKFILLED | n
+    }
+
+    /// `n` of a backfilled position.
+    pub fn backfill_number(position: u64) -> Option<u64> {
+        (position & BACKFILLED != 0).then_some(position & !BACKFILLED)
+    }
+
+    /// The stream position; 0 (before every stream position, the place of
+    /// everything a client already has) for a backfilled event.
+    pub fn stream(position: u64) -> u64 {
+        if backfill_number(position).is_some() {
+            0
+        } else {
+            position
+        }
+    }
+
+    /// A key that orders positions as the timeline does.
+    pub fn order(position: u64) -> (bool, u64) {
+        match backfill_number(position) {
+            Some(n) => (false, u64::MAX - n),
+            None => (true, position),
+        }
+    }
+
+    /// The position just before `position`, where reading backwards after
+    /// it goes on. Before the first stream position come the backfilled
+    /// events (`backfilled(0)` is their end, with no event at it).
+    pub fn before(position: u64) -> u64 {
+        match backfill_number(position) {
+            Some(n) => backfilled(n.saturating_add(1).min(!BACKFILLED)),
+            None if position > 1 => position - 1,
+            None => backfilled(0),
+        }
+    }
+
+    /// The position just after `position`, where reading forwards goes on.
+    pub fn after(position: u64) -> u64 {
+        match backfill_number(position) {
+            Some(0) => 1,
+            Some(n) => backfilled(n - 1),
+            None => position.saturating_add(1),
+        }
+    }
+
+    /// The timeline's key of the event at `position`.
+    pub(crate) fn key(short_room_id: u64, position: u64) -> Vec<u8> {
+        match backfill_number(position) {
+            Some(n) => super::keys::encode(&(short_room_id, 0u64, u64::MAX - n)),
+            None => super::keys::encode(&(short_room_id, position)),
+        }
+    }
+
+    pub(crate) fn from_key(key: &[u8]) -> super::DbResult<u64> {
+        use super::{decode_key, Table};
+        if key.len() > 16 {
+            let (_, _, rest): (u64, u64, u64) = decode_key(Table::Timeline, key)?;
+            Ok(backfilled(u64::MAX - rest))
+        } else {
+            let (_, count): (u64, u64) = decode_key(Table::Timeline, key)?;
+            Ok(count)
+        }
+    }
+}
+
 /// Where an event is stored and the state around it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EventMeta {
     pub short_room_id: u64,
+    /// Its place in the timeline (see [`position`]); 0 for a soft-failed
+    /// event, which has none.
     pub count: u64,
     pub short_event_id: u64,
     /// Snapshot of the room state before the event.
@@ -120,7 +199,7 @@ impl RoomTables {
     pub fn put_event(&self, batch: &mut Batch, event_id: &str, meta: &EventMeta, record: &TimelineRecord) {
         batch.put(
             Table::Timeline,
-            keys::encode(&(meta.short_room_id, meta.count)),
+            position::key(meta.short_room_id, meta.count),
             to_record(record),
         );
         batch.put(Table::EventIndex, keys::encode(event_id), to_record(meta));
@@ -130,7 +209,7 @@ impl RoomTables {
     pub fn replace_event(&self, batch: &mut Batch, meta: &EventMeta, record: &TimelineRecord) {
         batch.put(
             Table::Timeline,
-            keys::encode(&(meta.short_room_id, meta.count)),
+            position::key(meta.short_room_id, meta.count),
             to_record(record),
         );
     }
@@ -144,7 +223,7 @@ impl RoomTables {
 
     pub fn event(&self, short_room_id: u64, count: u64) -> DbResult<Option<TimelineRecord>> {
         self.db
-            .get(Table::Timeline, &keys::encode(&(short_room_id, count)))?
+            .get(Table::Timeline, &position::key(short_room_id, count))?
             .map(|v| from_record(Table::Timeline, &v))
             .transpose()
     }
@@ -160,7 +239,7 @@ impl RoomTables {
         let prefix = keys::encode(&short_room_id);
         let iter = match from {
             Some(count) => {
-                let start = keys::encode(&(short_room_id, count));
+                let start = position::key(short_room_id, count);
                 let inner = self.db.iter(Table::Timeline, Some(&start), direction);
                 let prefix = prefix.clone();
                 Box::new(inner.take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))))
@@ -170,8 +249,7 @@ impl RoomTables {
         };
         iter.map(|r| {
             let (k, v) = r?;
-            let (_, count): (u64, u64) = decode_key(Table::Timeline, &k)?;
-            Ok((count, from_record(Table::Timeline, &v)?))
+            Ok((position::from_key(&k)?, from_record(Table::Timeline, &v)?))
         })
     }
 
@@ -298,5 +376,33 @@ impl RoomTables {
     /// Indexes transaction IDs of a database from before they expired.
     pub fn backfill_txn_index(&self, now_ms: u64) -> DbResult<usize> {
         self.txn_ids.backfill_index(now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::position::*;
+
+    /// The timeline's key order, `order`, and `before`/`after` agree: the
+    /// backfilled events, oldest first, then the stream.
+    #[test]
+    fn backfilled_positions_sort_before_the_stream_oldest_first() {
+        let timeline = [backfilled(3), backfilled(2), backfilled(1), 1, 2, 40];
+        for pair in timeline.windows(2) {
+            assert!(key(9, pair[0]) < key(9, pair[1]), "{pair:?}");
+            assert!(order(pair[0]) < order(pair[1]), "{pair:?}");
+            assert_eq!(from_key(&key(9, pair[0])).unwrap(), pair[0]);
+        }
+        // The keys of one room stay apart from the next room's.
+        assert!(key(9, u64::MAX >> 1) < key(10, backfilled(100)));
+        assert_eq!(before(2), 1);
+        assert_eq!(before(1), backfilled(0));
+        assert_eq!(before(backfilled(1)), backfilled(2));
+        assert_eq!(after(backfilled(2)), backfilled(1));
+        assert_eq!(after(backfilled(0)), 1);
+        // `backfilled(0)` holds no event: it lies between the two parts.
+        assert!(key(9, backfilled(1)) < key(9, backfilled(0)) && key(9, backfilled(0)) < key(9, 1));
+        assert_eq!(stream(backfilled(5)), 0);
+        assert_eq!(stream(7), 7);
     }
 }

@@ -825,7 +825,7 @@ impl E2eKeysService {
             let mut scanned = 0;
             for event in s.timeline.events(&record, Some(to), Direction::Backward) {
                 let event = event?;
-                if event.count <= from {
+                if crate::database::rooms::position::stream(event.count) <= from {
                     break;
                 }
                 scanned += 1;

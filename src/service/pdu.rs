@@ -239,6 +239,19 @@ impl Pdu {
         self.fields.depth
     }
 
+    /// Whether this is an event of `room_id`: its `room_id` says so, or,
+    /// for a room version 12 create event (which has none), the room is
+    /// named after it.
+    pub fn belongs_to(&self, room_id: &RoomId) -> bool {
+        match self.fields.room_id.as_deref() {
+            Some(own) => own == room_id,
+            None => {
+                self.fields.event_type == TimelineEventType::RoomCreate
+                    && room_id.as_str().strip_prefix('!') == self.event_id.as_str().strip_prefix('$')
+            }
+        }
+    }
+
     /// The content hash that references to this event carry (empty if the
     /// PDU has none).
     pub fn content_sha256(&self) -> &str {

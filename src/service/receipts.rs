@@ -104,7 +104,13 @@ impl ReceiptsService {
                 thread.unwrap_or(""),
                 &record,
             );
-            let cleared = s.push.clear(&mut batch, user, room_id, event.count, &scope)?;
+            let cleared = s.push.clear(
+                &mut batch,
+                user,
+                room_id,
+                crate::database::rooms::position::stream(event.count),
+                &scope,
+            )?;
             self.tables.write(batch)?;
             self.raise_newest(room_id, record.count, None);
             if let Some(cleared) = cleared {

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value as JsonValue};
 use super::timeline::StoredEvent;
 use super::users::{AVATAR_URL, DISPLAYNAME};
 use super::{ServiceError, ServiceResult, Services};
+use crate::database::rooms::position;
 use crate::database::search::SearchTables;
 use crate::database::{Batch, Db};
 
@@ -126,9 +127,13 @@ impl SearchService {
             }
         }
         if query.by_rank {
-            hits.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(b.event.count.cmp(&a.event.count)));
+            hits.sort_by(|a, b| {
+                b.rank
+                    .total_cmp(&a.rank)
+                    .then(position::order(b.event.count).cmp(&position::order(a.event.count)))
+            });
         } else {
-            hits.sort_by_key(|h| std::cmp::Reverse(h.event.count));
+            hits.sort_by_key(|h| std::cmp::Reverse(position::order(h.event.count)));
         }
 
         // Pages: by rank, an offset; by time, the position to continue below,
@@ -147,7 +152,9 @@ impl SearchService {
                     offset.parse::<usize>().map_err(|_| bad())?
                 } else if let Some(below) = token.strip_prefix('r') {
                     let below: u64 = below.parse().map_err(|_| bad())?;
-                    hits.iter().position(|h| h.event.count < below).unwrap_or(total)
+                    hits.iter()
+                        .position(|h| position::order(h.event.count) < position::order(below))
+                        .unwrap_or(total)
                 } else {
                     return Err(bad());
                 }
@@ -343,8 +350,8 @@ impl SearchService {
                 }
                 context["profile_info"] = profiles.into();
             }
-            context["start"] = super::sync::token(around.first.saturating_sub(1)).into();
-            context["end"] = super::sync::token(around.last).into();
+            context["start"] = super::sync::timeline_token(position::before(around.first)).into();
+            context["end"] = super::sync::timeline_token(around.last).into();
             for (key, events) in [("events_before", &around.before), ("events_after", &around.after)] {
                 let events = s.timeline.client_events(s, events, true, viewer)?;
                 context[key] =

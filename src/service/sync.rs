@@ -20,7 +20,7 @@ use super::e2e_keys::DeviceListUpdates;
 use super::push::Counts;
 use super::timeline::{StoredEvent, VisibilityCache};
 use super::{ServiceError, ServiceResult, Services};
-use crate::database::rooms::{RoomRecord, UserRoomRecord};
+use crate::database::rooms::{position, RoomRecord, UserRoomRecord};
 use crate::database::Direction;
 
 /// Events per room timeline when the filter names no limit.
@@ -166,6 +166,29 @@ pub fn parse_token(token: &str) -> ServiceResult<u64> {
 
 pub fn token(position: u64) -> String {
     format!("s{position}")
+}
+
+/// A place in one room's timeline (`/messages`, `/context`, `prev_batch`):
+/// a stream token, or `b{n}` among the events fetched from the room's past
+/// (see `database::rooms::position`).
+pub fn timeline_token(position: u64) -> String {
+    match crate::database::rooms::position::backfill_number(position) {
+        Some(n) => format!("b{n}"),
+        None => token(position),
+    }
+}
+
+pub fn parse_timeline_token(token: &str) -> ServiceResult<u64> {
+    use crate::database::rooms::position;
+    match token.strip_prefix('b') {
+        Some(n) => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n < position::BACKFILLED)
+            .map(position::backfilled)
+            .ok_or_else(|| ServiceError::InvalidParam(format!("{token:?} is not a valid token"))),
+        None => parse_token(token),
+    }
 }
 
 /// Whether an event type matches a filter pattern (`*` is a wildcard).
@@ -462,7 +485,7 @@ fn sync_room(
     let mut visibility = VisibilityCache::default();
     for event in s.timeline.events(record, Some(end), Direction::Backward) {
         let event = event?;
-        if since.is_some() && event.count <= since_pos {
+        if since.is_some() && position::stream(event.count) <= since_pos {
             break;
         }
         scanned += 1;
@@ -590,7 +613,7 @@ fn sync_room(
     let (unread, unread_threads) = s.push.counts(user, room_id, threads_apart)?;
     let prev_batch = timeline
         .first()
-        .map(|e| token(e.count - 1))
+        .map(|e| timeline_token(position::before(e.count)))
         .or_else(|| Some(token(end)));
     Ok(Some(SyncRoom {
         room_id: room_id.clone(),
@@ -769,5 +792,10 @@ mod tests {
         assert_eq!(parse_token("42").unwrap(), 42);
         assert!(parse_token("s-1").is_err());
         assert!(parse_token("banana").is_err());
+        for position in [1, 42, position::backfilled(0), position::backfilled(7)] {
+            assert_eq!(parse_timeline_token(&timeline_token(position)).unwrap(), position);
+        }
+        assert_eq!(timeline_token(position::backfilled(7)), "b7");
+        assert!(parse_timeline_token("b-1").is_err());
     }
 }

@@ -171,7 +171,8 @@ async fn messages(
         filter: body.filter,
     };
     let page = services
-        .run(move |s| s.timeline.messages(s, &user, &device, &body.room_id, pagination))
+        .federation
+        .messages(&services, user, device, body.room_id, pagination)
         .await?;
     let mut response = get_message_events::v3::Response::new();
     response.start = page.start;

@@ -1,9 +1,11 @@
 //! Federation: requests to other servers (where a server name is reached,
 //! [`discovery`], and the signed client that sends them, [`client`]), their
-//! signing keys ([`keys`]), what they send us ([`receive`]), our users
+//! signing keys ([`keys`]), what they send us ([`receive`]) and the past
+//! of rooms we joined late ([`backfill`]), our users
 //! joining their rooms ([`membership`]), and our events on their way to
 //! them through the outbox ([`sender`]).
 
+mod backfill;
 pub mod client;
 pub mod devices;
 pub mod discovery;
@@ -35,6 +37,8 @@ pub struct FederationService {
     pub keys: keys::RemoteKeys,
     server_name: OwnedServerName,
     outbox: Arc<OutboxService>,
+    /// Backfills run one at a time (see `backfill`).
+    backfill_lock: tokio::sync::Mutex<()>,
 }
 
 impl FederationService {
@@ -79,6 +83,7 @@ impl FederationService {
             client,
             server_name: config.server_name.clone(),
             outbox,
+            backfill_lock: tokio::sync::Mutex::new(()),
         })
     }
 }

@@ -189,27 +189,9 @@ impl FederationService {
         event_id: OwnedEventId,
         object: CanonicalJsonObject,
     ) -> ServiceResult<()> {
-        let mut fetched = 0usize;
-        let mut outcome = receive(s, room_id, &event_id, &object, None).await?;
-        if let Received::Missing { auth, prev } = &outcome {
-            if !auth.is_empty() {
-                self.fetch_auth_chain(s, origin, room_id, version, &event_id, &mut fetched)
-                    .await?;
-            }
-            if !prev.is_empty() {
-                self.fetch_missing(s, origin, room_id, version, &event_id, &object, &mut fetched)
-                    .await?;
-            }
-            outcome = receive(s, room_id, &event_id, &object, None).await?;
-        }
-        if let Received::Missing { .. } = outcome {
-            // The gap is too wide to fill: take the state before the event
-            // from the server that sent it.
-            let state = self
-                .fetch_state_before(s, origin, room_id, version, &event_id, &mut fetched)
-                .await?;
-            outcome = receive(s, room_id, &event_id, &object, Some(state)).await?;
-        }
+        let outcome = self
+            .handle_arrival(s, origin, room_id, version, (event_id.clone(), object), Arrival::Live)
+            .await?;
         match outcome {
             Received::Accepted { .. } | Received::AlreadyKnown | Received::SoftFailed => Ok(()),
             Received::Rejected(reason) => Err(ServiceError::Forbidden(reason)),
@@ -219,6 +201,44 @@ impl FederationService {
                 prev.len()
             ))),
         }
+    }
+
+    /// A PDU into its room as news or as history, with what it lacks
+    /// fetched from `origin` first: its auth chain; for news, the events
+    /// between it and the room's end (history has no such gap to fill);
+    /// failing those, the state before it.
+    pub(super) async fn handle_arrival(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        (event_id, object): (OwnedEventId, CanonicalJsonObject),
+        arrival: Arrival,
+    ) -> ServiceResult<Received> {
+        let mut fetched = 0usize;
+        let mut outcome = receive(s, room_id, &event_id, &object, None, arrival).await?;
+        if let Received::Missing { auth, prev } = &outcome {
+            if !auth.is_empty() {
+                self.fetch_auth_chain(s, origin, room_id, version, &event_id, &mut fetched)
+                    .await?;
+            }
+            if !prev.is_empty() && arrival == Arrival::Live {
+                self.fetch_missing(s, origin, room_id, version, &event_id, &object, &mut fetched)
+                    .await?;
+            }
+            outcome = receive(s, room_id, &event_id, &object, None, arrival).await?;
+        }
+        if let Received::Missing { .. } = outcome {
+            // The gap is too wide to fill (or, for history, lies before
+            // what is stored here): take the state before the event from
+            // the server that sent it.
+            let state = self
+                .fetch_state_before(s, origin, room_id, version, &event_id, &mut fetched)
+                .await?;
+            outcome = receive(s, room_id, &event_id, &object, Some(state), arrival).await?;
+        }
+        Ok(outcome)
     }
 
     /// Fills a gap before `event_id` with `get_missing_events`, oldest first.
@@ -249,9 +269,28 @@ impl FederationService {
         request.limit = MISSING_EVENTS_LIMIT.into();
         request.min_depth = ruma::UInt::try_from(min_depth).unwrap_or_default();
         let response = self.client.send(origin, request).await?;
+        let budget = MAX_FETCHED_EVENTS.saturating_sub(*fetched);
+        *fetched += response.events.len().min(budget);
+        let events = self
+            .verified_oldest_first(origin, version, &response.events[..response.events.len().min(budget)])
+            .await;
+        for (id, object) in events {
+            // Each in turn; one that still lacks history waits for later.
+            receive(s, room_id, &id, &object, None, Arrival::Live).await?;
+        }
+        Ok(())
+    }
+
+    /// The PDUs of `raw` that verify (the others are dropped and logged),
+    /// oldest first: by depth, which a child always exceeds its parents in.
+    pub(super) async fn verified_oldest_first(
+        &self,
+        origin: &ServerName,
+        version: &RoomVersionId,
+        raw: &[Box<RawValue>],
+    ) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
         let mut events = Vec::new();
-        for raw in response.events.iter().take(MAX_FETCHED_EVENTS.saturating_sub(*fetched)) {
-            *fetched += 1;
+        for raw in raw {
             match self.verify_pdu(version, raw).await {
                 Ok((id, object)) => {
                     let depth = match object.get("depth") {
@@ -260,15 +299,11 @@ impl FederationService {
                     };
                     events.push((depth, id, object));
                 }
-                Err(e) => tracing::info!(%origin, error = %e, "missing event refused"),
+                Err(e) => tracing::info!(%origin, error = %e, "fetched event refused"),
             }
         }
-        events.sort_by_key(|(depth, _, _)| *depth);
-        for (_, id, object) in events {
-            // Each in turn; one that still lacks history waits for later.
-            receive(s, room_id, &id, &object, None).await?;
-        }
-        Ok(())
+        events.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        events.into_iter().map(|(_, id, object)| (id, object)).collect()
     }
 
     /// Fetches the auth chain of `event_id` from `origin` and keeps what
@@ -385,17 +420,32 @@ impl FederationService {
     }
 }
 
+/// How an event from another server reaches us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// Sent as it happened (a transaction, a join, missing events).
+    Live,
+    /// Fetched from the room's past, for this backfilled position.
+    Backfilled(u64),
+}
+
 async fn receive(
     s: &Arc<Services>,
     room_id: &RoomId,
     event_id: &EventId,
     object: &CanonicalJsonObject,
     state: Option<Vec<OwnedEventId>>,
+    arrival: Arrival,
 ) -> ServiceResult<Received> {
     let (room_id, event_id, object) = (room_id.to_owned(), event_id.to_owned(), object.clone());
-    s.run_write(move |s| {
-        s.timeline
-            .receive_remote(s, &room_id, event_id, object, state.as_deref())
+    s.run_write(move |s| match arrival {
+        Arrival::Live => s
+            .timeline
+            .receive_remote(s, &room_id, event_id, object, state.as_deref()),
+        Arrival::Backfilled(position) => {
+            s.timeline
+                .receive_backfilled(s, &room_id, event_id, object, state.as_deref(), position)
+        }
     })
     .await
 }

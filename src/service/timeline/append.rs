@@ -143,6 +143,7 @@ impl TimelineService {
                 redaction_target: built.redaction_target,
                 soft_failed: false,
                 was_outlier: false,
+                backfilled: None,
             },
         )?;
         Ok(event_id)

@@ -22,7 +22,7 @@ use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomI
 use super::append::StateView;
 use super::persist::Authorized;
 use super::{internal, FailedLookup, TimelineService};
-use crate::database::rooms::{OutlierKind, OutlierRecord};
+use crate::database::rooms::{position, OutlierKind, OutlierRecord};
 use crate::database::Batch;
 use crate::service::pdu::{received_form, Pdu};
 use crate::service::state::StateMap;
@@ -47,7 +47,44 @@ pub enum Received {
     },
 }
 
+/// Where the history stored of a room begins (see
+/// [`TimelineService::backfill_point`]).
+pub struct BackfillPoint {
+    /// The events the oldest stored event references that are not stored
+    /// here; none once the create event is.
+    pub missing: Vec<OwnedEventId>,
+    /// The number the newest event fetched from before it takes.
+    pub next_number: u64,
+    pub version: String,
+    /// Whose server sent the oldest stored event.
+    pub oldest_sender_server: ruma::OwnedServerName,
+}
+
 impl TimelineService {
+    pub fn backfill_point(&self, room_id: &RoomId) -> ServiceResult<BackfillPoint> {
+        let record = self.room_or_404(room_id)?;
+        let oldest = self
+            .events(&record, None, crate::database::Direction::Forward)
+            .next()
+            .transpose()?
+            .ok_or_else(|| internal("room", "a room without events"))?;
+        let pdu = self
+            .pdu(&oldest.event_id)?
+            .ok_or_else(|| internal("oldest event", "not readable"))?;
+        let mut missing = Vec::new();
+        for id in pdu.prev_events() {
+            if self.event_meta(id)?.is_none() {
+                missing.push(id.clone());
+            }
+        }
+        Ok(BackfillPoint {
+            missing,
+            next_number: position::backfill_number(oldest.count).unwrap_or(0) + 1,
+            version: record.version.clone(),
+            oldest_sender_server: pdu.sender().server_name().to_owned(),
+        })
+    }
+
     /// Authorizes and stores `object`, an event of `room_id` (a room this
     /// server knows) whose signatures have been checked. `state_before`,
     /// the IDs of the state events before it (all stored, as outliers at
@@ -59,6 +96,34 @@ impl TimelineService {
         event_id: OwnedEventId,
         object: CanonicalJsonObject,
         state_before: Option<&[OwnedEventId]>,
+    ) -> ServiceResult<Received> {
+        self.receive_checked(s, room_id, event_id, object, state_before, None)
+    }
+
+    /// [`Self::receive_remote`] for an event of the room's past, fetched
+    /// with `/backfill`, stored at `position` (a backfilled position, see
+    /// `database::rooms::position`). It is not checked against the current
+    /// state: it is history, not news.
+    pub fn receive_backfilled(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        event_id: OwnedEventId,
+        object: CanonicalJsonObject,
+        state_before: Option<&[OwnedEventId]>,
+        position: u64,
+    ) -> ServiceResult<Received> {
+        self.receive_checked(s, room_id, event_id, object, state_before, Some(position))
+    }
+
+    fn receive_checked(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        event_id: OwnedEventId,
+        object: CanonicalJsonObject,
+        state_before: Option<&[OwnedEventId]>,
+        backfilled: Option<u64>,
     ) -> ServiceResult<Received> {
         let lock = self.room_lock(room_id);
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,14 +140,27 @@ impl TimelineService {
         let (_, rules) = Self::rules(&record)?;
         let object = received_form(object, &event_id, &rules);
         let pdu = Arc::new(Pdu::from_object(event_id.clone(), &object)?);
-        if pdu.room_id() != Some(room_id) {
+        if !pdu.belongs_to(room_id) {
             return Err(ServiceError::BadJson(format!(
                 "{event_id} is not an event of {room_id}"
             )));
         }
-        if pdu.event_type() == &TimelineEventType::RoomCreate {
-            let reason = "a room has one create event".to_owned();
-            return self.reject(room_id, &event_id, &object, reason);
+        let is_create = pdu.event_type() == &TimelineEventType::RoomCreate;
+        if is_create {
+            let ours = self
+                .state_event(s, record.state_snapshot, "m.room.create", "")?
+                .is_some_and(|create| create.event_id == event_id);
+            // The room's own create event, known since the join: history
+            // reaching its start takes it into the timeline; offered as
+            // news, it is nothing new (and never to be marked rejected).
+            match (ours, backfilled) {
+                (true, Some(_)) => {}
+                (true, None) => return Ok(Received::AlreadyKnown),
+                (false, _) => {
+                    let reason = "a room has one create event".to_owned();
+                    return self.reject(room_id, &event_id, &object, reason);
+                }
+            }
         }
 
         // Everything it references must be known before anything is decided.
@@ -156,6 +234,8 @@ impl TimelineService {
         // 2. Against the state before it.
         let before_id = match state_before {
             Some(ids) => self.snapshot_of(s, ids)?,
+            // Nothing is before the create event.
+            None if is_create => self.snapshot_of(s, &[])?,
             None => self.resolve_snapshots(s, &rules, &prev_states)?,
         };
         let state = self.state_events(s, before_id)?;
@@ -168,7 +248,7 @@ impl TimelineService {
         }
 
         // 3. Against the room's current state.
-        let soft_failed = record.state_snapshot != before_id && {
+        let soft_failed = backfilled.is_none() && record.state_snapshot != before_id && {
             let current = StateView {
                 timeline: self,
                 state: Some(self.state_events(s, record.state_snapshot)?),
@@ -203,6 +283,7 @@ impl TimelineService {
                 redaction_target,
                 soft_failed,
                 was_outlier,
+                backfilled,
             },
         )?;
         Ok(if soft_failed {
@@ -269,6 +350,7 @@ impl TimelineService {
                 redaction_target: None,
                 soft_failed: false,
                 was_outlier,
+                backfilled: None,
             },
         )?;
         Ok(Received::Accepted { count: persisted.count })

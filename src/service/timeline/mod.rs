@@ -25,7 +25,7 @@ mod serve;
 mod stored_json;
 
 pub use cache::Members;
-pub use incoming::Received;
+pub use incoming::{BackfillPoint, Received};
 pub use persist::room_id_of_v12_create;
 pub use read::{Around, VisibilityCache};
 pub use serve::{MissingEvents, StateAt, MAX_EVENTS_PER_REQUEST};
@@ -97,7 +97,7 @@ pub const STRIPPED_STATE_TYPES: [&str; 7] = [
 const MAX_PAGE: usize = 1000;
 
 /// A `/messages` request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pagination {
     pub from: Option<String>,
     pub to: Option<String>,
@@ -111,6 +111,9 @@ pub struct Pagination {
 pub struct Page {
     pub start: String,
     pub end: Option<String>,
+    /// Reading backwards, when the start of the history stored here was
+    /// reached: where to go on from if more of it is fetched.
+    pub at_start: Option<String>,
     pub chunk: Vec<Box<RawValue>>,
     pub state: Vec<JsonValue>,
 }

@@ -47,6 +47,10 @@ pub(super) struct Authorized<'a> {
     pub soft_failed: bool,
     /// Stored as an outlier until now (state fetched for a join, say).
     pub was_outlier: bool,
+    /// Fetched from the room's past: stored at this (backfilled) position,
+    /// before the events clients have seen; the room's end, current state
+    /// and memberships stay as they are, and nobody is told.
+    pub backfilled: Option<u64>,
 }
 
 /// What persisting did: the stream position (0 for a soft-failed event).
@@ -70,6 +74,7 @@ impl TimelineService {
             redaction_target,
             soft_failed,
             was_outlier,
+            backfilled,
         } = event;
         let event_type = pdu.event_type().clone();
         let state_key = pdu.state_key().map(str::to_owned);
@@ -88,7 +93,7 @@ impl TimelineService {
         // (then it is written first: short IDs are content-addressed, so
         // one left behind by a failure is unused, never wrong).
         let mut batch = Batch::new();
-        let short_event_id = if forked && !soft_failed {
+        let short_event_id = if (forked && !soft_failed) || backfilled.is_some() {
             s.state.short_event_id(&event_id)?
         } else {
             s.state.new_short_event_id(&mut batch, &event_id)?
@@ -144,6 +149,41 @@ impl TimelineService {
             self.tables.write(batch)?;
             tracing::info!(%event_id, %room_id, "event soft-failed: not allowed by the room's current state");
             return Ok(Persisted { count: 0 });
+        }
+
+        if let Some(position) = backfilled {
+            let Some(record) = record else {
+                return Err(internal("backfilled event", "the room has no record"));
+            };
+            let meta = EventMeta {
+                short_room_id: record.short_id,
+                count: position,
+                short_event_id,
+                state_before: before_id,
+                state_after: after_id,
+            };
+            let stored = StoredEvent {
+                event_id: event_id.clone(),
+                count: position,
+                json: object,
+                txn: None,
+            };
+            let record_json = TimelineRecord { json, txn: None };
+            self.tables
+                .put_event(&mut batch, event_id.as_str(), &meta, &record_json);
+            if was_outlier {
+                self.tables.delete_outlier(&mut batch, event_id.as_str());
+            }
+            let redacted = self.apply_redaction(s, &mut batch, &room_id, rules, &stored.json, redaction_target)?;
+            s.relations.index(s, &mut batch, &room_id, &stored)?;
+            s.search.index(&mut batch, record.short_id, &stored);
+            self.tables.write(batch)?;
+            self.meta_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(&event_id, meta);
+            self.after_redaction(s, redacted);
+            return Ok(Persisted { count: position });
         }
 
         let ticket = self.stream.begin()?;
@@ -227,20 +267,7 @@ impl TimelineService {
                     crate::service::now_ms(),
                 )?;
             }
-            let redacts_state = redaction_target.as_ref().is_some_and(|(_, t)| t.state_key().is_some());
-            let redacted_id = redaction_target.as_ref().map(|(_, t)| t.event_id.clone());
-            if let Some((target_meta, target)) = redaction_target {
-                s.search.unindex(&mut batch, target_meta.short_room_id, &target);
-                s.relations.unindex(&mut batch, &room_id, &target)?;
-                let because = RedactedBecause::from_json(client_object(&object));
-                if let Ok(mut redacted) = redact(target.json, &rules.redaction, Some(because)) {
-                    // Redaction drops `event_id` from v3+ PDUs; it stays with the stored copy.
-                    redacted.insert("event_id".to_owned(), target.event_id.as_str().into());
-                    let json = serde_json::to_string(&redacted).map_err(|e| internal("redacted PDU", e))?;
-                    self.tables
-                        .replace_event(&mut batch, &target_meta, &TimelineRecord { json, txn: target.txn });
-                }
-            }
+            let redacted = self.apply_redaction(s, &mut batch, &room_id, rules, &object, redaction_target)?;
             let stored_event = StoredEvent {
                 event_id: event_id.clone(),
                 count,
@@ -300,28 +327,26 @@ impl TimelineService {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(&event_id, meta);
             // The caches learn of the change only now that it has landed.
-            {
-                let mut pdus = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(id) = &redacted_id {
-                    pdus.forget(id);
-                }
-                // The next event of the room references this one.
-                pdus.insert(pdu.clone());
-            }
+            let redacts_state = redacted.as_ref().is_some_and(|(_, state)| *state);
+            self.after_redaction(s, redacted);
+            // The next event of the room references this one.
+            self.pdu_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pdu.clone());
             if membership_changed {
                 self.members_cache
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .forget(room_id.as_str());
             }
-            if redacts_state {
-                self.clear_state_cache();
-                s.push.forget_contexts();
-            } else if let Some(state) = state_after_parsed {
-                // The next event's state before: worth keeping parsed. No
-                // generation check needed: only a redaction in this room,
-                // which waits for its lock, could make it stale.
-                self.remember_state(after_id, room_id.to_string(), state);
+            if !redacts_state {
+                if let Some(state) = state_after_parsed {
+                    // The next event's state before: worth keeping parsed. No
+                    // generation check needed: only a redaction in this room,
+                    // which waits for its lock, could make it stale.
+                    self.remember_state(after_id, room_id.to_string(), state);
+                }
             }
             for (user, membership) in self.members(&room_id)?.iter() {
                 if matches!(membership.as_str(), "join" | "invite" | "knock") {
@@ -342,6 +367,50 @@ impl TimelineService {
                 self.stream.finish(ticket, []);
                 Err(e)
             }
+        }
+    }
+
+    /// Redacts the event a redaction (`object`) targets, in the
+    /// redaction's batch. Returns the redacted event's ID and whether it is
+    /// a state event, for [`Self::after_redaction`].
+    fn apply_redaction(
+        &self,
+        s: &Services,
+        batch: &mut Batch,
+        room_id: &ruma::RoomId,
+        rules: &RoomVersionRules,
+        object: &CanonicalJsonObject,
+        target: Option<(EventMeta, StoredEvent)>,
+    ) -> ServiceResult<Option<(OwnedEventId, bool)>> {
+        let Some((target_meta, target)) = target else {
+            return Ok(None);
+        };
+        let redacted = (target.event_id.clone(), target.state_key().is_some());
+        s.search.unindex(batch, target_meta.short_room_id, &target);
+        s.relations.unindex(batch, room_id, &target)?;
+        let because = RedactedBecause::from_json(client_object(object));
+        if let Ok(mut redacted) = redact(target.json, &rules.redaction, Some(because)) {
+            // Redaction drops `event_id` from v3+ PDUs; it stays with the stored copy.
+            redacted.insert("event_id".to_owned(), target.event_id.as_str().into());
+            let json = serde_json::to_string(&redacted).map_err(|e| internal("redacted PDU", e))?;
+            self.tables
+                .replace_event(batch, &target_meta, &TimelineRecord { json, txn: target.txn });
+        }
+        Ok(Some(redacted))
+    }
+
+    /// The caches learn of a redaction once it has landed.
+    fn after_redaction(&self, s: &Services, redacted: Option<(OwnedEventId, bool)>) {
+        let Some((event_id, is_state)) = redacted else {
+            return;
+        };
+        self.pdu_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(&event_id);
+        if is_state {
+            self.clear_state_cache();
+            s.push.forget_contexts();
         }
     }
 

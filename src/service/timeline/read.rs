@@ -8,8 +8,9 @@ use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
 use super::{Context, Page, Pagination, StoredEvent, TimelineService, MAX_PAGE};
-use crate::database::rooms::{EventMeta, RoomRecord};
+use crate::database::rooms::{position, EventMeta, RoomRecord};
 use crate::database::Direction;
+use crate::service::sync::{parse_timeline_token, timeline_token};
 use crate::service::{ServiceError, ServiceResult, Services};
 
 /// Events around one event, as [`TimelineService::around`] finds them.
@@ -145,8 +146,8 @@ impl TimelineService {
             .map(|e| e.to_client(true, Some(viewer)))
             .collect();
         Ok(Context {
-            start: crate::service::sync::token(first.saturating_sub(1)),
-            end: crate::service::sync::token(last),
+            start: timeline_token(position::before(first)),
+            end: timeline_token(last),
             events_before: self.client_events(s, &before, true, viewer)?,
             event: self.client_event(s, &event, true, viewer)?,
             events_after: self.client_events(s, &after, true, viewer)?,
@@ -189,12 +190,8 @@ impl TimelineService {
             }
             Ok((out, last))
         };
-        let (before, first) = if count > 0 {
-            collect(count - 1, Direction::Backward, before_wanted)?
-        } else {
-            (Vec::new(), 0)
-        };
-        let (after, last) = collect(count + 1, Direction::Forward, after_wanted)?;
+        let (before, first) = collect(position::before(count), Direction::Backward, before_wanted)?;
+        let (after, last) = collect(position::after(count), Direction::Forward, after_wanted)?;
         Ok(Around {
             before,
             after,
@@ -257,12 +254,13 @@ impl TimelineService {
     ) -> ServiceResult<Vec<JsonValue>> {
         let (record, mut snapshot) = self.readable_snapshot(s, user, room_id)?;
         if let Some(at) = at {
-            let position = crate::service::sync::parse_token(at)?;
+            let at = parse_timeline_token(at)?;
             let readable_up_to = match self.tables.user_room(user.as_str(), room_id.as_str())? {
                 Some(r) if r.membership != "join" => r.count,
                 _ => u64::MAX,
             };
-            snapshot = self.snapshot_at(&record, position.min(readable_up_to))?;
+            let at = std::cmp::min_by_key(at, readable_up_to, |p| position::order(*p));
+            snapshot = self.snapshot_at(&record, at)?;
         }
         Ok(self
             .state_events(s, snapshot)?
@@ -304,41 +302,50 @@ impl TimelineService {
         let (record, _) = self.readable_snapshot(s, user, room_id)?;
         let limit = page.limit.clamp(1, MAX_PAGE);
         let from = match &page.from {
-            Some(t) => crate::service::sync::parse_token(t)?,
+            Some(t) => parse_timeline_token(t)?,
             None if page.backward => self.stream.visible(),
-            None => 0,
+            // Before the oldest event: the end of the backfilled ones.
+            None => position::backfilled(0),
         };
-        let to = page.to.as_deref().map(crate::service::sync::parse_token).transpose()?;
+        let to = page.to.as_deref().map(parse_timeline_token).transpose()?;
         // Positions are between events: backward from `from` reads events at
         // or before it, forward reads events after it.
         let (start, direction) = if page.backward {
             (from, Direction::Backward)
         } else {
-            (from.saturating_add(1), Direction::Forward)
+            (position::after(from), Direction::Forward)
         };
         let mut chunk = Vec::new();
         let mut end = None;
+        let (mut stopped_early, mut reached_to) = (false, false);
         let mut visibility = VisibilityCache::default();
         let mut scanned = 0usize;
         let viewer = Some((user, device));
         let ignored = s.account_data.ignored_users(user)?;
         for event in self.events(&record, Some(start), direction) {
             let event = event?;
+            let (at, to) = (position::order(event.count), to.map(position::order));
             let past_to = match (to, page.backward) {
-                (Some(to), true) => event.count <= to,
-                (Some(to), false) => event.count > to,
+                (Some(to), true) => at <= to,
+                (Some(to), false) => at > to,
                 (None, _) => false,
             };
             if past_to {
                 end = None;
+                reached_to = true;
                 break;
             }
             // Bounded work per request, even when filters hide most events.
             scanned += 1;
             if chunk.len() >= limit || scanned > MAX_PAGE * 4 {
+                stopped_early = true;
                 break;
             }
-            end = Some(if page.backward { event.count - 1 } else { event.count });
+            end = Some(if page.backward {
+                position::before(event.count)
+            } else {
+                event.count
+            });
             let Some(meta) = self.event_meta(&event.event_id)? else {
                 continue;
             };
@@ -349,6 +356,12 @@ impl TimelineService {
                 continue;
             }
             chunk.push(event);
+        }
+        // Back at the start of what is stored: no further page (the spec
+        // leaves `end` out), unless the federation layer fetches more.
+        let mut at_start = None;
+        if page.backward && !stopped_early && !reached_to {
+            at_start = Some(timeline_token(end.take().unwrap_or(start)));
         }
         let lazy = !page.filter.lazy_load_options.is_disabled();
         let mut state = Vec::new();
@@ -361,8 +374,9 @@ impl TimelineService {
             }
         }
         Ok(Page {
-            start: crate::service::sync::token(from),
-            end: end.map(crate::service::sync::token),
+            start: timeline_token(from),
+            end: end.map(timeline_token),
+            at_start,
             chunk: self.client_events(s, &chunk, true, (user, device))?,
             state,
         })
