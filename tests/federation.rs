@@ -266,17 +266,22 @@ async fn typing_and_read_receipts_cross_to_the_other_server() {
 }
 
 #[tokio::test]
-async fn messages_sent_while_the_other_server_is_down_arrive_once_it_is_back() {
+async fn messages_sent_while_the_other_server_is_down_for_a_minute_arrive_once_it_is_back() {
     let mut p = alice_and_bob_across_servers().await;
     p.a.send_text(&p.alice_token, &p.room, "before").await;
     wait_for_messages(&p.b, &p.bob_token, &p.room, &["before"]).await;
 
+    // B is down for a minute; A keeps trying (its backoff grows to 40 s
+    // meanwhile) and restarts halfway, with the deliveries still queued.
     assert!(p.b.stop().success());
-    for text in ["while down 1", "while down 2", "while down 3"] {
-        p.a.send_text(&p.alice_token, &p.room, text).await;
-    }
-    // A restarts too, with the deliveries still queued.
+    let down = std::time::Instant::now();
+    p.a.send_text(&p.alice_token, &p.room, "while down 1").await;
+    tokio::time::sleep(std::time::Duration::from_secs(25)).await;
+    p.a.send_text(&p.alice_token, &p.room, "while down 2").await;
     p.a.restart();
+    tokio::time::sleep(std::time::Duration::from_secs(25)).await;
+    p.a.send_text(&p.alice_token, &p.room, "while down 3").await;
+    tokio::time::sleep(std::time::Duration::from_secs(60).saturating_sub(down.elapsed())).await;
     p.b.start_again();
     // B contacting A (its join is long done; any signed request will do)
     // is not needed: A retries on its own, and at once when B calls.
