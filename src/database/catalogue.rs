@@ -243,10 +243,15 @@ pub enum Table {
     /// Value: bincode `RemoteInviteRecord` (room version, the invite event,
     /// the stripped state the inviting server sent).
     RemoteInvites,
+    /// Auth chains of state events, computed once (`rooms.rs`): every event
+    /// reachable through `auth_events`. Key: `(short_event_id: u64)`.
+    /// Value: bincode `Vec<u64>`, the chain's short event IDs, sorted. A
+    /// chain never changes, so an entry is never wrong, only missing.
+    AuthChains,
 }
 
 impl Table {
-    pub const ALL: [Table; 59] = [
+    pub const ALL: [Table; 60] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -306,6 +311,7 @@ impl Table {
         Table::RemoteServerKeys,
         Table::RemoteKeyDocuments,
         Table::RemoteInvites,
+        Table::AuthChains,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -370,6 +376,7 @@ impl Table {
             Table::RemoteServerKeys => "remote_server_keys",
             Table::RemoteKeyDocuments => "remote_key_documents",
             Table::RemoteInvites => "remote_invites",
+            Table::AuthChains => "auth_chains",
         }
     }
 }

@@ -253,6 +253,18 @@ impl RoomTables {
         })
     }
 
+    pub fn auth_chain(&self, short_event_id: u64) -> DbResult<Option<Vec<u64>>> {
+        self.db
+            .get(Table::AuthChains, &keys::encode(&short_event_id))?
+            .map(|v| from_record(Table::AuthChains, &v))
+            .transpose()
+    }
+
+    pub fn put_auth_chain(&self, short_event_id: u64, chain: &[u64]) -> DbResult<()> {
+        self.db
+            .put(Table::AuthChains, keys::encode(&short_event_id), to_record(&chain))
+    }
+
     pub fn outlier(&self, event_id: &str) -> DbResult<Option<OutlierRecord>> {
         self.db
             .get(Table::Outliers, &keys::encode(event_id))?

@@ -211,7 +211,7 @@ async fn event_auth(
     readable_room(&services, &origin, &body.room_id, Some(&body.event_id)).await?;
     let chain = services
         .run(move |s| {
-            let chain = s.timeline.auth_chain(std::slice::from_ref(&body.event_id))?;
+            let chain = s.timeline.auth_chain(s, std::slice::from_ref(&body.event_id))?;
             pdus(s, &chain)
         })
         .await?;

@@ -16,6 +16,7 @@
 //! remote one, the note that it was rejected.
 
 mod append;
+mod auth_chain;
 mod cache;
 mod incoming;
 mod persist;
@@ -387,6 +388,7 @@ pub struct TimelineService {
     pdu_cache: Mutex<cache::PduCache>,
     members_cache: Mutex<cache::MembersCache>,
     meta_cache: Mutex<cache::MetaCache>,
+    auth_chain_cache: Mutex<auth_chain::AuthChainCache>,
     /// Each room's record as its last append wrote it. Only appends fill
     /// it, under the room's write lock and once their batch has landed, so
     /// it never holds what storage does not; readers (every send and every
@@ -527,6 +529,7 @@ impl TimelineService {
             pdu_cache: Mutex::default(),
             members_cache: Mutex::default(),
             meta_cache: Mutex::default(),
+            auth_chain_cache: Mutex::default(),
             room_cache: Mutex::default(),
         }
     }

@@ -74,9 +74,12 @@ impl TimelineService {
         }
         let mut auth_chains = Vec::new();
         for map in &maps {
-            let chain = events.auth_chain(map.values());
-            events.lookups.check()?;
-            auth_chains.push(chain?.into_iter().collect::<EventIdSet<_>>());
+            let chain = self.auth_chain_shorts(s, map.values().map(|id| &**id), pending)?;
+            let chain = chain
+                .into_iter()
+                .map(|short| s.state.event_id(short))
+                .collect::<ServiceResult<EventIdSet<_>>>()?;
+            auth_chains.push(chain);
         }
         // Room version 1 resolves with v1, which ruma does not implement;
         // v2 is its successor and agrees whenever nothing conflicts.
@@ -140,21 +143,6 @@ impl<'a> EventCache<'a> {
         self.get(id)
             .map(|pdu| pdu.auth_events().cloned().collect())
             .unwrap_or_default()
-    }
-
-    /// Every event reachable from `start` through `auth_events`.
-    fn auth_chain<'b>(&self, start: impl Iterator<Item = &'b OwnedEventId>) -> ServiceResult<HashSet<OwnedEventId>> {
-        let mut chain = HashSet::new();
-        let mut todo: Vec<OwnedEventId> = start.flat_map(|id| self.auth_events(id)).collect();
-        while let Some(id) = todo.pop() {
-            if chain.len() > MAX_EVENTS {
-                return Err(ServiceError::Internal("auth chain too long to resolve".to_owned()));
-            }
-            if chain.insert(id.clone()) {
-                todo.extend(self.auth_events(&id));
-            }
-        }
-        Ok(chain)
     }
 
     /// Room version 12's conflicted state subgraph: every event on an

@@ -19,8 +19,6 @@ use super::{internal, TimelineService};
 use crate::service::pdu::Pdu;
 use crate::service::{ServiceError, ServiceResult, Services};
 
-/// Events one auth chain walk reads at most.
-const MAX_AUTH_CHAIN: usize = 100_000;
 /// Events one backfill or missing-events request returns at most.
 pub const MAX_EVENTS_PER_REQUEST: usize = 100;
 
@@ -148,32 +146,8 @@ impl TimelineService {
         for short in s.state.load_snapshot(meta.state_before)?.values() {
             state.push(s.state.event_id(*short)?);
         }
-        let auth_chain = self.auth_chain(&state)?;
+        let auth_chain = self.auth_chain(s, &state)?;
         Ok(StateAt { state, auth_chain })
-    }
-
-    /// Every event reachable from `events` through `auth_events`, the
-    /// events themselves excluded unless reached.
-    pub fn auth_chain(&self, events: &[OwnedEventId]) -> ServiceResult<Vec<OwnedEventId>> {
-        let mut seen: HashSet<OwnedEventId> = HashSet::new();
-        let mut todo: Vec<OwnedEventId> = Vec::new();
-        for id in events {
-            if let Some(pdu) = self.pdu(id)? {
-                todo.extend(pdu.auth_events().cloned());
-            }
-        }
-        while let Some(id) = todo.pop() {
-            if seen.len() > MAX_AUTH_CHAIN {
-                return Err(internal("auth chain", "too long"));
-            }
-            if !seen.insert(id.clone()) {
-                continue;
-            }
-            if let Some(pdu) = self.pdu(&id)? {
-                todo.extend(pdu.auth_events().filter(|a| !seen.contains(*a)).cloned());
-            }
-        }
-        Ok(seen.into_iter().collect())
     }
 
     /// Up to `limit` events before `from` (themselves included), newest
