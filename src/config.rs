@@ -74,6 +74,10 @@ pub struct Config {
     /// Seconds a request to another server may take, answer included.
     #[serde(default = "defaults::federation_request_timeout")]
     pub federation_request_timeout: u64,
+    /// Jobs for other servers (signature checks, authorizing and storing
+    /// their events) running at once; more wait their turn.
+    #[serde(default = "defaults::federation_workers")]
+    pub federation_workers: usize,
     #[serde(default = "defaults::log")]
     pub log: String,
     #[serde(default)]
@@ -394,6 +398,9 @@ mod defaults {
     pub fn federation_request_timeout() -> u64 {
         30
     }
+    pub fn federation_workers() -> usize {
+        2
+    }
     pub fn default_room_version() -> RoomVersionId {
         RoomVersionId::V11
     }
@@ -514,6 +521,9 @@ impl Config {
         }
         if self.federation_request_timeout == 0 {
             return Err(key_error("federation_request_timeout", "must be greater than 0"));
+        }
+        if self.federation_workers == 0 {
+            return Err(key_error("federation_workers", "must be greater than 0"));
         }
         if matches!(&self.turn_secret, Some(s) if s.is_empty()) {
             return Err(key_error(
@@ -824,6 +834,7 @@ mod tests {
         assert_eq!(c.federation_ca_files, vec![PathBuf::from("/etc/ca.pem")]);
         assert!(!c.federation_skip_tls_verification);
         assert_eq!(c.federation_request_timeout, 30);
+        assert_eq!(c.federation_workers, 2);
         for bad in ["127.0.0.1", "ftp://x:1", "http://x:1/path", "x:99999"] {
             let text = format!("[global.federation_destination_overrides]\n\"b.test\" = \"{bad}\"\n");
             let key = key_of(load_str(&text, &[]).unwrap_err());

@@ -14,6 +14,7 @@ mod membership;
 mod query;
 mod receive;
 pub mod sender;
+pub mod work;
 
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub struct FederationService {
     outbox: Arc<OutboxService>,
     /// Backfills run one at a time (see `backfill`).
     backfill_lock: tokio::sync::Mutex<()>,
+    /// Where the work other servers bring runs (see [`work`]).
+    pub work: work::FederationWork,
 }
 
 impl FederationService {
@@ -84,6 +87,7 @@ impl FederationService {
             server_name: config.server_name.clone(),
             outbox,
             backfill_lock: tokio::sync::Mutex::new(()),
+            work: work::FederationWork::new(config.federation_workers),
         })
     }
 }

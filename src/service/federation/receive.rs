@@ -107,20 +107,25 @@ impl FederationService {
                 map.insert(server.to_string(), found);
             }
         }
-        match ruma::signatures::verify_event(&map, &object, &rules) {
-            Ok(Verified::All) => {}
-            Ok(Verified::Signatures) => {
-                tracing::info!(%event_id, "content hash mismatch: the event is kept redacted");
-                object = ruma::canonical_json::redact(object, &rules.redaction, None)
-                    .map_err(|e| ServiceError::BadJson(format!("{event_id} cannot be redacted: {e}")))?;
-            }
-            Err(e) => {
-                return Err(ServiceError::Forbidden(format!(
-                    "{event_id}: signatures do not verify: {e}"
-                )));
-            }
-        }
-        Ok((event_id, object))
+        // The signature checks, off the async workers (see `work`).
+        self.work
+            .run(move || {
+                match ruma::signatures::verify_event(&map, &object, &rules) {
+                    Ok(Verified::All) => {}
+                    Ok(Verified::Signatures) => {
+                        tracing::info!(%event_id, "content hash mismatch: the event is kept redacted");
+                        object = ruma::canonical_json::redact(object, &rules.redaction, None)
+                            .map_err(|e| ServiceError::BadJson(format!("{event_id} cannot be redacted: {e}")))?;
+                    }
+                    Err(e) => {
+                        return Err(ServiceError::Forbidden(format!(
+                            "{event_id}: signatures do not verify: {e}"
+                        )));
+                    }
+                }
+                Ok((event_id, object))
+            })
+            .await?
     }
 
     /// `PUT /send/{txnId}`: each PDU authorized and stored (rooms one
@@ -217,7 +222,7 @@ impl FederationService {
         arrival: Arrival,
     ) -> ServiceResult<Received> {
         let mut fetched = 0usize;
-        let mut outcome = receive(s, room_id, &event_id, &object, None, arrival).await?;
+        let mut outcome = self.receive(s, room_id, &event_id, &object, None, arrival).await?;
         if let Received::Missing { auth, prev } = &outcome {
             if !auth.is_empty() {
                 self.fetch_auth_chain(s, origin, room_id, version, &event_id, &mut fetched)
@@ -227,7 +232,7 @@ impl FederationService {
                 self.fetch_missing(s, origin, room_id, version, &event_id, &object, &mut fetched)
                     .await?;
             }
-            outcome = receive(s, room_id, &event_id, &object, None, arrival).await?;
+            outcome = self.receive(s, room_id, &event_id, &object, None, arrival).await?;
         }
         if let Received::Missing { .. } = outcome {
             // The gap is too wide to fill (or, for history, lies before
@@ -236,7 +241,9 @@ impl FederationService {
             let state = self
                 .fetch_state_before(s, origin, room_id, version, &event_id, &mut fetched)
                 .await?;
-            outcome = receive(s, room_id, &event_id, &object, Some(state), arrival).await?;
+            outcome = self
+                .receive(s, room_id, &event_id, &object, Some(state), arrival)
+                .await?;
         }
         Ok(outcome)
     }
@@ -276,7 +283,7 @@ impl FederationService {
             .await;
         for (id, object) in events {
             // Each in turn; one that still lacks history waits for later.
-            receive(s, room_id, &id, &object, None, Arrival::Live).await?;
+            self.receive(s, room_id, &id, &object, None, Arrival::Live).await?;
         }
         Ok(())
     }
@@ -326,7 +333,7 @@ impl FederationService {
         {
             *fetched += 1;
             match self.verify_pdu(version, raw).await {
-                Ok((id, object)) => store_outlier(s, room_id, id, object).await?,
+                Ok((id, object)) => self.store_outlier(s, room_id, id, object).await?,
                 Err(e) => tracing::info!(%origin, error = %e, "auth event refused"),
             }
         }
@@ -367,7 +374,7 @@ impl FederationService {
                     "asked {origin} for {id}, got {got}"
                 )));
             }
-            store_outlier(s, room_id, got, object).await?;
+            self.store_outlier(s, room_id, got, object).await?;
         }
         Ok(response.pdu_ids)
     }
@@ -429,35 +436,44 @@ pub(super) enum Arrival {
     Backfilled(u64),
 }
 
-async fn receive(
-    s: &Arc<Services>,
-    room_id: &RoomId,
-    event_id: &EventId,
-    object: &CanonicalJsonObject,
-    state: Option<Vec<OwnedEventId>>,
-    arrival: Arrival,
-) -> ServiceResult<Received> {
-    let (room_id, event_id, object) = (room_id.to_owned(), event_id.to_owned(), object.clone());
-    s.run_write(move |s| match arrival {
-        Arrival::Live => s
-            .timeline
-            .receive_remote(s, &room_id, event_id, object, state.as_deref()),
-        Arrival::Backfilled(position) => {
-            s.timeline
-                .receive_backfilled(s, &room_id, event_id, object, state.as_deref(), position)
-        }
-    })
-    .await
-}
+impl FederationService {
+    /// Authorizes and stores an event of another server, in the federation
+    /// pool.
+    async fn receive(
+        &self,
+        s: &Arc<Services>,
+        room_id: &RoomId,
+        event_id: &EventId,
+        object: &CanonicalJsonObject,
+        state: Option<Vec<OwnedEventId>>,
+        arrival: Arrival,
+    ) -> ServiceResult<Received> {
+        let (room_id, event_id, object) = (room_id.to_owned(), event_id.to_owned(), object.clone());
+        self.work
+            .run_on(s, move |s| match arrival {
+                Arrival::Live => s
+                    .timeline
+                    .receive_remote(s, &room_id, event_id, object, state.as_deref()),
+                Arrival::Backfilled(position) => {
+                    s.timeline
+                        .receive_backfilled(s, &room_id, event_id, object, state.as_deref(), position)
+                }
+            })
+            .await
+    }
 
-async fn store_outlier(
-    s: &Arc<Services>,
-    room_id: &RoomId,
-    id: OwnedEventId,
-    object: CanonicalJsonObject,
-) -> ServiceResult<()> {
-    let room_id = room_id.to_owned();
-    s.run(move |s| s.timeline.store_outlier(&room_id, &id, &object)).await
+    async fn store_outlier(
+        &self,
+        s: &Arc<Services>,
+        room_id: &RoomId,
+        id: OwnedEventId,
+        object: CanonicalJsonObject,
+    ) -> ServiceResult<()> {
+        let room_id = room_id.to_owned();
+        self.work
+            .run_on(s, move |s| s.timeline.store_outlier(&room_id, &id, &object))
+            .await
+    }
 }
 
 pub(super) fn rules_of(version: &RoomVersionId) -> ServiceResult<RoomVersionRules> {
