@@ -1,8 +1,9 @@
 //! Federation: requests to other servers (where a server name is reached,
 //! [`discovery`], and the signed client that sends them, [`client`]), their
 //! signing keys ([`keys`]), what they send us ([`receive`]), our users
-//! joining their rooms ([`membership`]), and our events on their way to
-//! them through the outbox ([`sender`]).
+//! joining their rooms ([`membership`]), our events on their way to them
+//! through the outbox ([`sender`]), and what our clients read of other
+//! servers: directories, spaces, events by time ([`remote_reads`]).
 
 pub mod client;
 pub mod devices;
@@ -11,6 +12,7 @@ pub mod keys;
 mod membership;
 mod query;
 mod receive;
+mod remote_reads;
 pub mod sender;
 
 use std::time::Duration;
