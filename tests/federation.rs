@@ -62,7 +62,11 @@ async fn signing_keys_are_published_signed_and_a_rotated_key_stays_as_an_old_key
 #[tokio::test]
 async fn with_federation_off_other_servers_get_a_clean_403() {
     let server = TestServer::start().await;
-    for path in ["/_matrix/key/v2/server", "/_matrix/federation/v1/version"] {
+    for path in [
+        "/_matrix/key/v2/server",
+        "/_matrix/federation/v1/version",
+        "/_matrix/federation/v1/openid/userinfo?access_token=x",
+    ] {
         assert_error(&server.call("GET", path, None, None).await, 403, "M_FORBIDDEN");
     }
 }
@@ -1008,5 +1012,224 @@ async fn a_server_vouches_for_another_servers_keys_as_a_notary() {
         }
         let object: CanonicalJsonObject = serde_json::from_value(document.clone()).unwrap();
         verify_json(&map, &object).expect("signed by the server and the notary");
+    }
+}
+
+/// The `name`s of directory or hierarchy entries, in order.
+fn room_names(rooms: &Value) -> Vec<&str> {
+    rooms
+        .as_array()
+        .unwrap_or_else(|| panic!("a list of rooms: {rooms}"))
+        .iter()
+        .map(|room| room["name"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_client_lists_and_searches_the_other_servers_room_directory() {
+    let (a, b) = two_servers().await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (_, bob_token, _) = b.register("bob", "password-b").await;
+    let garden = a
+        .create_room(
+            &alice_token,
+            json!({"preset": "public_chat", "visibility": "public", "name": "Gardening club", "topic": "Tomatoes and roses"}),
+        )
+        .await;
+    let chess = a
+        .create_room(
+            &alice_token,
+            json!({"preset": "public_chat", "visibility": "public", "name": "Chess evenings"}),
+        )
+        .await;
+    a.create_room(&alice_token, json!({"preset": "private_chat", "name": "Not listed"}))
+        .await;
+
+    let directory_of_a = "/_matrix/client/v3/publicRooms?server=conduit-a.test";
+    let (status, listed) = b.call("GET", directory_of_a, Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{listed}");
+    let mut names = room_names(&listed["chunk"]);
+    names.sort_unstable();
+    assert_eq!(names, ["Chess evenings", "Gardening club"], "{listed}");
+    assert_eq!(listed["total_room_count_estimate"], 2, "{listed}");
+    // B's own directory is B's: none of A's rooms.
+    let (status, own) = b
+        .call("GET", "/_matrix/client/v3/publicRooms", Some(&bob_token), None)
+        .await;
+    assert_eq!((status, own["chunk"].as_array().map(Vec::len)), (200, Some(0)), "{own}");
+
+    // A search runs on A, whatever the case.
+    let (status, found) = b
+        .call(
+            "POST",
+            directory_of_a,
+            Some(&bob_token),
+            Some(json!({"filter": {"generic_search_term": "TOMATO"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(room_names(&found["chunk"]), ["Gardening club"], "{found}");
+    assert_eq!(found["chunk"][0]["room_id"], garden.as_str());
+    assert_eq!(found["chunk"][0]["topic"], "Tomatoes and roses");
+    assert_eq!(found["chunk"][0]["num_joined_members"], 1);
+
+    // Paging through A's directory from B, A's tokens passed through.
+    let (status, first) = b
+        .call("POST", directory_of_a, Some(&bob_token), Some(json!({"limit": 1})))
+        .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["chunk"].as_array().map(Vec::len), Some(1), "{first}");
+    let since = first["next_batch"].as_str().expect("a next page");
+    let (status, second) = b
+        .call(
+            "POST",
+            directory_of_a,
+            Some(&bob_token),
+            Some(json!({"limit": 1, "since": since})),
+        )
+        .await;
+    assert_eq!(status, 200, "{second}");
+    let mut ids = vec![
+        first["chunk"][0]["room_id"].as_str().unwrap(),
+        second["chunk"][0]["room_id"].as_str().unwrap(),
+    ];
+    ids.sort_unstable();
+    let mut expected = vec![garden.as_str(), chess.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    assert!(second.get("next_batch").is_none(), "{second}");
+}
+
+#[tokio::test]
+async fn a_space_shows_children_that_live_only_on_the_other_server() {
+    let (a, b) = two_servers().await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (_, bob_token, _) = b.register("bob", "password-b").await;
+    let space_of = |name: &str| json!({"preset": "public_chat", "name": name, "creation_content": {"type": "m.space"}});
+    let space = a.create_room(&alice_token, space_of("Club")).await;
+    let chat = a
+        .create_room(&alice_token, json!({"preset": "public_chat", "name": "Club chat"}))
+        .await;
+    let sub_space = a.create_room(&alice_token, space_of("Workshops")).await;
+    let deep = a
+        .create_room(&alice_token, json!({"preset": "public_chat", "name": "Woodwork"}))
+        .await;
+    let secret = a
+        .create_room(&alice_token, json!({"preset": "private_chat", "name": "Committee"}))
+        .await;
+    for (parent, child, order) in [
+        (&space, &chat, "1"),
+        (&space, &sub_space, "2"),
+        (&space, &secret, "3"),
+        (&sub_space, &deep, "1"),
+    ] {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.space.child/{}",
+            common::enc(parent),
+            common::enc(child)
+        );
+        let content = json!({"via": ["conduit-a.test"], "order": order});
+        let (status, body) = a.call("PUT", &path, Some(&alice_token), Some(content)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Bob joins the space only: B knows none of its children.
+    b.join(&bob_token, &space).await;
+    let path = format!("/_matrix/client/v1/rooms/{}/hierarchy", common::enc(&space));
+    let (status, hierarchy) = b.call("GET", &path, Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{hierarchy}");
+    let rooms = &hierarchy["rooms"];
+    // The committee room is private: A tells B nothing of it.
+    assert_eq!(
+        room_names(rooms),
+        ["Club", "Club chat", "Workshops", "Woodwork"],
+        "{hierarchy}"
+    );
+    assert_eq!(rooms[1]["room_id"], chat.as_str());
+    assert_eq!(rooms[1]["num_joined_members"], 1);
+    assert_eq!(rooms[2]["room_id"], sub_space.as_str());
+    assert_eq!(rooms[2]["room_type"], "m.space");
+    assert_eq!(rooms[2]["children_state"][0]["state_key"], deep.as_str(), "{hierarchy}");
+    assert_eq!(rooms[3]["room_id"], deep.as_str());
+
+    // Only the suggested: none of the children is.
+    let (status, suggested) = b
+        .call("GET", &format!("{path}?suggested_only=true"), Some(&bob_token), None)
+        .await;
+    assert_eq!(status, 200, "{suggested}");
+    assert_eq!(room_names(&suggested["rooms"]), ["Club"], "{suggested}");
+}
+
+#[tokio::test]
+async fn an_event_from_before_this_server_joined_is_found_by_time_through_the_other_server() {
+    let (a, b) = two_servers().await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (_, bob_token, _) = b.register("bob", "password-b").await;
+    let room = a.create_room(&alice_token, json!({"preset": "public_chat"})).await;
+    let early = a.send_text(&alice_token, &room, "before bob came").await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let between = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    b.join(&bob_token, &room).await;
+
+    // B's copy of the room starts at Bob's join; A has the message.
+    let by_time = |dir: &str| {
+        format!(
+            "/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={between}&dir={dir}",
+            common::enc(&room)
+        )
+    };
+    let (status, found) = b.call("GET", &by_time("b"), Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["event_id"], early.as_str(), "{found}");
+    assert!(found["origin_server_ts"].as_u64().unwrap() < between, "{found}");
+
+    // Forward from then, B has the answer itself: Bob's join.
+    let (status, found) = b.call("GET", &by_time("f"), Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{found}");
+    let event_path = format!(
+        "/_matrix/client/v3/rooms/{}/event/{}",
+        common::enc(&room),
+        common::enc(found["event_id"].as_str().unwrap())
+    );
+    let (status, event) = b.call("GET", &event_path, Some(&bob_token), None).await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(
+        (event["type"].as_str(), event["state_key"].as_str()),
+        (Some("m.room.member"), Some("@bob:conduit-b.test")),
+        "{event}"
+    );
+}
+
+#[tokio::test]
+async fn an_openid_token_names_its_user_to_whoever_checks_it_and_nothing_else_does() {
+    let server = TestServer::start_with("allow_federation = true").await;
+    let (alice, alice_token, _) = server.register("alice", "password-a").await;
+    let path = format!("/_matrix/client/v3/user/{}/openid/request_token", common::enc(&alice));
+    let (status, token) = server.call("POST", &path, Some(&alice_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{token}");
+    let access_token = token["access_token"].as_str().unwrap();
+
+    // A third party asks, with the OpenID token alone: no signature, no
+    // access token.
+    let userinfo = |token: &str| {
+        format!(
+            "/_matrix/federation/v1/openid/userinfo?access_token={}",
+            common::enc(token)
+        )
+    };
+    let (status, info) = server.call("GET", &userinfo(access_token), None, None).await;
+    assert_eq!((status, info["sub"].as_str()), (200, Some(alice.as_str())), "{info}");
+
+    // Alice's access token is no OpenID token, nor is a made-up one.
+    for wrong in [alice_token.as_str(), "99999999999999.nothing", "garbage"] {
+        assert_error(
+            &server.call("GET", &userinfo(wrong), None, None).await,
+            401,
+            "M_UNKNOWN_TOKEN",
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! never touch storage.
 
 pub mod client;
+mod directory;
 pub mod error;
 pub mod federation;
 pub mod router;

@@ -243,6 +243,10 @@ class Servers:
             "ip_range_whitelist": ["127.0.0.0/8"],
             "federation_verify_certificates": False,
             "presence": {"enabled": False},
+            # Synapse lets only admins publish rooms and keeps its directory
+            # from other servers by default; the directory scenario needs both.
+            "room_list_publication_rules": [{"action": "allow"}],
+            "allow_public_rooms_over_federation": True,
             "url_preview_enabled": False,
             "enable_metrics": False,
             "rc_message": {"per_second": 1000, "burst_count": 1000},
@@ -677,6 +681,58 @@ def conduit_user_invites_synapse_user(servers, n):
     wait_for_tail(bob, room_id, [(alice.user_id, "glad you came")], "synapse side")
 
 
+def space_with_child(client, name, child_name, server_name):
+    """A public space of `client`'s with one public child room, both
+    published in the directory; their room IDs."""
+    space = client.call(
+        "POST", "/_matrix/client/v3/createRoom",
+        {"preset": "public_chat", "visibility": "public", "name": name, "creation_content": {"type": "m.space"}},
+    )["room_id"]
+    child = client.call(
+        "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "visibility": "public", "name": child_name}
+    )["room_id"]
+    path = f"/_matrix/client/v3/rooms/{enc(space)}/state/m.space.child/{enc(child)}"
+    client.call("PUT", path, {"via": [server_name]})
+    return space, child
+
+
+def directories_and_spaces_across_servers(servers, n):
+    """Each server's user lists the other server's room directory (with a
+    search) through their own server, joins the other's space, and sees
+    its child, which only the other server knows, in the space's
+    hierarchy."""
+    alice = register(servers.conduit_base, f"dalice{n}")
+    bob = register(servers.synapse_base, f"dbob{n}")
+    c_space, c_child = space_with_child(alice, f"Conduit space {n}", f"Conduit corner {n}", servers.conduit_name)
+    s_space, s_child = space_with_child(bob, f"Synapse space {n}", f"Synapse corner {n}", servers.synapse_name)
+
+    for client, other, child, child_name in [
+        (alice, servers.synapse_name, s_child, f"Synapse corner {n}"),
+        (bob, servers.conduit_name, c_child, f"Conduit corner {n}"),
+    ]:
+        # Synapse's directory lags its rooms by a moment.
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while True:
+            listed = client.call(
+                "POST", "/_matrix/client/v3/publicRooms", {"filter": {"generic_search_term": f"corner {n}"}},
+                query={"server": other},
+            )
+            found = [(r["room_id"], r.get("name")) for r in listed["chunk"]]
+            if found == [(child, child_name)]:
+                break
+            assert time.monotonic() < deadline, f"{client.user_id} listing {other}: {listed}"
+            time.sleep(0.2)
+
+    alice.call("POST", f"/_matrix/client/v3/join/{enc(s_space)}", {}, query={"via": servers.synapse_name})
+    bob.call("POST", f"/_matrix/client/v3/join/{enc(c_space)}", {}, query={"via": servers.conduit_name})
+    for client, space, child, child_name in [
+        (alice, s_space, s_child, f"Synapse corner {n}"),
+        (bob, c_space, c_child, f"Conduit corner {n}"),
+    ]:
+        rooms = client.call("GET", f"/_matrix/client/v1/rooms/{enc(space)}/hierarchy")["rooms"]
+        assert [(r["room_id"], r.get("name")) for r in rooms[1:]] == [(child, child_name)], rooms
+
+
 # The scenarios `scripts/test` runs: each passes today.
 SCENARIOS = [
     conduit_room_synapse_joins,
@@ -689,6 +745,7 @@ SCENARIOS = [
     conduit_user_invites_synapse_user,
     encrypted_room_across_servers,
     state_conflict_heals,
+    directories_and_spaces_across_servers,
     conduit_user_sees_history_from_before_join,
 ]
 # Scenarios that need what Conduit does not do yet; run them by name.

@@ -191,7 +191,8 @@ async fn timestamp_to_event(
     let ts: u64 = body.ts.get().into();
     let forward = body.dir == ApiDirection::Forward;
     let (event_id, found_ts) = services
-        .run(move |s| s.timeline.event_at_time(s, &user, &body.room_id, ts, forward))
+        .federation
+        .event_at_time(&services, user, body.room_id, ts, forward)
         .await?;
     let found_ts = ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new(found_ts).unwrap_or_default());
     Ok(get_event_by_timestamp::v1::Response::new(event_id, found_ts))

@@ -8,11 +8,12 @@ use ruma::api::client::directory::{
 };
 use ruma::api::client::room::{aliases, create_room, get_room_event, get_summary, upgrade_room, Visibility};
 use ruma::api::client::space::get_hierarchy;
-use ruma::directory::PublicRoomsChunk;
+use ruma::directory::{Filter, RoomNetwork};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomAliasId, UInt};
 use serde_json::{Map, Value as JsonValue};
 
+use crate::api::directory::{directory_query, directory_response};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::rooms::{CreateRoom, HierarchyQuery, Preset};
 use crate::service::Services;
@@ -221,69 +222,17 @@ async fn set_visibility(
     Ok(set_room_visibility::v3::Response::new())
 }
 
-/// One page of the directory: `since` is an offset into the list, sorted by
-/// joined members (most first), then room ID.
-async fn directory_page(
-    services: &Arc<Services>,
-    limit: Option<UInt>,
-    since: Option<String>,
-    search: Option<String>,
-    room_types: Option<Vec<Option<String>>>,
-) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, usize), ApiError> {
-    let mut entries = services.run(|s| s.rooms.public_rooms(s)).await?;
-    if let Some(term) = search.map(|t| t.to_lowercase()).filter(|t| !t.is_empty()) {
-        entries.retain(|e| {
-            ["name", "topic", "canonical_alias"].iter().any(|k| {
-                e.get(*k)
-                    .and_then(JsonValue::as_str)
-                    .is_some_and(|v| v.to_lowercase().contains(&term))
-            })
-        });
-    }
-    if let Some(types) = room_types.filter(|t| !t.is_empty()) {
-        entries.retain(|e| {
-            let room_type = e.get("room_type").and_then(JsonValue::as_str);
-            types.iter().any(|t| t.as_deref() == room_type)
-        });
-    }
-    entries.sort_by(|a, b| {
-        let n = |e: &JsonValue| e["num_joined_members"].as_u64().unwrap_or(0);
-        n(b).cmp(&n(a))
-            .then_with(|| a["room_id"].as_str().cmp(&b["room_id"].as_str()))
-    });
-    let total = entries.len();
-    let offset: usize = match since {
-        Some(token) => token
-            .strip_prefix('o')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| ApiError::InvalidParam("since is not a directory token".to_owned()))?,
-        None => 0,
-    };
-    let limit = limit
-        .map_or(total, |l| usize::try_from(u64::from(l)).unwrap_or(total))
-        .max(1);
-    let chunk: Vec<PublicRoomsChunk> = entries
-        .into_iter()
-        .skip(offset)
-        .take(limit)
-        .filter_map(|e| serde_json::from_value(e).ok())
-        .collect();
-    let next = (offset + chunk.len() < total).then(|| format!("o{}", offset + chunk.len()));
-    let prev = (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit)));
-    Ok((chunk, next, prev, total))
-}
-
 async fn public_rooms(
     services: Arc<Services>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response, ApiError> {
     let body = req.body;
-    let (chunk, next, prev, total) = directory_page(&services, body.limit, body.since, None, None).await?;
-    let mut response = get_public_rooms::v3::Response::new(chunk);
-    response.next_batch = next;
-    response.prev_batch = prev;
-    response.total_room_count_estimate = UInt::new(total as u64);
-    Ok(response)
+    let query = directory_query(body.limit, body.since, Filter::default(), RoomNetwork::Matrix);
+    let page = services.federation.public_rooms(&services, body.server, query).await?;
+    Ok(directory_response!(
+        get_public_rooms::v3::Response::new(Vec::new()),
+        page
+    ))
 }
 
 async fn public_rooms_filtered(
@@ -291,26 +240,12 @@ async fn public_rooms_filtered(
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response, ApiError> {
     let body = req.body;
-    let types = body
-        .filter
-        .room_types
-        .iter()
-        .map(|t| t.as_str().map(str::to_owned))
-        .collect::<Vec<Option<String>>>();
-    let (chunk, next, prev, total) = directory_page(
-        &services,
-        body.limit,
-        body.since,
-        body.filter.generic_search_term,
-        Some(types),
-    )
-    .await?;
-    let mut response = get_public_rooms_filtered::v3::Response::new();
-    response.chunk = chunk;
-    response.next_batch = next;
-    response.prev_batch = prev;
-    response.total_room_count_estimate = UInt::new(total as u64);
-    Ok(response)
+    let query = directory_query(body.limit, body.since, body.filter, body.room_network);
+    let page = services.federation.public_rooms(&services, body.server, query).await?;
+    Ok(directory_response!(
+        get_public_rooms_filtered::v3::Response::new(),
+        page
+    ))
 }
 
 async fn upgrade(
@@ -341,9 +276,9 @@ async fn hierarchy(
         limit: body.limit.map(to_usize),
         from: body.from,
     };
-    let room_id = body.room_id;
     let page = services
-        .run(move |s| s.rooms.hierarchy(s, &user, &room_id, &query))
+        .federation
+        .hierarchy(&services, user, body.room_id, query)
         .await?;
     let mut response = get_hierarchy::v1::Response::new();
     response.next_batch = page.next_batch;

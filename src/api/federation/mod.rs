@@ -2,7 +2,9 @@
 //! answers 403 `M_FORBIDDEN` when the operator turned federation off.
 
 mod devices;
+mod directory;
 mod keys;
+mod openid;
 mod query;
 mod rooms;
 
@@ -11,7 +13,9 @@ use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
     devices::register_routes(router);
+    directory::register_routes(router);
     keys::register_routes(router);
+    openid::register_routes(router);
     query::register_routes(router);
     rooms::register_routes(router);
 }

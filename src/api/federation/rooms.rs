@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use ruma::api::federation::authorization::get_event_authorization;
 use ruma::api::federation::backfill::get_backfill;
-use ruma::api::federation::event::{get_event, get_missing_events, get_room_state, get_room_state_ids};
+use ruma::api::federation::event::{
+    get_event, get_event_by_timestamp, get_missing_events, get_room_state, get_room_state_ids,
+};
 use ruma::api::federation::membership::{
     create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
 };
@@ -36,6 +38,7 @@ pub fn register_routes(router: &mut Router) {
     router.add(event_auth);
     router.add(backfill);
     router.add(missing_events);
+    router.add(timestamp_to_event);
     router.add(invite);
 }
 
@@ -263,6 +266,28 @@ async fn missing_events(
         })
         .await?;
     Ok(get_missing_events::v1::Response::new(events))
+}
+
+async fn timestamp_to_event(
+    services: Arc<Services>,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<get_event_by_timestamp::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    let ts: u64 = body.ts.get().into();
+    let forward = body.dir == ruma::api::Direction::Forward;
+    let (event_id, found_ts) = services
+        .run(move |s| {
+            s.timeline.room_or_404(&body.room_id)?;
+            acl_allows(s, &body.room_id, &origin)?;
+            s.timeline
+                .event_at_time_for_server(s, &origin, &body.room_id, ts, forward)
+        })
+        .await?;
+    Ok(get_event_by_timestamp::v1::Response::new(
+        event_id,
+        MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(found_ts)),
+    ))
 }
 
 /// The user a membership request is about: one of the origin's.

@@ -1,9 +1,10 @@
 //! Federation: requests to other servers (where a server name is reached,
 //! [`discovery`], and the signed client that sends them, [`client`]), their
 //! signing keys ([`keys`]), what they send us ([`receive`]) and the past
-//! of rooms we joined late ([`backfill`]), our users
-//! joining their rooms ([`membership`]), and our events on their way to
-//! them through the outbox ([`sender`]).
+//! of rooms we joined late ([`backfill`]), our users joining their rooms
+//! ([`membership`]), our events on their way to them through the outbox
+//! ([`sender`]), what runs their work ([`work`]), and what our clients read
+//! of other servers: directories, spaces, events by time ([`remote_reads`]).
 
 mod backfill;
 pub mod client;
@@ -13,6 +14,7 @@ pub mod keys;
 mod membership;
 mod query;
 mod receive;
+mod remote_reads;
 pub mod sender;
 pub mod work;
 

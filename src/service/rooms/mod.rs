@@ -6,10 +6,12 @@ use ruma::events::StateEventType;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value as JsonValue};
 
+mod directory;
 mod hierarchy;
 mod upgrade;
 
-pub use hierarchy::{HierarchyPage, HierarchyQuery};
+pub use directory::{DirectoryPage, DirectoryQuery};
+pub use hierarchy::{HierarchyPage, HierarchyQuery, HierarchyWalk, RemoteRooms, ServerHierarchy};
 
 use super::timeline::{EventSpec, StoredEvent};
 use super::users::{AVATAR_URL, DISPLAYNAME};
@@ -862,38 +864,34 @@ impl RoomsService {
     pub fn is_public(&self, room_id: &RoomId) -> ServiceResult<bool> {
         Ok(self.directory.is_public(room_id.as_str())?)
     }
-
-    /// The published rooms, as directory entries.
-    pub fn public_rooms(&self, s: &Services) -> ServiceResult<Vec<JsonValue>> {
-        let mut out = Vec::new();
-        for id in self.directory.public_rooms()? {
-            let room_id = OwnedRoomId::try_from(id).map_err(|e| ServiceError::Internal(e.to_string()))?;
-            let Some(record) = s.timeline.room(&room_id)? else {
-                continue;
-            };
-            let state = s.timeline.state_events(s, record.state_snapshot)?;
-            out.push(directory_entry(&room_id, &state));
-        }
-        Ok(out)
-    }
 }
 
-/// Whether `user` is joined to one of the rooms a restricted join rule's
-/// `allow` list names.
-fn in_an_allowed_room(s: &Services, join_rules: &StoredEvent, user: &UserId) -> ServiceResult<bool> {
+/// The rooms a restricted join rule's `allow` list names.
+fn allowed_rooms(join_rules: &StoredEvent) -> Vec<OwnedRoomId> {
     let allow = join_rules
         .content()
         .and_then(|c| c.get("allow"))
         .map(|v| JsonValue::from(v.clone()))
         .unwrap_or(JsonValue::Null);
-    for condition in allow.as_array().into_iter().flatten() {
-        if condition["type"] != "m.room_membership" {
-            continue;
-        }
-        if let Some(Ok(allowed_room)) = condition["room_id"].as_str().map(RoomId::parse) {
-            if s.timeline.is_joined(&allowed_room, user)? {
-                return Ok(true);
-            }
+    allow
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|condition| condition["type"] == "m.room_membership")
+        .filter_map(|condition| {
+            condition["room_id"]
+                .as_str()
+                .and_then(|id| OwnedRoomId::try_from(id).ok())
+        })
+        .collect()
+}
+
+/// Whether `user` is joined to one of the rooms a restricted join rule's
+/// `allow` list names.
+fn in_an_allowed_room(s: &Services, join_rules: &StoredEvent, user: &UserId) -> ServiceResult<bool> {
+    for allowed_room in allowed_rooms(join_rules) {
+        if s.timeline.is_joined(&allowed_room, user)? {
+            return Ok(true);
         }
     }
     Ok(false)

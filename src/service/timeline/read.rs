@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use ruma::{EventId, RoomId, UserId};
+use ruma::{EventId, RoomId, ServerName, UserId};
 use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
@@ -384,10 +384,7 @@ impl TimelineService {
 
     /// The event `user` may see that is closest to `ts`: the first at or
     /// after it (`forward`) or the last at or before it
-    /// (`timestamp_to_event`). Stream order follows send time here, so the
-    /// scan stops at the first event past `ts`; it starts from the end that
-    /// `ts` is on the far side of, so the common "jump to a recent date" reads
-    /// only the recent events.
+    /// (`timestamp_to_event`).
     pub fn event_at_time(
         &self,
         s: &Services,
@@ -397,14 +394,57 @@ impl TimelineService {
         forward: bool,
     ) -> ServiceResult<(ruma::OwnedEventId, u64)> {
         let (record, _) = self.readable_snapshot(s, user, room_id)?;
+        let mut cache = VisibilityCache::default();
+        self.nearest_event(&record, ts, forward, |meta, event| {
+            self.can_see_cached(s, user, room_id, meta, Some(event), &mut cache)
+        })
+    }
+
+    /// The same for another server (`/_matrix/federation/v1/timestamp_to_event`):
+    /// the closest event it may see.
+    pub fn event_at_time_for_server(
+        &self,
+        s: &Services,
+        server: &ServerName,
+        room_id: &RoomId,
+        ts: u64,
+        forward: bool,
+    ) -> ServiceResult<(ruma::OwnedEventId, u64)> {
+        let record = self.room_or_404(room_id)?;
+        // What a server may see depends on the state around an event only
+        // (and on whether it is in the room now), so events between the same
+        // two state snapshots share one answer.
+        let mut by_state: HashMap<(u64, u64), bool> = HashMap::new();
+        self.nearest_event(&record, ts, forward, |meta, event| {
+            let key = (meta.state_before, meta.state_after);
+            if let Some(visible) = by_state.get(&key) {
+                return Ok(*visible);
+            }
+            let visible = self.server_can_see(s, server, room_id, &event.event_id)?;
+            by_state.insert(key, visible);
+            Ok(visible)
+        })
+    }
+
+    /// The event closest to `ts` on its `forward` side that `visible`
+    /// accepts. Stream order follows send time here, so the scan stops at
+    /// the first event past `ts`; it starts from the end that `ts` is on
+    /// the far side of, so the common "jump to a recent date" reads only the
+    /// recent events.
+    fn nearest_event(
+        &self,
+        record: &RoomRecord,
+        ts: u64,
+        forward: bool,
+        mut visible: impl FnMut(&EventMeta, &StoredEvent) -> ServiceResult<bool>,
+    ) -> ServiceResult<(ruma::OwnedEventId, u64)> {
         let direction = if forward {
             Direction::Backward
         } else {
             Direction::Forward
         };
-        let mut cache = VisibilityCache::default();
         let mut best = None;
-        for event in self.events(&record, None, direction) {
+        for event in self.events(record, None, direction) {
             let event = event?;
             let event_ts = event.origin_server_ts();
             let on_our_side = if forward { event_ts >= ts } else { event_ts <= ts };
@@ -414,7 +454,7 @@ impl TimelineService {
             let Some(meta) = self.event_meta(&event.event_id)? else {
                 continue;
             };
-            if self.can_see_cached(s, user, room_id, &meta, Some(&event), &mut cache)? {
+            if visible(&meta, &event)? {
                 best = Some((event.event_id, event_ts));
             }
         }
