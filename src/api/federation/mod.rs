@@ -3,6 +3,7 @@
 
 mod devices;
 mod keys;
+mod media;
 mod query;
 mod rooms;
 
@@ -12,6 +13,7 @@ use crate::service::Services;
 pub fn register_routes(router: &mut Router) {
     devices::register_routes(router);
     keys::register_routes(router);
+    media::register_routes(router);
     query::register_routes(router);
     rooms::register_routes(router);
 }
