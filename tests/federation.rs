@@ -83,15 +83,20 @@ fn free_port() -> u16 {
 
 /// Two servers on loopback that reach each other by name.
 async fn two_servers() -> (TestServer, TestServer) {
+    two_servers_with("", "").await
+}
+
+/// [`two_servers`], with more `[global]` keys for A and for B.
+async fn two_servers_with(extra_a: &str, extra_b: &str) -> (TestServer, TestServer) {
     let (port_a, port_b) = (free_port(), free_port());
-    let config = |name: &str, port: u16, other: &str, other_port: u16| {
+    let config = |name: &str, port: u16, extra: &str, other: &str, other_port: u16| {
         format!(
-            "server_name = \"{name}\"\nport = {port}\nallow_federation = true\ntrusted_servers = []\n\
+            "server_name = \"{name}\"\nport = {port}\nallow_federation = true\ntrusted_servers = []\n{extra}\n\
              [global.federation_destination_overrides]\n\"{other}\" = \"http://127.0.0.1:{other_port}\"\n"
         )
     };
-    let a = TestServer::start_with(&config("conduit-a.test", port_a, "conduit-b.test", port_b)).await;
-    let b = TestServer::start_with(&config("conduit-b.test", port_b, "conduit-a.test", port_a)).await;
+    let a = TestServer::start_with(&config("conduit-a.test", port_a, extra_a, "conduit-b.test", port_b)).await;
+    let b = TestServer::start_with(&config("conduit-b.test", port_b, extra_b, "conduit-a.test", port_a)).await;
     (a, b)
 }
 
@@ -1232,4 +1237,149 @@ async fn an_openid_token_names_its_user_to_whoever_checks_it_and_nothing_else_do
             "M_UNKNOWN_TOKEN",
         );
     }
+}
+/// Uploads `bytes` to `server`; returns the media ID of the `mxc://` URI.
+async fn upload_media(server: &TestServer, token: &str, bytes: Vec<u8>, content_type: &str, filename: &str) -> String {
+    let uri = server.upload_media(token, bytes, content_type, Some(filename)).await;
+    uri.rsplit('/').next().unwrap().to_owned()
+}
+
+/// A GET with `token`: status, `Content-Type`, `Content-Disposition`, body.
+async fn get_media(server: &TestServer, path: &str, token: Option<&str>) -> (u16, String, String, Vec<u8>) {
+    let mut request = server.client.get(server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request.send().await.unwrap();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (content_type, disposition) = (header("content-type"), header("content-disposition"));
+    let status = resp.status().as_u16();
+    (status, content_type, disposition, resp.bytes().await.unwrap().to_vec())
+}
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(width, height, |x, y| {
+        image::Rgba([(x % 256) as u8, (y % 256) as u8, 128, 255])
+    }));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn as_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn media_of_another_server_is_fetched_once_kept_and_served_while_it_is_down() {
+    let (mut a, b) = two_servers().await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (_, bob_token, _) = b.register("bob", "password-b").await;
+    let text = b"notes written on A\n".repeat(100);
+    let text_id = upload_media(&a, &alice_token, text.clone(), "text/plain", "notes from A.txt").await;
+    let image = png(1000, 500);
+    let image_id = upload_media(&a, &alice_token, image.clone(), "image/png", "photo.png").await;
+
+    // Bob's client asks B for A's media: same bytes, type and name.
+    let text_path = format!("/_matrix/client/v1/media/download/conduit-a.test/{text_id}");
+    let (status, content_type, disposition, bytes) = get_media(&b, &text_path, Some(&bob_token)).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(bytes, text);
+    assert_eq!(content_type, "text/plain");
+    assert!(disposition.contains("filename=\"notes from A.txt\""), "{disposition}");
+
+    // Three clients at once: one fetch from A.
+    let image_path = format!("/_matrix/client/v1/media/download/conduit-a.test/{image_id}");
+    let (first, second, third) = tokio::join!(
+        get_media(&b, &image_path, Some(&bob_token)),
+        get_media(&b, &image_path, Some(&bob_token)),
+        get_media(&b, &image_path, Some(&bob_token)),
+    );
+    for (status, content_type, disposition, bytes) in [first, second, third] {
+        assert_eq!((status, content_type.as_str()), (200, "image/png"));
+        assert!(disposition.contains("photo.png"), "{disposition}");
+        assert!(bytes == image, "the image arrives whole");
+    }
+    let fetches = b
+        .log_lines_with("remote media fetched")
+        .into_iter()
+        .filter(|line| line.contains(&image_id))
+        .count();
+    assert_eq!(fetches, 1, "the image is fetched from A once");
+
+    // A thumbnail of A's image, made by B.
+    let thumbnail = |size: u32| {
+        format!("/_matrix/client/v1/media/thumbnail/conduit-a.test/{image_id}?width={size}&height={size}&method=crop")
+    };
+    let (status, content_type, _, bytes) = get_media(&b, &thumbnail(96), Some(&bob_token)).await;
+    assert_eq!((status, content_type.as_str()), (200, "image/png"));
+    let decoded = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (96, 96));
+
+    // An ID A does not know: A's 404, passed on, with no fallback to the
+    // unauthenticated endpoint (A knows the authenticated one).
+    let unknown = "/_matrix/client/v1/media/download/conduit-a.test/NoSuchMedia";
+    let (status, _, _, body) = get_media(&b, unknown, Some(&bob_token)).await;
+    assert_eq!((status, as_json(&body)["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+    let failures = b.log_lines_with("fetching remote media failed");
+    assert!(
+        failures
+            .iter()
+            .any(|l| l.contains("NoSuchMedia") && l.contains("M_NOT_FOUND")),
+        "{failures:?}"
+    );
+    assert!(b.log_lines_with("falling back").is_empty());
+    // Without a token, nothing is fetched for anyone.
+    let (status, _, _, _) = get_media(&b, &text_path, None).await;
+    assert_eq!(status, 401);
+
+    // A's federation endpoints want a server's signature.
+    for path in [
+        format!("/_matrix/federation/v1/media/download/{text_id}"),
+        format!("/_matrix/federation/v1/media/thumbnail/{image_id}?width=32&height=32"),
+    ] {
+        let (status, _, _, body) = get_media(&a, &path, None).await;
+        assert_eq!(
+            (status, as_json(&body)["errcode"].as_str()),
+            (401, Some("M_UNAUTHORIZED")),
+            "{path}"
+        );
+    }
+
+    // A goes down: B still has what it fetched, and makes new thumbnails
+    // from it; what it never fetched is a gateway failure.
+    assert!(a.stop().success());
+    let (status, content_type, _, bytes) = get_media(&b, &text_path, Some(&bob_token)).await;
+    assert_eq!((status, content_type.as_str(), bytes), (200, "text/plain", text));
+    let (status, _, _, bytes) = get_media(&b, &thumbnail(32), Some(&bob_token)).await;
+    assert_eq!(status, 200);
+    let decoded = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (32, 32));
+    let never_fetched = "/_matrix/client/v1/media/download/conduit-a.test/NeverFetched";
+    let (status, _, _, body) = get_media(&b, never_fetched, Some(&bob_token)).await;
+    assert_eq!(status, 502, "{}", as_json(&body));
+}
+
+#[tokio::test]
+async fn remote_media_over_the_size_limit_is_refused_as_synapse_does() {
+    let (a, b) = two_servers_with("", "max_request_size = 4096").await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (_, bob_token, _) = b.register("bob", "password-b").await;
+    let small = upload_media(&a, &alice_token, vec![7; 4000], "application/octet-stream", "small.bin").await;
+    let large = upload_media(&a, &alice_token, vec![7; 5000], "application/octet-stream", "large.bin").await;
+    let path = |id: &str| format!("/_matrix/client/v1/media/download/conduit-a.test/{id}");
+    let (status, _, _, bytes) = get_media(&b, &path(&small), Some(&bob_token)).await;
+    assert_eq!((status, bytes.len()), (200, 4000));
+    let (status, _, _, body) = get_media(&b, &path(&large), Some(&bob_token)).await;
+    assert_eq!(
+        (status, as_json(&body)["errcode"].as_str()),
+        (502, Some("M_TOO_LARGE")),
+        "{}",
+        as_json(&body)
+    );
 }

@@ -21,23 +21,7 @@ async fn upload(
     content_type: &str,
     filename: Option<&str>,
 ) -> String {
-    let mut path = "/_matrix/media/v3/upload".to_owned();
-    if let Some(name) = filename {
-        path.push_str(&format!("?filename={}", enc(name)));
-    }
-    let resp = server
-        .client
-        .post(server.url(&path))
-        .bearer_auth(token)
-        .header("Content-Type", content_type)
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    assert_eq!(status, 200, "upload: {body}");
-    body["content_uri"].as_str().expect("content_uri").to_owned()
+    server.upload_media(token, bytes, content_type, filename).await
 }
 
 /// `server/media_id` of an `mxc://` URI.

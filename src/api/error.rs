@@ -74,6 +74,8 @@ impl ApiError {
                 S::CannotOverwriteMedia => (StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA"),
                 S::NotYetUploaded => (StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED"),
                 S::RemoteFailed(_) => (StatusCode::BAD_GATEWAY, "M_UNKNOWN"),
+                // What Synapse answers for remote media over its limit.
+                S::RemoteTooLarge(_) => (StatusCode::BAD_GATEWAY, "M_TOO_LARGE"),
                 S::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
                 S::IncompatibleRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
             },

@@ -190,7 +190,8 @@ pub enum Table {
     /// client open. Key: `(user_id: str)`. Value: bincode
     /// `DehydratedDeviceRecord` (device ID, opaque device data JSON).
     DehydratedDevices,
-    /// Media known by `mxc://` URI (`media.rs`). Key: `(server_name: str,
+    /// Media known by `mxc://` URI, ours and that fetched from other servers
+    /// (`media.rs`). Key: `(server_name: str,
     /// media_id: str)`. Value: bincode `MediaRecord` (uploader, times, and
     /// once uploaded the content's SHA-256, which names its file under the
     /// media directory, size, type and file name).

@@ -9,6 +9,7 @@ use super::{decode_key, from_record, keys::encode, to_record, Batch, Db, DbResul
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MediaRecord {
+    /// Empty for media fetched from another server.
     pub uploader: String,
     pub created_ms: u64,
     /// When an ID made by `/create` stops accepting its upload; `None` once

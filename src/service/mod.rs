@@ -109,6 +109,9 @@ pub enum ServiceError {
     /// Another server (a previewed web site) failed us.
     #[error("{0}")]
     RemoteFailed(String),
+    /// Another server's media is larger than we accept.
+    #[error("{0}")]
+    RemoteTooLarge(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

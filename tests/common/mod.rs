@@ -244,6 +244,33 @@ impl TestServer {
     }
 
     /// `GET /account/whoami` with `token`: 200 while the token is live.
+    /// Uploads through `POST /_matrix/media/v3/upload`; returns the `mxc://` URI.
+    pub async fn upload_media(
+        &self,
+        token: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        filename: Option<&str>,
+    ) -> String {
+        let mut path = "/_matrix/media/v3/upload".to_owned();
+        if let Some(name) = filename {
+            path.push_str(&format!("?filename={}", enc(name)));
+        }
+        let resp = self
+            .client
+            .post(self.url(&path))
+            .bearer_auth(token)
+            .header("Content-Type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "upload: {body}");
+        body["content_uri"].as_str().expect("content_uri").to_owned()
+    }
+
     pub async fn whoami(&self, token: &str) -> (u16, Value) {
         self.call("GET", "/_matrix/client/v3/account/whoami", Some(token), None)
             .await

@@ -11,6 +11,7 @@ checked."""
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -734,6 +735,70 @@ def directories_and_spaces_across_servers(servers, n):
 
 
 # The scenarios `scripts/test` runs: each passes today.
+def upload(client, data, content_type, filename):
+    """Uploads raw bytes; returns the media ID of the mxc:// URI."""
+    url = client.base + "/_matrix/media/v3/upload?" + urllib.parse.urlencode({"filename": filename})
+    request = urllib.request.Request(url, data=data, method="POST")
+    request.add_header("Authorization", f"Bearer {client.token}")
+    request.add_header("Content-Type", content_type)
+    status, answer = send(request)
+    assert status == 200, f"upload on {client.base}: {status} {answer}"
+    return answer["content_uri"].rsplit("/", 1)[1]
+
+
+def download(client, path):
+    """A media GET through the client's server: (status, Content-Type,
+    Content-Disposition, bytes)."""
+    request = urllib.request.Request(client.base + path)
+    request.add_header("Authorization", f"Bearer {client.token}")
+    try:
+        with OPENER.open(request, timeout=60) as response:
+            headers = response.headers
+            return response.status, headers.get("Content-Type"), headers.get("Content-Disposition"), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), None, e.read()
+
+
+def png(width, height):
+    from PIL import Image  # Synapse's own dependency, in its venv
+
+    image = Image.new("RGB", (width, height))
+    image.putdata([(x % 256, y % 256, 90) for y in range(height) for x in range(width)])
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def media_both_ways(servers, n):
+    """Each server's user downloads the other's upload through their own
+    server (Conduit fetches from Synapse's federation media endpoint, Synapse
+    from Conduit's), and a thumbnail of the other's image."""
+    from PIL import Image
+
+    alice = register(servers.conduit_base, f"malice{n}")
+    bob = register(servers.synapse_base, f"mbob{n}")
+    for uploader, downloader, origin in [(bob, alice, servers.synapse_name), (alice, bob, servers.conduit_name)]:
+        text = f"written by {uploader.user_id}\n".encode() * 50
+        text_id = upload(uploader, text, "text/plain", "notes.txt")
+        status, content_type, disposition, body = download(
+            downloader, f"/_matrix/client/v1/media/download/{origin}/{text_id}"
+        )
+        assert status == 200, f"{downloader.base} download: {status} {body[:300]!r}"
+        assert body == text, f"{downloader.base}: other bytes"
+        assert content_type.startswith("text/plain"), content_type
+        assert "notes.txt" in (disposition or ""), disposition
+        image_id = upload(uploader, png(400, 300), "image/png", "photo.png")
+        status, content_type, _, body = download(
+            downloader,
+            f"/_matrix/client/v1/media/thumbnail/{origin}/{image_id}?width=96&height=96&method=crop",
+        )
+        assert status == 200, f"{downloader.base} thumbnail: {status} {body[:300]!r}"
+        thumbnail = Image.open(io.BytesIO(body))
+        assert thumbnail.size[0] <= 100 and thumbnail.size[1] <= 100, thumbnail.size
+        status, _, _, body = download(downloader, f"/_matrix/client/v1/media/download/{origin}/NoSuchMedia{n}")
+        assert status == 404, f"{downloader.base} unknown media: {status} {body[:300]!r}"
+
+
 SCENARIOS = [
     conduit_room_synapse_joins,
     synapse_room_conduit_joins,
@@ -746,6 +811,7 @@ SCENARIOS = [
     encrypted_room_across_servers,
     state_conflict_heals,
     directories_and_spaces_across_servers,
+    media_both_ways,
     conduit_user_sees_history_from_before_join,
 ]
 # Scenarios that need what Conduit does not do yet; run them by name.

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::api::router::authenticate_raw;
 use crate::api::{ApiError, Router};
-use crate::service::media::{Download, Method as ThumbnailMethod, ServedFile, ThumbnailRequest, UploadSink};
+use crate::service::media::{Download, ServedFile, ThumbnailRequest, UploadSink};
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
@@ -218,25 +218,13 @@ async fn thumbnail(services: Arc<Services>, req: HttpRequest, access: Access) ->
         authenticate_raw(&services, &req).await?;
     }
     let query: ThumbnailQuery = query(&req)?;
-    let method = match query.method.as_deref() {
-        None | Some("scale") => ThumbnailMethod::Scale,
-        Some("crop") => ThumbnailMethod::Crop,
-        Some(other) => {
-            return Err(ApiError::InvalidParam(format!(
-                "method must be crop or scale, not {other}"
-            )))
-        }
-    };
-    if query.width == 0 || query.height == 0 {
-        return Err(ApiError::InvalidParam("width and height must be at least 1".to_owned()));
-    }
+    let request = ThumbnailRequest::new(
+        query.width.into(),
+        query.height.into(),
+        query.method.as_deref(),
+        query.animated,
+    )?;
     let found = find(&services, &req, access, query.timeout_ms).await?;
-    let request = ThumbnailRequest {
-        width: query.width,
-        height: query.height,
-        method,
-        animated: query.animated,
-    };
     let file = services.media.thumbnail(found, request).await?;
     serve(&services, &req, file).await
 }
@@ -303,8 +291,8 @@ fn content_type(req: &HttpRequest) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The media the path names, waiting up to `timeout_ms` for a pending
-/// upload. The unauthenticated endpoints are frozen: media from after the
+/// The media the path names (fetched from its server when it is another's),
+/// waiting up to `timeout_ms` for a pending upload. The unauthenticated endpoints are frozen: media from after the
 /// cut-over is not found there (the spec's answer), only through `/client/v1`.
 async fn find(
     services: &Services,
@@ -314,7 +302,11 @@ async fn find(
 ) -> Result<Download, ApiError> {
     let (server_name, media_id) = media_path(req)?;
     let wait = Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
-    let found = services.media.download(server_name, media_id, wait).await?;
+    // Media of other servers is fetched for the unauthenticated endpoints
+    // only while they may still serve it.
+    let fetch =
+        (access == Access::Authenticated || services.media.legacy_may_fetch()).then_some(&*services.federation.client);
+    let found = services.media.download(server_name, media_id, wait, fetch).await?;
     if access == Access::Legacy && !found.legacy_allowed {
         return Err(ServiceError::NotFound(
             "this media is only available through the authenticated /_matrix/client/v1/media endpoints".to_owned(),
@@ -340,15 +332,7 @@ async fn serve(services: &Services, req: &HttpRequest, file: ServedFile) -> Resu
         .try_clone()
         .map_err(|e| ApiError::from(ServiceError::Internal(format!("opening a media file: {e}"))))?;
     let size = named.metadata().len();
-    let mime: mime::Mime = file.content_type.parse().unwrap_or(mime::APPLICATION_OCTET_STREAM);
-    let disposition = ContentDisposition {
-        disposition: if INLINE_TYPES.contains(&mime.essence_str()) {
-            DispositionType::Inline
-        } else {
-            DispositionType::Attachment
-        },
-        parameters: file.filename.as_deref().map(filename_params).unwrap_or_default(),
-    };
+    let (mime, disposition) = type_and_disposition(&file);
     let mut response = named
         .set_content_type(mime)
         // The type as uploaded: no charset the uploader did not state.
@@ -379,6 +363,21 @@ async fn serve(services: &Services, req: &HttpRequest, file: ServedFile) -> Resu
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
     Ok(response)
+}
+
+/// The type a stored file is served as, and a safe disposition: inline
+/// only for types a browser will not run, with the file's name.
+pub(crate) fn type_and_disposition(file: &ServedFile) -> (mime::Mime, ContentDisposition) {
+    let mime: mime::Mime = file.content_type.parse().unwrap_or(mime::APPLICATION_OCTET_STREAM);
+    let disposition = ContentDisposition {
+        disposition: if INLINE_TYPES.contains(&mime.essence_str()) {
+            DispositionType::Inline
+        } else {
+            DispositionType::Attachment
+        },
+        parameters: file.filename.as_deref().map(filename_params).unwrap_or_default(),
+    };
+    (mime, disposition)
 }
 
 /// The bytes a response from NamedFile carries: the whole file for a 200,

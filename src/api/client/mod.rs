@@ -8,7 +8,7 @@ mod device;
 mod discovery;
 mod filter;
 pub(crate) mod keys;
-mod media;
+pub(crate) mod media;
 mod membership;
 mod message;
 mod presence;

@@ -5,6 +5,7 @@ mod devices;
 mod directory;
 mod keys;
 mod openid;
+mod media;
 mod query;
 mod rooms;
 
@@ -16,6 +17,7 @@ pub fn register_routes(router: &mut Router) {
     directory::register_routes(router);
     keys::register_routes(router);
     openid::register_routes(router);
+    media::register_routes(router);
     query::register_routes(router);
     rooms::register_routes(router);
 }

@@ -107,6 +107,9 @@ pub struct FederationClient {
     enabled: bool,
     signer: Arc<dyn RequestSigner>,
     http: reqwest::Client,
+    /// The `.well-known` client (HTTPS only, each redirect checked), also
+    /// used for media redirects.
+    redirect_http: reqwest::Client,
     resolver: ServerResolver<NetworkLookups>,
     /// What the client's DNS resolver connects to for each URL host.
     routes: Arc<Routes>,
@@ -194,6 +197,7 @@ impl FederationClient {
             enabled: config.enabled,
             signer,
             http,
+            redirect_http: well_known_http.clone(),
             resolver: ServerResolver::new(
                 NetworkLookups::new(well_known_http),
                 config.destination_overrides.clone(),
@@ -228,6 +232,125 @@ impl FederationClient {
         R: OutgoingRequest<PathBuilder = SinglePath>,
         R::Authentication: FederationAuth,
     {
+        let max_bytes = self.max_response_bytes;
+        let answer = self
+            .guarded(destination, timeout, async {
+                let http_request = self.build(destination, request)?;
+                self.exchange(destination, http_request, max_bytes).await
+            })
+            .await?;
+        let mut parsed = http::Response::new(answer.body.as_slice());
+        *parsed.status_mut() = answer.status;
+        *parsed.headers_mut() = answer.headers;
+        R::IncomingResponse::try_from_http_response(parsed).map_err(|e| FederationError::BadResponse {
+            destination: destination.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Sends `request` and hands back the answer unparsed, its body capped
+    /// at `max_bytes`: for answers ruma would hold whole in its own types
+    /// or that need a careful parser (media).
+    pub async fn send_raw<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<RawResponse, FederationError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+        R::Authentication: FederationAuth,
+    {
+        self.guarded(destination, timeout, async {
+            let http_request = self.build(destination, request)?;
+            self.exchange(destination, http_request, max_bytes).await
+        })
+        .await
+    }
+
+    /// An unsigned `GET` of `path_and_query` on `destination`, for the
+    /// deprecated endpoints that predate server authentication (media).
+    pub async fn get_unsigned(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<RawResponse, FederationError> {
+        self.guarded(destination, timeout, async {
+            let http_request = http::Request::get(path_and_query)
+                .body(Vec::new())
+                .map_err(|e| FederationError::Internal(format!("a request to {destination}: {e}")))?;
+            self.exchange(destination, http_request, max_bytes).await
+        })
+        .await
+    }
+
+    /// An unsigned `GET` of a URL another server sent us to (a media
+    /// redirect): HTTPS only, and only to addresses the policy allows,
+    /// redirects included. Failures here say nothing of the server that
+    /// sent us, so they start no backoff.
+    pub async fn get_redirected(
+        &self,
+        sender: &ServerName,
+        url: &str,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<RawResponse, FederationError> {
+        if !self.enabled {
+            return Err(FederationError::Disabled);
+        }
+        let refused = |reason: String| FederationError::Forbidden {
+            destination: sender.to_owned(),
+            reason,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| refused(format!("bad redirect URL: {e}")))?;
+        if parsed.scheme() != "https" {
+            return Err(refused("redirects must be to HTTPS".to_owned()));
+        }
+        // Address literals are not looked up, so the resolver's check
+        // would not see them.
+        let literal = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+            None => return Err(refused("redirect URL without a host".to_owned())),
+        };
+        if let Some(ip) = literal.filter(|ip| !self.policy.allows(*ip)) {
+            return Err(refused(format!("{ip} is not a public address")));
+        }
+        let fetch = async {
+            let response = self
+                .redirect_http
+                .get(parsed)
+                .send()
+                .await
+                .map_err(|e| transport_error(sender, &e))?;
+            self.answer(sender, response, max_bytes).await
+        };
+        tokio::time::timeout(timeout, fetch).await.unwrap_or_else(|_| {
+            Err(FederationError::Timeout {
+                destination: sender.to_owned(),
+                timeout,
+            })
+        })
+    }
+
+    /// The federation request timeout from the configuration.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Runs `work` for `destination` unless federation is off or the
+    /// destination is backed off, within `timeout`, and backs off after a
+    /// transport failure.
+    async fn guarded<T>(
+        &self,
+        destination: &ServerName,
+        timeout: Duration,
+        work: impl std::future::Future<Output = Result<T, FederationError>>,
+    ) -> Result<T, FederationError> {
         if !self.enabled {
             return Err(FederationError::Disabled);
         }
@@ -237,11 +360,7 @@ impl FederationClient {
                 retry_in,
             });
         }
-        let exchange = async {
-            let target = self.resolver.resolve(destination).await;
-            self.exchange(destination, &target, request).await
-        };
-        let result = match tokio::time::timeout(timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
             Err(_) => Err(FederationError::Timeout {
                 destination: destination.to_owned(),
@@ -282,16 +401,39 @@ impl FederationClient {
         self.resolver.resolve(destination).await
     }
 
-    async fn exchange<R>(
-        &self,
-        server: &ServerName,
-        target: &Destination,
-        request: R,
-    ) -> Result<R::IncomingResponse, FederationError>
+    /// `request` as HTTP, signed unless the endpoint takes no
+    /// authentication; its path only, the server is added by [`exchange`](Self::exchange).
+    fn build<R>(&self, server: &ServerName, request: R) -> Result<http::Request<Vec<u8>>, FederationError>
     where
         R: OutgoingRequest<PathBuilder = SinglePath>,
         R::Authentication: FederationAuth,
     {
+        let auth = R::Authentication::input(&self.origin, server, self.signer.key_pair());
+        // The signature covers the path and query, not the host: a
+        // placeholder base is replaced once discovery has run.
+        let built: http::Request<Vec<u8>> = request
+            .try_into_http_request("https://placeholder.invalid", auth, ())
+            .map_err(|e| FederationError::Internal(format!("building a request to {server}: {e}")))?;
+        let (mut parts, body) = built.into_parts();
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .parse()
+            .map_err(|e| FederationError::Internal(format!("a request path to {server}: {e}")))?;
+        Ok(http::Request::from_parts(parts, body))
+    }
+
+    /// Sends `request` (whose URI is a path) to wherever discovery says
+    /// `server` is; an error status becomes [`FederationError::Remote`].
+    async fn exchange(
+        &self,
+        server: &ServerName,
+        mut request: http::Request<Vec<u8>>,
+        max_bytes: usize,
+    ) -> Result<RawResponse, FederationError> {
+        let target = self.resolver.resolve(server).await;
         match &target.tls_name {
             // Not looked up, so not checked by the resolver: check here.
             Host::Ip(ip) => {
@@ -311,67 +453,79 @@ impl FederationClient {
             ),
         }
         let scheme = if target.plain_http { "http" } else { "https" };
-        let base_url = format!("{scheme}://{}:{}", target.tls_name, target.port);
-        let auth = R::Authentication::input(&self.origin, server, self.signer.key_pair());
-        let mut http_request: http::Request<Vec<u8>> = request
-            .try_into_http_request(&base_url, auth, ())
-            .map_err(|e| FederationError::Internal(format!("building a request to {server}: {e}")))?;
+        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        *request.uri_mut() = format!("{scheme}://{}:{}{path}", target.tls_name, target.port)
+            .parse()
+            .map_err(|e| FederationError::Internal(format!("a request URL for {server}: {e}")))?;
         let host = HeaderValue::from_str(&target.host_header)
             .map_err(|e| FederationError::Internal(format!("Host header for {server}: {e}")))?;
-        http_request.headers_mut().insert(HOST, host);
+        request.headers_mut().insert(HOST, host);
         tracing::debug!(
             destination = %server,
-            method = %http_request.method(),
-            path = http_request.uri().path(),
+            method = %request.method(),
+            path = request.uri().path(),
             %target,
             "federation request"
         );
-        let outgoing = reqwest::Request::try_from(http_request)
+        let outgoing = reqwest::Request::try_from(request)
             .map_err(|e| FederationError::Internal(format!("a request to {server}: {e}")))?;
-
-        let mut response = self
+        let response = self
             .http
             .execute(outgoing)
             .await
             .map_err(|e| transport_error(server, &e))?;
-        let status = response.status();
-        let headers = std::mem::take(response.headers_mut());
-        let body = self.read_body(server, response).await?;
-        if status.as_u16() >= 400 {
-            return Err(remote_error(server, status, &body));
-        }
-        let mut answer = http::Response::new(body.as_slice());
-        *answer.status_mut() = status;
-        *answer.headers_mut() = headers;
-        R::IncomingResponse::try_from_http_response(answer).map_err(|e| FederationError::BadResponse {
-            destination: server.to_owned(),
-            message: e.to_string(),
-        })
+        self.answer(server, response, max_bytes).await
     }
 
-    async fn read_body(
+    /// Reads an answer from `server`; an error status becomes
+    /// [`FederationError::Remote`].
+    async fn answer(
         &self,
         server: &ServerName,
         mut response: reqwest::Response,
-    ) -> Result<Vec<u8>, FederationError> {
-        let limit = self.max_response_bytes;
-        let too_large = || FederationError::TooLarge {
-            destination: server.to_owned(),
-            limit,
-        };
-        let announced = response.content_length().unwrap_or(0);
-        if announced > limit as u64 {
+        max_bytes: usize,
+    ) -> Result<RawResponse, FederationError> {
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        let body = read_body(server, response, max_bytes).await?;
+        if status.as_u16() >= 400 {
+            return Err(remote_error(server, status, &body));
+        }
+        Ok(RawResponse { status, headers, body })
+    }
+}
+
+/// An answer from another server, read whole but not parsed.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Reads a body of at most `limit` bytes, refusing a longer one as soon as
+/// it is announced or seen.
+async fn read_body(
+    server: &ServerName,
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, FederationError> {
+    let too_large = || FederationError::TooLarge {
+        destination: server.to_owned(),
+        limit,
+    };
+    let announced = response.content_length().unwrap_or(0);
+    if announced > limit as u64 {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(announced as usize);
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(server, &e))? {
+        if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
-        let mut body = Vec::with_capacity(announced as usize);
-        while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(server, &e))? {
-            if body.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        body.extend_from_slice(&chunk);
     }
+    Ok(body)
 }
 
 /// A failed exchange as a [`FederationError`]: an address refusal, a
@@ -907,6 +1061,56 @@ mod tests {
         let error = sent.unwrap_err();
         assert!(matches!(error, FederationError::Unreachable { .. }), "{error:?}");
         let () = accepted;
+    }
+
+    #[tokio::test]
+    async fn raw_answers_come_back_unparsed_capped_and_signed_when_asked() {
+        use ruma::api::federation::authenticated_media::get_content;
+
+        let (port, mut received) = answering(200, "--B--").await;
+        let client =
+            FederationClient::new(&config(&[("b.test", format!("http://127.0.0.1:{port}"))]), key_pair()).unwrap();
+        let server = name("b.test");
+        let timeout = Duration::from_secs(5);
+        let legacy = "/_matrix/media/v3/download/b.test/x?allow_remote=false";
+        let answer = client.get_unsigned(&server, legacy, timeout, 100).await.unwrap();
+        assert_eq!((answer.status, answer.body.as_slice()), (StatusCode::OK, &b"--B--"[..]));
+        let request = received.recv().await.unwrap().request;
+        assert_eq!(request.uri().path_and_query().unwrap().as_str(), legacy);
+        assert_eq!(request.headers()[HOST], "b.test");
+        assert!(request.headers().get(http::header::AUTHORIZATION).is_none());
+
+        let error = client.get_unsigned(&server, legacy, timeout, 4).await.unwrap_err();
+        assert!(matches!(error, FederationError::TooLarge { limit: 4, .. }), "{error:?}");
+
+        let signed = get_content::v1::Request::new("abc".to_owned());
+        let answer = client.send_raw(&server, signed, timeout, 100).await.unwrap();
+        assert_eq!(answer.body, b"--B--");
+        let _capped = received.recv().await.unwrap();
+        let request = received.recv().await.unwrap().request;
+        assert_eq!(request.uri().path(), "/_matrix/federation/v1/media/download/abc");
+        let x_matrix = XMatrix::extract_from_http_headers(request.headers()).unwrap();
+        assert_eq!(x_matrix.origin, "conduit-a.test");
+    }
+
+    #[tokio::test]
+    async fn media_redirects_go_only_to_https_on_public_addresses() {
+        let client = FederationClient::new(&config(&[]), key_pair()).unwrap();
+        let sender = name("b.test");
+        for url in [
+            "http://example.org/x",
+            "https://127.0.0.1/x",
+            "https://[::1]/x",
+            "https://10.1.2.3/x",
+            "not a url",
+        ] {
+            let error = client
+                .get_redirected(&sender, url, Duration::from_secs(1), 100)
+                .await
+                .unwrap_err();
+            assert!(matches!(error, FederationError::Forbidden { .. }), "{url}: {error:?}");
+        }
+        assert!(!client.is_backed_off(&sender));
     }
 
     #[tokio::test]

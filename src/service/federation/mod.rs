@@ -23,7 +23,7 @@ use std::time::Duration;
 use http::StatusCode;
 use ruma::OwnedServerName;
 
-pub use client::{FederationClient, FederationConfig, RequestSigner};
+pub use client::{FederationClient, FederationConfig, RawResponse, RequestSigner};
 pub use discovery::{Destination, ServerResolver};
 
 use std::sync::Arc;

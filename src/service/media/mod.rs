@@ -8,20 +8,26 @@
 //! - `thumbnails/abcdef…/320x240-scale.jpg`: thumbnails of that content;
 //! - `tmp/`: uploads in progress, renamed into `files/` only once complete
 //!   and synced, so a file under `files/` is always whole. Emptied at start.
+//!
+//! Media of other servers is fetched on first use ([`remote`]) and kept
+//! like an upload, under its own `mxc://` URI.
 
 mod blocks;
+mod multipart;
 mod preview;
 mod reader;
+mod remote;
 mod thumbnail;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ruma::{OwnedMxcUri, OwnedServerName, UserId};
+use ruma::{OwnedMxcUri, OwnedServerName, ServerName, UserId};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
+pub use multipart::Framing;
 pub use preview::{is_public, PreviewConfig};
 pub use reader::FileStream;
 pub use thumbnail::{Method, ThumbnailRequest};
@@ -30,6 +36,7 @@ use super::{now_ms, random_string, ServiceError, ServiceResult};
 use crate::config::Config;
 use crate::database::media::{MediaContent, MediaRecord, MediaTables};
 use crate::database::Db;
+use crate::service::federation::FederationClient;
 use blocks::BlockPool;
 
 /// How long an ID from `/create` waits for its upload (the spec's advice).
@@ -65,6 +72,8 @@ pub struct MediaService {
     uploaded: tokio::sync::Notify,
     preview: preview::Previewer,
     blocks: Arc<BlockPool>,
+    /// Held while a remote media is fetched, so it is fetched once.
+    fetching: remote::KeyedLocks,
 }
 
 /// What the blocking work (storage, image decoding) needs, shared with the
@@ -123,6 +132,7 @@ impl MediaService {
             preview: preview::Previewer::new(PreviewConfig::from(config), MediaTables::new(db))?,
             dir,
             blocks: Arc::default(),
+            fetching: remote::KeyedLocks::default(),
         })
     }
 
@@ -173,10 +183,32 @@ impl MediaService {
         filename: Option<String>,
         target: Option<(&str, &str)>,
     ) -> ServiceResult<OwnedMxcUri> {
-        let finished = sink.into_finished().await?;
         let uploader = uploader.to_owned();
         let target = target.map(|(s, m)| (s.to_owned(), m.to_owned()));
         let pending = target.is_some();
+        let (content, shard_to_sync) = self.store_content(sink, content_type, filename).await?;
+        // The file's directory entry and its record are synced at once: the
+        // media ID is unknown to anyone until both are durable, so a crash
+        // between them leaves at most a record nobody can name.
+        let recorded = self.blocking(move |store| store.record_upload(&uploader, content, target));
+        let (shard_synced, recorded) = tokio::join!(self.sync_shard(shard_to_sync), recorded);
+        shard_synced?;
+        let uri = recorded?;
+        if pending {
+            self.uploaded.notify_waiters();
+        }
+        Ok(uri)
+    }
+
+    /// Moves a finished upload under its hash; returns its content record
+    /// and the shard whose entry must still be synced.
+    async fn store_content(
+        &self,
+        sink: UploadSink,
+        content_type: Option<String>,
+        filename: Option<String>,
+    ) -> ServiceResult<(MediaContent, Option<PathBuf>)> {
+        let finished = sink.into_finished().await?;
         let stored = self
             .blocking(move |store| finished.store(&store.dir.join("files"), store.sync_files))
             .await?;
@@ -187,30 +219,36 @@ impl MediaService {
             filename,
             uploaded_ms: now_ms(),
         };
-        // The file's directory entry and its record are synced at once: the
-        // media ID is unknown to anyone until both are durable, so a crash
-        // between them leaves at most a record nobody can name.
-        let shard_synced = async {
-            match stored.shard_to_sync {
-                Some(shard) => self.blocking(move |_| sync_dir(&shard)).await,
-                None => Ok(()),
-            }
-        };
-        let recorded = self.blocking(move |store| store.record_upload(&uploader, content, target));
-        let (shard_synced, recorded) = tokio::join!(shard_synced, recorded);
-        shard_synced?;
-        let uri = recorded?;
-        if pending {
-            self.uploaded.notify_waiters();
+        Ok((content, stored.shard_to_sync))
+    }
+
+    async fn sync_shard(&self, shard: Option<PathBuf>) -> ServiceResult<()> {
+        match shard {
+            Some(shard) => self.blocking(move |_| sync_dir(&shard)).await,
+            None => Ok(()),
         }
-        Ok(uri)
     }
 
     /// The content behind `mxc://server_name/media_id`, waiting up to
-    /// `wait` for a pending upload. Remote media is not found until there is
-    /// federation to fetch it.
-    pub async fn download(&self, server_name: &str, media_id: &str, wait: Duration) -> ServiceResult<Download> {
-        let deadline = tokio::time::Instant::now() + wait.min(MAX_DOWNLOAD_WAIT);
+    /// `wait` for a pending upload. Media of other servers comes from the
+    /// local copy, else is fetched with `federation` (when given) and kept.
+    pub async fn download(
+        &self,
+        server_name: &str,
+        media_id: &str,
+        wait: Duration,
+        federation: Option<&FederationClient>,
+    ) -> ServiceResult<Download> {
+        let wait = wait.min(MAX_DOWNLOAD_WAIT);
+        if server_name != self.store.server_name.as_str() {
+            if let Some(download) = self.cached(server_name, media_id).await? {
+                return Ok(download);
+            }
+            let client = federation
+                .ok_or_else(|| ServiceError::NotFound("this media of another server is not stored here".to_owned()))?;
+            return self.fetch_remote(client, server_name, media_id, wait).await;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before the lookup, so a completion in between wakes us.
             let woken = self.uploaded.notified();
@@ -223,6 +261,54 @@ impl MediaService {
                 return Err(ServiceError::NotYetUploaded);
             }
         }
+    }
+
+    /// Whether the unauthenticated endpoints may still fetch media of other
+    /// servers: only until the legacy cut-over, after which they would
+    /// refuse what they fetched.
+    pub fn legacy_may_fetch(&self) -> bool {
+        self.store.legacy_cutover_ms.is_some_and(|cut| now_ms() < cut)
+    }
+
+    /// The local copy of another server's media, if there is one.
+    async fn cached(&self, server_name: &str, media_id: &str) -> ServiceResult<Option<Download>> {
+        let (server, id) = (server_name.to_owned(), media_id.to_owned());
+        self.blocking(move |store| store.cached(&server, &id)).await
+    }
+
+    /// Fetches another server's media and keeps it, once however many ask.
+    async fn fetch_remote(
+        &self,
+        client: &FederationClient,
+        server_name: &str,
+        media_id: &str,
+        wait: Duration,
+    ) -> ServiceResult<Download> {
+        let unknown = || ServiceError::NotFound("unknown media".to_owned());
+        let server = <&ServerName>::try_from(server_name).map_err(|_| unknown())?;
+        if !valid_media_id(media_id) {
+            return Err(unknown());
+        }
+        let _fetching = self.fetching.lock(format!("{server_name}/{media_id}")).await;
+        // Fetched while we waited for the lock?
+        if let Some(download) = self.cached(server_name, media_id).await? {
+            return Ok(download);
+        }
+        let max_bytes = usize::try_from(self.max_upload).unwrap_or(usize::MAX);
+        let fetched = remote::fetch(client, server, media_id, wait, max_bytes).await?;
+        tracing::info!(
+            server_name,
+            media_id,
+            bytes = fetched.bytes.len(),
+            "remote media fetched"
+        );
+        let mut sink = self.begin_upload();
+        sink.write(&fetched.bytes).await?;
+        let (content, shard_to_sync) = self.store_content(sink, fetched.content_type, fetched.filename).await?;
+        self.sync_shard(shard_to_sync).await?;
+        let (server, id) = (server_name.to_owned(), media_id.to_owned());
+        self.blocking(move |store| store.record_remote(&server, &id, content))
+            .await
     }
 
     /// A thumbnail of `download`'s content (made once per size class and
@@ -350,11 +436,6 @@ impl Store {
 
     /// The download, or `None` while the upload is pending.
     fn download(&self, server_name: &str, media_id: &str) -> ServiceResult<Option<Download>> {
-        if server_name != self.server_name.as_str() {
-            return Err(ServiceError::NotFound(
-                "media from other servers is not available here yet".to_owned(),
-            ));
-        }
         let unknown = || ServiceError::NotFound("unknown media".to_owned());
         if !valid_media_id(media_id) {
             return Err(unknown());
@@ -366,7 +447,29 @@ impl Store {
             }
             return Ok(None);
         };
-        Ok(Some(Download {
+        Ok(Some(self.served(content)))
+    }
+
+    fn cached(&self, server_name: &str, media_id: &str) -> ServiceResult<Option<Download>> {
+        let record = self.tables.get(server_name, media_id)?;
+        Ok(record.and_then(|r| r.content).map(|content| self.served(content)))
+    }
+
+    /// Keeps fetched media of another server under its own URI.
+    fn record_remote(&self, server_name: &str, media_id: &str, content: MediaContent) -> ServiceResult<Download> {
+        let record = MediaRecord {
+            // Nobody here uploaded it.
+            uploader: String::new(),
+            created_ms: content.uploaded_ms,
+            expires_ms: None,
+            content: Some(content.clone()),
+        };
+        self.tables.put(server_name, media_id, &record)?;
+        Ok(self.served(content))
+    }
+
+    fn served(&self, content: MediaContent) -> Download {
+        Download {
             legacy_allowed: self.legacy_cutover_ms.is_some_and(|cut| content.uploaded_ms < cut),
             file: ServedFile {
                 path: content_path(&self.dir.join("files"), &hex(&content.sha256)),
@@ -375,7 +478,7 @@ impl Store {
                     .unwrap_or_else(|| "application/octet-stream".to_owned()),
                 filename: content.filename,
             },
-        }))
+        }
     }
 
     fn thumbnail(&self, original: &ServedFile, request: ThumbnailRequest) -> ServiceResult<ServedFile> {

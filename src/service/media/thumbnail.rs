@@ -38,6 +38,35 @@ pub struct ThumbnailRequest {
     pub animated: bool,
 }
 
+impl ThumbnailRequest {
+    /// A request from an endpoint's parameters: `method` is `crop` or
+    /// `scale` (the default), sides at least 1.
+    pub fn new(width: u64, height: u64, method: Option<&str>, animated: bool) -> ServiceResult<Self> {
+        let method = match method {
+            None | Some("scale") => Method::Scale,
+            Some("crop") => Method::Crop,
+            Some(other) => {
+                return Err(ServiceError::InvalidParam(format!(
+                    "method must be crop or scale, not {other}"
+                )))
+            }
+        };
+        if width == 0 || height == 0 {
+            return Err(ServiceError::InvalidParam(
+                "width and height must be at least 1".to_owned(),
+            ));
+        }
+        // Beyond any size class: only the original is that large.
+        let side = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Self {
+            width: side(width),
+            height: side(height),
+            method,
+            animated,
+        })
+    }
+}
+
 /// The spec's recommended sizes; any request maps to the smallest that
 /// covers it, so each original has at most ten thumbnails.
 const SIZE_CLASSES: [(u32, u32); 5] = [(32, 32), (96, 96), (320, 240), (640, 480), (800, 600)];
