@@ -11,6 +11,7 @@ pub mod keys;
 mod membership;
 mod query;
 mod receive;
+mod resident;
 pub mod sender;
 
 use std::time::Duration;
@@ -50,9 +51,37 @@ impl FederationService {
         if !s.config.allow_federation {
             return Ok(());
         }
-        let destinations: Vec<super::outbox::Destination> = s
-            .timeline
-            .servers_in_room(room_id)?
+        self.queue_edu(s.timeline.servers_in_room(room_id)?, edu_type, content)
+    }
+
+    /// Queues an EDU about `user` (presence) for the other servers that
+    /// share a room with them, each once, when federation is on.
+    pub fn send_user_edu(
+        &self,
+        s: &super::Services,
+        user: &ruma::UserId,
+        edu_type: &str,
+        content: serde_json::Value,
+    ) -> super::ServiceResult<()> {
+        if !s.config.allow_federation {
+            return Ok(());
+        }
+        let mut servers = std::collections::BTreeSet::new();
+        for (room_id, record) in s.timeline.user_rooms(user)? {
+            if record.membership == "join" {
+                servers.extend(s.timeline.servers_in_room(&room_id)?);
+            }
+        }
+        self.queue_edu(servers, edu_type, content)
+    }
+
+    fn queue_edu(
+        &self,
+        servers: std::collections::BTreeSet<OwnedServerName>,
+        edu_type: &str,
+        content: serde_json::Value,
+    ) -> super::ServiceResult<()> {
+        let destinations: Vec<super::outbox::Destination> = servers
             .into_iter()
             .filter(|server| *server != self.server_name)
             .map(super::outbox::Destination::Server)
