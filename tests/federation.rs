@@ -1019,6 +1019,30 @@ async fn members_of_an_allowed_room_join_a_restricted_room_of_another_server_wit
     wait_for_messages(&a, &alice_token, &restricted, &["in through the space"]).await;
     a.send_text(&alice_token, &restricted, "hi bob").await;
     wait_for_messages(&b, &bob_token, &restricted, &["in through the space", "hi bob"]).await;
+
+    // A room restricted to a room A is not in: A cannot vouch for anyone,
+    // and Bob's client hears a refusal.
+    let elsewhere = a
+        .create_room(&alice_token, json!({"preset": "private_chat", "room_version": "10"}))
+        .await;
+    set_join_rules(
+        &a,
+        &alice_token,
+        &elsewhere,
+        json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": "!nowhere:conduit-c.test"}]}),
+    )
+    .await;
+    let path = format!("/_matrix/client/v3/join/{}", common::enc(&elsewhere));
+    let refused = b.call("POST", &path, Some(&bob_token), Some(json!({}))).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+    assert!(
+        refused.1["error"]
+            .as_str()
+            .unwrap()
+            .contains("M_UNABLE_TO_AUTHORISE_JOIN"),
+        "{}",
+        refused.1
+    );
 }
 
 #[tokio::test]

@@ -166,6 +166,16 @@ mod tests {
                 400,
                 "M_INVALID_USERNAME",
             ),
+            (
+                ServiceError::UnableToAuthoriseJoin("x".into()).into(),
+                400,
+                "M_UNABLE_TO_AUTHORISE_JOIN",
+            ),
+            (
+                ServiceError::UnableToGrantJoin("x".into()).into(),
+                400,
+                "M_UNABLE_TO_GRANT_JOIN",
+            ),
         ];
         for (error, status, code) in cases {
             let (got_status, body) = body_of(error);

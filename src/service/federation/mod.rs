@@ -187,6 +187,16 @@ impl From<FederationError> for ServiceError {
             FederationError::Remote { status, .. } if status == StatusCode::NOT_FOUND => {
                 ServiceError::NotFound(error.to_string())
             }
+            // No server could admit the user to a restricted room: to the
+            // client, a refusal.
+            FederationError::Remote { ref errcode, .. }
+                if matches!(
+                    errcode.as_deref(),
+                    Some("M_UNABLE_TO_AUTHORISE_JOIN" | "M_UNABLE_TO_GRANT_JOIN")
+                ) =>
+            {
+                ServiceError::Forbidden(error.to_string())
+            }
             other => ServiceError::RemoteFailed(other.to_string()),
         }
     }

@@ -119,3 +119,56 @@ pub(super) fn stripped_state_pdus(
     }
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{OwnedUserId, RoomVersionId};
+    use serde_json::json;
+
+    use crate::service::rooms::{CreateRoom, Preset};
+    use crate::service::testing::two_in_a_room;
+    use crate::service::timeline::to_object;
+    use crate::service::ServiceError;
+
+    /// What a resident server answers another server's user asking to join
+    /// a restricted room: refused when the user is in no allowed room this
+    /// server knows, "cannot tell" when it knows none of them; a knock
+    /// template only where knocking is the rule.
+    #[test]
+    fn templates_for_another_servers_user_follow_the_join_rule() {
+        let t = two_in_a_room();
+        let s = &t.s;
+        let carol: OwnedUserId = "@carol:remote.test".try_into().unwrap();
+        let private = CreateRoom {
+            preset: Some(Preset::PrivateChat),
+            room_version: Some(RoomVersionId::V10),
+            ..Default::default()
+        };
+        let room = s.rooms.create_room(s, &t.alice, private).unwrap();
+        let rule = |content: serde_json::Value| {
+            s.rooms
+                .send_state(s, &room, &t.alice, "m.room.join_rules", "", to_object(content).unwrap())
+                .unwrap();
+        };
+        let template = |membership: &str| s.federation.membership_template_for(s, &room, &carol, membership, None);
+
+        rule(json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": t.room}]}));
+        assert!(matches!(template("join"), Err(ServiceError::Forbidden(_))));
+        rule(
+            json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": "!elsewhere:remote.test"}]}),
+        );
+        assert!(matches!(template("join"), Err(ServiceError::UnableToAuthoriseJoin(_))));
+        assert!(matches!(template("knock"), Err(ServiceError::Forbidden(_))));
+
+        rule(json!({"join_rule": "knock"}));
+        let (version, knock) = template("knock").unwrap();
+        assert_eq!(version, RoomVersionId::V10);
+        let knock = serde_json::Value::from(ruma::CanonicalJsonValue::Object(knock));
+        assert_eq!(knock["content"], json!({"membership": "knock"}));
+        assert_eq!(knock["state_key"], carol.as_str());
+        let old_servers_only =
+            s.federation
+                .membership_template_for(s, &room, &carol, "knock", Some(&[RoomVersionId::V6]));
+        assert!(matches!(old_servers_only, Err(ServiceError::IncompatibleRoomVersion(v)) if v == "10"));
+    }
+}
