@@ -664,45 +664,26 @@ def set_join_rules(client, room_id, content):
     client.call("PUT", f"/_matrix/client/v3/rooms/{enc(room_id)}/state/m.room.join_rules/", content)
 
 
-def conduit_user_knocks_on_synapse_room(servers, n):
-    """A Conduit user knocks on a knock room of Synapse (make_knock,
-    send_knock), sees the knock in sync; the Synapse user sees it, invites,
-    and the Conduit user joins and talks."""
-    bob = register(servers.synapse_base, f"kbob{n}")
-    alice = register(servers.conduit_base, f"kalice{n}")
-    room_id = bob.call("POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "room_version": "11"})[
-        "room_id"
-    ]
-    set_join_rules(bob, room_id, {"join_rule": "knock"})
-    knock = f"/_matrix/client/v3/knock/{enc(room_id)}"
-    alice.call("POST", knock, {"reason": "hi"}, query={"via": servers.synapse_name})
-    alice.sync_until(lambda a: room_id in a.get("rooms", {}).get("knock", {}), "the knock in conduit's sync")
-    wait_for_membership(bob, room_id, alice.user_id, "knock", "the knock on synapse")
-    bob.call("POST", f"/_matrix/client/v3/rooms/{enc(room_id)}/invite", {"user_id": alice.user_id})
-    wait_for_invite(alice, room_id, "invite after the knock")
-    alice.call("POST", f"/_matrix/client/v3/join/{enc(room_id)}", {}, query={"via": servers.synapse_name})
-    alice.send_text(room_id, "thanks for letting me in")
-    wait_for_tail(bob, room_id, [(alice.user_id, "thanks for letting me in")], "synapse side")
-
-
-def synapse_user_knocks_on_conduit_room(servers, n):
-    """A Synapse user knocks on a knock room of Conduit; the Conduit user
-    sees the knock, invites, and the Synapse user joins and talks. (Synapse
-    withdraws a knock on its own side only, so withdrawing is not tried.)"""
-    alice = register(servers.conduit_base, f"lalice{n}")
-    bob = register(servers.synapse_base, f"lbob{n}")
-    room_id = alice.call("POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "room_version": "11"})[
-        "room_id"
-    ]
-    set_join_rules(alice, room_id, {"join_rule": "knock"})
-    bob.call("POST", f"/_matrix/client/v3/knock/{enc(room_id)}", {}, query={"via": servers.conduit_name})
-    bob.sync_until(lambda a: room_id in a.get("rooms", {}).get("knock", {}), "the knock in synapse's sync")
-    wait_for_membership(alice, room_id, bob.user_id, "knock", "the knock on conduit")
-    alice.call("POST", f"/_matrix/client/v3/rooms/{enc(room_id)}/invite", {"user_id": bob.user_id})
-    wait_for_invite(bob, room_id, "invite after the knock")
-    bob.call("POST", f"/_matrix/client/v3/join/{enc(room_id)}", {}, query={"server_name": servers.conduit_name})
-    bob.send_text(room_id, "thanks for letting me in")
-    wait_for_tail(alice, room_id, [(bob.user_id, "thanks for letting me in")], "conduit side")
+def knocks_both_ways(servers, n):
+    """Each server has a knock room: the other's user knocks (make_knock,
+    send_knock) and sees the knock in sync, the room's user sees it and
+    invites, and the knocker joins and talks. (Synapse withdraws a knock on
+    its own side only, so withdrawing is left to the Conduit-only tests.)"""
+    conduit_home = (register(servers.conduit_base, f"kalice{n}"), register(servers.synapse_base, f"kbob{n}"))
+    synapse_home = (register(servers.synapse_base, f"kcarol{n}"), register(servers.conduit_base, f"kdan{n}"))
+    for (home, guest), home_name in ((conduit_home, servers.conduit_name), (synapse_home, servers.synapse_name)):
+        body = {"preset": "private_chat", "room_version": "11"}
+        room_id = home.call("POST", "/_matrix/client/v3/createRoom", body)["room_id"]
+        set_join_rules(home, room_id, {"join_rule": "knock"})
+        knock = f"/_matrix/client/v3/knock/{enc(room_id)}"
+        guest.call("POST", knock, {"reason": "hi"}, query={"via": home_name})
+        guest.sync_until(lambda a: room_id in a.get("rooms", {}).get("knock", {}), "the knock in the knocker's sync")
+        wait_for_membership(home, room_id, guest.user_id, "knock", "the knock on the home server")
+        home.call("POST", f"/_matrix/client/v3/rooms/{enc(room_id)}/invite", {"user_id": guest.user_id})
+        wait_for_invite(guest, room_id, "invite after the knock")
+        guest.call("POST", f"/_matrix/client/v3/join/{enc(room_id)}", {}, query={"server_name": home_name})
+        guest.send_text(room_id, "thanks for letting me in")
+        wait_for_tail(home, room_id, [(guest.user_id, "thanks for letting me in")], "home side")
 
 
 def restricted_rooms_both_ways(servers, n):
@@ -738,8 +719,7 @@ SCENARIOS = [
     conduit_user_invites_synapse_user,
     encrypted_room_across_servers,
     state_conflict_heals,
-    conduit_user_knocks_on_synapse_room,
-    synapse_user_knocks_on_conduit_room,
+    knocks_both_ways,
     restricted_rooms_both_ways,
 ]
 # Scenarios that need what Conduit does not do yet; run them by name.
