@@ -1383,3 +1383,222 @@ async fn remote_media_over_the_size_limit_is_refused_as_synapse_does() {
         as_json(&body)
     );
 }
+/// Sets a room's join rule from `token`'s user.
+async fn set_join_rules(server: &TestServer, token: &str, room_id: &str, content: Value) {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.join_rules/",
+        common::enc(room_id)
+    );
+    let (status, body) = server.call("PUT", &path, Some(token), Some(content)).await;
+    assert_eq!(status, 200, "join rules: {body}");
+}
+
+/// The room's members as `user_id → membership content`, as `token`'s
+/// user sees them.
+async fn member_contents(server: &TestServer, token: &str, room_id: &str) -> serde_json::Map<String, Value> {
+    let path = format!("/_matrix/client/v3/rooms/{}/members", common::enc(room_id));
+    let (status, members) = server.call("GET", &path, Some(token), None).await;
+    assert_eq!(status, 200, "{members}");
+    members["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["state_key"].as_str().unwrap().to_owned(), e["content"].clone()))
+        .collect()
+}
+
+async fn knock(server: &TestServer, token: &str, room_id: &str, via: &str, reason: &str) -> (u16, Value) {
+    let path = format!("/_matrix/client/v3/knock/{}?via={via}", common::enc(room_id));
+    server
+        .call("POST", &path, Some(token), Some(json!({"reason": reason})))
+        .await
+}
+
+#[tokio::test]
+async fn a_knock_from_another_server_is_seen_answered_with_an_invite_or_withdrawn() {
+    let (a, b) = two_servers().await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (bob, bob_token, _) = b.register("bob", "password-b").await;
+    let (carol, carol_token, _) = b.register("carol", "password-c").await;
+    let room = a
+        .create_room(&alice_token, json!({"preset": "private_chat", "room_version": "11"}))
+        .await;
+    set_join_rules(&a, &alice_token, &room, json!({"join_rule": "knock"})).await;
+
+    // Bob cannot walk in, but may knock; his sync shows the knock with
+    // what A showed of the room.
+    let path = format!("/_matrix/client/v3/join/{}", common::enc(&room));
+    let refused = b.call("POST", &path, Some(&bob_token), Some(json!({}))).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+    let (status, knocked) = knock(&b, &bob_token, &room, "conduit-a.test", "let me in").await;
+    assert_eq!(status, 200, "{knocked}");
+    assert_eq!(knocked["room_id"], room.as_str());
+    let sync = b.sync(&bob_token, None, 0, None).await;
+    let knock_state = sync["rooms"]["knock"][&room]["knock_state"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no knock in bob's sync: {sync}"))
+        .clone();
+    assert!(
+        knock_state
+            .iter()
+            .any(|e| e["type"] == "m.room.join_rules" && e["content"]["join_rule"] == "knock"),
+        "{knock_state:?}"
+    );
+    assert!(
+        knock_state.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == bob.as_str()
+            && e["content"]["membership"] == "knock"),
+        "{knock_state:?}"
+    );
+
+    // Alice sees it in the member list, with its reason.
+    let members = member_contents(&a, &alice_token, &room).await;
+    assert_eq!(members[&bob]["membership"], "knock", "{members:?}");
+    assert_eq!(members[&bob]["reason"], "let me in");
+
+    // Carol knocks and thinks better of it: A sees her leave, her sync
+    // no longer shows the knock.
+    let (status, body) = knock(&b, &carol_token, &room, "conduit-a.test", "hello?").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        member_contents(&a, &alice_token, &room).await[&carol]["membership"],
+        "knock"
+    );
+    let path = format!("/_matrix/client/v3/rooms/{}/leave", common::enc(&room));
+    let (status, body) = b.call("POST", &path, Some(&carol_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        member_contents(&a, &alice_token, &room).await[&carol]["membership"],
+        "leave"
+    );
+    let sync = b.sync(&carol_token, None, 0, None).await;
+    assert!(sync["rooms"]["knock"].get(&room).is_none(), "withdrawn: {sync}");
+
+    // Alice lets Bob in: he accepts the invite and they talk.
+    a.invite(&alice_token, &room, &bob).await;
+    wait_for_invite(&b, &bob_token, &room).await;
+    let (status, joined) = b
+        .call(
+            "POST",
+            &path.replace("/leave", "/join"),
+            Some(&bob_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{joined}");
+    b.send_text(&bob_token, &room, "thanks for letting me in").await;
+    wait_for_messages(&a, &alice_token, &room, &["thanks for letting me in"]).await;
+    a.send_text(&alice_token, &room, "welcome").await;
+    wait_for_messages(&b, &bob_token, &room, &["thanks for letting me in", "welcome"]).await;
+    let sync = b.sync(&bob_token, None, 0, None).await;
+    assert!(sync["rooms"]["join"][&room].is_object(), "{sync}");
+    assert!(sync["rooms"]["knock"].get(&room).is_none(), "{sync}");
+}
+
+#[tokio::test]
+async fn members_of_an_allowed_room_join_a_restricted_room_of_another_server_without_invite() {
+    let (a, b) = two_servers().await;
+    let (alice, alice_token, _) = a.register("alice", "password-a").await;
+    let (bob, bob_token, _) = b.register("bob", "password-b").await;
+    let (_, carol_token, _) = b.register("carol", "password-c").await;
+    let space = a
+        .create_room(
+            &alice_token,
+            json!({"preset": "public_chat", "creation_content": {"type": "m.space"}}),
+        )
+        .await;
+    let restricted = a
+        .create_room(&alice_token, json!({"preset": "private_chat", "room_version": "10"}))
+        .await;
+    set_join_rules(
+        &a,
+        &alice_token,
+        &restricted,
+        json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}),
+    )
+    .await;
+    let path = format!("/_matrix/client/v3/join/{}", common::enc(&restricted));
+
+    // Carol is in no allowed room: A refuses her.
+    let refused = b.call("POST", &path, Some(&carol_token), Some(json!({}))).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+
+    // Bob joins the space, then the room: Alice of A admits him.
+    b.join(&bob_token, &space).await;
+    let (status, joined) = b.call("POST", &path, Some(&bob_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{joined}");
+    let members = member_contents(&a, &alice_token, &restricted).await;
+    assert_eq!(members[&bob]["membership"], "join", "{members:?}");
+    assert_eq!(members[&bob]["join_authorised_via_users_server"], alice.as_str());
+    b.send_text(&bob_token, &restricted, "in through the space").await;
+    wait_for_messages(&a, &alice_token, &restricted, &["in through the space"]).await;
+    a.send_text(&alice_token, &restricted, "hi bob").await;
+    wait_for_messages(&b, &bob_token, &restricted, &["in through the space", "hi bob"]).await;
+
+    // A room restricted to a room A is not in: A cannot vouch for anyone,
+    // and Bob's client hears a refusal.
+    let elsewhere = a
+        .create_room(&alice_token, json!({"preset": "private_chat", "room_version": "10"}))
+        .await;
+    set_join_rules(
+        &a,
+        &alice_token,
+        &elsewhere,
+        json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": "!nowhere:conduit-c.test"}]}),
+    )
+    .await;
+    let path = format!("/_matrix/client/v3/join/{}", common::enc(&elsewhere));
+    let refused = b.call("POST", &path, Some(&bob_token), Some(json!({}))).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+    assert!(
+        refused.1["error"]
+            .as_str()
+            .unwrap()
+            .contains("M_UNABLE_TO_AUTHORISE_JOIN"),
+        "{}",
+        refused.1
+    );
+}
+
+#[tokio::test]
+async fn presence_set_on_one_server_is_seen_by_room_mates_on_the_other() {
+    let p = alice_and_bob_across_servers().await;
+    let (_, carol_token, _) = p.b.register("carol", "password-c").await;
+    let status_path = |user: &str| format!("/_matrix/client/v3/presence/{}/status", common::enc(user));
+    let (status, body) =
+        p.a.call(
+            "PUT",
+            &status_path(&p.alice),
+            Some(&p.alice_token),
+            Some(json!({"presence": "unavailable", "status_msg": "on a train"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Bob's sync on B shows it.
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        let sync = p.b.sync(&p.bob_token, None, 0, None).await;
+        if let Some(event) = sync["presence"]["events"]
+            .as_array()
+            .and_then(|events| events.iter().find(|e| e["sender"] == p.alice.as_str()))
+        {
+            seen = event["content"].clone();
+            if seen["presence"] == "unavailable" {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen["presence"], "unavailable", "alice's presence on B: {seen}");
+    assert_eq!(seen["status_msg"], "on a train");
+
+    // And so does a direct read; Carol, who shares no room, is refused.
+    let (status, got) = p.b.call("GET", &status_path(&p.alice), Some(&p.bob_token), None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["presence"], "unavailable");
+    assert_eq!(got["status_msg"], "on a train");
+    assert!(got["last_active_ago"].as_u64().is_some(), "{got}");
+    let refused = p.b.call("GET", &status_path(&p.alice), Some(&carol_token), None).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+}

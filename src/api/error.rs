@@ -78,6 +78,8 @@ impl ApiError {
                 S::RemoteTooLarge(_) => (StatusCode::BAD_GATEWAY, "M_TOO_LARGE"),
                 S::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED"),
                 S::IncompatibleRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
+                S::UnableToAuthoriseJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN"),
+                S::UnableToGrantJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),
             },
         }
     }
@@ -165,6 +167,16 @@ mod tests {
                 ServiceError::InvalidUsername("x".into()).into(),
                 400,
                 "M_INVALID_USERNAME",
+            ),
+            (
+                ServiceError::UnableToAuthoriseJoin("x".into()).into(),
+                400,
+                "M_UNABLE_TO_AUTHORISE_JOIN",
+            ),
+            (
+                ServiceError::UnableToGrantJoin("x".into()).into(),
+                400,
+                "M_UNABLE_TO_GRANT_JOIN",
             ),
         ];
         for (error, status, code) in cases {

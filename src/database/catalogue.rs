@@ -239,10 +239,11 @@ pub enum Table {
     /// key queries as a notary (`remote_keys.rs`). Key: `(server_name:
     /// str)`. Value: the JSON document, UTF-8.
     RemoteKeyDocuments,
-    /// Invites of our users to rooms this server is not in (`rooms.rs`),
-    /// until they join or refuse. Key: `(user_id: str, room_id: str)`.
-    /// Value: bincode `RemoteInviteRecord` (room version, the invite event,
-    /// the stripped state the inviting server sent).
+    /// Invites of our users to rooms this server is not in, and their
+    /// knocks on such rooms (`rooms.rs`), until they join, refuse or
+    /// withdraw. Key: `(user_id: str, room_id: str)`. Value: bincode
+    /// `RemoteInviteRecord` (room version, the invite or knock event, the
+    /// stripped state the room's server sent).
     RemoteInvites,
     /// Auth chains of state events, computed once (`rooms.rs`): every event
     /// reachable through `auth_events`. Key: `(short_event_id: u64)`.

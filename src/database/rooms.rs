@@ -145,13 +145,15 @@ pub struct OutlierRecord {
     pub kind: OutlierKind,
 }
 
-/// An invite of one of our users to a room this server is not in.
+/// An invite of one of our users to a room this server is not in, or
+/// their knock on one (the user's membership in `RoomMembers` tells which).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RemoteInviteRecord {
     pub room_version: String,
-    /// The invite event (federation form, signed by both servers), JSON.
+    /// The invite event (federation form, signed by both servers), or the
+    /// knock as we signed it, JSON.
     pub event: String,
-    /// What the inviting server showed of the room, stripped (`type`,
+    /// What the room's server showed of the room, stripped (`type`,
     /// `state_key`, `sender`, `content`), each as JSON.
     pub stripped_state: Vec<String>,
 }

@@ -66,6 +66,14 @@ pub enum ServiceError {
     /// A server asked to join a room whose version it does not support.
     #[error("the room's version {0} is not one the joining server supports")]
     IncompatibleRoomVersion(String),
+    /// A restricted join this server cannot vouch for: it is in none of
+    /// the rooms the join rule allows (another server may be).
+    #[error("{0}")]
+    UnableToAuthoriseJoin(String),
+    /// The user may join a restricted room, but nobody here may admit
+    /// them: another server should be asked.
+    #[error("{0}")]
+    UnableToGrantJoin(String),
     /// A federation request whose signature does not check out.
     #[error("{0}")]
     Unauthorized(String),

@@ -1,5 +1,7 @@
 //! Presence: online, unavailable or offline, with a status message, shown to
-//! the users who share a room with its owner.
+//! the users who share a room with its owner. Our users' changes go to the
+//! servers that share a room with them (`m.presence` EDUs); other servers'
+//! users' arrive the same way and are kept beside ours.
 //!
 //! Only a change of state or status message gets a new stream position and
 //! wakes syncs; a sync that merely shows the user is still there refreshes
@@ -120,7 +122,42 @@ impl PresenceService {
             Err(_) => BTreeSet::new(),
         };
         self.stream.finish(ticket, audience.iter().map(|u| u.as_ref()));
-        Ok(written?)
+        written?;
+        if user.server_name() == s.config.server_name {
+            let now = now_ms();
+            let content = content(Some(&record), now);
+            let mut update = json!({
+                "user_id": user,
+                "presence": record.presence,
+                "last_active_ago": now.saturating_sub(record.last_active_ms),
+                "currently_active": content["currently_active"].as_bool().unwrap_or(false),
+            });
+            if let Some(msg) = &record.status_msg {
+                update["status_msg"] = msg.clone().into();
+            }
+            s.federation
+                .send_user_edu(s, user, "m.presence", json!({"push": [update]}))?;
+        }
+        Ok(())
+    }
+
+    /// A presence update of another server's user, from an `m.presence`
+    /// EDU of that server (which the caller checked).
+    pub fn receive_remote(
+        &self,
+        s: &Services,
+        user: &UserId,
+        presence: &str,
+        status_msg: Option<String>,
+        last_active_ago: u64,
+    ) -> ServiceResult<()> {
+        if ![ONLINE, UNAVAILABLE, OFFLINE].contains(&presence) {
+            return Err(ServiceError::InvalidParam(format!("unknown presence state {presence}")));
+        }
+        let status_msg = status_msg.filter(|m| !m.is_empty() && m.len() <= MAX_STATUS_BYTES);
+        let old = self.tables.get(user.as_str())?;
+        let last_active_ms = now_ms().saturating_sub(last_active_ago);
+        self.change(s, user, old, presence, status_msg, last_active_ms)
     }
 
     /// `GET /presence/{user}/status`, for `viewer`.
@@ -130,7 +167,7 @@ impl PresenceService {
                 "you do not share a room with this user".to_owned(),
             ));
         }
-        if !s.users.exists(user)? {
+        if user.server_name() == s.config.server_name && !s.users.exists(user)? {
             return Err(ServiceError::NotFound("no such user".to_owned()));
         }
         let record = self.tables.get(user.as_str())?;
@@ -169,9 +206,12 @@ impl PresenceService {
             }
             let record = self.tables.get(other.as_str())?;
             let mut content = content(record.as_ref(), now);
-            for (field, key) in [(DISPLAYNAME, "displayname"), (AVATAR_URL, "avatar_url")] {
-                if let Some(v) = s.users.profile_field(&other, field)? {
-                    content[key] = v.into();
+            // Profiles are kept for our users only.
+            if other.server_name() == s.config.server_name {
+                for (field, key) in [(DISPLAYNAME, "displayname"), (AVATAR_URL, "avatar_url")] {
+                    if let Some(v) = s.users.profile_field(&other, field)? {
+                        content[key] = v.into();
+                    }
                 }
             }
             events.push(json!({"type": "m.presence", "sender": other, "content": content}));

@@ -281,8 +281,9 @@ pub fn sync(
             continue;
         }
         let Some(record) = s.timeline.room(&room_id)? else {
-            // An invite to a room of another server, or the end of one.
-            if let Some(room) = remote_invite_room(s, user, &room_id, &membership, since, up_to)? {
+            // An invite to or a knock on a room of another server, or the
+            // end of one.
+            if let Some(room) = remote_membership_room(s, user, &room_id, &membership, since, up_to)? {
                 rooms.push(room);
             }
             continue;
@@ -720,8 +721,9 @@ fn is_named(s: &Services, record: &RoomRecord) -> ServiceResult<bool> {
 }
 
 /// A room this server is not in, as the user's sync shows it: an invite
-/// (the stripped state the inviting server sent), or the refusal of one.
-fn remote_invite_room(
+/// or a knock (the stripped state the room's server sent), or the end of
+/// one.
+fn remote_membership_room(
     s: &Services,
     user: &UserId,
     room_id: &OwnedRoomId,
@@ -730,8 +732,13 @@ fn remote_invite_room(
     up_to: u64,
 ) -> ServiceResult<Option<SyncRoom>> {
     let changed = membership.count > since.unwrap_or(0) && membership.count <= up_to;
+    let section = match membership.membership.as_str() {
+        "invite" => RoomSection::Invite,
+        "knock" => RoomSection::Knock,
+        _ => RoomSection::Leave,
+    };
     match membership.membership.as_str() {
-        "invite" if changed || since.is_none() => {
+        "invite" | "knock" if changed || since.is_none() => {
             let Some(invite) = s.timeline.remote_invite(user, room_id)? else {
                 return Ok(None);
             };
@@ -741,7 +748,7 @@ fn remote_invite_room(
             }
             Ok(Some(SyncRoom {
                 state,
-                ..SyncRoom::empty(room_id.clone(), RoomSection::Invite)
+                ..SyncRoom::empty(room_id.clone(), section)
             }))
         }
         "leave" if changed && since.is_some() => Ok(Some(SyncRoom::empty(room_id.clone(), RoomSection::Leave))),

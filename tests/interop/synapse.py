@@ -734,6 +734,53 @@ def directories_and_spaces_across_servers(servers, n):
         assert [(r["room_id"], r.get("name")) for r in rooms[1:]] == [(child, child_name)], rooms
 
 
+def set_join_rules(client, room_id, content):
+    client.call("PUT", f"/_matrix/client/v3/rooms/{enc(room_id)}/state/m.room.join_rules/", content)
+
+
+def knocks_both_ways(servers, n):
+    """Each server has a knock room: the other's user knocks (make_knock,
+    send_knock) and sees the knock in sync, the room's user sees it and
+    invites, and the knocker joins and talks. (Synapse withdraws a knock on
+    its own side only, so withdrawing is left to the Conduit-only tests.)"""
+    conduit_home = (register(servers.conduit_base, f"kalice{n}"), register(servers.synapse_base, f"kbob{n}"))
+    synapse_home = (register(servers.synapse_base, f"kcarol{n}"), register(servers.conduit_base, f"kdan{n}"))
+    for (home, guest), home_name in ((conduit_home, servers.conduit_name), (synapse_home, servers.synapse_name)):
+        body = {"preset": "private_chat", "room_version": "11"}
+        room_id = home.call("POST", "/_matrix/client/v3/createRoom", body)["room_id"]
+        set_join_rules(home, room_id, {"join_rule": "knock"})
+        knock = f"/_matrix/client/v3/knock/{enc(room_id)}"
+        guest.call("POST", knock, {"reason": "hi"}, query={"via": home_name})
+        guest.sync_until(lambda a: room_id in a.get("rooms", {}).get("knock", {}), "the knock in the knocker's sync")
+        wait_for_membership(home, room_id, guest.user_id, "knock", "the knock on the home server")
+        home.call("POST", f"/_matrix/client/v3/rooms/{enc(room_id)}/invite", {"user_id": guest.user_id})
+        wait_for_invite(guest, room_id, "invite after the knock")
+        guest.call("POST", f"/_matrix/client/v3/join/{enc(room_id)}", {}, query={"server_name": home_name})
+        guest.send_text(room_id, "thanks for letting me in")
+        wait_for_tail(home, room_id, [(guest.user_id, "thanks for letting me in")], "home side")
+
+
+def restricted_rooms_both_ways(servers, n):
+    """Each server has a room restricted to members of a public room of its
+    own: the other's user, a member of that room, joins without an invite
+    (the resident server signs the join as the authorising server)."""
+    conduit_home = (register(servers.conduit_base, f"ralice{n}"), register(servers.synapse_base, f"rbob{n}"))
+    synapse_home = (register(servers.synapse_base, f"rcarol{n}"), register(servers.conduit_base, f"rdan{n}"))
+    for (home, guest), home_name in ((conduit_home, servers.conduit_name), (synapse_home, servers.synapse_name)):
+        space = home.call("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"})["room_id"]
+        room_id = home.call(
+            "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "room_version": "10"}
+        )["room_id"]
+        set_join_rules(
+            home, room_id, {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}
+        )
+        guest.call("POST", f"/_matrix/client/v3/join/{enc(space)}", {}, query={"via": home_name})
+        guest.call("POST", f"/_matrix/client/v3/join/{enc(room_id)}", {}, query={"via": home_name})
+        home.wait_for_members(room_id, [home.user_id, guest.user_id], "the restricted join on the home server")
+        guest.send_text(room_id, "in through the space")
+        wait_for_tail(home, room_id, [(guest.user_id, "in through the space")], "home side")
+
+
 # The scenarios `scripts/test` runs: each passes today.
 def upload(client, data, content_type, filename):
     """Uploads raw bytes; returns the media ID of the mxc:// URI."""
@@ -812,6 +859,8 @@ SCENARIOS = [
     state_conflict_heals,
     directories_and_spaces_across_servers,
     media_both_ways,
+    knocks_both_ways,
+    restricted_rooms_both_ways,
     conduit_user_sees_history_from_before_join,
 ]
 # Scenarios that need what Conduit does not do yet; run them by name.

@@ -107,12 +107,14 @@ async fn knock(
     let user = req.user()?.to_owned();
     let body = req.body;
     let room_id = services
-        .run(move |s| {
-            let room_id = s.rooms.resolve_room(s, body.room_id_or_alias.as_str())?;
-            s.rooms
-                .set_membership(s, &room_id, &user, &user, "knock", body.reason.as_deref())?;
-            Ok(room_id)
-        })
+        .federation
+        .knock(
+            &services,
+            user,
+            body.room_id_or_alias.to_string(),
+            body.reason,
+            body.via,
+        )
         .await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
@@ -141,18 +143,13 @@ async fn leave(
 ) -> Result<leave_room::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let body = req.body;
-    // Refusing an invite to a room this server is not in: refused here.
-    let (room, who) = (body.room_id.clone(), user.clone());
-    let refused_here = services
-        .run(move |s| {
-            if s.timeline.room(&room)?.is_some() || s.timeline.remote_invite(&who, &room)?.is_none() {
-                return Ok(false);
-            }
-            s.timeline.end_remote_invite(&who, &room, true)?;
-            Ok(true)
-        })
+    // Refusing an invite to, or withdrawing a knock on, a room this server
+    // is not in goes through the room's servers.
+    let left_remote = services
+        .federation
+        .leave_remote(&services, &user, &body.room_id, body.reason.clone())
         .await?;
-    if refused_here {
+    if left_remote {
         return Ok(leave_room::v3::Response::new());
     }
     membership_change(services, user.clone(), body.room_id, user, "leave", body.reason).await?;

@@ -4,8 +4,8 @@
 mod devices;
 mod directory;
 mod keys;
-mod openid;
 mod media;
+mod openid;
 mod query;
 mod rooms;
 

@@ -11,14 +11,15 @@ use ruma::api::federation::event::{
     get_event, get_event_by_timestamp, get_missing_events, get_room_state, get_room_state_ids,
 };
 use ruma::api::federation::membership::{
-    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+    prepare_leave_event,
 };
 use ruma::api::federation::transactions::send_transaction_message;
 use ruma::events::TimelineEventType;
 use ruma::state_res::Event;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId,
-    ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomId, RoomVersionId, ServerName, UserId,
 };
 use serde_json::value::RawValue;
 
@@ -32,6 +33,8 @@ pub fn register_routes(router: &mut Router) {
     router.add(send_join);
     router.add(make_leave);
     router.add(send_leave);
+    router.add(make_knock);
+    router.add(send_knock);
     router.add(event);
     router.add(state_ids);
     router.add(state);
@@ -305,30 +308,20 @@ async fn make_join(
 ) -> Result<prepare_join_event::v1::Response, ApiError> {
     let origin = req.origin()?.to_owned();
     let body = req.body;
-    let user = origin_user(&origin, &body.user_id)?.to_owned();
-    let supported = body.ver.clone();
-    let (version, template) = services
-        .run(move |s| {
-            let record = s.timeline.room_or_404(&body.room_id)?;
-            acl_allows(s, &body.room_id, user.server_name())?;
-            // Without `ver`, the joining server supports version 1 only.
-            let supports = if supported.is_empty() {
-                record.version == "1"
-            } else {
-                supported.iter().any(|v| v.as_str() == record.version)
-            };
-            if !supports {
-                return Err(ServiceError::IncompatibleRoomVersion(record.version));
-            }
-            s.timeline
-                .membership_template(s, &body.room_id, &user, "join", CanonicalJsonObject::new())
-        })
-        .await?;
-    let version = RoomVersionId::try_from(version.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let event = serde_json::value::to_raw_value(&template).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (version, event) = template(&services, &origin, body.room_id, body.user_id, "join", Some(body.ver)).await?;
     let mut response = prepare_join_event::v1::Response::new(event);
     response.room_version = Some(version);
     Ok(response)
+}
+
+async fn make_knock(
+    services: Arc<Services>,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<prepare_knock_event::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    let (version, event) = template(&services, &origin, body.room_id, body.user_id, "knock", Some(body.ver)).await?;
+    Ok(prepare_knock_event::v1::Response::new(version, event))
 }
 
 async fn make_leave(
@@ -337,22 +330,35 @@ async fn make_leave(
 ) -> Result<prepare_leave_event::v1::Response, ApiError> {
     let origin = req.origin()?.to_owned();
     let body = req.body;
-    let user = origin_user(&origin, &body.user_id)?.to_owned();
-    let (version, template) = services
-        .run(move |s| {
-            acl_allows(s, &body.room_id, user.server_name())?;
-            s.timeline
-                .membership_template(s, &body.room_id, &user, "leave", CanonicalJsonObject::new())
-        })
-        .await?;
-    let version = RoomVersionId::try_from(version.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let event = serde_json::value::to_raw_value(&template).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (version, event) = template(&services, &origin, body.room_id, body.user_id, "leave", None).await?;
     Ok(prepare_leave_event::v1::Response::new(Some(version), event))
 }
 
+/// The template of a `make_*` answer, for one of the origin's users.
+async fn template(
+    services: &Arc<Services>,
+    origin: &ServerName,
+    room_id: OwnedRoomId,
+    user: OwnedUserId,
+    membership: &'static str,
+    supported: Option<Vec<RoomVersionId>>,
+) -> Result<(RoomVersionId, Box<RawValue>), ApiError> {
+    origin_user(origin, &user)?;
+    let (version, template) = services
+        .run(move |s| {
+            s.federation
+                .membership_template_for(s, &room_id, &user, membership, supported.as_deref())
+        })
+        .await?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((version, event))
+}
+
 /// Checks and stores a membership event another server signed for one of
-/// its users (`send_join`, `send_leave`): it must be that user's, with
-/// `membership`, and under the ID the request names.
+/// its users (`send_join`, `send_leave`, `send_knock`): it must be that
+/// user's, with `membership`, and under the ID the request names. A join
+/// one of our users admits to a restricted room is signed by us first;
+/// returns the event with our signature then.
 async fn accept_membership(
     services: &Arc<Services>,
     origin: &ServerName,
@@ -360,7 +366,7 @@ async fn accept_membership(
     event_id: &EventId,
     pdu: &RawValue,
     membership: &str,
-) -> Result<(), ApiError> {
+) -> Result<Option<CanonicalJsonObject>, ApiError> {
     let version = {
         let (room_id, origin) = (room_id.to_owned(), origin.to_owned());
         let record = services
@@ -371,7 +377,29 @@ async fn accept_membership(
             .await?;
         RoomVersionId::try_from(record.version.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?
     };
-    let (id, object) = services.federation.verify_pdu(&version, pdu).await?;
+    let countersigned = if membership == "join" {
+        let mut object: CanonicalJsonObject =
+            serde_json::from_str(pdu.get()).map_err(|e| ApiError::BadJson(format!("not a PDU: {e}")))?;
+        let (room_id, version) = (room_id.to_owned(), version.clone());
+        let signed = services
+            .run(move |s| {
+                let signed = s.federation.countersign_join(s, &room_id, &version, &mut object)?;
+                Ok(signed.then_some(object))
+            })
+            .await?;
+        match signed {
+            Some(object) => {
+                Some(serde_json::value::to_raw_value(&object).map_err(|e| ApiError::Internal(e.to_string()))?)
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    let (id, object) = services
+        .federation
+        .verify_pdu(&version, countersigned.as_deref().unwrap_or(pdu))
+        .await?;
     if id != event_id {
         return Err(ApiError::BadJson(format!("the event's ID is {id}, not {event_id}")));
     }
@@ -397,11 +425,12 @@ async fn accept_membership(
             "this is not a {membership} of one of {origin}'s users to {room_id}"
         )));
     }
+    let signed = countersigned.is_some().then(|| object.clone());
     services
         .federation
         .handle_pdu(services, origin, room_id, &version, id, object)
         .await?;
-    Ok(())
+    Ok(signed)
 }
 
 async fn send_join(
@@ -410,7 +439,7 @@ async fn send_join(
 ) -> Result<create_join_event::v2::Response, ApiError> {
     let origin = req.origin()?.to_owned();
     let body = req.body;
-    accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "join").await?;
+    let countersigned = accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "join").await?;
     let (auth_chain, state, servers) = services
         .run(move |s| {
             let joined = s.timeline.is_joined(
@@ -437,6 +466,10 @@ async fn send_join(
     room_state.state = state;
     room_state.auth_chain = auth_chain;
     room_state.servers_in_room = Some(servers);
+    if let Some(event) = countersigned {
+        room_state.event =
+            Some(serde_json::value::to_raw_value(&event).map_err(|e| ApiError::Internal(e.to_string()))?);
+    }
     Ok(create_join_event::v2::Response::new(room_state))
 }
 
@@ -448,4 +481,26 @@ async fn send_leave(
     let body = req.body;
     accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "leave").await?;
     Ok(create_leave_event::v2::Response::new())
+}
+
+async fn send_knock(
+    services: Arc<Services>,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> Result<create_knock_event::v1::Response, ApiError> {
+    let origin = req.origin()?.to_owned();
+    let body = req.body;
+    accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "knock").await?;
+    let knocker = {
+        let object: serde_json::Value =
+            serde_json::from_str(body.pdu.get()).map_err(|e| ApiError::BadJson(e.to_string()))?;
+        object["state_key"]
+            .as_str()
+            .and_then(|u| OwnedUserId::try_from(u).ok())
+            .ok_or_else(|| ApiError::BadJson("the knock names no user".to_owned()))?
+    };
+    let room_id = body.room_id;
+    let state = services
+        .run(move |s| s.federation.knock_room_state(s, &room_id, &knocker))
+        .await?;
+    Ok(create_knock_event::v1::Response::new(state))
 }

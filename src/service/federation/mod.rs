@@ -15,6 +15,7 @@ mod membership;
 mod query;
 mod receive;
 mod remote_reads;
+mod resident;
 pub mod sender;
 pub mod work;
 
@@ -59,9 +60,37 @@ impl FederationService {
         if !s.config.allow_federation {
             return Ok(());
         }
-        let destinations: Vec<super::outbox::Destination> = s
-            .timeline
-            .servers_in_room(room_id)?
+        self.queue_edu(s.timeline.servers_in_room(room_id)?, edu_type, content)
+    }
+
+    /// Queues an EDU about `user` (presence) for the other servers that
+    /// share a room with them, each once, when federation is on.
+    pub fn send_user_edu(
+        &self,
+        s: &super::Services,
+        user: &ruma::UserId,
+        edu_type: &str,
+        content: serde_json::Value,
+    ) -> super::ServiceResult<()> {
+        if !s.config.allow_federation {
+            return Ok(());
+        }
+        let mut servers = std::collections::BTreeSet::new();
+        for (room_id, record) in s.timeline.user_rooms(user)? {
+            if record.membership == "join" {
+                servers.extend(s.timeline.servers_in_room(&room_id)?);
+            }
+        }
+        self.queue_edu(servers, edu_type, content)
+    }
+
+    fn queue_edu(
+        &self,
+        servers: std::collections::BTreeSet<OwnedServerName>,
+        edu_type: &str,
+        content: serde_json::Value,
+    ) -> super::ServiceResult<()> {
+        let destinations: Vec<super::outbox::Destination> = servers
             .into_iter()
             .filter(|server| *server != self.server_name)
             .map(super::outbox::Destination::Server)
@@ -168,6 +197,16 @@ impl From<FederationError> for ServiceError {
             }
             FederationError::Remote { status, .. } if status == StatusCode::NOT_FOUND => {
                 ServiceError::NotFound(error.to_string())
+            }
+            // No server could admit the user to a restricted room: to the
+            // client, a refusal.
+            FederationError::Remote { ref errcode, .. }
+                if matches!(
+                    errcode.as_deref(),
+                    Some("M_UNABLE_TO_AUTHORISE_JOIN" | "M_UNABLE_TO_GRANT_JOIN")
+                ) =>
+            {
+                ServiceError::Forbidden(error.to_string())
             }
             other => ServiceError::RemoteFailed(other.to_string()),
         }

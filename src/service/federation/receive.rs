@@ -422,6 +422,36 @@ impl FederationService {
             Edu::DirectToDevice(content) => self.receive_to_device(s, origin, content).await,
             Edu::DeviceListUpdate(update) => self.receive_device_list_update(s, origin, update).await,
             Edu::SigningKeyUpdate(update) => self.receive_signing_key_update(s, origin, update).await,
+            Edu::Presence(content) => {
+                for update in content.push {
+                    let user = update.user_id;
+                    if user.server_name() != origin {
+                        continue;
+                    }
+                    let (presence, status_msg) = (update.presence.as_str().to_owned(), update.status_msg);
+                    let last_active_ago = u64::from(update.last_active_ago);
+                    let applied = s
+                        .run(move |s| {
+                            // Only the presence of someone who shares a room
+                            // with us is anybody's business here.
+                            let shares_a_room = s
+                                .timeline
+                                .user_rooms(&user)?
+                                .iter()
+                                .any(|(_, record)| record.membership == "join");
+                            if !shares_a_room {
+                                return Ok(());
+                            }
+                            s.presence
+                                .receive_remote(s, &user, &presence, status_msg, last_active_ago)
+                        })
+                        .await;
+                    if let Err(e) = applied {
+                        tracing::debug!(%origin, error = %e, "presence update ignored");
+                    }
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }

@@ -455,7 +455,12 @@ impl RoomsService {
         {
             return Ok(room_id);
         }
-        if let Some(authoriser) = self.join_authoriser(s, &room_id, sender)? {
+        // A local user's join is decided here: "cannot tell" is a refusal.
+        let authoriser = self.join_authoriser(s, &room_id, sender).map_err(|e| match e {
+            ServiceError::UnableToAuthoriseJoin(m) | ServiceError::UnableToGrantJoin(m) => ServiceError::Forbidden(m),
+            other => other,
+        })?;
+        if let Some(authoriser) = authoriser {
             body.insert(
                 "join_authorised_via_users_server".to_owned(),
                 ruma::CanonicalJsonValue::String(authoriser.to_string()),
@@ -780,8 +785,15 @@ impl RoomsService {
 
     /// The local member who vouches for `user`'s join to a restricted room
     /// (`join_authorised_via_users_server`), or `None` when the join needs
-    /// nobody's word. Refused when `user` is in none of the allowed rooms.
-    fn join_authoriser(&self, s: &Services, room_id: &RoomId, user: &UserId) -> ServiceResult<Option<OwnedUserId>> {
+    /// nobody's word. Refused when `user` is in none of the allowed rooms
+    /// (`UnableToAuthoriseJoin` when this server is in none of them either,
+    /// so cannot tell; `UnableToGrantJoin` when nobody here may invite).
+    pub(crate) fn join_authoriser(
+        &self,
+        s: &Services,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> ServiceResult<Option<OwnedUserId>> {
         if matches!(
             s.timeline.membership(room_id, user)?.as_deref(),
             Some("join" | "invite")
@@ -801,13 +813,26 @@ impl RoomsService {
         ) {
             return Ok(None);
         }
-        let allowed = in_an_allowed_room(s, &join_rules, user)?;
-        if !allowed {
-            return Err(ServiceError::Forbidden(
-                "this room admits members of certain other rooms only: join one of them first, or ask for an invite"
-                    .to_owned(),
+        if in_an_allowed_room(s, &join_rules, user)? {
+            return self.local_inviter(s, room_id).map(Some);
+        }
+        let mut known = false;
+        for allowed_room in allowed_rooms(&join_rules) {
+            known |= s.timeline.server_in_room(&s.config.server_name, &allowed_room)?;
+        }
+        if !known && user.server_name() != s.config.server_name {
+            return Err(ServiceError::UnableToAuthoriseJoin(
+                "this server is in none of the rooms whose members may join".to_owned(),
             ));
         }
+        Err(ServiceError::Forbidden(
+            "this room admits members of certain other rooms only: join one of them first, or ask for an invite"
+                .to_owned(),
+        ))
+    }
+
+    /// A member of the room on this server with the power to invite.
+    fn local_inviter(&self, s: &Services, room_id: &RoomId) -> ServiceResult<OwnedUserId> {
         let power = self.power(s, room_id)?;
         let needed = power.action_level("invite", 0);
         for (member, membership) in s.timeline.members(room_id)?.iter().cloned() {
@@ -818,11 +843,11 @@ impl RoomsService {
                 && member.server_name() == s.config.server_name
                 && power.user_level(&member) >= needed
             {
-                return Ok(Some(member));
+                return Ok(member);
             }
         }
-        Err(ServiceError::Forbidden(
-            "no member of this room on this server may invite, so nobody can admit you".to_owned(),
+        Err(ServiceError::UnableToGrantJoin(
+            "no member of this room on this server may invite, so nobody here can admit you".to_owned(),
         ))
     }
 
@@ -878,11 +903,8 @@ fn allowed_rooms(join_rules: &StoredEvent) -> Vec<OwnedRoomId> {
         .into_iter()
         .flatten()
         .filter(|condition| condition["type"] == "m.room_membership")
-        .filter_map(|condition| {
-            condition["room_id"]
-                .as_str()
-                .and_then(|id| OwnedRoomId::try_from(id).ok())
-        })
+        .filter_map(|condition| condition["room_id"].as_str())
+        .filter_map(|id| OwnedRoomId::try_from(id).ok())
         .collect()
 }
 

@@ -356,20 +356,21 @@ impl TimelineService {
         Ok(Received::Accepted { count: persisted.count })
     }
 
-    /// Keeps an invite of `user` (ours) to a room of another server, with
-    /// what that server showed of the room; the user sees it at the next
-    /// sync.
-    pub fn store_remote_invite(
+    /// Keeps an invite of `user` (ours) to a room of another server, or
+    /// the user's knock on one (`membership`), with what that server showed
+    /// of the room; the user sees it at the next sync.
+    pub fn store_remote_membership(
         &self,
         user: &ruma::UserId,
         room_id: &RoomId,
+        membership: &str,
         record: &crate::database::rooms::RemoteInviteRecord,
     ) -> ServiceResult<()> {
         self.write_for_user(user, |batch, count| {
             self.tables
                 .put_remote_invite(batch, user.as_str(), room_id.as_str(), record);
             self.tables
-                .put_membership(batch, room_id.as_str(), user.as_str(), "invite", count);
+                .put_membership(batch, room_id.as_str(), user.as_str(), membership, count);
         })
     }
 
@@ -384,7 +385,8 @@ impl TimelineService {
         Ok(written?)
     }
 
-    /// The invite of `user` to a room this server is not in, if any.
+    /// The invite of `user` to a room this server is not in, or their knock
+    /// on one, if any.
     pub fn remote_invite(
         &self,
         user: &ruma::UserId,
@@ -393,9 +395,9 @@ impl TimelineService {
         Ok(self.tables.remote_invite(user.as_str(), room_id.as_str())?)
     }
 
-    /// Ends `user`'s invite to a room this server is not in: as refused
-    /// (`leave`), or once the user has joined (the join's membership then
-    /// stands).
+    /// Ends `user`'s invite to (or knock on) a room this server is not in:
+    /// as refused or withdrawn (`leave`), or once the user has joined (the
+    /// join's membership then stands).
     pub fn end_remote_invite(&self, user: &ruma::UserId, room_id: &RoomId, refused: bool) -> ServiceResult<()> {
         self.write_for_user(user, |batch, count| {
             self.tables.delete_remote_invite(batch, user.as_str(), room_id.as_str());
