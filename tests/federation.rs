@@ -1295,6 +1295,7 @@ async fn media_of_another_server_is_fetched_once_kept_and_served_while_it_is_dow
 
     // Three clients at once: one fetch from A.
     let image_path = format!("/_matrix/client/v1/media/download/conduit-a.test/{image_id}");
+    let mark = b.log_mark();
     let (first, second, third) = tokio::join!(
         get_media(&b, &image_path, Some(&bob_token)),
         get_media(&b, &image_path, Some(&bob_token)),
@@ -1305,6 +1306,8 @@ async fn media_of_another_server_is_fetched_once_kept_and_served_while_it_is_dow
         assert!(disposition.contains("photo.png"), "{disposition}");
         assert!(bytes == image, "the image arrives whole");
     }
+    // The log is read by another thread: wait for the line, then count.
+    b.wait_for_log(mark, &["remote media fetched", &image_id]).await;
     let fetches = b
         .log_lines_with("remote media fetched")
         .into_iter()
@@ -1324,15 +1327,11 @@ async fn media_of_another_server_is_fetched_once_kept_and_served_while_it_is_dow
     // An ID A does not know: A's 404, passed on, with no fallback to the
     // unauthenticated endpoint (A knows the authenticated one).
     let unknown = "/_matrix/client/v1/media/download/conduit-a.test/NoSuchMedia";
+    let mark = b.log_mark();
     let (status, _, _, body) = get_media(&b, unknown, Some(&bob_token)).await;
     assert_eq!((status, as_json(&body)["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
-    let failures = b.log_lines_with("fetching remote media failed");
-    assert!(
-        failures
-            .iter()
-            .any(|l| l.contains("NoSuchMedia") && l.contains("M_NOT_FOUND")),
-        "{failures:?}"
-    );
+    b.wait_for_log(mark, &["fetching remote media failed", "NoSuchMedia", "M_NOT_FOUND"])
+        .await;
     assert!(b.log_lines_with("falling back").is_empty());
     // Without a token, nothing is fetched for anyone.
     let (status, _, _, _) = get_media(&b, &text_path, None).await;
