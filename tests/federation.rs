@@ -100,6 +100,64 @@ async fn two_servers_with(extra_a: &str, extra_b: &str) -> (TestServer, TestServ
     (a, b)
 }
 
+/// Three servers on loopback; A and B reach the two others by name, C
+/// reaches only A.
+async fn three_servers() -> (TestServer, TestServer, TestServer) {
+    let names = ["conduit-a.test", "conduit-b.test", "conduit-c.test"];
+    let ports = [free_port(), free_port(), free_port()];
+    let closed = free_port();
+    let config = |i: usize| {
+        // C asks A for B's keys (A vouches for them as a notary).
+        let trusted = if i == 2 { "[\"conduit-a.test\"]" } else { "[]" };
+        let mut config = format!(
+            "server_name = \"{}\"\nport = {}\nallow_federation = true\ntrusted_servers = {trusted}\n\
+             [global.federation_destination_overrides]\n",
+            names[i], ports[i]
+        );
+        for j in (0..3).filter(|j| *j != i) {
+            // C cannot reach B (a port nobody listens on): what B learns
+            // of C's events, it learns from A or from asking C.
+            let port = if (i, j) == (2, 1) { closed } else { ports[j] };
+            config.push_str(&format!("\"{}\" = \"http://127.0.0.1:{port}\"\n", names[j]));
+        }
+        config
+    };
+    let a = TestServer::start_with(&config(0)).await;
+    let b = TestServer::start_with(&config(1)).await;
+    let c = TestServer::start_with(&config(2)).await;
+    (a, b, c)
+}
+
+#[tokio::test]
+async fn a_join_through_the_rooms_server_reaches_the_rooms_other_servers() {
+    let (a, b, c) = three_servers().await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    let (bob, bob_token, _) = b.register("bob", "password-b").await;
+    let (carol, carol_token, _) = c.register("carol", "password-c").await;
+    let room = a.create_room(&alice_token, json!({"preset": "public_chat"})).await;
+    let join = format!("/_matrix/client/v3/join/{}", common::enc(&room));
+    let (status, body) = b.call("POST", &join, Some(&bob_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    // Carol joins through A after Bob; C cannot tell B, so B learns of it
+    // from A, the server her join went through.
+    let (status, body) = c.call("POST", &join, Some(&carol_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    let members = format!("/_matrix/client/v3/rooms/{}/joined_members", common::enc(&room));
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = b.call("GET", &members, Some(&bob_token), None).await.1;
+        if seen["joined"][&carol].is_object() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen["joined"][&carol].is_object(), "carol's join on B: {seen}");
+    // So B sends to C directly, and Carol reads Bob.
+    b.send_text(&bob_token, &room, "hello carol").await;
+    wait_for_messages(&c, &carol_token, &room, &["hello carol"]).await;
+    assert!(bob.ends_with(":conduit-b.test"));
+}
+
 /// Waits (at most 20 s) until `user` on `server` sees `bodies` as the last
 /// messages of the room, in that order.
 async fn wait_for_messages(server: &TestServer, token: &str, room_id: &str, bodies: &[&str]) {

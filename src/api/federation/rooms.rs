@@ -18,8 +18,8 @@ use ruma::api::federation::transactions::send_transaction_message;
 use ruma::events::TimelineEventType;
 use ruma::state_res::Event;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
-    OwnedUserId, RoomId, RoomVersionId, ServerName, UserId,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, ServerName,
+    UserId,
 };
 use serde_json::value::RawValue;
 
@@ -354,92 +354,16 @@ async fn template(
     Ok((version, event))
 }
 
-/// Checks and stores a membership event another server signed for one of
-/// its users (`send_join`, `send_leave`, `send_knock`): it must be that
-/// user's, with `membership`, and under the ID the request names. A join
-/// one of our users admits to a restricted room is signed by us first;
-/// returns the event with our signature then.
-async fn accept_membership(
-    services: &Arc<Services>,
-    origin: &ServerName,
-    room_id: &RoomId,
-    event_id: &EventId,
-    pdu: &RawValue,
-    membership: &str,
-) -> Result<Option<CanonicalJsonObject>, ApiError> {
-    let version = {
-        let (room_id, origin) = (room_id.to_owned(), origin.to_owned());
-        let record = services
-            .run(move |s| {
-                acl_allows(s, &room_id, &origin)?;
-                s.timeline.room_or_404(&room_id)
-            })
-            .await?;
-        RoomVersionId::try_from(record.version.as_str()).map_err(|e| ApiError::Internal(e.to_string()))?
-    };
-    let countersigned = if membership == "join" {
-        let mut object: CanonicalJsonObject =
-            serde_json::from_str(pdu.get()).map_err(|e| ApiError::BadJson(format!("not a PDU: {e}")))?;
-        let (room_id, version) = (room_id.to_owned(), version.clone());
-        let signed = services
-            .run(move |s| {
-                let signed = s.federation.countersign_join(s, &room_id, &version, &mut object)?;
-                Ok(signed.then_some(object))
-            })
-            .await?;
-        match signed {
-            Some(object) => {
-                Some(serde_json::value::to_raw_value(&object).map_err(|e| ApiError::Internal(e.to_string()))?)
-            }
-            None => None,
-        }
-    } else {
-        None
-    };
-    let (id, object) = services
-        .federation
-        .verify_pdu(&version, countersigned.as_deref().unwrap_or(pdu))
-        .await?;
-    if id != event_id {
-        return Err(ApiError::BadJson(format!("the event's ID is {id}, not {event_id}")));
-    }
-    let field = |key: &str| match object.get(key) {
-        Some(CanonicalJsonValue::String(v)) => Some(v.as_str()),
-        _ => None,
-    };
-    let content_membership = match object.get("content") {
-        Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
-            Some(CanonicalJsonValue::String(m)) => Some(m.as_str()),
-            _ => None,
-        },
-        _ => None,
-    };
-    let sender = field("sender").and_then(|s| UserId::parse(s).ok());
-    let fits = field("type") == Some("m.room.member")
-        && field("room_id") == Some(room_id.as_str())
-        && sender.as_ref().is_some_and(|u| u.server_name() == origin)
-        && field("state_key") == field("sender")
-        && content_membership == Some(membership);
-    if !fits {
-        return Err(ApiError::BadJson(format!(
-            "this is not a {membership} of one of {origin}'s users to {room_id}"
-        )));
-    }
-    let signed = countersigned.is_some().then(|| object.clone());
-    services
-        .federation
-        .handle_pdu(services, origin, room_id, &version, id, object)
-        .await?;
-    Ok(signed)
-}
-
 async fn send_join(
     services: Arc<Services>,
     req: Ruma<create_join_event::v2::Request>,
 ) -> Result<create_join_event::v2::Response, ApiError> {
     let origin = req.origin()?.to_owned();
     let body = req.body;
-    let countersigned = accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "join").await?;
+    let countersigned = services
+        .federation
+        .accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "join")
+        .await?;
     let (auth_chain, state, servers) = services
         .run(move |s| {
             let joined = s.timeline.is_joined(
@@ -479,7 +403,10 @@ async fn send_leave(
 ) -> Result<create_leave_event::v2::Response, ApiError> {
     let origin = req.origin()?.to_owned();
     let body = req.body;
-    accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "leave").await?;
+    services
+        .federation
+        .accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "leave")
+        .await?;
     Ok(create_leave_event::v2::Response::new())
 }
 
@@ -489,7 +416,10 @@ async fn send_knock(
 ) -> Result<create_knock_event::v1::Response, ApiError> {
     let origin = req.origin()?.to_owned();
     let body = req.body;
-    accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "knock").await?;
+    services
+        .federation
+        .accept_membership(&services, &origin, &body.room_id, &body.event_id, &body.pdu, "knock")
+        .await?;
     let knocker = {
         let object: serde_json::Value =
             serde_json::from_str(body.pdu.get()).map_err(|e| ApiError::BadJson(e.to_string()))?;

@@ -4,14 +4,128 @@
 //! signature on such a join, and the stripped state a knock is answered
 //! with.
 
+use std::sync::Arc;
+
 use ruma::api::federation::membership::RawStrippedState;
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, RoomId, RoomVersionId, UserId};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId, RoomVersionId, ServerName, UserId};
+use serde_json::value::RawValue;
 
 use super::receive::rules_of;
 use super::FederationService;
+use crate::database::outbox::OutboxItem;
+use crate::service::outbox::Destination;
 use crate::service::{ServiceError, ServiceResult, Services};
 
 impl FederationService {
+    /// Checks and stores a membership event another server signed for one
+    /// of its users (`send_join`, `send_leave`, `send_knock`): it must be
+    /// that user's, with `membership`, and under the ID the request names.
+    /// A join one of our users admits to a restricted room is signed by us
+    /// first; returns the event with our signature then. The room's other
+    /// servers learn of it from us: it reached no one else.
+    pub async fn accept_membership(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: &RawValue,
+        membership: &str,
+    ) -> ServiceResult<Option<CanonicalJsonObject>> {
+        let version = {
+            let (room_id, origin) = (room_id.to_owned(), origin.to_owned());
+            let record = s
+                .run(move |s| {
+                    if !s.timeline.server_allowed(s, &room_id, &origin)? {
+                        return Err(ServiceError::Forbidden(format!(
+                            "{origin} is denied by the room's server ACL"
+                        )));
+                    }
+                    s.timeline.room_or_404(&room_id)
+                })
+                .await?;
+            RoomVersionId::try_from(record.version.as_str())
+                .map_err(|e| ServiceError::Internal(format!("stored room version: {e}")))?
+        };
+        let countersigned = if membership == "join" {
+            let mut object: CanonicalJsonObject =
+                serde_json::from_str(pdu.get()).map_err(|e| ServiceError::BadJson(format!("not a PDU: {e}")))?;
+            let (room_id, version) = (room_id.to_owned(), version.clone());
+            let signed = s
+                .run(move |s| {
+                    let signed = s.federation.countersign_join(s, &room_id, &version, &mut object)?;
+                    Ok(signed.then_some(object))
+                })
+                .await?;
+            match signed {
+                Some(object) => Some(
+                    serde_json::value::to_raw_value(&object)
+                        .map_err(|e| ServiceError::Internal(format!("countersigned join: {e}")))?,
+                ),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let (id, object) = self
+            .verify_pdu(&version, countersigned.as_deref().unwrap_or(pdu))
+            .await?;
+        if id != event_id {
+            return Err(ServiceError::BadJson(format!("the event's ID is {id}, not {event_id}")));
+        }
+        let field = |key: &str| match object.get(key) {
+            Some(CanonicalJsonValue::String(v)) => Some(v.as_str()),
+            _ => None,
+        };
+        let content_membership = match object.get("content") {
+            Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
+                Some(CanonicalJsonValue::String(m)) => Some(m.as_str()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let sender = field("sender").and_then(|s| UserId::parse(s).ok());
+        let fits = field("type") == Some("m.room.member")
+            && field("room_id") == Some(room_id.as_str())
+            && sender.as_ref().is_some_and(|u| u.server_name() == origin)
+            && field("state_key") == field("sender")
+            && content_membership == Some(membership);
+        if !fits {
+            return Err(ServiceError::BadJson(format!(
+                "this is not a {membership} of one of {origin}'s users to {room_id}"
+            )));
+        }
+        let signed = countersigned.is_some().then(|| object.clone());
+        self.handle_pdu(s, origin, room_id, &version, id.clone(), object)
+            .await?;
+        let (room_id, origin) = (room_id.to_owned(), origin.to_owned());
+        s.run(move |s| s.federation.forward(s, &room_id, &id, &origin)).await?;
+        Ok(signed)
+    }
+
+    /// Queues an event another server's user sent through us for the
+    /// room's other servers (not ours, not the sender's).
+    fn forward(&self, s: &Services, room_id: &RoomId, event_id: &EventId, origin: &ServerName) -> ServiceResult<()> {
+        let destinations: Vec<Destination> = s
+            .timeline
+            .servers_in_room(room_id)?
+            .into_iter()
+            .filter(|server| *server != self.server_name && server != origin)
+            .map(Destination::Server)
+            .collect();
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        let Some(pdu) = s.timeline.federation_pdu_raw(event_id)? else {
+            return Ok(());
+        };
+        let item = OutboxItem::Pdu {
+            event_id: event_id.to_string(),
+            json: pdu.get().to_owned(),
+        };
+        self.outbox.queue(&destinations, &item)
+    }
+
     /// The unsigned `membership` event of `user` (another server's) for
     /// `room_id`, on its current state, with the room's version. With
     /// `supported`, the asking server's room versions (none given: version
