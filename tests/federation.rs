@@ -613,9 +613,19 @@ async fn invites_cross_servers_both_ways_and_can_be_accepted_or_refused() {
     b.send_text(&bob_token, &dm, "thanks for the invite").await;
     wait_for_messages(&a, &alice_token, &dm, &["thanks for the invite"]).await;
 
-    // Bob invites Alice to a private room of B's; she refuses.
+    // Bob invites Alice to a private room of B's, with a reason (which the
+    // signatures, made over the redacted event, do not cover); she refuses.
     let private = b.create_room(&bob_token, json!({"preset": "private_chat"})).await;
-    b.invite(&bob_token, &private, &alice).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/invite", common::enc(&private));
+    let (status, body) = b
+        .call(
+            "POST",
+            &path,
+            Some(&bob_token),
+            Some(json!({"user_id": alice, "reason": "come and see"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     wait_for_invite(&a, &alice_token, &private).await;
     let (status, _) = a
         .call(

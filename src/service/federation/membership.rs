@@ -479,7 +479,7 @@ impl FederationService {
     ) -> ServiceResult<CanonicalJsonObject> {
         let (room_id, event_id, version) = (&request.room_id, &request.event_id, &request.room_version);
         let (event, invite_room_state) = (&request.event, &request.invite_room_state);
-        rules_of(version)?;
+        let rules = rules_of(version)?;
         let (id, mut object) = self.verify_pdu(version, event).await?;
         if id != *event_id {
             return Err(ServiceError::BadJson(format!(
@@ -522,8 +522,9 @@ impl FederationService {
                 "{invitee} is not a user of this server"
             )));
         }
-        // Our signature, as the spec asks of the invited server.
-        s.server_keys.sign_json(&mut object)?;
+        // Our signature, as the spec asks of the invited server: of the
+        // event's redacted form, as every event signature is.
+        s.server_keys.hash_and_sign_event(&mut object, &rules.redaction)?;
 
         let mut state = stripped_entries(invite_room_state);
         // The invite itself is the user's own member event in that state.
