@@ -345,17 +345,22 @@ impl FederationService {
             }
             None => join,
         };
-        let mut state: Vec<OwnedEventId> = Vec::with_capacity(answer.state.len());
+        let mut events = Vec::with_capacity(answer.auth_chain.len() + answer.state.len());
         for raw in answer.auth_chain.iter().chain(&answer.state) {
-            let (id, object) = self.verify_pdu(&version, raw).await?;
-            let room = room_id.to_owned();
-            let keep_id = id.clone();
-            s.run(move |s| s.timeline.store_outlier(&room, &keep_id, &object))
-                .await?;
-            state.push(id);
+            events.push(self.verify_pdu(&version, raw).await?);
         }
-        // The state is the last `answer.state.len()` of what was stored.
-        let state = state.split_off(answer.auth_chain.len());
+        // The state is the last `answer.state.len()` of what was sent.
+        let mut state: Vec<OwnedEventId> = events[answer.auth_chain.len()..]
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        let (room, rules) = (room_id.to_owned(), rules_of(&version)?);
+        let rejected = self
+            .work
+            .run_on(s, move |s| s.timeline.store_outliers(&room, &rules, events))
+            .await?;
+        // What the auth rules refuse is no part of the room's state.
+        state.retain(|id| !rejected.contains(id));
         let room = room_id.to_owned();
         let joined = s
             .run_write(move |s| s.timeline.receive_join(s, &room, &version, event_id, join, &state))

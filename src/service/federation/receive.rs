@@ -326,17 +326,15 @@ impl FederationService {
     ) -> ServiceResult<()> {
         let request = get_event_authorization::v1::Request::new(room_id.to_owned(), event_id.to_owned());
         let response = self.client.send(origin, request).await?;
-        for raw in response
+        let take = response
             .auth_chain
-            .iter()
-            .take(MAX_FETCHED_EVENTS.saturating_sub(*fetched))
-        {
-            *fetched += 1;
-            match self.verify_pdu(version, raw).await {
-                Ok((id, object)) => self.store_outlier(s, room_id, id, object).await?,
-                Err(e) => tracing::info!(%origin, error = %e, "auth event refused"),
-            }
-        }
+            .len()
+            .min(MAX_FETCHED_EVENTS.saturating_sub(*fetched));
+        *fetched += take;
+        let events = self
+            .verified_oldest_first(origin, version, &response.auth_chain[..take])
+            .await;
+        self.store_outliers(s, room_id, version, events).await?;
         Ok(())
     }
 
@@ -354,6 +352,7 @@ impl FederationService {
     ) -> ServiceResult<Vec<OwnedEventId>> {
         let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), room_id.to_owned());
         let response = self.client.send(origin, request).await?;
+        let mut events = Vec::new();
         for id in response.auth_chain_ids.iter().chain(&response.pdu_ids) {
             if s.timeline.pdu(id)?.is_some() {
                 continue;
@@ -374,9 +373,13 @@ impl FederationService {
                     "asked {origin} for {id}, got {got}"
                 )));
             }
-            self.store_outlier(s, room_id, got, object).await?;
+            events.push((got, object));
         }
-        Ok(response.pdu_ids)
+        let rejected = self.store_outliers(s, room_id, version, events).await?;
+        // What the auth rules refuse is no part of the state.
+        let mut state = response.pdu_ids;
+        state.retain(|id| !rejected.contains(id));
+        Ok(state)
     }
 
     async fn receive_edu(&self, s: &Arc<Services>, origin: &ServerName, edu: Edu) -> ServiceResult<()> {
@@ -492,16 +495,18 @@ impl FederationService {
             .await
     }
 
-    async fn store_outlier(
+    /// Keeps fetched events as outliers, checked against their own auth
+    /// events; returns the IDs of those refused.
+    async fn store_outliers(
         &self,
         s: &Arc<Services>,
         room_id: &RoomId,
-        id: OwnedEventId,
-        object: CanonicalJsonObject,
-    ) -> ServiceResult<()> {
-        let room_id = room_id.to_owned();
+        version: &RoomVersionId,
+        events: Vec<(OwnedEventId, CanonicalJsonObject)>,
+    ) -> ServiceResult<Vec<OwnedEventId>> {
+        let (room_id, rules) = (room_id.to_owned(), rules_of(version)?);
         self.work
-            .run_on(s, move |s| s.timeline.store_outlier(&room_id, &id, &object))
+            .run_on(s, move |s| s.timeline.store_outliers(&room_id, &rules, events))
             .await
     }
 }

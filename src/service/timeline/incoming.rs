@@ -47,6 +47,14 @@ pub enum Received {
     },
 }
 
+/// What an event's own auth events say of it.
+enum OwnAuth {
+    Allowed,
+    Refused(String),
+    /// These are not known here.
+    Missing(Vec<OwnedEventId>),
+}
+
 /// Where the history stored of a room begins (see
 /// [`TimelineService::backfill_point`]).
 pub struct BackfillPoint {
@@ -163,40 +171,12 @@ impl TimelineService {
             }
         }
 
-        // Everything it references must be known before anything is decided.
-        let mut auth_events: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
-        let mut missing_auth = Vec::new();
-        for id in pdu.auth_events() {
-            match self.pdu(id)? {
-                Some(auth) if auth.rejected => {
-                    let reason = format!("it is authorized by {id}, a rejected event");
-                    return self.reject(room_id, &event_id, &object, reason);
-                }
-                Some(auth) => {
-                    let key = (
-                        auth.event_type().to_string().into(),
-                        auth.state_key().unwrap_or_default().to_owned(),
-                    );
-                    if auth_events.insert(key, auth).is_some() {
-                        let reason = "its auth_events name two events for one state key".to_owned();
-                        return self.reject(room_id, &event_id, &object, reason);
-                    }
-                }
-                None => missing_auth.push(id.clone()),
-            }
-        }
-        // Since room version 12 the create event is not among the auth
-        // events (the room ID is its hash) yet the auth rules still read it.
-        if rules.authorization.room_create_event_id_as_room_id {
-            let create_id = OwnedEventId::try_from(format!("${}", room_id.strip_sigil()))
-                .map_err(|e| ServiceError::BadJson(format!("{room_id} names no create event: {e}")))?;
-            match self.pdu(&create_id)? {
-                Some(create) => {
-                    auth_events.insert((StateEventType::RoomCreate, String::new()), create);
-                }
-                None => missing_auth.push(create_id),
-            }
-        }
+        // 1. Against its own auth events (all of which must be known).
+        let missing_auth = match self.check_own_auth(&rules, room_id, &pdu, &|id| self.pdu(id))? {
+            OwnAuth::Refused(reason) => return self.reject(room_id, &event_id, &object, reason),
+            OwnAuth::Missing(ids) => ids,
+            OwnAuth::Allowed => Vec::new(),
+        };
         let mut prev_states = Vec::new();
         let mut missing_prev = Vec::new();
         for id in pdu.prev_events() {
@@ -213,22 +193,6 @@ impl TimelineService {
                 auth: missing_auth,
                 prev: missing_prev,
             });
-        }
-
-        // 1. Against its own auth events.
-        let lookups = FailedLookup::default();
-        let independent =
-            check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| lookups.keep(self.pdu(id)));
-        lookups.check()?;
-        if let Err(reason) = independent {
-            return self.reject(room_id, &event_id, &object, reason);
-        }
-        let by_auth_events =
-            check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
-                auth_events.get(&(t.clone(), k.to_owned())).cloned()
-            });
-        if let Err(reason) = by_auth_events {
-            return self.reject(room_id, &event_id, &object, format!("by its auth events: {reason}"));
         }
 
         // 2. Against the state before it.
@@ -408,28 +372,120 @@ impl TimelineService {
         })
     }
 
-    /// Keeps an event of a room outside its timeline (state or auth chain
-    /// events fetched from another server), unless it is stored already.
-    pub fn store_outlier(
+    /// Checks `pdu` against its own auth events (step 1 of the checks on
+    /// receipt), read with `lookup`.
+    fn check_own_auth(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: &RoomId,
+        pdu: &Arc<Pdu>,
+        lookup: &dyn Fn(&EventId) -> ServiceResult<Option<Arc<Pdu>>>,
+    ) -> ServiceResult<OwnAuth> {
+        let mut auth_events: HashMap<(StateEventType, String), Arc<Pdu>> = HashMap::new();
+        let mut missing = Vec::new();
+        for id in pdu.auth_events() {
+            match lookup(id)? {
+                Some(auth) if auth.rejected => {
+                    return Ok(OwnAuth::Refused(format!("it is authorized by {id}, a rejected event")));
+                }
+                Some(auth) => {
+                    let key = (
+                        auth.event_type().to_string().into(),
+                        auth.state_key().unwrap_or_default().to_owned(),
+                    );
+                    if auth_events.insert(key, auth).is_some() {
+                        return Ok(OwnAuth::Refused(
+                            "its auth_events name two events for one state key".to_owned(),
+                        ));
+                    }
+                }
+                None => missing.push(id.clone()),
+            }
+        }
+        // Since room version 12 the create event is not among the auth
+        // events (the room ID is its hash) yet the auth rules still read it.
+        if rules.authorization.room_create_event_id_as_room_id && pdu.event_type() != &TimelineEventType::RoomCreate {
+            let create_id = OwnedEventId::try_from(format!("${}", room_id.strip_sigil()))
+                .map_err(|e| ServiceError::BadJson(format!("{room_id} names no create event: {e}")))?;
+            match lookup(&create_id)? {
+                Some(create) => {
+                    auth_events.insert((StateEventType::RoomCreate, String::new()), create);
+                }
+                None => missing.push(create_id),
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(OwnAuth::Missing(missing));
+        }
+        let lookups = FailedLookup::default();
+        let independent =
+            check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| lookups.keep(lookup(id)));
+        lookups.check()?;
+        if let Err(reason) = independent {
+            return Ok(OwnAuth::Refused(reason));
+        }
+        let by_auth_events =
+            check_state_dependent_auth_rules(&rules.authorization, pdu, |t: &StateEventType, k: &str| {
+                auth_events.get(&(t.clone(), k.to_owned())).cloned()
+            });
+        Ok(match by_auth_events {
+            Ok(()) => OwnAuth::Allowed,
+            Err(reason) => OwnAuth::Refused(format!("by its auth events: {reason}")),
+        })
+    }
+
+    /// Keeps events of a room outside its timeline (the state and auth
+    /// chain a join or a gap brings), oldest first, each checked against
+    /// its own auth events: one they refuse is kept as rejected, one whose
+    /// auth events are not all known is kept unchecked. One write. Returns
+    /// the IDs rejected.
+    pub fn store_outliers(
         &self,
         room_id: &RoomId,
-        event_id: &EventId,
-        object: &CanonicalJsonObject,
-    ) -> ServiceResult<()> {
-        if self.event_meta(event_id)?.is_some() || self.tables.outlier(event_id.as_str())?.is_some() {
-            return Ok(());
-        }
-        let mut object = object.clone();
-        object.remove("unsigned");
-        object.insert("event_id".to_owned(), event_id.as_str().into());
-        let record = OutlierRecord {
-            room_id: room_id.to_string(),
-            json: serde_json::to_string(&object).map_err(|e| internal("PDU", e))?,
-            kind: OutlierKind::Outlier,
+        rules: &RoomVersionRules,
+        mut events: Vec<(OwnedEventId, CanonicalJsonObject)>,
+    ) -> ServiceResult<Vec<OwnedEventId>> {
+        let depth = |object: &CanonicalJsonObject| match object.get("depth") {
+            Some(CanonicalJsonValue::Integer(d)) => i64::from(*d),
+            _ => 0,
+        };
+        events.sort_by(|a, b| (depth(&a.1), &a.0).cmp(&(depth(&b.1), &b.0)));
+        let here: std::cell::RefCell<HashMap<OwnedEventId, Arc<Pdu>>> = Default::default();
+        let lookup = |id: &EventId| match here.borrow().get(id) {
+            Some(pdu) => Ok(Some(pdu.clone())),
+            None => self.pdu(id),
         };
         let mut batch = Batch::new();
-        self.tables.put_outlier(&mut batch, event_id.as_str(), &record);
-        Ok(self.tables.write(batch)?)
+        let mut rejected = Vec::new();
+        for (event_id, mut object) in events {
+            if here.borrow().contains_key(&event_id)
+                || self.event_meta(&event_id)?.is_some()
+                || self.tables.outlier(event_id.as_str())?.is_some()
+            {
+                continue;
+            }
+            object.remove("unsigned");
+            let mut pdu = Pdu::from_object(event_id.clone(), &object)?;
+            let kind = match self.check_own_auth(rules, room_id, &Arc::new(pdu.clone()), &lookup)? {
+                OwnAuth::Refused(reason) => {
+                    tracing::info!(%event_id, %room_id, %reason, "fetched event rejected");
+                    pdu.rejected = true;
+                    rejected.push(event_id.clone());
+                    OutlierKind::Rejected(reason)
+                }
+                OwnAuth::Missing(_) | OwnAuth::Allowed => OutlierKind::Outlier,
+            };
+            object.insert("event_id".to_owned(), event_id.as_str().into());
+            let record = OutlierRecord {
+                room_id: room_id.to_string(),
+                json: serde_json::to_string(&object).map_err(|e| internal("PDU", e))?,
+                kind,
+            };
+            self.tables.put_outlier(&mut batch, event_id.as_str(), &record);
+            here.borrow_mut().insert(event_id, Arc::new(pdu));
+        }
+        self.tables.write(batch)?;
+        Ok(rejected)
     }
 
     /// Whether the event was refused by the auth rules here.
@@ -654,6 +710,57 @@ mod tests {
             .unwrap()
             .unwrap()
             .event_id
+    }
+
+    /// Fetched state (as a join or a gap brings it) is checked against
+    /// each event's own auth events, oldest first, in one go: an event the
+    /// rules refuse is kept as rejected, the others as outliers.
+    #[test]
+    fn fetched_outliers_are_checked_against_their_own_auth_events() {
+        let t = two_in_a_room();
+        let remote = remote();
+        let join = carol_joins(&t, &remote);
+        let record = t.s.timeline.room_or_404(&t.room).unwrap();
+        let (_, rules) = TimelineService::rules(&record).unwrap();
+        let base = current(
+            &t,
+            &[
+                ("m.room.create", ""),
+                ("m.room.join_rules", ""),
+                ("m.room.power_levels", ""),
+            ],
+        );
+        let mut auth = base.clone();
+        auth.push(join.clone());
+        // Carol (power 0) may not set the topic (50 needed) ...
+        let topic = remote.event(
+            &t,
+            CAROL,
+            "m.room.topic",
+            Some(""),
+            json!({"topic": "mine now"}),
+            &ends(&t),
+            &auth,
+        );
+        // ... but may set her own display name.
+        let rename = remote.event(
+            &t,
+            CAROL,
+            "m.room.member",
+            Some(CAROL),
+            json!({"membership": "join", "displayname": "Carol"}),
+            &ends(&t),
+            &auth,
+        );
+        let (topic_id, rename_id) = (topic.0.clone(), rename.0.clone());
+        let rejected =
+            t.s.timeline
+                .store_outliers(&t.room, &rules, vec![rename, topic])
+                .unwrap();
+        assert_eq!(rejected, vec![topic_id.clone()]);
+        assert!(t.s.timeline.is_rejected(&topic_id).unwrap());
+        assert!(!t.s.timeline.is_rejected(&rename_id).unwrap());
+        assert!(t.s.timeline.event(&rename_id).unwrap().is_some(), "kept as an outlier");
     }
 
     #[test]

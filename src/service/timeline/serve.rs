@@ -390,10 +390,17 @@ mod tests {
 
         // A's answer: the state before the join and its auth chain.
         let state = a.s.timeline.state_at(&a.s, &join_id).unwrap();
-        for id in state.state.iter().chain(&state.auth_chain) {
-            let pdu = a.s.timeline.federation_pdu(id).unwrap().unwrap();
-            b.timeline.store_outlier(&a.room, id, &pdu).unwrap();
-        }
+        let events = state
+            .state
+            .iter()
+            .chain(&state.auth_chain)
+            .map(|id| (id.clone(), a.s.timeline.federation_pdu(id).unwrap().unwrap()))
+            .collect();
+        let rejected = b
+            .timeline
+            .store_outliers(&a.room, &version.rules().unwrap(), events)
+            .unwrap();
+        assert!(rejected.is_empty(), "{rejected:?}");
         let joined = b
             .timeline
             .receive_join(&b, &a.room, &version, join_id.clone(), join, &state.state)
