@@ -510,6 +510,93 @@ async fn a_late_joiner_reads_what_was_said_before_the_join_fetched_from_the_othe
     assert_eq!(page["chunk"][0]["content"]["body"], "before 3");
 }
 
+/// Waits (at most 20 s) until B's server has `membership` for Bob in the
+/// room (what his client reads from his own server).
+async fn wait_for_bob(p: &Pair, membership: &str) {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        common::enc(&p.room),
+        common::enc(&p.bob)
+    );
+    let mut seen = Value::Null;
+    for _ in 0..200 {
+        seen = p.b.call("GET", &path, Some(&p.bob_token), None).await.1;
+        if seen["membership"] == membership {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("bob's membership on B is not {membership}: {seen}");
+}
+
+#[tokio::test]
+async fn kicks_bans_and_leaves_cross_servers() {
+    let p = alice_and_bob_across_servers().await;
+    let room = common::enc(&p.room);
+    let join = format!("/_matrix/client/v3/join/{room}");
+    let send_as_bob = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/kicked-1");
+
+    // Alice kicks Bob: B learns it, and Bob may no longer speak.
+    let (status, body) =
+        p.a.call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room}/kick"),
+            Some(&p.alice_token),
+            Some(json!({"user_id": p.bob, "reason": "out"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_bob(&p, "leave").await;
+    let (status, _) =
+        p.b.call(
+            "PUT",
+            &send_as_bob,
+            Some(&p.bob_token),
+            Some(json!({"msgtype": "m.text", "body": "still here?"})),
+        )
+        .await;
+    assert_eq!(status, 403, "a kicked member does not speak");
+
+    // A public room: he comes back, then leaves on his own.
+    let (status, body) = p.b.call("POST", &join, Some(&p.bob_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    p.b.send_text(&p.bob_token, &p.room, "back again").await;
+    wait_for_messages(&p.a, &p.alice_token, &p.room, &["back again"]).await;
+    let (status, body) =
+        p.b.call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            Some(&p.bob_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let members = format!("/_matrix/client/v3/rooms/{room}/joined_members");
+    let mut seen = Value::Null;
+    for _ in 0..200 {
+        seen = p.a.call("GET", &members, Some(&p.alice_token), None).await.1;
+        if seen["joined"].get(&p.bob).is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen["joined"].get(&p.bob).is_none(), "bob's leave on A: {seen}");
+
+    // Banned, he cannot come back.
+    let (status, body) =
+        p.a.call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{room}/ban"),
+            Some(&p.alice_token),
+            Some(json!({"user_id": p.bob})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for_bob(&p, "ban").await;
+    let (status, body) = p.b.call("POST", &join, Some(&p.bob_token), Some(json!({}))).await;
+    assert_eq!(status, 403, "a banned user's join is refused: {body}");
+}
+
 /// Bob sends something into A's room: B's transaction tells A that B is up.
 async fn b_calls_a(p: &Pair) {
     let path = format!(
