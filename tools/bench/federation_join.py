@@ -4,8 +4,12 @@ creator), and a user of a fresh "joining" server joins it. Measured per
 join: the join request's duration; the time from the join request until the
 joiner's /sync shows a message the resident's creator sent right after the
 join returned (time to the first message); the joiner's RSS before the join
-and its peak RSS (VmHWM, read once the joiner also lists all N + 1 members;
+and its peak RSS (VmHWM, read once the joiner also lists every member;
 each measurement starts a new joining server, so the peak is the join's).
+Joining servers stay up until their resident is done: each later joiner
+gets their members' events in the room's state and must verify them, and
+Conduit fails the whole join when a state event's origin server cannot be
+reached for its keys.
 
 Not a test: it prints figures. Pairs are joiner:resident, among
 conduit:conduit, synapse:conduit (Synapse joins the room on Conduit, side
@@ -207,7 +211,7 @@ def watch_for(joiner, room, text, since, deadline, seen):
     until `text` shows in the room's timeline; records when."""
     sync_filter = json.dumps({"room": {"state": {"lazy_load_members": True},
                                        "timeline": {"limit": 50, "lazy_load_members": True}}})
-    while time.monotonic() < deadline and "at" not in seen:
+    while time.monotonic() < deadline and "at" not in seen and "stop" not in seen:
         try:
             status, body = call(joiner, "GET", "/_matrix/client/v3/sync",
                                 query={"since": since, "timeout": "5000", "filter": sync_filter}, timeout=JOIN_TIMEOUT)
@@ -225,63 +229,59 @@ def watch_for(joiner, room, text, since, deadline, seen):
             seen["at"] = time.monotonic()
 
 
-def measure(joiner_kind, resident, members, binary, workdir):
-    """One join of the resident's room of `members` by a new joining server;
-    returns the figures as a dict (or with "error" when it failed)."""
+def measure(joiner_kind, resident, members, joiner_server):
+    """One join of the resident's room of `members` by `joiner_server`, just
+    started; returns the figures as a dict (or with "error" when it failed)."""
     room = resident.rooms[members]
-    if joiner_kind == "conduit":
-        joiner_server = Conduit(binary, workdir)
-    else:
-        joiner_server = Synapse(workdir)
     result = {"pair": f"{joiner_kind}:{resident.kind}", "members": members}
-    try:
-        joiner = interop.register(joiner_server.base, "joiner")
-        since = call(joiner, "GET", "/_matrix/client/v3/sync", query={"timeout": "0"})[1]["next_batch"]
-        time.sleep(1)
-        pid = joiner_server.proc.pid
-        result["rss_before_mib"] = proc_status_kib(pid, "VmRSS") / 1024
-        text = f"first message {uuid.uuid4().hex}"
-        seen = {}
-        started = time.monotonic()
-        watcher = threading.Thread(
-            target=watch_for, args=(joiner, room, text, since, started + 2 * JOIN_TIMEOUT, seen), daemon=True
-        )
-        watcher.start()
-        status, answer = call(joiner, "POST", f"/_matrix/client/v3/join/{enc(room)}", {},
-                              query={"server_name": resident.server.name, "via": resident.server.name},
-                              timeout=JOIN_TIMEOUT)
-        result["join_s"] = time.monotonic() - started
-        if status != 200:
-            result["error"] = f"join: {status} {answer}"
-            return result
-        resident.creator.send_text(room, text)
-        watcher.join(2 * JOIN_TIMEOUT)
-        if "at" not in seen:
-            result["error"] = f"the first message never showed in the joiner's /sync ({seen.get('error')})"
-            return result
-        result["first_message_s"] = seen["at"] - started
-        result["peak_at_first_message_mib"] = proc_status_kib(pid, "VmHWM") / 1024
-        # Until the joiner lists every member (Synapse may join with partial
-        # state and fetch the rest afterwards), then the peak.
-        deadline = time.monotonic() + MEMBERS_TIMEOUT
-        count = 0
-        while time.monotonic() < deadline:
-            try:
-                status, answer = call(joiner, "GET", f"/_matrix/client/v3/rooms/{enc(room)}/joined_members",
-                                      timeout=MEMBERS_TIMEOUT)
-                count = len(answer.get("joined", {})) if status == 200 else count
-            except OSError:
-                pass
-            if count == members + 1:
-                break
-            time.sleep(0.5)
-        result["all_members_s"] = time.monotonic() - started
-        result["members_seen"] = count
-        result["peak_mib"] = proc_status_kib(pid, "VmHWM") / 1024
-        result["rss_after_mib"] = proc_status_kib(pid, "VmRSS") / 1024
+    joiner = interop.register(joiner_server.base, "joiner")
+    since = call(joiner, "GET", "/_matrix/client/v3/sync", query={"timeout": "0"})[1]["next_batch"]
+    time.sleep(1)
+    pid = joiner_server.proc.pid
+    result["rss_before_mib"] = proc_status_kib(pid, "VmRSS") / 1024
+    # The room's members, earlier joiners included, and the one joining.
+    path = f"/_matrix/client/v3/rooms/{enc(room)}/joined_members"
+    expected = len(resident.creator.call("GET", path)["joined"]) + 1
+    text = f"first message {uuid.uuid4().hex}"
+    seen = {}
+    started = time.monotonic()
+    watcher = threading.Thread(
+        target=watch_for, args=(joiner, room, text, since, started + 2 * JOIN_TIMEOUT, seen), daemon=True
+    )
+    watcher.start()
+    status, answer = call(joiner, "POST", f"/_matrix/client/v3/join/{enc(room)}", {},
+                          query={"server_name": resident.server.name, "via": resident.server.name},
+                          timeout=JOIN_TIMEOUT)
+    result["join_s"] = time.monotonic() - started
+    if status != 200:
+        result["error"] = f"join: {status} {answer}"
+        seen["stop"] = True
         return result
-    finally:
-        joiner_server.stop()
+    resident.creator.send_text(room, text)
+    watcher.join(2 * JOIN_TIMEOUT)
+    if "at" not in seen:
+        result["error"] = f"the first message never showed in the joiner's /sync ({seen.get('error')})"
+        return result
+    result["first_message_s"] = seen["at"] - started
+    result["peak_at_first_message_mib"] = proc_status_kib(pid, "VmHWM") / 1024
+    # Until the joiner lists every member (Synapse may join with partial
+    # state and fetch the rest afterwards), then the peak.
+    deadline = time.monotonic() + MEMBERS_TIMEOUT
+    count = 0
+    while time.monotonic() < deadline:
+        try:
+            status, answer = call(joiner, "GET", path, timeout=MEMBERS_TIMEOUT)
+            count = len(answer.get("joined", {})) if status == 200 else count
+        except OSError:
+            pass
+        if count == expected:
+            break
+        time.sleep(0.5)
+    result["all_members_s"] = time.monotonic() - started
+    result["members_seen"] = count
+    result["peak_mib"] = proc_status_kib(pid, "VmHWM") / 1024
+    result["rss_after_mib"] = proc_status_kib(pid, "VmRSS") / 1024
+    return result
 
 
 def show(result):
@@ -322,6 +322,7 @@ def main():
                 server = Conduit(binary, os.path.join(workdir, "resident-conduit"))
             else:
                 server = Synapse(os.path.join(workdir, "resident-synapse"))
+            joiner_servers = []
             try:
                 resident = Resident(server, resident_kind)
                 for members in sizes[resident_kind]:
@@ -330,7 +331,9 @@ def main():
                         for joiner_kind in joiners:
                             n += 1
                             where = os.path.join(workdir, f"joiner-{n}-{joiner_kind}-{members}")
-                            result = measure(joiner_kind, resident, members, binary, where)
+                            joiner_server = Conduit(binary, where) if joiner_kind == "conduit" else Synapse(where)
+                            joiner_servers.append(joiner_server)
+                            result = measure(joiner_kind, resident, members, joiner_server)
                             failed = failed or "error" in result
                             results.append(result)
                             show(result)
@@ -338,7 +341,8 @@ def main():
                                 log = "conduit.log" if joiner_kind == "conduit" else "synapse.log"
                                 print(f"--- last lines of the joiner's log ---\n{interop.tail(os.path.join(where, log))}")
             finally:
-                server.stop()
+                for joiner_server in joiner_servers + [server]:
+                    joiner_server.stop()
     finally:
         if args.keep or failed:
             print(f"logs kept in {workdir}")
