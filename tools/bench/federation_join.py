@@ -6,6 +6,7 @@ joiner's /sync shows a message the resident's creator sent right after the
 join returned (time to the first message); the joiner's RSS before the join
 and its peak RSS (VmHWM, read once the joiner also lists every member;
 each measurement starts a new joining server, so the peak is the join's).
+The joiner's CPU time during the join request is printed too.
 Joining servers stay up until their resident is done: each later joiner
 gets their members' events in the room's state and must verify them, and
 Conduit fails the whole join when a state event's origin server cannot be
@@ -87,6 +88,13 @@ def call(client, method, path, body=None, query=None, timeout=60):
     if data is not None:
         request.add_header("Content-Type", "application/json")
     return interop.send(request, timeout=timeout)
+
+
+def cpu_seconds(pid):
+    """User and system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_status_kib(pid, field):
@@ -244,6 +252,7 @@ def measure(joiner_kind, resident, members, joiner_server):
     expected = len(resident.creator.call("GET", path)["joined"]) + 1
     text = f"first message {uuid.uuid4().hex}"
     seen = {}
+    cpu_before = cpu_seconds(pid)
     started = time.monotonic()
     watcher = threading.Thread(
         target=watch_for, args=(joiner, room, text, since, started + 2 * JOIN_TIMEOUT, seen), daemon=True
@@ -253,6 +262,7 @@ def measure(joiner_kind, resident, members, joiner_server):
                           query={"server_name": resident.server.name, "via": resident.server.name},
                           timeout=JOIN_TIMEOUT)
     result["join_s"] = time.monotonic() - started
+    result["join_cpu_s"] = cpu_seconds(pid) - cpu_before
     if status != 200:
         result["error"] = f"join: {status} {answer}"
         seen["stop"] = True
@@ -348,12 +358,13 @@ def main():
             print(f"logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print("\npair (joiner:resident), members, join s, first message s, all members s, RSS before / peak MiB")
+    print("\npair (joiner:resident), members, join s (joiner CPU s), first message s, all members s, "
+          "RSS before / peak MiB")
     for r in results:
         if "error" in r:
             print(f"{r['pair']}, {r['members']}, FAILED: {r['error']}")
         else:
-            print(f"{r['pair']}, {r['members']}, {r['join_s']:.2f}, {r['first_message_s']:.2f}, "
+            print(f"{r['pair']}, {r['members']}, {r['join_s']:.2f} ({r['join_cpu_s']:.2f}), {r['first_message_s']:.2f}, "
                   f"{r['all_members_s']:.2f}, {r['rss_before_mib']:.1f} / {r['peak_mib']:.1f}")
     return 1 if failed else 0
 
