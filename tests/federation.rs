@@ -101,14 +101,18 @@ async fn two_servers_with(extra_a: &str, extra_b: &str) -> (TestServer, TestServ
 }
 
 /// Three servers on loopback; A and B reach the two others by name, C
-/// reaches only A.
-async fn three_servers() -> (TestServer, TestServer, TestServer) {
+/// reaches only A (and, if `c_trusts_a`, asks A for B's keys).
+async fn three_servers(c_trusts_a: bool) -> (TestServer, TestServer, TestServer) {
     let names = ["conduit-a.test", "conduit-b.test", "conduit-c.test"];
     let ports = [free_port(), free_port(), free_port()];
     let closed = free_port();
     let config = |i: usize| {
         // C asks A for B's keys (A vouches for them as a notary).
-        let trusted = if i == 2 { "[\"conduit-a.test\"]" } else { "[]" };
+        let trusted = if i == 2 && c_trusts_a {
+            "[\"conduit-a.test\"]"
+        } else {
+            "[]"
+        };
         let mut config = format!(
             "server_name = \"{}\"\nport = {}\nallow_federation = true\ntrusted_servers = {trusted}\n\
              [global.federation_destination_overrides]\n",
@@ -130,7 +134,7 @@ async fn three_servers() -> (TestServer, TestServer, TestServer) {
 
 #[tokio::test]
 async fn a_join_through_the_rooms_server_reaches_the_rooms_other_servers() {
-    let (a, b, c) = three_servers().await;
+    let (a, b, c) = three_servers(true).await;
     let (_, alice_token, _) = a.register("alice", "password-a").await;
     let (bob, bob_token, _) = b.register("bob", "password-b").await;
     let (carol, carol_token, _) = c.register("carol", "password-c").await;
@@ -156,6 +160,29 @@ async fn a_join_through_the_rooms_server_reaches_the_rooms_other_servers() {
     b.send_text(&bob_token, &room, "hello carol").await;
     wait_for_messages(&c, &carol_token, &room, &["hello carol"]).await;
     assert!(bob.ends_with(":conduit-b.test"));
+}
+
+#[tokio::test]
+async fn a_member_event_of_a_server_whose_keys_are_out_of_reach_does_not_stop_a_join() {
+    let (a, b, c) = three_servers(false).await;
+    let (alice, alice_token, _) = a.register("alice", "password-a").await;
+    let (bob, bob_token, _) = b.register("bob", "password-b").await;
+    let (_, carol_token, _) = c.register("carol", "password-c").await;
+    let room = a.create_room(&alice_token, json!({"preset": "public_chat"})).await;
+    let join = format!("/_matrix/client/v3/join/{}", common::enc(&room));
+    let (status, body) = b.call("POST", &join, Some(&bob_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    // C can neither reach B nor ask anyone for B's keys: Bob's member event
+    // cannot be checked there, and is left out; the rest of the room stands.
+    let (status, body) = c.call("POST", &join, Some(&carol_token), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    a.send_text(&alice_token, &room, "welcome carol").await;
+    wait_for_messages(&c, &carol_token, &room, &["welcome carol"]).await;
+    let members = format!("/_matrix/client/v3/rooms/{}/joined_members", common::enc(&room));
+    let (status, seen) = c.call("GET", &members, Some(&carol_token), None).await;
+    assert_eq!(status, 200, "{seen}");
+    assert!(seen["joined"][&alice].is_object(), "{seen}");
+    assert!(seen["joined"].get(&bob).is_none(), "bob's unverifiable join: {seen}");
 }
 
 /// Waits (at most 20 s) until `user` on `server` sees `bodies` as the last

@@ -346,14 +346,25 @@ impl FederationService {
             None => join,
         };
         let mut events = Vec::with_capacity(answer.auth_chain.len() + answer.state.len());
-        for raw in answer.auth_chain.iter().chain(&answer.state) {
-            events.push(self.verify_pdu(&version, raw).await?);
+        let mut state: Vec<OwnedEventId> = Vec::with_capacity(answer.state.len());
+        for (i, raw) in answer.auth_chain.iter().chain(&answer.state).enumerate() {
+            match self.verify_pdu(&version, raw).await {
+                Ok((id, object)) => {
+                    // The state is the last `answer.state.len()` of what was sent.
+                    if i >= answer.auth_chain.len() {
+                        state.push(id.clone());
+                    }
+                    events.push((id, object));
+                }
+                // An event whose signatures cannot be checked (its server is
+                // gone, say) is left out, as Synapse does: the rest of the
+                // room stands. The join fails only if what it needs is gone.
+                Err(e @ (ServiceError::Forbidden(_) | ServiceError::BadJson(_) | ServiceError::TooLarge(_))) => {
+                    tracing::info!(%room_id, %server, error = %e, "a state event of the join left out")
+                }
+                Err(e) => return Err(e),
+            }
         }
-        // The state is the last `answer.state.len()` of what was sent.
-        let mut state: Vec<OwnedEventId> = events[answer.auth_chain.len()..]
-            .iter()
-            .map(|(id, _)| id.clone())
-            .collect();
         let (room, rules) = (room_id.to_owned(), rules_of(&version)?);
         let rejected = self
             .work
