@@ -132,57 +132,99 @@ async fn three_servers(c_trusts_a: bool) -> (TestServer, TestServer, TestServer)
     (a, b, c)
 }
 
+/// Alice's public room on A, Bob of B in it, Carol of C about to join
+/// (see [`three_servers`]).
+struct Trio {
+    a: TestServer,
+    b: TestServer,
+    c: TestServer,
+    alice: String,
+    alice_token: String,
+    bob: String,
+    bob_token: String,
+    carol: String,
+    carol_token: String,
+    room: String,
+}
+
+impl Trio {
+    async fn new(c_trusts_a: bool) -> Trio {
+        let (a, b, c) = three_servers(c_trusts_a).await;
+        let (alice, alice_token, _) = a.register("alice", "password-a").await;
+        let (bob, bob_token, _) = b.register("bob", "password-b").await;
+        let (carol, carol_token, _) = c.register("carol", "password-c").await;
+        let room = a.create_room(&alice_token, json!({"preset": "public_chat"})).await;
+        let trio = Trio {
+            a,
+            b,
+            c,
+            alice,
+            alice_token,
+            bob,
+            bob_token,
+            carol,
+            carol_token,
+            room,
+        };
+        let (status, body) = trio
+            .b
+            .call("POST", &trio.join_path(), Some(&trio.bob_token), Some(json!({})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        trio
+    }
+
+    fn join_path(&self) -> String {
+        format!("/_matrix/client/v3/join/{}", common::enc(&self.room))
+    }
+
+    async fn carol_joins(&self) {
+        let (status, body) = self
+            .c
+            .call("POST", &self.join_path(), Some(&self.carol_token), Some(json!({})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    async fn members_seen_on(&self, server: &TestServer, token: &str) -> Value {
+        let members = format!("/_matrix/client/v3/rooms/{}/joined_members", common::enc(&self.room));
+        let (status, seen) = server.call("GET", &members, Some(token), None).await;
+        assert_eq!(status, 200, "{seen}");
+        seen
+    }
+}
+
 #[tokio::test]
 async fn a_join_through_the_rooms_server_reaches_the_rooms_other_servers() {
-    let (a, b, c) = three_servers(true).await;
-    let (_, alice_token, _) = a.register("alice", "password-a").await;
-    let (bob, bob_token, _) = b.register("bob", "password-b").await;
-    let (carol, carol_token, _) = c.register("carol", "password-c").await;
-    let room = a.create_room(&alice_token, json!({"preset": "public_chat"})).await;
-    let join = format!("/_matrix/client/v3/join/{}", common::enc(&room));
-    let (status, body) = b.call("POST", &join, Some(&bob_token), Some(json!({}))).await;
-    assert_eq!(status, 200, "{body}");
+    let t = Trio::new(true).await;
     // Carol joins through A after Bob; C cannot tell B, so B learns of it
     // from A, the server her join went through.
-    let (status, body) = c.call("POST", &join, Some(&carol_token), Some(json!({}))).await;
-    assert_eq!(status, 200, "{body}");
-    let members = format!("/_matrix/client/v3/rooms/{}/joined_members", common::enc(&room));
+    t.carol_joins().await;
     let mut seen = Value::Null;
     for _ in 0..100 {
-        seen = b.call("GET", &members, Some(&bob_token), None).await.1;
-        if seen["joined"][&carol].is_object() {
+        seen = t.members_seen_on(&t.b, &t.bob_token).await;
+        if seen["joined"][&t.carol].is_object() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(seen["joined"][&carol].is_object(), "carol's join on B: {seen}");
+    assert!(seen["joined"][&t.carol].is_object(), "carol's join on B: {seen}");
     // So B sends to C directly, and Carol reads Bob.
-    b.send_text(&bob_token, &room, "hello carol").await;
-    wait_for_messages(&c, &carol_token, &room, &["hello carol"]).await;
-    assert!(bob.ends_with(":conduit-b.test"));
+    t.b.send_text(&t.bob_token, &t.room, "hello carol").await;
+    wait_for_messages(&t.c, &t.carol_token, &t.room, &["hello carol"]).await;
 }
 
 #[tokio::test]
 async fn a_member_event_of_a_server_whose_keys_are_out_of_reach_does_not_stop_a_join() {
-    let (a, b, c) = three_servers(false).await;
-    let (alice, alice_token, _) = a.register("alice", "password-a").await;
-    let (bob, bob_token, _) = b.register("bob", "password-b").await;
-    let (_, carol_token, _) = c.register("carol", "password-c").await;
-    let room = a.create_room(&alice_token, json!({"preset": "public_chat"})).await;
-    let join = format!("/_matrix/client/v3/join/{}", common::enc(&room));
-    let (status, body) = b.call("POST", &join, Some(&bob_token), Some(json!({}))).await;
-    assert_eq!(status, 200, "{body}");
+    let t = Trio::new(false).await;
     // C can neither reach B nor ask anyone for B's keys: Bob's member event
     // cannot be checked there, and is left out; the rest of the room stands.
-    let (status, body) = c.call("POST", &join, Some(&carol_token), Some(json!({}))).await;
-    assert_eq!(status, 200, "{body}");
-    a.send_text(&alice_token, &room, "welcome carol").await;
-    wait_for_messages(&c, &carol_token, &room, &["welcome carol"]).await;
-    let members = format!("/_matrix/client/v3/rooms/{}/joined_members", common::enc(&room));
-    let (status, seen) = c.call("GET", &members, Some(&carol_token), None).await;
-    assert_eq!(status, 200, "{seen}");
-    assert!(seen["joined"][&alice].is_object(), "{seen}");
-    assert!(seen["joined"].get(&bob).is_none(), "bob's unverifiable join: {seen}");
+    t.carol_joins().await;
+    t.a.send_text(&t.alice_token, &t.room, "welcome carol").await;
+    wait_for_messages(&t.c, &t.carol_token, &t.room, &["welcome carol"]).await;
+    let seen = t.members_seen_on(&t.c, &t.carol_token).await;
+    assert!(seen["joined"][&t.alice].is_object(), "{seen}");
+    assert!(seen["joined"].get(&t.bob).is_none(), "bob's unverifiable join: {seen}");
 }
 
 /// Waits (at most 20 s) until `user` on `server` sees `bodies` as the last
