@@ -128,8 +128,8 @@ impl FederationService {
             .await?
     }
 
-    /// `PUT /send/{txnId}`: each PDU authorized and stored (rooms one
-    /// after the other, a room's events in order), each EDU applied.
+    /// `PUT /send/{txnId}`: each PDU authorized and stored (a room's
+    /// events in order, rooms side by side), each EDU applied.
     pub async fn receive_transaction(
         &self,
         s: &Arc<Services>,
@@ -137,25 +137,57 @@ impl FederationService {
         pdus: &[Box<RawValue>],
         edus: &[Raw<Edu>],
     ) -> BTreeMap<OwnedEventId, Result<(), String>> {
-        let mut results = BTreeMap::new();
+        // Each room's PDUs, in the order sent.
+        let mut rooms: Vec<(OwnedRoomId, Vec<&RawValue>)> = Vec::new();
         for raw in pdus {
             let Some(room_id) = room_id_of(raw) else {
                 tracing::info!(%origin, "a PDU without a room ID ignored");
                 continue;
             };
-            // A server the room's ACL denies takes no part in it.
-            if !s.timeline.server_allowed(s, &room_id, origin).unwrap_or(false) {
-                tracing::info!(%origin, %room_id, "PDU from a server the room's ACL denies");
-                continue;
+            match rooms.iter_mut().find(|(id, _)| *id == room_id) {
+                Some((_, list)) => list.push(raw),
+                None => rooms.push((room_id, vec![raw])),
             }
-            let version = match s.timeline.room(&room_id) {
-                Ok(Some(record)) => match RoomVersionId::try_from(record.version.as_str()) {
-                    Ok(version) => version,
-                    Err(_) => continue,
-                },
-                // Events of rooms this server is not in are not ours to take.
-                _ => continue,
-            };
+        }
+        let per_room = rooms
+            .into_iter()
+            .map(|(room_id, raws)| self.receive_room_pdus(s, origin, room_id, raws));
+        let mut results = BTreeMap::new();
+        for room_results in futures_util::future::join_all(per_room).await {
+            results.extend(room_results);
+        }
+        for edu in edus {
+            let Ok(edu) = edu.deserialize() else { continue };
+            if let Err(e) = self.receive_edu(s, origin, edu).await {
+                tracing::debug!(%origin, error = %e, "EDU ignored");
+            }
+        }
+        results
+    }
+
+    /// One room's PDUs of a transaction, one after the other.
+    async fn receive_room_pdus(
+        &self,
+        s: &Arc<Services>,
+        origin: &ServerName,
+        room_id: OwnedRoomId,
+        raws: Vec<&RawValue>,
+    ) -> BTreeMap<OwnedEventId, Result<(), String>> {
+        let mut results = BTreeMap::new();
+        // A server the room's ACL denies takes no part in it.
+        if !s.timeline.server_allowed(s, &room_id, origin).unwrap_or(false) {
+            tracing::info!(%origin, %room_id, "PDUs from a server the room's ACL denies");
+            return results;
+        }
+        let version = match s.timeline.room(&room_id) {
+            Ok(Some(record)) => match RoomVersionId::try_from(record.version.as_str()) {
+                Ok(version) => version,
+                Err(_) => return results,
+            },
+            // Events of rooms this server is not in are not ours to take.
+            _ => return results,
+        };
+        for raw in raws {
             let (event_id, object) = match self.verify_pdu(&version, raw).await {
                 Ok(verified) => verified,
                 Err(e) => {
@@ -174,12 +206,6 @@ impl FederationService {
                 .handle_pdu(s, origin, &room_id, &version, event_id.clone(), object)
                 .await;
             results.insert(event_id, outcome.map_err(|e| e.to_string()));
-        }
-        for edu in edus {
-            let Ok(edu) = edu.deserialize() else { continue };
-            if let Err(e) = self.receive_edu(s, origin, edu).await {
-                tracing::debug!(%origin, error = %e, "EDU ignored");
-            }
         }
         results
     }
