@@ -15,7 +15,6 @@ use ruma::api::federation::membership::{
     prepare_leave_event,
 };
 use ruma::api::federation::transactions::send_transaction_message;
-use ruma::events::TimelineEventType;
 use ruma::state_res::Event;
 use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, ServerName,
@@ -96,10 +95,7 @@ async fn readable_room(
             }
             let allowed = match &event_id {
                 Some(event_id) => {
-                    let in_room = s
-                        .timeline
-                        .pdu(event_id)?
-                        .is_some_and(|pdu| pdu.room_id() == Some(&*room_id) || is_create_of(&pdu, &room_id));
+                    let in_room = s.timeline.pdu(event_id)?.is_some_and(|pdu| pdu.belongs_to(&room_id));
                     if !in_room {
                         return Err(ServiceError::NotFound("this event is not in this room".to_owned()));
                     }
@@ -128,12 +124,6 @@ fn acl_allows(s: &Services, room_id: &RoomId, server: &ServerName) -> Result<(),
             "{server} is denied by the room's server ACL"
         )))
     }
-}
-
-/// A version 12 create event has no `room_id`: the room is named after it.
-fn is_create_of(pdu: &crate::service::pdu::Pdu, room_id: &RoomId) -> bool {
-    pdu.event_type() == &TimelineEventType::RoomCreate
-        && room_id_of_v12_create(&pdu.event_id).is_ok_and(|id| id == room_id)
 }
 
 /// The PDUs of `ids` in their federation form (those stored).

@@ -302,10 +302,8 @@ impl FederationService {
         request.limit = MISSING_EVENTS_LIMIT.into();
         request.min_depth = ruma::UInt::try_from(min_depth).unwrap_or_default();
         let response = self.client.send(origin, request).await?;
-        let budget = MAX_FETCHED_EVENTS.saturating_sub(*fetched);
-        *fetched += response.events.len().min(budget);
         let events = self
-            .verified_oldest_first(origin, version, &response.events[..response.events.len().min(budget)])
+            .verified_oldest_first(origin, version, within_budget(&response.events, fetched))
             .await;
         for (id, object) in events {
             // Each in turn; one that still lacks history waits for later.
@@ -352,13 +350,8 @@ impl FederationService {
     ) -> ServiceResult<()> {
         let request = get_event_authorization::v1::Request::new(room_id.to_owned(), event_id.to_owned());
         let response = self.client.send(origin, request).await?;
-        let take = response
-            .auth_chain
-            .len()
-            .min(MAX_FETCHED_EVENTS.saturating_sub(*fetched));
-        *fetched += take;
         let events = self
-            .verified_oldest_first(origin, version, &response.auth_chain[..take])
+            .verified_oldest_first(origin, version, within_budget(&response.auth_chain, fetched))
             .await;
         self.store_outliers(s, room_id, version, events).await?;
         Ok(())
@@ -535,6 +528,14 @@ impl FederationService {
             .run_on(s, move |s| s.timeline.store_outliers(&room_id, &rules, events))
             .await
     }
+}
+
+/// As many of `events` as the fetch budget of one incoming PDU still
+/// allows (see `MAX_FETCHED_EVENTS`), counted as fetched.
+fn within_budget<'a>(events: &'a [Box<RawValue>], fetched: &mut usize) -> &'a [Box<RawValue>] {
+    let take = events.len().min(MAX_FETCHED_EVENTS.saturating_sub(*fetched));
+    *fetched += take;
+    &events[..take]
 }
 
 pub(super) fn rules_of(version: &RoomVersionId) -> ServiceResult<RoomVersionRules> {

@@ -22,6 +22,15 @@ pub(super) const MAX_AUTH_CHAIN: usize = 100_000;
 /// Chains kept in memory before the cache starts over.
 const CACHED_CHAINS: usize = 20_000;
 
+/// A step of computing a chain, depth first.
+enum Step {
+    /// Find the event's chain (known, or to be combined from its auth
+    /// events' chains).
+    Visit(u64),
+    /// Its auth events' chains are computed: combine them.
+    Combine { short: u64, auth: Vec<u64>, stored: bool },
+}
+
 /// Recently used chains by short event ID.
 #[derive(Default)]
 pub(super) struct AuthChainCache {
@@ -73,31 +82,37 @@ impl TimelineService {
         if let Some(known) = self.known_chain(event)? {
             return Ok(known);
         }
-        // (event, its auth events once they have been pushed)
-        let mut todo: Vec<(u64, Option<Vec<u64>>)> = vec![(event, None)];
+        let mut todo = vec![Step::Visit(event)];
         let mut computed: HashMap<u64, Arc<Vec<u64>>> = HashMap::new();
-        while let Some((short, auth)) = todo.pop() {
-            if computed.contains_key(&short) {
-                continue;
-            }
-            match auth {
-                None => {
+        while let Some(step) = todo.pop() {
+            match step {
+                Step::Visit(short) => {
+                    if computed.contains_key(&short) {
+                        continue;
+                    }
                     if let Some(known) = self.known_chain(short)? {
                         computed.insert(short, known);
                         continue;
                     }
-                    let auth = self.auth_event_shorts(s, short)?;
-                    todo.push((short, Some(auth.clone())));
-                    for a in auth {
-                        if !computed.contains_key(&a) {
-                            todo.push((a, None));
-                        }
-                    }
+                    let (auth, stored) = match self.auth_event_shorts(s, short)? {
+                        Some(auth) => (auth, true),
+                        None => (Vec::new(), false),
+                    };
+                    let visits: Vec<Step> = auth
+                        .iter()
+                        .filter(|a| !computed.contains_key(a))
+                        .map(|a| Step::Visit(*a))
+                        .collect();
+                    todo.push(Step::Combine { short, auth, stored });
+                    todo.extend(visits);
                     if todo.len() > MAX_AUTH_CHAIN {
                         return Err(internal("auth chain", "too long"));
                     }
                 }
-                Some(auth) => {
+                Step::Combine { short, auth, stored } => {
+                    if computed.contains_key(&short) {
+                        continue;
+                    }
                     let mut chain = BTreeSet::new();
                     for a in &auth {
                         chain.insert(*a);
@@ -111,7 +126,7 @@ impl TimelineService {
                     let chain: Arc<Vec<u64>> = Arc::new(chain.into_iter().collect());
                     // Only chains of events stored here: one of an event
                     // still unknown would be short and stay so.
-                    if self.pdu(&s.state.event_id(short)?)?.is_some() {
+                    if stored {
                         self.tables.put_auth_chain(short, &chain)?;
                         self.remember_chain(short, chain.clone());
                     }
@@ -148,13 +163,16 @@ impl TimelineService {
         self.auth_chain_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The short IDs of an event's auth events (none for an event not
-    /// stored here).
-    fn auth_event_shorts(&self, s: &Services, short: u64) -> ServiceResult<Vec<u64>> {
+    /// The short IDs of an event's auth events; `None` for an event not
+    /// stored here.
+    fn auth_event_shorts(&self, s: &Services, short: u64) -> ServiceResult<Option<Vec<u64>>> {
         let Some(pdu) = self.pdu(&s.state.event_id(short)?)? else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
-        pdu.auth_events().map(|id| s.state.short_event_id(id)).collect()
+        pdu.auth_events()
+            .map(|id| s.state.short_event_id(id))
+            .collect::<ServiceResult<_>>()
+            .map(Some)
     }
 }
 
