@@ -943,6 +943,153 @@ async fn encryption_keys_and_to_device_messages_cross_servers() {
     assert!(changed, "Bob's device list change reached Alice's sync");
 }
 
+/// Publishes a new key for the device; answers its public part.
+async fn upload_device_keys(server: &TestServer, user: &str, token: &str, device: &str) -> String {
+    use common::keys::{device_keys, new_key, public};
+    let key = new_key(device);
+    let body = json!({"device_keys": device_keys(user, device, &key)});
+    let (status, answer) = server
+        .call("POST", "/_matrix/client/v3/keys/upload", Some(token), Some(body))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    public(&key)
+}
+
+/// Bob's device list as Alice's client gets it through A: device ID →
+/// (display name, the device's ed25519 key).
+async fn bobs_devices_seen_by_alice(p: &Pair) -> (Value, std::collections::BTreeMap<String, (Value, Value)>) {
+    let (status, keys) =
+        p.a.call(
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            Some(&p.alice_token),
+            Some(json!({"device_keys": {&p.bob: []}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{keys}");
+    let devices = keys["device_keys"][&p.bob]
+        .as_object()
+        .map(|devices| {
+            devices
+                .iter()
+                .map(|(id, k)| {
+                    let name = k["unsigned"]["device_display_name"].clone();
+                    (id.clone(), (name, k["keys"][format!("ed25519:{id}")].clone()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (keys, devices)
+}
+
+#[tokio::test]
+async fn a_remote_users_device_list_is_kept_in_step_and_known_while_their_server_is_down() {
+    let mut p = alice_and_bob_across_servers().await;
+    let (_, who) = p.b.whoami(&p.bob_token).await;
+    let phone = who["device_id"].as_str().unwrap().to_owned();
+    let phone_key = upload_device_keys(&p.b, &p.bob, &p.bob_token, &phone).await;
+
+    // Alice's first query fetches Bob's whole list from B.
+    let (_, devices) = bobs_devices_seen_by_alice(&p).await;
+    assert_eq!(devices.keys().collect::<Vec<_>>(), [&phone], "{devices:?}");
+    assert_eq!(devices[&phone].1, json!(phone_key));
+    let since = p.a.sync(&p.alice_token, None, 0, None).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Bob signs in on a laptop, which publishes its keys, and renames his
+    // phone; B tells A each change.
+    let (status, login) = p.b.login("bob", "password-b", Some("LAPTOP")).await;
+    assert_eq!(status, 200, "{login}");
+    let laptop_token = login["access_token"].as_str().unwrap().to_owned();
+    let laptop_key = upload_device_keys(&p.b, &p.bob, &laptop_token, "LAPTOP").await;
+    let path = format!("/_matrix/client/v3/devices/{phone}");
+    let (status, _) =
+        p.b.call(
+            "PUT",
+            &path,
+            Some(&p.bob_token),
+            Some(json!({"display_name": "Bob's phone"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut since = since;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        let sync = p.a.sync(&p.alice_token, Some(&since), 1000, None).await;
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        if sync["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!(p.bob)))
+        {
+            seen = bobs_devices_seen_by_alice(&p).await.1;
+            if seen.get(&phone).is_some_and(|(name, _)| name == "Bob's phone") && seen.contains_key("LAPTOP") {
+                break;
+            }
+        }
+    }
+    assert_eq!(seen["LAPTOP"].1, json!(laptop_key), "{seen:?}");
+    assert_eq!(seen[&phone], (json!("Bob's phone"), json!(phone_key)), "{seen:?}");
+    // Each update followed on from the list A fetched (B numbers them as
+    // its `/user/devices` does), so A never had to fetch it again.
+    assert_eq!(p.a.log_lines_with("after a gap"), Vec::<String>::new());
+
+    // With B down, A still knows Bob's devices: the list is kept on A, not
+    // asked of B each time.
+    p.b.stop();
+    let (keys, down) = bobs_devices_seen_by_alice(&p).await;
+    assert_eq!(down, seen, "{keys}");
+    assert_eq!(keys["failures"], json!({}), "{keys}");
+
+    // Once Bob logs the laptop out (with B back), A forgets it.
+    p.b.start_again();
+    let (status, _) =
+        p.b.call(
+            "POST",
+            "/_matrix/client/v3/logout",
+            Some(login["access_token"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut gone = false;
+    for _ in 0..50 {
+        if !bobs_devices_seen_by_alice(&p).await.1.contains_key("LAPTOP") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(gone, "the laptop's deletion reached A");
+
+    // Once Bob shares no room with anyone of A, B no longer tells A of his
+    // changes, so A stops keeping his list: with B down, A says it cannot
+    // answer rather than answer from a list that may be out of date.
+    let path = format!("/_matrix/client/v3/rooms/{}/leave", common::enc(&p.room));
+    let (status, _) = p.b.call("POST", &path, Some(&p.bob_token), Some(json!({}))).await;
+    assert_eq!(status, 200);
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        common::enc(&p.room),
+        common::enc(&p.bob)
+    );
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = p.a.call("GET", &path, Some(&p.alice_token), None).await.1;
+        if seen["membership"] == "leave" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen["membership"], "leave", "{seen}");
+    p.b.stop();
+    let (keys, devices) = bobs_devices_seen_by_alice(&p).await;
+    assert!(devices.is_empty(), "{keys}");
+    let b_name = p.bob.split_once(':').unwrap().1;
+    assert!(keys["failures"].get(b_name).is_some(), "{keys}");
+}
+
 #[tokio::test]
 async fn profiles_and_aliases_of_the_other_server_and_its_server_acl() {
     let p = alice_and_bob_across_servers().await;

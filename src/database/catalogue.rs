@@ -250,10 +250,23 @@ pub enum Table {
     /// Value: bincode `Vec<u64>`, the chain's short event IDs, sorted. A
     /// chain never changes, so an entry is never wrong, only missing.
     AuthChains,
+    /// The stream ID of each of our users' latest `m.device_list_update`
+    /// (`e2e_keys.rs`): other servers chain updates by it (`prev_id`) and
+    /// `/user/devices` answers it. Key: `(user_id: str)`. Value: `u64`
+    /// big-endian; the IDs count 1, 2, 3… per user.
+    DeviceListStreamIds,
+    /// Other servers' users' device lists as this server knows them, for
+    /// users who share a room with one of ours (`remote_device_lists.rs`,
+    /// owned by `service::federation::device_lists`). Key: `(user_id:
+    /// str)`. Value: bincode `RemoteDeviceListRecord` (the stream ID it is
+    /// up to date with, each device's keys and name, the cross-signing
+    /// keys). Kept in step by `m.device_list_update` EDUs; refetched when
+    /// one shows a gap.
+    RemoteDeviceLists,
 }
 
 impl Table {
-    pub const ALL: [Table; 60] = [
+    pub const ALL: [Table; 62] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -314,6 +327,8 @@ impl Table {
         Table::RemoteKeyDocuments,
         Table::RemoteInvites,
         Table::AuthChains,
+        Table::DeviceListStreamIds,
+        Table::RemoteDeviceLists,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -379,6 +394,8 @@ impl Table {
             Table::RemoteKeyDocuments => "remote_key_documents",
             Table::RemoteInvites => "remote_invites",
             Table::AuthChains => "auth_chains",
+            Table::DeviceListStreamIds => "device_list_stream_ids",
+            Table::RemoteDeviceLists => "remote_device_lists",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Typed access to the end-to-end key tables (owned by `service::e2e_keys`):
 //! [`Table::DeviceKeys`], [`Table::OneTimeKeys`], [`Table::FallbackKeys`],
 //! [`Table::CrossSigningKeys`], [`Table::KeySignatures`] and
-//! [`Table::DeviceListChanges`]. Keys are stored as the JSON the client
+//! [`Table::DeviceListChanges`] and [`Table::DeviceListStreamIds`]. Keys are stored as the JSON the client
 //! uploaded (with signatures merged in), since clients verify signatures
 //! over exactly that JSON.
 
@@ -245,5 +245,25 @@ impl E2eKeyTables {
             })
             .take_while(|r| r.as_ref().map_or(true, |(count, _)| *count <= to))
             .collect()
+    }
+
+    /// The stream ID of `user_id`'s latest device list update (0: none yet).
+    pub fn device_list_stream_id(&self, user_id: &str) -> DbResult<u64> {
+        let Some(value) = self.db.get(Table::DeviceListStreamIds, &encode(user_id))? else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = value
+            .as_slice()
+            .try_into()
+            .map_err(|_| super::DbError::corrupt(Table::DeviceListStreamIds, "stream ID is not 8 bytes"))?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    pub fn put_device_list_stream_id(&self, batch: &mut Batch, user_id: &str, stream_id: u64) {
+        batch.put(
+            Table::DeviceListStreamIds,
+            encode(user_id),
+            stream_id.to_be_bytes().to_vec(),
+        );
     }
 }

@@ -19,6 +19,7 @@ pub mod presence;
 pub mod push;
 pub mod receipts;
 pub mod relations;
+pub mod remote_device_lists;
 pub mod remote_keys;
 pub mod reports;
 pub mod rocksdb;

@@ -4,6 +4,7 @@ use ruma::api::client::device::Device;
 use ruma::{DeviceId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedUserId, UInt, UserId};
 use sha2::{Digest, Sha256};
 
+use super::e2e_keys::KeyChange;
 use super::{now_ms, random_string, ServiceError, ServiceResult, Services};
 use crate::database::devices::{DeviceRecord, DevicesTables};
 use crate::database::{Batch, Db};
@@ -119,7 +120,8 @@ impl DevicesService {
         if known {
             self.tables.write(batch)?;
         } else {
-            s.e2e_keys.write_with_change(s, batch, user_id)?;
+            s.e2e_keys
+                .write_with_change(s, batch, user_id, KeyChange::device(&created.0))?;
         }
         Ok(created)
     }
@@ -200,7 +202,8 @@ impl DevicesService {
         record.display_name = display_name;
         let mut batch = Batch::new();
         self.tables.put(&mut batch, user_id.as_str(), device_id, &record);
-        s.e2e_keys.write_with_change(s, batch, user_id)
+        s.e2e_keys
+            .write_with_change(s, batch, user_id, KeyChange::device(device_id))
     }
 
     /// Deletes these devices (unknown IDs are skipped, as the spec allows),
@@ -208,17 +211,18 @@ impl DevicesService {
     /// user's contacts learn that the device list changed.
     pub fn delete(&self, s: &Services, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> ServiceResult<()> {
         let mut batch = Batch::new();
-        let mut removed = false;
+        let mut removed = Vec::new();
         for device_id in device_ids {
             if let Some(record) = self.tables.get(user_id.as_str(), device_id.as_str())? {
                 self.delete_in(s, &mut batch, user_id, device_id.as_str(), &record)?;
-                removed = true;
+                removed.push(device_id.to_string());
             }
         }
-        if removed {
-            s.e2e_keys.write_with_change(s, batch, user_id)
-        } else {
+        if removed.is_empty() {
             Ok(())
+        } else {
+            s.e2e_keys
+                .write_with_change(s, batch, user_id, KeyChange::devices(removed))
         }
     }
 
@@ -237,29 +241,30 @@ impl DevicesService {
     }
 
     /// Adds deletes of every device of the user but `keep` to `batch`;
-    /// answers whether there were any. Write the batch with
-    /// `e2e_keys.write_with_change` when there were.
+    /// answers which there were. Write the batch with
+    /// `e2e_keys.write_with_change` when there were any.
     pub fn delete_all_in(
         &self,
         s: &Services,
         batch: &mut Batch,
         user_id: &UserId,
         keep: Option<&str>,
-    ) -> ServiceResult<bool> {
-        let mut removed = false;
+    ) -> ServiceResult<KeyChange> {
+        let mut removed = Vec::new();
         for (device_id, record) in self.tables.list(user_id.as_str())? {
             if Some(device_id.as_str()) != keep {
                 self.delete_in(s, batch, user_id, &device_id, &record)?;
-                removed = true;
+                removed.push(device_id);
             }
         }
-        Ok(removed)
+        Ok(KeyChange::devices(removed))
     }
 
     pub fn delete_all(&self, s: &Services, user_id: &UserId) -> ServiceResult<()> {
         let mut batch = Batch::new();
-        if self.delete_all_in(s, &mut batch, user_id, None)? {
-            s.e2e_keys.write_with_change(s, batch, user_id)?;
+        let removed = self.delete_all_in(s, &mut batch, user_id, None)?;
+        if !removed.devices.is_empty() {
+            s.e2e_keys.write_with_change(s, batch, user_id, removed)?;
         }
         Ok(())
     }

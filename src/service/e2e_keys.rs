@@ -30,6 +30,49 @@ pub struct E2eKeysService {
     tables: E2eKeyTables,
     /// Serializes one-time key claims, so two claims never get the same key.
     claims: Mutex<()>,
+    /// Serializes the numbering of our users' device list updates, so each
+    /// update's `prev_id` names the one before it.
+    update_numbering: Mutex<()>,
+}
+
+/// What changed in a user's keys: other servers get an update per device
+/// and one for the cross-signing keys.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyChange {
+    /// Devices added, renamed, given keys or deleted.
+    pub devices: Vec<String>,
+    /// The cross-signing keys, or signatures on them.
+    pub cross_signing: bool,
+}
+
+impl KeyChange {
+    pub fn devices<I: IntoIterator<Item = S>, S: Into<String>>(devices: I) -> Self {
+        Self {
+            devices: devices.into_iter().map(Into::into).collect(),
+            cross_signing: false,
+        }
+    }
+
+    pub fn device(device: &str) -> Self {
+        Self::devices([device])
+    }
+
+    pub fn cross_signing() -> Self {
+        Self {
+            devices: Vec::new(),
+            cross_signing: true,
+        }
+    }
+}
+
+/// Our user's device list updates for other servers, numbered: each
+/// device with its `stream_id`, the first one's `prev_id` being `prev`
+/// (0: none) and each later one's the one before it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NumberedUpdates {
+    pub prev: u64,
+    pub devices: Vec<(String, u64)>,
+    pub cross_signing: bool,
 }
 
 /// Keys as /keys/query answers them.
@@ -184,6 +227,7 @@ impl E2eKeysService {
         Self {
             tables: E2eKeyTables::new(db),
             claims: Mutex::new(()),
+            update_numbering: Mutex::new(()),
         }
     }
 
@@ -234,7 +278,7 @@ impl E2eKeysService {
             }
         }
         if keys_changed {
-            self.write_with_change(s, batch, user)?;
+            self.write_with_change(s, batch, user, KeyChange::device(device))?;
         } else {
             self.tables.write(batch)?;
         }
@@ -483,7 +527,7 @@ impl E2eKeysService {
             self.tables
                 .put_cross_signing_key(&mut batch, user.as_str(), usage, &to_json(&object));
         }
-        self.write_with_change(s, batch, user)
+        self.write_with_change(s, batch, user, KeyChange::cross_signing())
     }
 
     /// Replacing cross-signing keys needs the password; a first upload (or
@@ -552,14 +596,16 @@ impl E2eKeysService {
     ) -> ServiceResult<BTreeMap<OwnedUserId, BTreeMap<String, JsonValue>>> {
         let mut failures: BTreeMap<OwnedUserId, BTreeMap<String, JsonValue>> = BTreeMap::new();
         let mut batch = Batch::new();
-        let mut changed_users = BTreeSet::new();
+        let mut changed_users = BTreeMap::<OwnedUserId, KeyChange>::new();
         for (target, keys) in signed {
             for (key_id, json) in keys {
                 match self.add_signature(&mut batch, signer, target, key_id, json) {
-                    Ok(true) => {
-                        changed_users.insert(target.clone());
+                    Ok(Some(change)) => {
+                        let changes: &mut KeyChange = changed_users.entry(target.clone()).or_default();
+                        changes.devices.extend(change.devices);
+                        changes.cross_signing |= change.cross_signing;
                     }
-                    Ok(false) => {}
+                    Ok(None) => {}
                     Err(reason) => {
                         failures.entry(target.clone()).or_default().insert(
                             key_id.clone(),
@@ -572,20 +618,21 @@ impl E2eKeysService {
         let mut changed = changed_users.into_iter();
         match changed.next() {
             None => self.tables.write(batch)?,
-            Some(first) => {
+            Some((first, change)) => {
                 // The writes go in one batch under the first change; the
                 // others are recorded right after.
-                self.write_with_change(s, batch, &first)?;
-                for user in changed {
-                    self.write_with_change(s, Batch::new(), &user)?;
+                self.write_with_change(s, batch, &first, change)?;
+                for (user, change) in changed {
+                    self.write_with_change(s, Batch::new(), &user, change)?;
                 }
             }
         }
         Ok(failures)
     }
 
-    /// Checks one uploaded signature and adds it to `batch`. Answers
-    /// whether the target's keys changed, or why the signature is refused.
+    /// Checks one uploaded signature and adds it to `batch`. Answers what
+    /// of the target's keys changed (nothing: `None`), or why the signature
+    /// is refused.
     fn add_signature(
         &self,
         batch: &mut Batch,
@@ -593,7 +640,7 @@ impl E2eKeysService {
         target: &UserId,
         key_id: &str,
         json: &str,
-    ) -> Result<bool, String> {
+    ) -> Result<Option<KeyChange>, String> {
         let object: CanonicalJsonObject = serde_json::from_str(json).map_err(|e| format!("not a JSON object: {e}"))?;
         let db = |e: crate::database::DbError| e.to_string();
         let new_signatures = object_field(&object, "signatures")
@@ -672,7 +719,7 @@ impl E2eKeysService {
             from.insert(signer.to_string(), CanonicalJsonValue::Object(verified));
             merge_signatures(signatures_mut(&mut updated), &from);
             if updated == stored {
-                return Ok(false);
+                return Ok(None);
             }
             match usage {
                 None => self
@@ -695,7 +742,10 @@ impl E2eKeysService {
             self.tables
                 .put_signatures_by(batch, target.as_str(), key_id, signer.as_str(), &to_json(&all));
         }
-        Ok(true)
+        Ok(Some(match usage {
+            None => KeyChange::device(key_id),
+            Some(_) => KeyChange::cross_signing(),
+        }))
     }
 
     fn public_key_of(&self, json: &str) -> Option<String> {
@@ -720,9 +770,32 @@ impl E2eKeysService {
 
     /// Writes `batch` together with a device-list change of `user`, and
     /// wakes everyone who shares a room with them (as Synapse does: a room
-    /// may turn encrypted later, and clients track whom they see).
-    pub fn write_with_change(&self, s: &Services, mut batch: Batch, user: &UserId) -> ServiceResult<()> {
+    /// may turn encrypted later, and clients track whom they see). For our
+    /// own users, `change` also goes to the other servers they share a room
+    /// with, numbered in the same write.
+    pub fn write_with_change(
+        &self,
+        s: &Services,
+        mut batch: Batch,
+        user: &UserId,
+        change: KeyChange,
+    ) -> ServiceResult<()> {
         let interested = self.peers(s, user, false)?;
+        let ours = user.server_name() == s.config.server_name;
+        let _numbering = ours.then(|| self.update_numbering.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut updates = NumberedUpdates {
+            cross_signing: change.cross_signing,
+            ..NumberedUpdates::default()
+        };
+        if ours && !change.devices.is_empty() {
+            updates.prev = self.tables.device_list_stream_id(user.as_str())?;
+            let mut next = updates.prev;
+            for device in change.devices {
+                next += 1;
+                updates.devices.push((device, next));
+            }
+            self.tables.put_device_list_stream_id(&mut batch, user.as_str(), next);
+        }
         let stream = &s.timeline.stream;
         let ticket = stream.begin()?;
         let position = ticket.0;
@@ -739,11 +812,21 @@ impl E2eKeysService {
         };
         stream.finish(ticket, users.iter().map(|u| &**u));
         written?;
-        // Other servers' clients fetch our user's keys again.
-        if let Err(e) = s.federation.send_device_list_update(s, user, position) {
-            tracing::warn!(%user, error = %e, "device list update not queued for other servers");
+        // Other servers update their copy of the user's device list. Should
+        // this be lost (a crash right here), the next update's `prev_id`
+        // shows them the gap and they fetch the whole list.
+        if ours {
+            if let Err(e) = s.federation.send_device_list_updates(s, user, &updates) {
+                tracing::warn!(%user, error = %e, "device list update not queued for other servers");
+            }
         }
         Ok(())
+    }
+
+    /// The `stream_id` of our `user`'s latest device list update, as
+    /// `/user/devices` answers it (0: none yet).
+    pub fn device_list_stream_id(&self, user: &UserId) -> ServiceResult<u64> {
+        Ok(self.tables.device_list_stream_id(user.as_str())?)
     }
 
     /// Users who share a room with `user` (joined now); only encrypted

@@ -202,6 +202,9 @@ impl Services {
             config.server_name.clone(),
             outbox.clone(),
         )));
+        timeline.subscribe(Arc::new(federation::device_lists::DeviceListTracking::new(
+            config.server_name.clone(),
+        )));
         Ok(Services {
             server_keys,
             users: users::UsersService::new(db.clone(), &config),

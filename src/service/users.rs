@@ -279,8 +279,9 @@ impl UsersService {
         let mut batch = Batch::new();
         self.tables.put(&mut batch, user_id.as_str(), &record);
         if let Some(keep) = logout_others_than {
-            if s.devices.delete_all_in(s, &mut batch, user_id, keep)? {
-                return s.e2e_keys.write_with_change(s, batch, user_id);
+            let removed = s.devices.delete_all_in(s, &mut batch, user_id, keep)?;
+            if !removed.devices.is_empty() {
+                return s.e2e_keys.write_with_change(s, batch, user_id, removed);
             }
         }
         Ok(self.tables.write(batch)?)
@@ -306,8 +307,9 @@ impl UsersService {
             self.erased_at(user_id.as_str())?; // loaded before it is changed
             self.tables.put_erased(&mut batch, user_id.as_str(), position);
         }
-        if s.devices.delete_all_in(s, &mut batch, user_id, None)? {
-            s.e2e_keys.write_with_change(s, batch, user_id)?;
+        let removed = s.devices.delete_all_in(s, &mut batch, user_id, None)?;
+        if !removed.devices.is_empty() {
+            s.e2e_keys.write_with_change(s, batch, user_id, removed)?;
         } else {
             self.tables.write(batch)?;
         }

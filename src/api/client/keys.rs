@@ -94,7 +94,7 @@ async fn query(services: Arc<Services>, req: Ruma<get_keys::v3::Request>) -> Res
     let mut response = get_keys::v3::Response::new();
     response.failures = keys.failures;
     // Other servers' users: asked of their servers.
-    let (answers, failures) = services.federation.query_keys(remote).await;
+    let (answers, failures) = services.federation.query_keys(&services, remote).await;
     response.failures.extend(failures);
     for answer in answers {
         response.device_keys.extend(answer.device_keys);

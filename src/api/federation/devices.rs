@@ -66,7 +66,7 @@ async fn devices(
                 let wanted = BTreeMap::from([(user.clone(), Vec::new())]);
                 let keys = s.e2e_keys.query(s, None, &wanted)?;
                 let names = s.devices.display_names(&user)?;
-                Ok((keys, names, s.timeline.stream.visible()))
+                Ok((keys, names, s.e2e_keys.device_list_stream_id(&user)?))
             })
             .await?
     };

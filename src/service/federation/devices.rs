@@ -1,19 +1,19 @@
 //! End-to-end encryption across servers: other servers' users' keys
-//! queried and claimed from their server, our users' keys served to them
-//! (API layer), to-device messages both ways, and device list updates so
-//! that each side's clients know when to fetch keys again.
+//! claimed from their server, our users' keys served to them (API layer),
+//! to-device messages both ways, and our users' device list updates for
+//! other servers (theirs are kept in `device_lists.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ruma::api::federation::keys::{claim_keys, get_keys};
-use ruma::api::federation::transactions::edu::{DeviceListUpdateContent, DirectDeviceContent, SigningKeyUpdateContent};
+use ruma::api::federation::keys::claim_keys;
+use ruma::api::federation::transactions::edu::DirectDeviceContent;
 use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId};
 use serde_json::value::RawValue;
 
 use super::FederationService;
 use crate::database::outbox::OutboxItem;
-use crate::database::Batch;
+use crate::service::e2e_keys::NumberedUpdates;
 use crate::service::outbox::Destination;
 use crate::service::to_device::Recipient;
 use crate::service::{ServiceError, ServiceResult, Services};
@@ -22,16 +22,8 @@ use crate::service::{ServiceError, ServiceResult, Services};
 pub type KeyQuery = BTreeMap<OwnedUserId, Vec<ruma::OwnedDeviceId>>;
 
 impl FederationService {
-    /// `/keys/query` for other servers' users: each server asked once, in
+    /// `/keys/claim` for other servers' users: each server asked once, in
     /// parallel; an unreachable one is named in the failures.
-    pub async fn query_keys(
-        &self,
-        wanted: BTreeMap<OwnedServerName, KeyQuery>,
-    ) -> (Vec<get_keys::v1::Response>, BTreeMap<String, serde_json::Value>) {
-        self.ask_each(wanted, get_keys::v1::Request::new).await
-    }
-
-    /// `/keys/claim` for other servers' users, likewise.
     pub async fn claim_keys(
         &self,
         wanted: BTreeMap<OwnedServerName, claim_keys::v1::OneTimeKeyClaims>,
@@ -41,7 +33,7 @@ impl FederationService {
 
     /// Sends each server its request at once; the answers, and the
     /// failures as `/keys/*` report them (by server name).
-    async fn ask_each<Q, R>(
+    pub(super) async fn ask_each<Q, R>(
         &self,
         wanted: BTreeMap<OwnedServerName, Q>,
         request: impl Fn(Q) -> R,
@@ -116,9 +108,16 @@ impl FederationService {
         self.outbox.queue_each(&items)
     }
 
-    /// Tells the servers that share a room with our `user` that the user's
-    /// devices or keys changed; theirs fetch them again.
-    pub fn send_device_list_update(&self, s: &Services, user: &UserId, stream_id: u64) -> ServiceResult<()> {
+    /// Tells the servers that share a room with our `user` what changed in
+    /// the user's devices (one `m.device_list_update` each, chained by
+    /// `prev_id`, with the device's keys and name as they are now, or
+    /// `deleted`) and cross-signing keys (`m.signing_key_update`).
+    pub fn send_device_list_updates(
+        &self,
+        s: &Services,
+        user: &UserId,
+        updates: &NumberedUpdates,
+    ) -> ServiceResult<()> {
         if !s.config.allow_federation || user.server_name() != self.server_name {
             return Ok(());
         }
@@ -132,19 +131,46 @@ impl FederationService {
         if servers.is_empty() {
             return Ok(());
         }
-        let device_id = s
-            .devices
-            .list(user)?
-            .into_iter()
-            .next()
-            .map(|d| d.device_id.to_string())
-            .unwrap_or_default();
-        let edu = serde_json::json!({
-            "edu_type": "m.device_list_update",
-            "content": {"user_id": user, "device_id": device_id, "stream_id": stream_id, "prev_id": []},
-        });
         let destinations: Vec<Destination> = servers.into_iter().map(Destination::Server).collect();
-        self.outbox.queue(&destinations, &OutboxItem::Edu(edu.to_string()))
+        let keys = s
+            .e2e_keys
+            .query(s, None, &BTreeMap::from([(user.to_owned(), Vec::new())]))?;
+        let names = s.devices.display_names(user)?;
+        let mut prev = updates.prev;
+        for (device, stream_id) in &updates.devices {
+            let mut content = serde_json::json!({
+                "user_id": user,
+                "device_id": device,
+                "stream_id": stream_id,
+                "prev_id": if prev == 0 { vec![] } else { vec![prev] },
+            });
+            match names.get(device) {
+                None => content["deleted"] = true.into(),
+                Some(name) => {
+                    if let Some(name) = name {
+                        content["device_display_name"] = name.clone().into();
+                    }
+                    if let Some(device_keys) = keys.device_keys.get(user).and_then(|d| d.get(device)) {
+                        content["keys"] = device_keys.clone();
+                    }
+                }
+            }
+            prev = *stream_id;
+            let edu = serde_json::json!({"edu_type": "m.device_list_update", "content": content});
+            self.outbox.queue(&destinations, &OutboxItem::Edu(edu.to_string()))?;
+        }
+        if updates.cross_signing {
+            let mut content = serde_json::json!({"user_id": user});
+            if let Some(key) = keys.master_keys.get(user) {
+                content["master_key"] = key.clone();
+            }
+            if let Some(key) = keys.self_signing_keys.get(user) {
+                content["self_signing_key"] = key.clone();
+            }
+            let edu = serde_json::json!({"edu_type": "m.signing_key_update", "content": content});
+            self.outbox.queue(&destinations, &OutboxItem::Edu(edu.to_string()))?;
+        }
+        Ok(())
     }
 
     pub(super) async fn receive_to_device(
@@ -171,40 +197,5 @@ impl FederationService {
         let (sender, event_type) = (content.sender, content.ev_type.to_string());
         s.run(move |s| s.to_device.queue(s, &sender, &event_type, &messages, None))
             .await
-    }
-
-    /// A remote user's devices or keys changed: our users who share a room
-    /// with them see it in their next sync and fetch the keys again.
-    pub(super) async fn receive_device_change(
-        &self,
-        s: &Arc<Services>,
-        origin: &ServerName,
-        user: OwnedUserId,
-    ) -> ServiceResult<()> {
-        if user.server_name() != origin {
-            return Err(ServiceError::Forbidden(
-                "device update of another server's user".to_owned(),
-            ));
-        }
-        s.run(move |s| s.e2e_keys.write_with_change(s, Batch::new(), &user))
-            .await
-    }
-
-    pub(super) async fn receive_device_list_update(
-        &self,
-        s: &Arc<Services>,
-        origin: &ServerName,
-        update: DeviceListUpdateContent,
-    ) -> ServiceResult<()> {
-        self.receive_device_change(s, origin, update.user_id).await
-    }
-
-    pub(super) async fn receive_signing_key_update(
-        &self,
-        s: &Arc<Services>,
-        origin: &ServerName,
-        update: SigningKeyUpdateContent,
-    ) -> ServiceResult<()> {
-        self.receive_device_change(s, origin, update.user_id).await
     }
 }

@@ -8,6 +8,7 @@
 
 mod backfill;
 pub mod client;
+pub mod device_lists;
 pub mod devices;
 pub mod discovery;
 pub mod keys;
@@ -39,6 +40,8 @@ use crate::database::Db;
 pub struct FederationService {
     pub client: Arc<FederationClient>,
     pub keys: keys::RemoteKeys,
+    /// Other servers' users' device lists (see [`device_lists`]).
+    pub device_lists: device_lists::RemoteDeviceLists,
     server_name: OwnedServerName,
     outbox: Arc<OutboxService>,
     /// Backfills run one at a time (see `backfill`).
@@ -113,7 +116,8 @@ impl FederationService {
     ) -> Result<Self, FederationError> {
         let client = Arc::new(FederationClient::new(&config.into(), server_keys.clone())?);
         Ok(Self {
-            keys: keys::RemoteKeys::new(db, server_keys, config.trusted_servers.clone()),
+            keys: keys::RemoteKeys::new(db.clone(), server_keys, config.trusted_servers.clone()),
+            device_lists: device_lists::RemoteDeviceLists::new(db, config.server_name.clone()),
             client,
             server_name: config.server_name.clone(),
             outbox,

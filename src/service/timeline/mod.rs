@@ -27,7 +27,7 @@ mod stored_json;
 
 pub use cache::Members;
 pub use incoming::{BackfillPoint, Received};
-pub use persist::room_id_of_v12_create;
+pub use persist::{membership_of, room_id_of_v12_create};
 pub use read::{Around, VisibilityCache};
 pub use serve::{MissingEvents, StateAt, MAX_EVENTS_PER_REQUEST};
 

@@ -486,7 +486,8 @@ impl TimelineService {
     }
 }
 
-pub(super) fn membership_of(object: &CanonicalJsonObject) -> Option<&str> {
+/// The `membership` of a member event in the stored (or federation) form.
+pub fn membership_of(object: &CanonicalJsonObject) -> Option<&str> {
     match object.get("content") {
         Some(CanonicalJsonValue::Object(c)) => match c.get("membership") {
             Some(CanonicalJsonValue::String(m)) => Some(m),
