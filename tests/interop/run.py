@@ -46,15 +46,18 @@ from nio.crypto.attachments import decrypt_attachment
 
 
 class Conduit:
-    """The real binary with its own data directory; port chosen by the OS."""
+    """The real binary with its own data directory; port chosen by the OS.
+    `extra_config` is more lines for its `[global]` table; with `log_file`
+    its log is kept there too."""
 
-    def __init__(self, binary):
+    def __init__(self, binary, extra_config="", log_file=None):
         self.dir = tempfile.TemporaryDirectory()
         config = os.path.join(self.dir.name, "conduit.toml")
         with open(config, "w") as f:
             f.write(
                 '[global]\nserver_name = "localhost"\naddress = "127.0.0.1"\nport = 0\n'
                 f'database_path = "{self.dir.name}/db"\nargon2_memory_kib = 64\nargon2_iterations = 1\n'
+                + extra_config
             )
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
         self.proc = subprocess.Popen([binary, "-c", config], stderr=subprocess.PIPE, text=True, env=env)
@@ -62,16 +65,20 @@ class Conduit:
         found = threading.Event()
 
         def read_log():
+            log = open(log_file, "a", buffering=1) if log_file else None
             for line in self.proc.stderr:
+                if log:
+                    log.write(line)
                 m = re.search(r"listening on (http://\S+)", line)
                 if m and not found.is_set():
                     self.base = m.group(1)
                     found.set()
+            found.set()  # it exited: no need to wait any longer
 
         threading.Thread(target=read_log, daemon=True).start()
-        if not found.wait(30):
+        if not found.wait(30) or self.base is None:
             self.stop()
-            raise RuntimeError("conduit did not start within 30 s")
+            raise RuntimeError(f"conduit did not start within 30 s (exit code {self.proc.returncode})")
 
     def stop(self):
         self.proc.terminate()

@@ -31,6 +31,47 @@ START_TIMEOUT = 60
 EVENT_TIMEOUT = 30
 
 
+def poll(read, done, what, timeout=EVENT_TIMEOUT, interval=0.2):
+    """Calls `read()` until `done(value)` holds and returns that value;
+    fails after `timeout` seconds with `what` and the last value read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}; saw {value}")
+        time.sleep(interval)
+
+
+def run_scenario(name, body):
+    """Runs `body()`, prints ok or FAIL with the time taken and returns
+    whether it passed."""
+    started = time.monotonic()
+    try:
+        body()
+    except Exception as e:  # noqa: BLE001 - report every failure and go on
+        print(f"FAIL {name}: {e}", flush=True)
+        return False
+    print(f"ok   {name} ({time.monotonic() - started:.2f} s)", flush=True)
+    return True
+
+
+def finish(label, passed, failed, workdir, keep, logs):
+    """Ends a run: on failure the last lines of each of `logs`; the
+    'N passed, N failed' line; `workdir` kept (if `keep` or on failure) or
+    removed; the exit code."""
+    if failed:
+        for path in logs:
+            print(f"--- last lines of {os.path.relpath(path, workdir)} ---\n{tail(path)}")
+    print(f"{label}: {passed} passed, {failed} failed")
+    if keep or failed:
+        print(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(1 if failed else 0)
+
+
 def free_port():
     """A free loopback port (another process could take it before the
     server binds it; the run would then fail to start, not pass wrongly)."""
@@ -76,27 +117,16 @@ class Client:
     def wait_for_texts(self, room_id, expected, what):
         """Waits until the room's text messages are exactly `expected`
         (each once, in this order)."""
-        deadline = time.monotonic() + EVENT_TIMEOUT
-        seen = None
-        while time.monotonic() < deadline:
-            seen = self.texts(room_id)
-            if seen == expected:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"{what}: {self.user_id} expected {expected}, saw {seen}")
+        poll(lambda: self.texts(room_id), lambda seen: seen == expected, f"{what}: {self.user_id} expected {expected}")
 
     def joined_members(self, room_id):
         return set(self.call("GET", f"/_matrix/client/v3/rooms/{enc(room_id)}/joined_members")["joined"])
 
     def wait_for_members(self, room_id, members, what):
-        deadline = time.monotonic() + EVENT_TIMEOUT
-        seen = None
-        while time.monotonic() < deadline:
-            seen = self.joined_members(room_id)
-            if set(members) <= seen:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"{what}: {self.user_id} expected members {members}, saw {seen}")
+        poll(
+            lambda: self.joined_members(room_id), lambda seen: set(members) <= seen,
+            f"{what}: {self.user_id} expected members {members}",
+        )
 
     def sync_until(self, predicate, what):
         """Syncs (incrementally, from where the last sync ended) until
@@ -185,6 +215,89 @@ def stop(proc):
         proc.wait()
 
 
+def synapse_config(d, port, log_file, extra=None):
+    """Writes the config of a Synapse named 127.0.0.1:`port` into the new
+    directory `d` (plain HTTP on loopback, open registration, no rate
+    limits; `extra` keys added) and makes its signing key; returns the
+    command that runs it (from `d`)."""
+    os.makedirs(d)
+    config = {
+        "server_name": f"127.0.0.1:{port}",
+        "pid_file": os.path.join(d, "homeserver.pid"),
+        "listeners": [
+            {
+                "port": port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": False,
+                "x_forwarded": False,
+                "resources": [{"names": ["client", "federation"], "compress": False}],
+            }
+        ],
+        "database": {"name": "sqlite3", "args": {"database": os.path.join(d, "homeserver.db")}},
+        "log_config": os.path.join(d, "log.yaml"),
+        "media_store_path": os.path.join(d, "media"),
+        "signing_key_path": os.path.join(d, "signing.key"),
+        "report_stats": False,
+        "enable_registration": True,
+        "enable_registration_without_verification": True,
+        "registration_shared_secret": uuid.uuid4().hex,
+        "macaroon_secret_key": uuid.uuid4().hex,
+        "form_secret": uuid.uuid4().hex,
+        "bcrypt_rounds": 4,
+        # Keys come from the servers themselves, never from matrix.org.
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": True,
+        # Conduit is on loopback, which Synapse refuses by default.
+        "ip_range_blacklist": [],
+        "ip_range_blocklist": [],
+        "ip_range_whitelist": ["127.0.0.0/8"],
+        "federation_verify_certificates": False,
+        "presence": {"enabled": False},
+        # Synapse lets only admins publish rooms and keeps its directory
+        # from other servers by default; the directory scenario needs both.
+        "room_list_publication_rules": [{"action": "allow"}],
+        "allow_public_rooms_over_federation": True,
+        "url_preview_enabled": False,
+        "enable_metrics": False,
+        "rc_message": {"per_second": 1000, "burst_count": 1000},
+        "rc_registration": {"per_second": 1000, "burst_count": 1000},
+        "rc_login": {
+            "address": {"per_second": 1000, "burst_count": 1000},
+            "account": {"per_second": 1000, "burst_count": 1000},
+            "failed_attempts": {"per_second": 1000, "burst_count": 1000},
+        },
+        "rc_joins": {
+            "local": {"per_second": 1000, "burst_count": 1000},
+            "remote": {"per_second": 1000, "burst_count": 1000},
+        },
+        "rc_federation": {"window_size": 1000, "sleep_limit": 1000, "sleep_delay": 0, "reject_limit": 1000},
+    }
+    config.update(extra or {})
+    path = os.path.join(d, "homeserver.yaml")
+    # YAML is a superset of JSON.
+    with open(path, "w") as f:
+        json.dump(config, f, indent=1)
+    with open(config["log_config"], "w") as f:
+        f.write(
+            "version: 1\n"
+            "formatters:\n  precise:\n    format: '%(asctime)s %(name)s %(levelname)s %(request)s %(message)s'\n"
+            "filters:\n  context:\n    (): synapse.logging.context.LoggingContextFilter\n    request: ''\n"
+            "handlers:\n  file:\n    class: logging.FileHandler\n    formatter: precise\n    filters: [context]\n"
+            f"    filename: {log_file}\n"
+            "root:\n  level: INFO\n  handlers: [file]\n"
+            "disable_existing_loggers: false\n"
+        )
+    python = sys.executable
+    keys = subprocess.run(
+        [python, "-m", "synapse.app.homeserver", "-c", path, "--generate-keys"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=START_TIMEOUT,
+        cwd=d,  # not this directory, whose synapse.py would shadow the package
+    )
+    assert keys.returncode == 0, f"synapse --generate-keys: {keys.stderr[-2000:]}"
+    return [python, "-m", "synapse.app.homeserver", "-c", path]
+
+
 class Servers:
     """Synapse and Conduit, each knowing how to reach the other."""
 
@@ -210,80 +323,8 @@ class Servers:
 
     def start_synapse(self):
         d = os.path.join(self.dir, "synapse")
-        os.makedirs(d)
-        config = {
-            "server_name": self.synapse_name,
-            "pid_file": os.path.join(d, "homeserver.pid"),
-            "listeners": [
-                {
-                    "port": self.synapse_port,
-                    "bind_addresses": ["127.0.0.1"],
-                    "type": "http",
-                    "tls": False,
-                    "x_forwarded": False,
-                    "resources": [{"names": ["client", "federation"], "compress": False}],
-                }
-            ],
-            "database": {"name": "sqlite3", "args": {"database": os.path.join(d, "homeserver.db")}},
-            "log_config": os.path.join(d, "log.yaml"),
-            "media_store_path": os.path.join(d, "media"),
-            "signing_key_path": os.path.join(d, "signing.key"),
-            "report_stats": False,
-            "enable_registration": True,
-            "enable_registration_without_verification": True,
-            "registration_shared_secret": uuid.uuid4().hex,
-            "macaroon_secret_key": uuid.uuid4().hex,
-            "form_secret": uuid.uuid4().hex,
-            "bcrypt_rounds": 4,
-            # Keys come from the servers themselves, never from matrix.org.
-            "trusted_key_servers": [],
-            "suppress_key_server_warning": True,
-            # Conduit is on loopback, which Synapse refuses by default.
-            "ip_range_blacklist": [],
-            "ip_range_blocklist": [],
-            "ip_range_whitelist": ["127.0.0.0/8"],
-            "federation_verify_certificates": False,
-            "presence": {"enabled": False},
-            # Synapse lets only admins publish rooms and keeps its directory
-            # from other servers by default; the directory scenario needs both.
-            "room_list_publication_rules": [{"action": "allow"}],
-            "allow_public_rooms_over_federation": True,
-            "url_preview_enabled": False,
-            "enable_metrics": False,
-            "rc_message": {"per_second": 1000, "burst_count": 1000},
-            "rc_registration": {"per_second": 1000, "burst_count": 1000},
-            "rc_login": {
-                "address": {"per_second": 1000, "burst_count": 1000},
-                "account": {"per_second": 1000, "burst_count": 1000},
-                "failed_attempts": {"per_second": 1000, "burst_count": 1000},
-            },
-            "rc_joins": {
-                "local": {"per_second": 1000, "burst_count": 1000},
-                "remote": {"per_second": 1000, "burst_count": 1000},
-            },
-            "rc_federation": {"window_size": 1000, "sleep_limit": 1000, "sleep_delay": 0, "reject_limit": 1000},
-        }
-        path = os.path.join(d, "homeserver.yaml")
-        # YAML is a superset of JSON.
-        with open(path, "w") as f:
-            json.dump(config, f, indent=1)
-        with open(config["log_config"], "w") as f:
-            f.write(
-                "version: 1\n"
-                "formatters:\n  precise:\n    format: '%(asctime)s %(name)s %(levelname)s %(request)s %(message)s'\n"
-                "filters:\n  context:\n    (): synapse.logging.context.LoggingContextFilter\n    request: ''\n"
-                "handlers:\n  file:\n    class: logging.FileHandler\n    formatter: precise\n    filters: [context]\n"
-                f"    filename: {os.path.join(self.dir, 'synapse.log')}\n"
-                "root:\n  level: INFO\n  handlers: [file]\n"
-                "disable_existing_loggers: false\n"
-            )
-        python = sys.executable
-        keys = subprocess.run(
-            [python, "-m", "synapse.app.homeserver", "-c", path, "--generate-keys"],
-            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=START_TIMEOUT,
-        )
-        assert keys.returncode == 0, f"synapse --generate-keys: {keys.stderr[-2000:]}"
-        self.synapse_command = ([python, "-m", "synapse.app.homeserver", "-c", path], d)
+        command = synapse_config(d, self.synapse_port, os.path.join(self.dir, "synapse.log"))
+        self.synapse_command = (command, d)
         self.spawn_synapse()
 
     def spawn_synapse(self):
@@ -885,29 +926,18 @@ def main():
         servers = Servers(os.path.abspath(args.binary), workdir)
         print(f"synapse and conduit up ({time.monotonic() - started:.2f} s)")
         for n, scenario in enumerate(chosen):
-            started = time.monotonic()
-            try:
-                scenario(servers, n)
+            if run_scenario(scenario.__name__, lambda: scenario(servers, n)):
                 passed += 1
-                print(f"ok   {scenario.__name__} ({time.monotonic() - started:.2f} s)")
-            except Exception as e:  # noqa: BLE001 - report every failure and go on
+            else:
                 failed += 1
-                print(f"FAIL {scenario.__name__}: {e}")
     except Exception as e:  # noqa: BLE001
         failed += 1
         print(f"FAIL start: {e}")
     finally:
         if servers is not None:
             servers.stop()
-    if failed:
-        for name in ("conduit.log", "synapse.log", "synapse-stderr.log"):
-            print(f"--- last lines of {name} ---\n{tail(os.path.join(workdir, name))}")
-    print(f"synapse interop: {passed} passed, {failed} failed")
-    if args.keep or failed:
-        print(f"logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    sys.exit(1 if failed else 0)
+    logs = [os.path.join(workdir, name) for name in ("conduit.log", "synapse.log", "synapse-stderr.log")]
+    finish("synapse interop", passed, failed, workdir, args.keep, logs)
 
 
 if __name__ == "__main__":
