@@ -633,6 +633,67 @@ async def _encrypted_room_across_servers(servers, n):
             store.cleanup()
 
 
+def upload_device_keys(client, device_id):
+    """Publishes made-up keys for the client's device (servers pass device
+    keys on without checking them; clients check the signatures)."""
+    keys = {
+        "user_id": client.user_id,
+        "device_id": device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {f"curve25519:{device_id}": uuid.uuid4().hex, f"ed25519:{device_id}": uuid.uuid4().hex},
+        "signatures": {},
+    }
+    client.call("POST", "/_matrix/client/v3/keys/upload", {"device_keys": keys})
+    return keys["keys"][f"ed25519:{device_id}"]
+
+
+def devices_seen(client, user_id):
+    """`user_id`'s devices as the client's server answers a key query:
+    (device ID -> ed25519 key, the failures)."""
+    answer = client.call("POST", "/_matrix/client/v3/keys/query", {"device_keys": {user_id: []}})
+    devices = answer.get("device_keys", {}).get(user_id, {})
+    return {d: k["keys"].get(f"ed25519:{d}") for d, k in devices.items()}, answer.get("failures", {})
+
+
+def device_lists_kept_in_step(servers, n):
+    """Conduit keeps a Synapse user's device list once its client asked for
+    it (fetched with /user/devices), and Synapse's m.device_list_update
+    EDUs keep it right: a new device and a logged-out one show on Conduit,
+    and the list is answered while Synapse is down."""
+    alice = register(servers.conduit_base, f"dalice{n}")
+    bob = register(servers.synapse_base, f"dbob{n}")
+    phone = bob.call("GET", "/_matrix/client/v3/account/whoami")["device_id"]
+    phone_key = upload_device_keys(bob, phone)
+    room_id = alice.call("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"})["room_id"]
+    bob.call("POST", f"/_matrix/client/v3/join/{enc(room_id)}", {}, query={"server_name": servers.conduit_name})
+    alice.wait_for_members(room_id, [alice.user_id, bob.user_id], "bob's join reached conduit")
+    mark = os.path.getsize(servers.conduit_log)
+    assert devices_seen(alice, bob.user_id) == ({phone: phone_key}, {}), "bob's phone on conduit"
+    with open(servers.conduit_log, errors="replace") as log:
+        log.seek(mark)
+        assert "/_matrix/federation/v1/user/devices/" in log.read(), "conduit fetched bob's list whole"
+
+    # Bob signs in on a laptop with its own keys: Synapse tells Conduit.
+    body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": bob.user_id},
+            "password": f"pw-dbob{n}-long-enough", "device_id": "LAPTOP"}
+    laptop = Client(servers.synapse_base, bob.user_id, bob.call("POST", "/_matrix/client/v3/login", body)["access_token"])
+    laptop_key = upload_device_keys(laptop, "LAPTOP")
+    both = {phone: phone_key, "LAPTOP": laptop_key}
+    poll(lambda: devices_seen(alice, bob.user_id), lambda seen: seen == (both, {}), "the laptop reached conduit")
+
+    # With Synapse down, Conduit answers from the list it keeps.
+    stop(servers.synapse)
+    try:
+        assert devices_seen(alice, bob.user_id) == (both, {}), "bob's devices while synapse is down"
+    finally:
+        servers.spawn_synapse()
+
+    # The laptop logs out: its deletion reaches Conduit too.
+    laptop.call("POST", "/_matrix/client/v3/logout", {})
+    poll(lambda: devices_seen(alice, bob.user_id), lambda seen: seen == ({phone: phone_key}, {}),
+         "the laptop's deletion reached conduit")
+
+
 def current_state(client, room_id):
     """The room's current state as {(type, state_key): event_id}."""
     events = client.call("GET", f"/_matrix/client/v3/rooms/{enc(room_id)}/state")
@@ -897,6 +958,7 @@ SCENARIOS = [
     synapse_user_invites_conduit_user,
     conduit_user_invites_synapse_user,
     encrypted_room_across_servers,
+    device_lists_kept_in_step,
     state_conflict_heals,
     directories_and_spaces_across_servers,
     media_both_ways,

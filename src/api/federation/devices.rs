@@ -63,10 +63,14 @@ async fn devices(
         let user = user.clone();
         services
             .run(move |s| {
+                // The stream ID first: should an update land meanwhile, the
+                // list is newer than the ID says, never older (the update's
+                // EDU then applies again, harmlessly).
+                let stream_id = s.e2e_keys.device_list_stream_id(&user)?;
                 let wanted = BTreeMap::from([(user.clone(), Vec::new())]);
                 let keys = s.e2e_keys.query(s, None, &wanted)?;
                 let names = s.devices.display_names(&user)?;
-                Ok((keys, names, s.e2e_keys.device_list_stream_id(&user)?))
+                Ok((keys, names, stream_id))
             })
             .await?
     };

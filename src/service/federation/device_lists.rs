@@ -356,8 +356,9 @@ impl FederationService {
         }
         let user = update.user_id.clone();
         let outcome = s.run(move |s| s.federation.device_lists.apply(&update)).await?;
+        // Our users are told even of a stale update: the list it belongs
+        // to may have been fetched for one client's query, unseen by others.
         match outcome {
-            UpdateOutcome::Stale => return Ok(()),
             UpdateOutcome::Gap => {
                 tracing::info!(%user, "device list update after a gap; fetching the whole list");
                 if let Err(e) = self.fetch_device_list(s, &user).await {
@@ -367,7 +368,7 @@ impl FederationService {
                     s.run(move |s| s.federation.device_lists.forget(&forgotten)).await?;
                 }
             }
-            UpdateOutcome::Applied | UpdateOutcome::NotKept => {}
+            UpdateOutcome::Applied | UpdateOutcome::NotKept | UpdateOutcome::Stale => {}
         }
         self.tell_our_users(s, user).await
     }
