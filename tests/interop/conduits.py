@@ -42,12 +42,12 @@ class Pair:
 
     def __init__(self, binary, workdir):
         ca = make_ca(workdir)
-        self.tls = ssl.create_default_context(cafile=ca)
+        tls = ssl.create_default_context(cafile=ca)
         port_a, port_b = free_ports(2)
         names = {"conduit-a.test": port_a, "conduit-b.test": port_b}
         self.a, self.b = (
             TlsConduit(
-                binary, os.path.join(workdir, name), name, port, ca, self.tls,
+                binary, os.path.join(workdir, name), name, port, ca, tls,
                 {other: f"https://127.0.0.1:{names[other]}" for other in names if other != name},
             )
             for name, port in names.items()

@@ -2,9 +2,13 @@
 loopback ports, certificates made with openssl, and Conduit processes that
 serve HTTPS. Every wait is bounded."""
 
+import argparse
 import os
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 
@@ -116,8 +120,8 @@ def make_cert(directory, names, ca):
 
 class TlsConduit:
     """A Conduit process named `server_name`, serving HTTPS on
-    127.0.0.1:`port` with a certificate for 127.0.0.1 made by the CA `ca`
-    (its data, config and log in `directory`). `overrides` says where other
+    127.0.0.1:`port` with a certificate of the CA `ca` for its name and
+    127.0.0.1 (its data, config and log in `directory`). `overrides` says where other
     servers are (server name → URL); their certificates are checked against
     `ca` too. `tls` is the client side's context that trusts `ca`."""
 
@@ -170,11 +174,6 @@ def run_scenarios(title, start, scenarios, pending=(), logs=(), run=None):
     servers, n)` runs one (by default `scenario(servers, n)`). On a failure
     prints the ends of the `logs` (paths in the workdir). Prints 'N passed,
     N failed' and exits non-zero on any failure."""
-    import argparse
-    import shutil
-    import sys
-    import tempfile
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True, help="the conduit binary")
     parser.add_argument("--keep", action="store_true", help="keep the servers' directories and logs")
