@@ -56,11 +56,12 @@ import yaml  # PyYAML: Synapse needs it too, so the interop venv has it
 
 # This directory's synapse.py (the federation interop test), not the
 # Synapse package: its client helpers and Synapse config are reused here.
+import harness
 import synapse as interop
 from run import Conduit
 
 EVENT_TIMEOUT = interop.EVENT_TIMEOUT
-START_TIMEOUT = interop.START_TIMEOUT
+START_TIMEOUT = harness.START_TIMEOUT
 # How long after the bridge is back its held message may take: the
 # homeserver's retry back-off at this point (Synapse's doubling reaches 64 s).
 REDELIVERY_TIMEOUT = 100
@@ -78,7 +79,7 @@ class Ngircd:
     def __init__(self, workdir):
         d = os.path.join(workdir, "ngircd")
         os.makedirs(d)
-        self.port = interop.free_port()
+        self.port = harness.free_port()
         self.log = os.path.join(workdir, "ngircd.log")
         include = os.path.join(d, "conf.d")  # not the system's
         os.makedirs(include)
@@ -107,17 +108,17 @@ class Ngircd:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ngircd exited with {self.proc.returncode}:\n{interop.tail(self.log)}")
+                raise RuntimeError(f"ngircd exited with {self.proc.returncode}:\n{harness.tail(self.log)}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"ngircd did not listen within {START_TIMEOUT} s:\n{interop.tail(self.log)}")
+                    raise RuntimeError(f"ngircd did not listen within {START_TIMEOUT} s:\n{harness.tail(self.log)}")
                 time.sleep(0.1)
 
     def stop(self):
-        interop.stop(self.proc)
+        harness.stop(self.proc)
 
 
 def parse_irc(line):
@@ -212,7 +213,7 @@ class Gate:
     stopped bridge does (see the module's docstring for why)."""
 
     def __init__(self, target_port):
-        self.port = interop.free_port()
+        self.port = harness.free_port()
         self.target = target_port
         self.listener = None
         self.open_sockets = set()
@@ -272,7 +273,7 @@ class Heisenbridge:
     by the homeserver through a Gate."""
 
     def __init__(self, workdir):
-        self.listen_port = interop.free_port()
+        self.listen_port = harness.free_port()
         self.gate = Gate(self.listen_port)
         self.registration = os.path.join(workdir, "heisenbridge.yaml")
         self.log = os.path.join(workdir, "heisenbridge.log")
@@ -292,24 +293,24 @@ class Heisenbridge:
         """Starts the bridge against `homeserver` (a base URL) and waits
         until it says it is running; the gate stays as it is."""
         with open(self.log, "a") as log:
-            runs_before = interop.tail(self.log, 100000).count("bridge is now running")
+            runs_before = harness.tail(self.log, 100000).count("bridge is now running")
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "heisenbridge", "-c", self.registration, "-l", "127.0.0.1",
                  "-p", str(self.listen_port), "-v", homeserver],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=interop.clean_env(),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=harness.clean_env(),
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while interop.tail(self.log, 100000).count("bridge is now running") == runs_before:
+        while harness.tail(self.log, 100000).count("bridge is now running") == runs_before:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"heisenbridge exited with {self.proc.returncode}:\n{interop.tail(self.log)}")
+                raise RuntimeError(f"heisenbridge exited with {self.proc.returncode}:\n{harness.tail(self.log)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"heisenbridge did not start within {START_TIMEOUT} s:\n{interop.tail(self.log)}")
+                raise RuntimeError(f"heisenbridge did not start within {START_TIMEOUT} s:\n{harness.tail(self.log)}")
             time.sleep(0.2)
 
     def stop(self):
         self.gate.shut()
         if self.proc is not None:
-            interop.stop(self.proc)
+            harness.stop(self.proc)
             self.proc = None
 
     def is_puppet(self, user_id):
@@ -330,23 +331,23 @@ class Homeserver:
             self.base = self.conduit.base
             self.server_name = "localhost"  # the one run.Conduit configures
         else:
-            port = interop.free_port()
+            port = harness.free_port()
             d = os.path.join(workdir, "synapse")
             command = interop.synapse_config(d, port, self.log, {"app_service_config_files": [registration]})
             with open(os.path.join(workdir, "synapse-stderr.log"), "a") as log:
                 self.synapse = subprocess.Popen(
                     command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=d,
-                    env=interop.clean_env(),
+                    env=harness.clean_env(),
                 )
             self.base = f"http://127.0.0.1:{port}"
             self.server_name = f"127.0.0.1:{port}"
-            interop.wait_until_up(self.base + "/_matrix/client/versions", self.synapse, self.log, "synapse")
+            harness.wait_until_up(self.base + "/_matrix/client/versions", self.synapse, self.log, "synapse")
 
     def stop(self):
         if self.conduit is not None:
             self.conduit.stop()
         if self.synapse is not None:
-            interop.stop(self.synapse)
+            harness.stop(self.synapse)
 
 
 class Setup:
@@ -539,13 +540,13 @@ def main():
             finally:
                 setup.stop()
 
-        if interop.run_scenario(scenario.__name__, run):
+        if harness.run_scenario(scenario.__name__, run):
             passed += 1
         else:
             failed += 1
     logs = [os.path.join(root, name) for root, _, files in os.walk(workdir) for name in sorted(files)
             if name.endswith(".log")]
-    interop.finish(f"bridges interop ({args.homeserver})", passed, failed, workdir, args.keep, logs)
+    harness.finish(f"bridges interop ({args.homeserver})", passed, failed, workdir, args.keep, logs)
 
 if __name__ == "__main__":
     main()

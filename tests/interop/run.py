@@ -250,10 +250,11 @@ async def nio_two_users_chat(base):
         await bob.close()
 
 
-async def encrypted_client(base, name, store):
-    """A registered matrix-nio client with end-to-end encryption (vodozemac)."""
+async def encrypted_client(base, name, store, ssl=None):
+    """A registered matrix-nio client with end-to-end encryption (vodozemac);
+    `ssl`, an SSL context, checks the server's certificate."""
     config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False)
-    client = AsyncClient(base, name, store_path=store, config=config)
+    client = AsyncClient(base, name, store_path=store, config=config, ssl=ssl)
     reg = await client.register(name, "pw-" + name, name + " device")
     assert isinstance(reg, RegisterResponse), f"register {name}: {reg}"
     return client

@@ -9,13 +9,10 @@ Prints 'N passed, N failed' and exits non-zero on any failure. Plain HTTP
 (urllib) for the client calls: every step is one request whose answer is
 checked."""
 
-import argparse
 import asyncio
 import io
 import json
 import os
-import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,8 +23,19 @@ import urllib.parse
 import urllib.request
 import uuid
 
-# Every wait is bounded; a server that takes longer than this is broken.
-START_TIMEOUT = 60
+from harness import (
+    START_TIMEOUT,
+    TlsConduit,
+    clean_env,
+    free_ports,
+    make_ca,
+    opener,
+    run_scenarios,
+    stop,
+    wait_until_up,
+)
+
+# Every wait is bounded; an event that takes longer than this to arrive is lost.
 EVENT_TIMEOUT = 30
 
 
@@ -42,42 +50,6 @@ def poll(read, done, what, timeout=EVENT_TIMEOUT, interval=0.2):
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what}; saw {value}")
         time.sleep(interval)
-
-
-def run_scenario(name, body):
-    """Runs `body()`, prints ok or FAIL with the time taken and returns
-    whether it passed."""
-    started = time.monotonic()
-    try:
-        body()
-    except Exception as e:  # noqa: BLE001 - report every failure and go on
-        print(f"FAIL {name}: {e}", flush=True)
-        return False
-    print(f"ok   {name} ({time.monotonic() - started:.2f} s)", flush=True)
-    return True
-
-
-def finish(label, passed, failed, workdir, keep, logs):
-    """Ends a run: on failure the last lines of each of `logs`; the
-    'N passed, N failed' line; `workdir` kept (if `keep` or on failure) or
-    removed; the exit code."""
-    if failed:
-        for path in logs:
-            print(f"--- last lines of {os.path.relpath(path, workdir)} ---\n{tail(path)}")
-    print(f"{label}: {passed} passed, {failed} failed")
-    if keep or failed:
-        print(f"logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    sys.exit(1 if failed else 0)
-
-
-def free_port():
-    """A free loopback port (another process could take it before the
-    server binds it; the run would then fail to start, not pass wrongly)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def enc(s):
@@ -147,7 +119,7 @@ class Client:
 
 
 # Everything here is on loopback: no proxy, whatever the environment says.
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+OPENER = opener()
 
 
 def send(request, timeout=60):
@@ -175,44 +147,6 @@ def register(base, name):
     status, answer = send(request)
     assert status == 200, f"register {name} on {base}: {status} {answer}"
     return Client(base, answer["user_id"], answer["access_token"])
-
-
-def wait_until_up(url, proc, log, what):
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            status, _ = send(urllib.request.Request(url), timeout=2)
-            if status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not answer within {START_TIMEOUT} s:\n{tail(log)}")
-
-
-def tail(path, lines=40):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def clean_env():
-    """The environment without proxy settings: the servers talk to each
-    other on loopback, never through a proxy."""
-    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-
-
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def synapse_config(d, port, log_file, extra=None):
@@ -303,15 +237,11 @@ class Servers:
 
     def __init__(self, binary, workdir):
         self.dir = workdir
-        self.conduit_port = free_port()
-        self.synapse_port = free_port()
-        while self.synapse_port == self.conduit_port:
-            self.synapse_port = free_port()
+        self.conduit_port, self.synapse_port = free_ports(2)
         self.conduit_name = f"127.0.0.1:{self.conduit_port}"
         self.synapse_name = f"127.0.0.1:{self.synapse_port}"
         self.conduit_base = f"https://127.0.0.1:{self.conduit_port}"
         self.synapse_base = f"http://127.0.0.1:{self.synapse_port}"
-        self.conduit_log = os.path.join(workdir, "conduit.log")
         self.synapse_log = os.path.join(workdir, "synapse-stderr.log")
         self.synapse = self.conduit = None
         try:
@@ -336,53 +266,23 @@ class Servers:
         wait_until_up(self.synapse_base + "/_matrix/client/versions", self.synapse, self.synapse_log, "synapse")
 
     def start_conduit(self, binary):
-        d = os.path.join(self.dir, "conduit")
-        os.makedirs(d)
-        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
-        self.conduit_cert = cert
-        made = subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1"],
-            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
+        # Synapse does not check Conduit's certificate; the client calls
+        # below, which go to Conduit over HTTPS too, do.
+        ca = make_ca(self.dir)
+        self.conduit_tls = ssl.create_default_context(cafile=ca)
+        self.conduit = TlsConduit(
+            binary, os.path.join(self.dir, "conduit"), self.conduit_name, self.conduit_port, ca, self.conduit_tls,
+            {self.synapse_name: f"http://127.0.0.1:{self.synapse_port}"},
         )
-        assert made.returncode == 0, f"openssl: {made.stderr}"
-        config = os.path.join(d, "conduit.toml")
-        with open(config, "w") as f:
-            f.write(
-                "[global]\n"
-                f'server_name = "{self.conduit_name}"\naddress = "127.0.0.1"\nport = {self.conduit_port}\n'
-                f'database_path = "{d}/db"\nargon2_memory_kib = 64\nargon2_iterations = 1\n'
-                "allow_federation = true\ntrusted_servers = []\n"
-                'log = "warn,conduit=debug"\n'
-                "[global.federation_destination_overrides]\n"
-                f'"{self.synapse_name}" = "http://127.0.0.1:{self.synapse_port}"\n'
-                f'[global.tls]\ncerts = "{cert}"\nkey = "{key}"\n'
-            )
-        self.conduit_command = [binary, "-c", config]
-        self.spawn_conduit(wait=False)
-        # The client calls below go to Conduit over HTTPS too; the
-        # certificate is the self-signed one made above.
         global OPENER
-        OPENER = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}),
-            urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cert)),
-        )
-        wait_until_up(self.conduit_base + "/_matrix/client/versions", self.conduit, self.conduit_log, "conduit")
-
-    def spawn_conduit(self, wait=True):
-        env = {k: v for k, v in clean_env().items() if not k.startswith("CONDUIT_")}
-        with open(self.conduit_log, "a") as log:
-            self.conduit = subprocess.Popen(
-                self.conduit_command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
-        if wait:
-            wait_until_up(self.conduit_base + "/_matrix/client/versions", self.conduit, self.conduit_log, "conduit")
+        OPENER = opener(self.conduit_tls)
+        self.conduit.spawn()
 
     def stop(self):
-        for proc in (self.conduit, self.synapse):
-            if proc is not None:
-                stop(proc)
+        if self.conduit is not None:
+            self.conduit.stop()
+        if self.synapse is not None:
+            stop(self.synapse)
 
 
 # --- Scenarios. Each gets fresh users on the two shared servers. ---
@@ -602,8 +502,9 @@ async def _encrypted_room_across_servers(servers, n):
 
     stores = [tempfile.TemporaryDirectory(), tempfile.TemporaryDirectory()]
     config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False)
-    conduit_tls = ssl.create_default_context(cafile=servers.conduit_cert)
-    alice = AsyncClient(servers.conduit_base, f"ealice{n}", store_path=stores[0].name, config=config, ssl=conduit_tls)
+    alice = AsyncClient(
+        servers.conduit_base, f"ealice{n}", store_path=stores[0].name, config=config, ssl=servers.conduit_tls
+    )
     bob = AsyncClient(servers.synapse_base, f"ebob{n}", store_path=stores[1].name, config=config)
     try:
         for client, name in ((alice, f"ealice{n}"), (bob, f"ebob{n}")):
@@ -667,9 +568,9 @@ def device_lists_kept_in_step(servers, n):
     room_id = alice.call("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"})["room_id"]
     bob.call("POST", f"/_matrix/client/v3/join/{enc(room_id)}", {}, query={"server_name": servers.conduit_name})
     alice.wait_for_members(room_id, [alice.user_id, bob.user_id], "bob's join reached conduit")
-    mark = os.path.getsize(servers.conduit_log)
+    mark = os.path.getsize(servers.conduit.log)
     assert devices_seen(alice, bob.user_id) == ({phone: phone_key}, {}), "bob's phone on conduit"
-    with open(servers.conduit_log, errors="replace") as log:
+    with open(servers.conduit.log, errors="replace") as log:
         log.seek(mark)
         assert "/_matrix/federation/v1/user/devices/" in log.read(), "conduit fetched bob's list whole"
 
@@ -717,12 +618,12 @@ def state_conflict_heals(servers, n):
     bob.wait_for_texts(room_id, [(alice.user_id, "before the split")], "synapse side before the split")
 
     # The link is cut: Synapse changes the room while Conduit is down...
-    stop(servers.conduit)
+    servers.conduit.stop()
     bob.call("PUT", f"/_matrix/client/v3/rooms/{enc(room_id)}/state/m.room.name/", {"name": "named on synapse"})
     bob.call("POST", f"/_matrix/client/v3/rooms/{enc(room_id)}/ban", {"user_id": dave.user_id, "reason": "split"})
     # ...then Conduit changes it while Synapse is down.
     stop(servers.synapse)
-    servers.spawn_conduit()
+    servers.conduit.spawn()
     # Alice raises the very user Bob banned meanwhile (she cannot lower
     # Bob: his level equals hers).
     levels["users"][dave.user_id] = 60
@@ -968,38 +869,11 @@ SCENARIOS = [
 ]
 # Scenarios that need what Conduit does not do yet; run them by name.
 PENDING = []
-ALL = {f.__name__: f for f in SCENARIOS + PENDING}
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--binary", required=True, help="the conduit binary")
-    parser.add_argument("--keep", action="store_true", help="keep the servers' directories and logs")
-    parser.add_argument(
-        "scenario", nargs="*", help=f"only these scenarios (default: all that pass; also {[f.__name__ for f in PENDING]})"
-    )
-    args = parser.parse_args()
-    chosen = [ALL[name] for name in args.scenario] if args.scenario else SCENARIOS
-    workdir = tempfile.mkdtemp(prefix="conduit-synapse-")
-    passed = failed = 0
-    servers = None
-    try:
-        started = time.monotonic()
-        servers = Servers(os.path.abspath(args.binary), workdir)
-        print(f"synapse and conduit up ({time.monotonic() - started:.2f} s)")
-        for n, scenario in enumerate(chosen):
-            if run_scenario(scenario.__name__, lambda: scenario(servers, n)):
-                passed += 1
-            else:
-                failed += 1
-    except Exception as e:  # noqa: BLE001
-        failed += 1
-        print(f"FAIL start: {e}")
-    finally:
-        if servers is not None:
-            servers.stop()
-    logs = [os.path.join(workdir, name) for name in ("conduit.log", "synapse.log", "synapse-stderr.log")]
-    finish("synapse interop", passed, failed, workdir, args.keep, logs)
+    logs = [os.path.join("conduit", "conduit.log"), "synapse.log", "synapse-stderr.log"]
+    run_scenarios("synapse", Servers, SCENARIOS, PENDING, logs)
 
 
 if __name__ == "__main__":
