@@ -227,8 +227,9 @@ pub enum Table {
     /// JSON, the kind).
     Outliers,
     /// What waits to be delivered, per destination (`outbox.rs`): PDUs and
-    /// EDUs for other servers (later appservices and push gateways).
-    /// Key: `(destination: str, seq: u64)`, destination `server:<name>`,
+    /// EDUs for other servers and appservices (later push gateways).
+    /// Key: `(destination: str, seq: u64)`, destination `server:<name>` or
+    /// `appservice:<id>`,
     /// seq from the server-wide counter. Value: bincode `OutboxItem`.
     Outbox,
     /// Other servers' signing keys (`remote_keys.rs`), current and retired.
@@ -250,10 +251,15 @@ pub enum Table {
     /// Value: bincode `Vec<u64>`, the chain's short event IDs, sorted. A
     /// chain never changes, so an entry is never wrong, only missing.
     AuthChains,
+    /// Registered application services (`appservices.rs`), from
+    /// `conduit appservice register` or the config's
+    /// `app_service_config_files`. Key: `(id: str)`. Value: the
+    /// registration as JSON (the YAML file's fields).
+    Appservices,
 }
 
 impl Table {
-    pub const ALL: [Table; 60] = [
+    pub const ALL: [Table; 61] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -314,6 +320,7 @@ impl Table {
         Table::RemoteKeyDocuments,
         Table::RemoteInvites,
         Table::AuthChains,
+        Table::Appservices,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -379,6 +386,7 @@ impl Table {
             Table::RemoteKeyDocuments => "remote_key_documents",
             Table::RemoteInvites => "remote_invites",
             Table::AuthChains => "auth_chains",
+            Table::Appservices => "appservices",
         }
     }
 }

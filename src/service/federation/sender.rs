@@ -3,21 +3,21 @@
 //! (in the event's own batch), and the outbox transport that sends a
 //! destination's queue as `PUT /_matrix/federation/v1/send/{txnId}`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use ruma::api::federation::transactions::send_transaction_message;
 use ruma::events::TimelineEventType;
 use ruma::serde::Raw;
 use ruma::state_res::Event;
-use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName, OwnedTransactionId, UserId};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, UserId};
 use serde_json::value::RawValue;
 
 use super::FederationClient;
 use crate::database::outbox::OutboxItem;
 use crate::database::Batch;
-use crate::service::outbox::{DeliveryFailed, Destination, OutboxService, Transaction, Transport};
+use crate::service::outbox::{DeliveryFailed, Destination, OutboxService, StagedForEvents, Transaction, Transport};
 use crate::service::timeline::{EventSubscriber, PersistedEvent};
 use crate::service::{ServiceResult, Services};
 
@@ -26,8 +26,7 @@ use crate::service::{ServiceResult, Services};
 pub struct FederationSender {
     server_name: OwnedServerName,
     outbox: Arc<OutboxService>,
-    /// Destinations staged in a batch that has not landed yet.
-    staged: Mutex<HashMap<OwnedEventId, Vec<Destination>>>,
+    staged: StagedForEvents,
 }
 
 impl FederationSender {
@@ -35,7 +34,7 @@ impl FederationSender {
         Self {
             server_name,
             outbox,
-            staged: Mutex::default(),
+            staged: StagedForEvents::default(),
         }
     }
 }
@@ -66,29 +65,18 @@ impl EventSubscriber for FederationSender {
         for destination in &destinations {
             self.outbox.stage(batch, destination, &item)?;
         }
-        self.staged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(event.event_id.to_owned(), destinations);
+        self.staged.stage(event.event_id, destinations);
         Ok(())
     }
 
     fn committed(&self, event: &PersistedEvent<'_>) {
-        let staged = self
-            .staged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(event.event_id);
-        if let Some(destinations) = staged {
+        if let Some(destinations) = self.staged.take(event.event_id) {
             self.outbox.committed(&destinations);
         }
     }
 
     fn aborted(&self, event: &PersistedEvent<'_>) {
-        self.staged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(event.event_id);
+        self.staged.take(event.event_id);
     }
 }
 
@@ -105,7 +93,9 @@ impl Transport for ServerTransport {
         transaction: &'a Transaction,
     ) -> BoxFuture<'a, Result<(), DeliveryFailed>> {
         Box::pin(async move {
-            let Destination::Server(server) = destination;
+            let Destination::Server(server) = destination else {
+                return Err(DeliveryFailed(format!("{destination:?} is not a server")));
+            };
             let mut request = send_transaction_message::v1::Request::new(
                 OwnedTransactionId::from(transaction.txn_id.as_str()),
                 self.server_name.clone(),
