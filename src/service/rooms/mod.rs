@@ -114,6 +114,7 @@ impl RoomsService {
                 let alias = OwnedRoomAliasId::try_from(format!("#{localpart}:{}", s.config.server_name))
                     .map_err(|e| ServiceError::InvalidParam(format!("room_alias_name: {e}")))?;
                 check_alias_length(&alias)?;
+                s.appservices.check_alias_free(&alias, sender)?;
                 if self.directory.alias(alias.as_str())?.is_some() {
                     return Err(ServiceError::RoomInUse("this room alias is already taken".to_owned()));
                 }
