@@ -60,22 +60,51 @@ impl Destination {
 
 /// Destinations a timeline subscriber staged for each event, until the
 /// event's batch has landed (then the outbox is told) or failed.
-#[derive(Default)]
-pub struct StagedForEvents(Mutex<HashMap<OwnedEventId, Vec<Destination>>>);
+pub struct StagedForEvents {
+    outbox: Arc<OutboxService>,
+    staged: Mutex<HashMap<OwnedEventId, Vec<Destination>>>,
+}
 
 impl StagedForEvents {
-    pub fn stage(&self, event_id: &EventId, destinations: Vec<Destination>) {
-        if destinations.is_empty() {
-            return;
+    pub fn new(outbox: Arc<OutboxService>) -> Self {
+        Self {
+            outbox,
+            staged: Mutex::default(),
         }
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(event_id.to_owned(), destinations);
     }
 
-    pub fn take(&self, event_id: &EventId) -> Option<Vec<Destination>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(event_id)
+    /// Queues `item` for each of `destinations` in the event's `batch`.
+    pub fn stage(
+        &self,
+        batch: &mut Batch,
+        event_id: &EventId,
+        destinations: Vec<Destination>,
+        item: &OutboxItem,
+    ) -> ServiceResult<()> {
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        for destination in &destinations {
+            self.outbox.stage(batch, destination, item)?;
+        }
+        self.lock().insert(event_id.to_owned(), destinations);
+        Ok(())
+    }
+
+    /// The event's batch landed: its destinations have something to send.
+    pub fn committed(&self, event_id: &EventId) {
+        let destinations = self.lock().remove(event_id);
+        if let Some(destinations) = destinations {
+            self.outbox.committed(&destinations);
+        }
+    }
+
+    pub fn aborted(&self, event_id: &EventId) {
+        self.lock().remove(event_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedEventId, Vec<Destination>>> {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -11,6 +11,7 @@ use crate::api::router::{Hooks, JsonObject, APPSERVICE_DEVICE};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::appservices::Appservice;
 use crate::service::uiaa::Purpose;
+use crate::service::users::NewLogin;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
@@ -92,15 +93,20 @@ async fn register(
                 .register(&s.devices, &user_id, body.password.as_deref(), login)?;
             s.uiaa.record_registration(body.auth.as_ref(), &user_id)?;
             tracing::info!(%user_id, ip = client_ip.as_deref().unwrap_or("-"), "new account");
-            let mut response = register::v3::Response::new(user_id);
-            if let Some(login) = new_login {
-                response.access_token = Some(login.access_token);
-                response.device_id = Some(login.device_id.into());
-            }
-            Ok(response)
+            Ok(registered(user_id, new_login))
         })
         .await
         .map_err(Into::into)
+}
+
+/// The answer to a new account's registration, with its login if any.
+fn registered(user_id: ruma::OwnedUserId, login: Option<NewLogin>) -> register::v3::Response {
+    let mut response = register::v3::Response::new(user_id);
+    if let Some(login) = login {
+        response.access_token = Some(login.access_token);
+        response.device_id = Some(login.device_id.into());
+    }
+    response
 }
 
 /// The answer to a registration of an account that exists already (the
@@ -154,12 +160,7 @@ async fn register_for_appservice(
                 .then(|| (body.device_id.map(|d| d.to_string()), body.initial_device_display_name));
             let new_login = s.users.register(&s.devices, &user_id, None, login)?;
             tracing::info!(%user_id, appservice = appservice.id(), ip = client_ip.as_deref().unwrap_or("-"), "new appservice user");
-            let mut response = register::v3::Response::new(user_id);
-            if let Some(login) = new_login {
-                response.access_token = Some(login.access_token);
-                response.device_id = Some(login.device_id.into());
-            }
-            Ok(response)
+            Ok(registered(user_id, new_login))
         })
         .await
         .map_err(Into::into)

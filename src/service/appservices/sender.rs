@@ -20,7 +20,6 @@ use crate::service::{ServiceError, ServiceResult, Services};
 /// Queues every event for the appservices interested in it.
 pub struct AppserviceSender {
     appservices: Arc<AppservicesService>,
-    outbox: Arc<OutboxService>,
     staged: StagedForEvents,
 }
 
@@ -28,8 +27,7 @@ impl AppserviceSender {
     pub fn new(appservices: Arc<AppservicesService>, outbox: Arc<OutboxService>) -> Self {
         Self {
             appservices,
-            outbox,
-            staged: StagedForEvents::default(),
+            staged: StagedForEvents::new(outbox),
         }
     }
 }
@@ -68,42 +66,34 @@ fn interested(s: &Services, appservice: &Appservice, event: &PersistedEvent<'_>)
 impl EventSubscriber for AppserviceSender {
     fn stage(&self, s: &Services, batch: &mut Batch, event: &PersistedEvent<'_>) -> ServiceResult<()> {
         let mut destinations = Vec::new();
-        let mut item = None;
         for appservice in self.appservices.all().iter() {
-            if appservice.registration.url.is_none() || !interested(s, appservice, event)? {
-                continue;
+            if appservice.registration.url.is_some() && interested(s, appservice, event)? {
+                destinations.push(Destination::Appservice(appservice.id().to_owned()));
             }
-            let item = match &item {
-                Some(item) => item,
-                None => {
-                    let stored = StoredEvent {
-                        event_id: event.event_id.to_owned(),
-                        count: event.count,
-                        json: event.object.clone(),
-                        txn: None,
-                    };
-                    item.insert(OutboxItem::Pdu {
-                        event_id: event.event_id.to_string(),
-                        json: stored.to_client(true, None).to_string(),
-                    })
-                }
-            };
-            let destination = Destination::Appservice(appservice.id().to_owned());
-            self.outbox.stage(batch, &destination, item)?;
-            destinations.push(destination);
         }
-        self.staged.stage(event.event_id, destinations);
-        Ok(())
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        // Appservices read events in the client format.
+        let stored = StoredEvent {
+            event_id: event.event_id.to_owned(),
+            count: event.count,
+            json: event.object.clone(),
+            txn: None,
+        };
+        let item = OutboxItem::Pdu {
+            event_id: event.event_id.to_string(),
+            json: stored.to_client(true, None).to_string(),
+        };
+        self.staged.stage(batch, event.event_id, destinations, &item)
     }
 
     fn committed(&self, event: &PersistedEvent<'_>) {
-        if let Some(destinations) = self.staged.take(event.event_id) {
-            self.outbox.committed(&destinations);
-        }
+        self.staged.committed(event.event_id);
     }
 
     fn aborted(&self, event: &PersistedEvent<'_>) {
-        self.staged.take(event.event_id);
+        self.staged.aborted(event.event_id);
     }
 }
 

@@ -25,7 +25,6 @@ use crate::service::{ServiceResult, Services};
 /// room.
 pub struct FederationSender {
     server_name: OwnedServerName,
-    outbox: Arc<OutboxService>,
     staged: StagedForEvents,
 }
 
@@ -33,8 +32,7 @@ impl FederationSender {
     pub fn new(server_name: OwnedServerName, outbox: Arc<OutboxService>) -> Self {
         Self {
             server_name,
-            outbox,
-            staged: StagedForEvents::default(),
+            staged: StagedForEvents::new(outbox),
         }
     }
 }
@@ -62,21 +60,15 @@ impl EventSubscriber for FederationSender {
             json: serde_json::to_string(&pdu).map_err(|e| crate::service::ServiceError::Internal(e.to_string()))?,
         };
         let destinations: Vec<Destination> = servers.into_iter().map(Destination::Server).collect();
-        for destination in &destinations {
-            self.outbox.stage(batch, destination, &item)?;
-        }
-        self.staged.stage(event.event_id, destinations);
-        Ok(())
+        self.staged.stage(batch, event.event_id, destinations, &item)
     }
 
     fn committed(&self, event: &PersistedEvent<'_>) {
-        if let Some(destinations) = self.staged.take(event.event_id) {
-            self.outbox.committed(&destinations);
-        }
+        self.staged.committed(event.event_id);
     }
 
     fn aborted(&self, event: &PersistedEvent<'_>) {
-        self.staged.take(event.event_id);
+        self.staged.aborted(event.event_id);
     }
 }
 
