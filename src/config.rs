@@ -146,6 +146,11 @@ pub struct Config {
     #[serde(default = "defaults::turn_ttl")]
     pub turn_ttl: u64,
 
+    /// Appservice registration files (YAML), loaded at every start
+    /// (Synapse's key); `conduit appservice register` adds more.
+    #[serde(default)]
+    pub app_service_config_files: Vec<PathBuf>,
+
     // Keys of upstream Conduit's file that this build accepts, so an
     // operator's file keeps working, but does not act on (yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]

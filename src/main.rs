@@ -24,6 +24,44 @@ enum Command {
     /// the server stopped). Other servers still verify old events with
     /// the retired key, which stays published as an old key.
     RotateSigningKey,
+    /// Manages application services (run it with the server stopped).
+    #[command(subcommand)]
+    Appservice(AppserviceCommand),
+}
+
+#[derive(Subcommand)]
+enum AppserviceCommand {
+    /// Registers the appservice of a registration file (YAML), or
+    /// replaces the one of the same ID.
+    Register { file: PathBuf },
+    /// Removes a registered appservice.
+    Unregister { id: String },
+    /// Lists the registered appservices.
+    List,
+}
+
+/// Runs `conduit appservice ...` on the database of a stopped server.
+fn appservice_command(config: &Config, command: AppserviceCommand) -> Result<String, String> {
+    let appservices = conduit::service::Services::appservices_offline(config).map_err(|e| e.to_string())?;
+    match command {
+        AppserviceCommand::Register { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let appservice = appservices
+                .register_yaml(&text)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            Ok(format!("registered appservice {}\n", appservice.id()))
+        }
+        AppserviceCommand::Unregister { id } => match appservices.unregister(&id) {
+            Ok(true) => Ok(format!("unregistered appservice {id}\n")),
+            Ok(false) => Err(format!("no appservice {id} is registered")),
+            Err(e) => Err(e.to_string()),
+        },
+        AppserviceCommand::List => Ok(appservices
+            .all()
+            .iter()
+            .map(|a| format!("{}\t{}\n", a.id(), a.registration.url.as_deref().unwrap_or("-")))
+            .collect()),
+    }
 }
 
 /// glibc raises its mmap threshold after the first large free and from then
@@ -67,6 +105,19 @@ fn main() -> ExitCode {
         return match conduit::service::Services::rotate_signing_key(&config) {
             Ok(key_id) => {
                 let _ = writeln!(std::io::stdout(), "new signing key: {key_id}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "conduit: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    if let Some(Command::Appservice(command)) = cli.command {
+        return match appservice_command(&config, command) {
+            Ok(out) => {
+                let _ = write!(std::io::stdout(), "{out}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -4,6 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::service::appservices::AppserviceFailure;
 use crate::service::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,11 @@ pub enum ApiError {
     UnknownToken,
     #[error("{0}")]
     Forbidden(String),
+    /// An appservice acting as a user outside its namespaces.
+    #[error("{0}")]
+    NotInNamespace(String),
+    #[error("{0}")]
+    UnknownDevice(String),
     #[error("internal server error")]
     Internal(String),
     #[error(transparent)]
@@ -49,6 +55,8 @@ impl ApiError {
             ApiError::MissingToken => (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
             ApiError::UnknownToken => (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
+            ApiError::NotInNamespace(_) => (StatusCode::FORBIDDEN, "M_EXCLUSIVE"),
+            ApiError::UnknownDevice(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN_DEVICE"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
             ApiError::Service(e) => match e {
                 S::Database(_) | S::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
@@ -80,6 +88,13 @@ impl ApiError {
                 S::IncompatibleRoomVersion(_) => (StatusCode::BAD_REQUEST, "M_INCOMPATIBLE_ROOM_VERSION"),
                 S::UnableToAuthoriseJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN"),
                 S::UnableToGrantJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),
+                S::Exclusive(_) => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
+                S::Appservice(failure) => match failure {
+                    AppserviceFailure::UrlNotSet => (StatusCode::BAD_REQUEST, "M_URL_NOT_SET"),
+                    AppserviceFailure::BadStatus { .. } => (StatusCode::BAD_GATEWAY, "M_BAD_STATUS"),
+                    AppserviceFailure::ConnectionFailed(_) => (StatusCode::BAD_GATEWAY, "M_CONNECTION_FAILED"),
+                    AppserviceFailure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "M_CONNECTION_TIMEOUT"),
+                },
             },
         }
     }
@@ -115,6 +130,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Service(ServiceError::IncompatibleRoomVersion(version)) => {
                 json!({"errcode": errcode, "error": self.to_string(), "room_version": version})
+            }
+            ApiError::Service(ServiceError::Appservice(AppserviceFailure::BadStatus { status, body })) => {
+                json!({"errcode": errcode, "error": self.to_string(), "status": status, "body": body})
             }
             ApiError::Service(ServiceError::WrongRoomKeysVersion(current)) => {
                 json!({"errcode": errcode, "error": self.to_string(), "current_version": current})

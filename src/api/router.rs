@@ -21,6 +21,8 @@ use ruma::api::{IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse,
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
 use super::error::ApiError;
+use crate::service::appservices::Appservice;
+use crate::service::outbox::Destination;
 use crate::service::{ServiceError, Services};
 
 /// A parsed, authenticated request for endpoint `T`.
@@ -31,6 +33,8 @@ pub struct Ruma<T> {
     pub client_ip: Option<String>,
     /// The server that signed a federation request.
     pub origin: Option<ruma::OwnedServerName>,
+    /// The appservice behind the request's token (acting as `sender_user`).
+    pub appservice: Option<Arc<Appservice>>,
     /// The JSON body as it came (`{}` for an empty one): for the fields a
     /// ruma request type drops, such as a join's custom content.
     pub json_body: Vec<u8>,
@@ -98,8 +102,8 @@ auth_kinds! {
     NoAccessToken => None,
     AccessToken => Required,
     AccessTokenOptional => Optional,
-    // Appservice tokens get their own check with the appservice module;
-    // until then they are looked up like any access token.
+    // Endpoints only an appservice calls; their handlers check that one did
+    // (`Ruma::appservice`).
     AppserviceToken => Required,
     AppserviceTokenOptional => Optional,
     ruma::api::federation::authentication::ServerSignatures => Server,
@@ -495,16 +499,17 @@ where
     path_args.resize(endpoint.arg_count, String::new());
 
     let client_ip = req.connection_info().realip_remote_addr().map(strip_port);
-    let (sender_user, sender_device, origin) =
-        if <R::Authentication as AuthKind>::REQUIREMENT == AuthRequirement::Server {
-            if !services.config.allow_federation {
-                return Err(ApiError::Forbidden("federation is disabled on this server".to_owned()));
-            }
-            (None, None, Some(services.federation.authenticate(&request).await?))
-        } else {
-            let (user, device) = authenticate::<R>(&services, &request, client_ip.clone()).await?;
-            (user, device, None)
-        };
+    let (identity, origin) = if <R::Authentication as AuthKind>::REQUIREMENT == AuthRequirement::Server {
+        if !services.config.allow_federation {
+            return Err(ApiError::Forbidden("federation is disabled on this server".to_owned()));
+        }
+        (
+            Identity::default(),
+            Some(services.federation.authenticate(&request).await?),
+        )
+    } else {
+        (authenticate::<R>(&services, &request, client_ip.clone()).await?, None)
+    };
 
     let (parts, mut body) = request.into_parts();
     let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
@@ -537,10 +542,11 @@ where
         services,
         Ruma {
             body: parsed,
-            sender_user,
-            sender_device,
+            sender_user: identity.user,
+            sender_device: identity.device,
             client_ip,
             origin,
+            appservice: identity.appservice,
             json_body: body,
         },
     )
@@ -665,31 +671,108 @@ fn strip_port(addr: &str) -> String {
     }
 }
 
+/// Who made a request.
+#[derive(Default)]
+struct Identity {
+    user: Option<OwnedUserId>,
+    device: Option<OwnedDeviceId>,
+    appservice: Option<Arc<Appservice>>,
+}
+
 async fn authenticate<R>(
     services: &Arc<Services>,
     request: &http::Request<Vec<u8>>,
     client_ip: Option<String>,
-) -> Result<(Option<OwnedUserId>, Option<OwnedDeviceId>), ApiError>
+) -> Result<Identity, ApiError>
 where
     R: Metadata,
     R::Authentication: AuthKind,
 {
     let requirement = <R::Authentication as AuthKind>::REQUIREMENT;
     if matches!(requirement, AuthRequirement::None | AuthRequirement::Server) {
-        return Ok((None, None));
+        return Ok(Identity::default());
     }
     let token = match extract_bearer_or_query_token(request) {
         Ok(Some(token)) => token,
-        Ok(None) if requirement == AuthRequirement::Optional => return Ok((None, None)),
+        Ok(None) if requirement == AuthRequirement::Optional => return Ok(Identity::default()),
         Ok(None) | Err(_) => return Err(ApiError::MissingToken),
     };
+    if let Some(appservice) = services.appservices.by_as_token(&token) {
+        return appservice_identity(services, request.uri().query().unwrap_or_default(), appservice).await;
+    }
     let (user, device) = token_owner(services, &token, client_ip).await?;
     guest_may_call(services, &user, || {
         R::PATH_BUILDER
             .all_paths()
             .any(|path| GUEST_ENDPOINTS.contains(&split_prefix(path).1))
     })?;
-    Ok((Some(user), Some(device)))
+    Ok(Identity {
+        user: Some(user),
+        device: Some(device),
+        appservice: None,
+    })
+}
+
+/// An appservice's request acts as its own user, or as the `user_id` of
+/// the query if that is in its namespace (the spec's identity
+/// assertion), with the query's `device_id` if given.
+async fn appservice_identity(
+    services: &Arc<Services>,
+    query: &str,
+    appservice: Arc<Appservice>,
+) -> Result<Identity, ApiError> {
+    // It answers us, so it is up: what waits for it goes now.
+    services
+        .outbox
+        .retry_now(&Destination::Appservice(appservice.id().to_owned()));
+    let asserted = web::Query::<AssertedIdentity>::from_query(query)
+        .map_err(|e| ApiError::InvalidParam(format!("query: {e}")))?
+        .into_inner();
+    let user = match asserted.user_id {
+        None => appservice.sender.clone(),
+        Some(user_id) => {
+            let user = UserId::parse(user_id.as_str()).map_err(|e| ApiError::InvalidParam(format!("user_id: {e}")))?;
+            if user.server_name() != services.config.server_name || !appservice.is_user_in_namespace(user.as_str()) {
+                return Err(ApiError::NotInNamespace(format!(
+                    "{user} is not in the namespaces of appservice {}",
+                    appservice.id()
+                )));
+            }
+            if !services.users.exists(&user)? {
+                return Err(ApiError::Forbidden(format!("the appservice has not registered {user}")));
+            }
+            user
+        }
+    };
+    let device = match asserted.device_id.or(asserted.msc3202_device_id) {
+        Some(device) => {
+            let lookup = (user.clone(), device.clone());
+            services
+                .run(move |s| s.devices.get(&lookup.0, &lookup.1).map(|_| ()))
+                .await
+                .map_err(|_| ApiError::UnknownDevice(format!("{user} has no device {device}")))?;
+            OwnedDeviceId::from(device)
+        }
+        // Acting without a device: the endpoints that need one (to scope
+        // transaction IDs, say) see this stand-in.
+        None => OwnedDeviceId::from(APPSERVICE_DEVICE),
+    };
+    Ok(Identity {
+        user: Some(user),
+        device: Some(device),
+        appservice: Some(appservice),
+    })
+}
+
+/// The device an appservice acts with when it names none.
+pub const APPSERVICE_DEVICE: &str = "appservice";
+
+#[derive(serde::Deserialize)]
+struct AssertedIdentity {
+    user_id: Option<String>,
+    device_id: Option<String>,
+    #[serde(rename = "org.matrix.msc3202.device_id")]
+    msc3202_device_id: Option<String>,
 }
 
 /// What a guest account may call (the spec's guest access module, plus

@@ -227,8 +227,9 @@ pub enum Table {
     /// JSON, the kind).
     Outliers,
     /// What waits to be delivered, per destination (`outbox.rs`): PDUs and
-    /// EDUs for other servers (later appservices and push gateways).
-    /// Key: `(destination: str, seq: u64)`, destination `server:<name>`,
+    /// EDUs for other servers and appservices (later push gateways).
+    /// Key: `(destination: str, seq: u64)`, destination `server:<name>` or
+    /// `appservice:<id>`,
     /// seq from the server-wide counter. Value: bincode `OutboxItem`.
     Outbox,
     /// Other servers' signing keys (`remote_keys.rs`), current and retired.
@@ -263,10 +264,15 @@ pub enum Table {
     /// keys). Kept in step by `m.device_list_update` EDUs; refetched when
     /// one shows a gap.
     RemoteDeviceLists,
+    /// Registered application services (`appservices.rs`), from
+    /// `conduit appservice register` or the config's
+    /// `app_service_config_files`. Key: `(id: str)`. Value: the
+    /// registration as JSON (the YAML file's fields).
+    Appservices,
 }
 
 impl Table {
-    pub const ALL: [Table; 62] = [
+    pub const ALL: [Table; 63] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -329,6 +335,7 @@ impl Table {
         Table::AuthChains,
         Table::DeviceListStreamIds,
         Table::RemoteDeviceLists,
+        Table::Appservices,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -396,6 +403,7 @@ impl Table {
             Table::AuthChains => "auth_chains",
             Table::DeviceListStreamIds => "device_list_stream_ids",
             Table::RemoteDeviceLists => "remote_device_lists",
+            Table::Appservices => "appservices",
         }
     }
 }

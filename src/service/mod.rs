@@ -2,6 +2,7 @@
 //! tables and reaches storage only through them.
 
 pub mod account_data;
+pub mod appservices;
 pub mod dehydrated_devices;
 pub mod devices;
 pub mod e2e_keys;
@@ -120,6 +121,12 @@ pub enum ServiceError {
     /// Another server's media is larger than we accept.
     #[error("{0}")]
     RemoteTooLarge(String),
+    /// A user ID or alias in an appservice's exclusive namespace.
+    #[error("{0}")]
+    Exclusive(String),
+    /// An appservice failed a request made for a client (a ping).
+    #[error(transparent)]
+    Appservice(#[from] appservices::AppserviceFailure),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -160,6 +167,7 @@ pub struct Services {
     /// What waits to be delivered to other servers (see `outbox.rs`).
     pub outbox: Arc<outbox::OutboxService>,
     pub federation: federation::FederationService,
+    pub appservices: Arc<appservices::AppservicesService>,
     /// What lazy-loading syncs sent each device (see `sync.rs`).
     pub lazy_members: sync::LazyMembersSent,
     /// Event writes running now (see [`Services::run_write`]).
@@ -175,6 +183,7 @@ impl Services {
         if purged > 0 {
             tracing::info!(purged, "expired authentication sessions removed");
         }
+        services.create_appservice_users()?;
         let indexed = services.timeline.backfill_txn_index()? + services.to_device.backfill_txn_index()?;
         if indexed > 0 {
             tracing::info!(indexed, "transaction IDs from an older database set to expire in a day");
@@ -187,6 +196,23 @@ impl Services {
     /// Returns the new key's ID.
     pub fn rotate_signing_key(config: &Config) -> ServiceResult<String> {
         server_keys::ServerKeysService::rotate(open_database(config)?)
+    }
+
+    /// The appservices registered in a stopped server's database (for
+    /// `conduit appservice ...`).
+    pub fn appservices_offline(config: &Config) -> ServiceResult<appservices::AppservicesService> {
+        appservices::AppservicesService::open_stored(open_database(config)?, config.server_name.clone())
+    }
+
+    /// Each appservice's own user, made on first sight.
+    fn create_appservice_users(&self) -> ServiceResult<()> {
+        for appservice in self.appservices.all().iter() {
+            if !self.users.exists(&appservice.sender)? {
+                self.users.register(&self.devices, &appservice.sender, None, None)?;
+                tracing::info!(user_id = %appservice.sender, "appservice user created");
+            }
+        }
+        Ok(())
     }
 
     fn build(config: Config, db: Db) -> ServiceResult<Self> {
@@ -204,6 +230,15 @@ impl Services {
         )));
         timeline.subscribe(Arc::new(federation::device_lists::DeviceListTracking::new(
             config.server_name.clone(),
+        )));
+        let appservices = Arc::new(appservices::AppservicesService::open(
+            db.clone(),
+            config.server_name.clone(),
+            &config.app_service_config_files,
+        )?);
+        timeline.subscribe(Arc::new(appservices::sender::AppserviceSender::new(
+            appservices.clone(),
+            outbox.clone(),
         )));
         Ok(Services {
             server_keys,
@@ -231,6 +266,7 @@ impl Services {
             voip: voip::VoipService::new(&config),
             outbox,
             federation,
+            appservices,
             lazy_members: sync::LazyMembersSent::default(),
             writes_in_flight: Default::default(),
             config,
@@ -281,16 +317,21 @@ impl Services {
         }
     }
 
-    /// Starts the background workers (deliveries to other servers); they
+    /// Starts the background workers (deliveries to other servers and appservices); they
     /// stop when `stop` turns true, and the returned handles finish once
     /// they have.
     pub fn start_workers(
         self: &Arc<Self>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let transport = Arc::new(federation::sender::ServerTransport {
-            client: self.federation.client.clone(),
-            server_name: self.config.server_name.clone(),
+        let transport = Arc::new(outbox::TransportByKind {
+            servers: Arc::new(federation::sender::ServerTransport {
+                client: self.federation.client.clone(),
+                server_name: self.config.server_name.clone(),
+            }),
+            appservices: Arc::new(appservices::sender::AppserviceTransport {
+                appservices: self.appservices.clone(),
+            }),
         });
         vec![tokio::spawn(self.outbox.clone().run(transport, stop))]
     }

@@ -1,5 +1,5 @@
 //! The persistent outbox: what this server must deliver elsewhere (PDUs and
-//! EDUs to other servers; appservices and push gateways use it too), queued
+//! EDUs to other servers, events to appservices; push gateways later), queued
 //! per destination in storage, so nothing is lost to a restart.
 //!
 //! Items are queued in the batch of the write that makes them (an event's
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use ruma::{OwnedServerName, ServerName};
+use ruma::{EventId, OwnedEventId, OwnedServerName, ServerName};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
@@ -26,6 +26,8 @@ use crate::database::{Batch, Db};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Destination {
     Server(OwnedServerName),
+    /// An appservice, by its registration's ID.
+    Appservice(String),
 }
 
 impl Destination {
@@ -33,6 +35,7 @@ impl Destination {
     fn key(&self) -> String {
         match self {
             Destination::Server(name) => format!("server:{name}"),
+            Destination::Appservice(id) => format!("appservice:{id}"),
         }
     }
 
@@ -40,7 +43,86 @@ impl Destination {
         let (kind, rest) = key.split_once(':')?;
         match kind {
             "server" => ServerName::parse(rest).ok().map(Destination::Server),
+            "appservice" => Some(Destination::Appservice(rest.to_owned())),
             _ => None,
+        }
+    }
+
+    /// The longest wait between tries: a server may be gone for good, an
+    /// appservice is usually beside us and restarting.
+    fn max_backoff(&self) -> Duration {
+        match self {
+            Destination::Server(_) => MAX_BACKOFF,
+            Destination::Appservice(_) => MAX_APPSERVICE_BACKOFF,
+        }
+    }
+}
+
+/// Destinations a timeline subscriber staged for each event, until the
+/// event's batch has landed (then the outbox is told) or failed.
+pub struct StagedForEvents {
+    outbox: Arc<OutboxService>,
+    staged: Mutex<HashMap<OwnedEventId, Vec<Destination>>>,
+}
+
+impl StagedForEvents {
+    pub fn new(outbox: Arc<OutboxService>) -> Self {
+        Self {
+            outbox,
+            staged: Mutex::default(),
+        }
+    }
+
+    /// Queues `item` for each of `destinations` in the event's `batch`.
+    pub fn stage(
+        &self,
+        batch: &mut Batch,
+        event_id: &EventId,
+        destinations: Vec<Destination>,
+        item: &OutboxItem,
+    ) -> ServiceResult<()> {
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        for destination in &destinations {
+            self.outbox.stage(batch, destination, item)?;
+        }
+        self.lock().insert(event_id.to_owned(), destinations);
+        Ok(())
+    }
+
+    /// The event's batch landed: its destinations have something to send.
+    pub fn committed(&self, event_id: &EventId) {
+        let destinations = self.lock().remove(event_id);
+        if let Some(destinations) = destinations {
+            self.outbox.committed(&destinations);
+        }
+    }
+
+    pub fn aborted(&self, event_id: &EventId) {
+        self.lock().remove(event_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedEventId, Vec<Destination>>> {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Sends each kind of destination's transactions with its own transport.
+pub struct TransportByKind {
+    pub servers: Arc<dyn Transport>,
+    pub appservices: Arc<dyn Transport>,
+}
+
+impl Transport for TransportByKind {
+    fn deliver<'a>(
+        &'a self,
+        destination: &'a Destination,
+        transaction: &'a Transaction,
+    ) -> BoxFuture<'a, Result<(), DeliveryFailed>> {
+        match destination {
+            Destination::Server(_) => self.servers.deliver(destination, transaction),
+            Destination::Appservice(_) => self.appservices.deliver(destination, transaction),
         }
     }
 }
@@ -77,8 +159,10 @@ pub trait Transport: Send + Sync + 'static {
 
 /// First wait after a failure; it doubles with each one after.
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
-/// The longest wait between tries.
+/// The longest wait between tries to another server.
 const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
+/// The longest wait between tries to an appservice.
+const MAX_APPSERVICE_BACKOFF: Duration = Duration::from_secs(5 * 60);
 /// How long shutdown waits for transactions in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -260,7 +344,7 @@ impl OutboxService {
             }
             Err(e) => {
                 state.failures = state.failures.saturating_add(1);
-                let wait = backoff(state.failures);
+                let wait = backoff(state.failures, destination.max_backoff());
                 state.retry_at = Some(Instant::now() + wait);
                 tracing::warn!(?destination, error = %e, failures = state.failures, retry_in_s = wait.as_secs(), "outbox: delivery failed");
             }
@@ -319,10 +403,10 @@ impl OutboxService {
 }
 
 /// The wait after `failures` failures in a row.
-fn backoff(failures: u32) -> Duration {
+fn backoff(failures: u32, max: Duration) -> Duration {
     FIRST_BACKOFF
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
-        .min(MAX_BACKOFF)
+        .min(max)
 }
 
 #[cfg(test)]
@@ -381,10 +465,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(1), FIRST_BACKOFF);
-        assert_eq!(backoff(2), FIRST_BACKOFF * 2);
-        assert_eq!(backoff(3), FIRST_BACKOFF * 4);
-        assert_eq!(backoff(40), MAX_BACKOFF);
+        assert_eq!(backoff(1, MAX_BACKOFF), FIRST_BACKOFF);
+        assert_eq!(backoff(2, MAX_BACKOFF), FIRST_BACKOFF * 2);
+        assert_eq!(backoff(3, MAX_BACKOFF), FIRST_BACKOFF * 4);
+        assert_eq!(backoff(40, MAX_BACKOFF), MAX_BACKOFF);
+        let appservice = Destination::Appservice("bridge".to_owned());
+        assert_eq!(backoff(40, appservice.max_backoff()), MAX_APPSERVICE_BACKOFF);
+        assert_eq!(Destination::from_key(&appservice.key()), Some(appservice));
     }
 
     #[tokio::test]

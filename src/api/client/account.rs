@@ -2,14 +2,16 @@
 
 use std::sync::Arc;
 
-use ruma::api::client::account::register::RegistrationKind;
+use ruma::api::client::account::register::{LoginType, RegistrationKind};
 use ruma::api::client::account::{
     change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus,
 };
 
-use crate::api::router::{Hooks, JsonObject};
+use crate::api::router::{Hooks, JsonObject, APPSERVICE_DEVICE};
 use crate::api::{ApiError, Router, Ruma};
+use crate::service::appservices::Appservice;
 use crate::service::uiaa::Purpose;
+use crate::service::users::NewLogin;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
@@ -31,6 +33,12 @@ async fn register(
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response, ApiError> {
     let body = req.body;
+    if let Some(appservice) = req.appservice {
+        return register_for_appservice(services, appservice, body, req.client_ip).await;
+    }
+    if body.login_type == Some(LoginType::ApplicationService) {
+        return Err(ApiError::MissingToken);
+    }
     if body.kind == RegistrationKind::Guest {
         return register_guest(services, body, req.client_ip).await;
     }
@@ -75,6 +83,7 @@ async fn register(
                 Some(name) => s.users.check_new_localpart(&name.to_lowercase())?,
                 None => s.users.generate_user_id()?,
             };
+            s.appservices.check_user_free(&user_id, None)?;
             s.uiaa
                 .authenticate(&s.users, None, Purpose::Register, "", body.auth.as_ref())?;
             let login = (!body.inhibit_login)
@@ -84,15 +93,20 @@ async fn register(
                 .register(&s.devices, &user_id, body.password.as_deref(), login)?;
             s.uiaa.record_registration(body.auth.as_ref(), &user_id)?;
             tracing::info!(%user_id, ip = client_ip.as_deref().unwrap_or("-"), "new account");
-            let mut response = register::v3::Response::new(user_id);
-            if let Some(login) = new_login {
-                response.access_token = Some(login.access_token);
-                response.device_id = Some(login.device_id.into());
-            }
-            Ok(response)
+            Ok(registered(user_id, new_login))
         })
         .await
         .map_err(Into::into)
+}
+
+/// The answer to a new account's registration, with its login if any.
+fn registered(user_id: ruma::OwnedUserId, login: Option<NewLogin>) -> register::v3::Response {
+    let mut response = register::v3::Response::new(user_id);
+    if let Some(login) = login {
+        response.access_token = Some(login.access_token);
+        response.device_id = Some(login.device_id.into());
+    }
+    response
 }
 
 /// The answer to a registration of an account that exists already (the
@@ -117,6 +131,39 @@ fn existing_account(
         response.device_id = Some(device_id.into());
     }
     Ok(response)
+}
+
+/// An appservice registers one of its users: no password, and none of
+/// the checks on people (registration open, token, user-interactive
+/// authentication), as the spec's `m.login.application_service` says.
+async fn register_for_appservice(
+    services: Arc<Services>,
+    appservice: Arc<Appservice>,
+    body: register::v3::Request,
+    client_ip: Option<String>,
+) -> Result<register::v3::Response, ApiError> {
+    let name = body
+        .username
+        .clone()
+        .ok_or_else(|| ApiError::MissingParam("an appservice registers a user by its username".to_owned()))?;
+    services
+        .run(move |s| {
+            let user_id = s.users.check_new_localpart(&name)?;
+            if !appservice.is_user_in_namespace(user_id.as_str()) {
+                return Err(ServiceError::Exclusive(format!(
+                    "{user_id} is not in the namespaces of appservice {}",
+                    appservice.id()
+                )));
+            }
+            s.appservices.check_user_free(&user_id, Some(&appservice))?;
+            let login = (!body.inhibit_login)
+                .then(|| (body.device_id.map(|d| d.to_string()), body.initial_device_display_name));
+            let new_login = s.users.register(&s.devices, &user_id, None, login)?;
+            tracing::info!(%user_id, appservice = appservice.id(), ip = client_ip.as_deref().unwrap_or("-"), "new appservice user");
+            Ok(registered(user_id, new_login))
+        })
+        .await
+        .map_err(Into::into)
 }
 
 /// `register?kind=guest`: an account without a password, for the guest
@@ -151,13 +198,22 @@ async fn username_available(
         ));
     }
     let name = req.body.username.to_lowercase();
-    services.run(move |s| s.users.check_new_localpart(&name)).await?;
+    services
+        .run(move |s| {
+            s.appservices
+                .check_user_free(&s.users.check_new_localpart(&name)?, None)
+        })
+        .await?;
     Ok(get_username_availability::v3::Response::new(true))
 }
 
 async fn whoami(_: Arc<Services>, req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response, ApiError> {
     let mut response = whoami::v3::Response::new(req.user()?.to_owned(), false);
-    response.device_id = req.sender_device.clone();
+    // An appservice acting without a device has none to tell.
+    response.device_id = req
+        .sender_device
+        .clone()
+        .filter(|d| req.appservice.is_none() || d.as_str() != APPSERVICE_DEVICE);
     Ok(response)
 }
 

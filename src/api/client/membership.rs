@@ -9,7 +9,7 @@ use ruma::api::client::membership::{
     ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members,
     joined_rooms, kick_user, leave_room, unban_user,
 };
-use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId};
+use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomAliasId};
 
 use super::raw;
 use crate::api::{ApiError, Router, Ruma};
@@ -72,6 +72,9 @@ async fn join_by_id_or_alias(
     let body = req.body;
     if body.third_party_signed.is_some() {
         return Err(third_party_refused());
+    }
+    if let Ok(alias) = RoomAliasId::parse(body.room_id_or_alias.as_str()) {
+        super::appservice::ask_about_alias(&services, &alias).await?;
     }
     let room_id = join(
         &services,
@@ -177,6 +180,7 @@ async fn invite(
         InvitationRecipient::UserId(invite) => (invite.user_id, invite.reason),
         _ => return Err(third_party_refused()),
     };
+    super::appservice::ask_about_user(&services, &target).await?;
     if target.server_name() != services.config.server_name && services.config.allow_federation {
         let (room, invitee) = (body.room_id.clone(), target.clone());
         let content = services

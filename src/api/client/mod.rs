@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod appservice;
 mod backup;
 mod dehydrated_device;
 mod device;
@@ -49,6 +50,7 @@ fn raw<T>(value: &serde_json::Value) -> Result<Raw<T>, ApiError> {
 pub fn register_routes(router: &mut Router) {
     discovery::register_routes(router);
     account::register_routes(router);
+    appservice::register_routes(router);
     threepid::register_routes(router);
     session::register_routes(router);
     device::register_routes(router);

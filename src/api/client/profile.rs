@@ -46,6 +46,7 @@ async fn profile(
     req: Ruma<get_profile::v3::Request>,
 ) -> Result<get_profile::v3::Response, ApiError> {
     let user_id = req.body.user_id;
+    super::appservice::ask_about_user(&services, &user_id).await?;
     let (name, avatar) = if user_id.server_name() != services.config.server_name && services.config.allow_federation {
         services.federation.profile(&user_id).await?
     } else {
@@ -73,6 +74,7 @@ async fn display_name(
     req: Ruma<get_display_name::v3::Request>,
 ) -> Result<get_display_name::v3::Response, ApiError> {
     let user_id = req.body.user_id;
+    super::appservice::ask_about_user(&services, &user_id).await?;
     if user_id.server_name() != services.config.server_name && services.config.allow_federation {
         let (name, _) = services.federation.profile(&user_id).await?;
         return Ok(get_display_name::v3::Response::new(name));

@@ -169,6 +169,7 @@ async fn get_alias(
         let (room_id, servers) = services.federation.resolve_alias(&alias).await?;
         return Ok(get_alias::v3::Response::new(room_id, servers));
     }
+    super::appservice::ask_about_alias(&services, &alias).await?;
     let room_id = services.run(move |s| s.rooms.resolve_alias(s, &alias)).await?;
     Ok(get_alias::v3::Response::new(room_id, vec![server]))
 }

@@ -22,10 +22,11 @@ async fn login_types(
     _: Arc<Services>,
     _: Ruma<get_login_types::v3::Request>,
 ) -> Result<get_login_types::v3::Response, ApiError> {
-    use get_login_types::v3::{LoginType, PasswordLoginType};
-    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(
-        PasswordLoginType::new(),
-    )]))
+    use get_login_types::v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType};
+    Ok(get_login_types::v3::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(ApplicationServiceLoginType::new()),
+    ]))
 }
 
 /// ruma's `LoginInfo` indexes `type` and panics when it is missing: the
@@ -40,8 +41,44 @@ fn login_type_given(body: &mut JsonObject, _: &[&str]) -> Result<(), ApiError> {
 
 async fn login(services: Arc<Services>, req: Ruma<login::v3::Request>) -> Result<login::v3::Response, ApiError> {
     let body = req.body;
-    let LoginInfo::Password(password) = body.login_info else {
-        return Err(ApiError::BadJson("unsupported login type".to_owned()));
+    let password = match body.login_info {
+        LoginInfo::Password(password) => password,
+        LoginInfo::ApplicationService(login) => {
+            #[allow(deprecated)]
+            let named = match (login.identifier, login.user) {
+                (Some(UserIdentifier::Matrix(m)), _) => m.user,
+                (None, Some(user)) => user,
+                _ => return Err(ApiError::BadJson("no m.id.user identifier given".to_owned())),
+            };
+            let appservice = req.appservice.ok_or(if req.sender_user.is_some() {
+                ApiError::UnknownToken
+            } else {
+                ApiError::MissingToken
+            })?;
+            let user_id = parse_login_name(&services, &named)?;
+            if !appservice.is_user_in_namespace(user_id.as_str()) {
+                return Err(ApiError::NotInNamespace(format!(
+                    "{user_id} is not in the namespaces of appservice {}",
+                    appservice.id()
+                )));
+            }
+            return new_login(
+                services,
+                user_id,
+                body.device_id,
+                body.initial_device_display_name,
+                req.client_ip,
+                |s, user| {
+                    if s.users.is_active(user)? {
+                        Ok(())
+                    } else {
+                        Err(ServiceError::Forbidden(format!("{user} has not been registered")))
+                    }
+                },
+            )
+            .await;
+        }
+        _ => return Err(ApiError::BadJson("unsupported login type".to_owned())),
     };
     // `identifier` is current; the top-level `user` field is what old clients send.
     #[allow(deprecated)]
@@ -56,13 +93,31 @@ async fn login(services: Arc<Services>, req: Ruma<login::v3::Request>) -> Result
         (None, None) => return Err(ApiError::BadJson("no user identifier given".to_owned())),
     };
     let user_id = parse_login_name(&services, &named)?;
-    let client_ip = req.client_ip;
-    let device_id = body.device_id.map(|d| d.to_string());
-    let display_name = body.initial_device_display_name;
+    new_login(
+        services,
+        user_id,
+        body.device_id,
+        body.initial_device_display_name,
+        req.client_ip,
+        move |s, user| s.users.verify_password(user, &password.password),
+    )
+    .await
+}
+
+/// A new device and token for `user_id`, once `check` has let it in.
+async fn new_login(
+    services: Arc<Services>,
+    user_id: OwnedUserId,
+    device_id: Option<ruma::OwnedDeviceId>,
+    display_name: Option<String>,
+    client_ip: Option<String>,
+    check: impl FnOnce(&Services, &UserId) -> Result<(), ServiceError> + Send + 'static,
+) -> Result<login::v3::Response, ApiError> {
+    let device_id = device_id.map(|d| d.to_string());
     let server_name = services.config.server_name.clone();
     services
         .run(move |s| {
-            s.users.verify_password(&user_id, &password.password)?;
+            check(s, &user_id)?;
             let (device_id, token) = s
                 .devices
                 .login(s, &user_id, device_id.as_deref(), display_name, client_ip)?;

@@ -3,21 +3,21 @@
 //! (in the event's own batch), and the outbox transport that sends a
 //! destination's queue as `PUT /_matrix/federation/v1/send/{txnId}`.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use ruma::api::federation::transactions::send_transaction_message;
 use ruma::events::TimelineEventType;
 use ruma::serde::Raw;
 use ruma::state_res::Event;
-use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName, OwnedTransactionId, UserId};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, UserId};
 use serde_json::value::RawValue;
 
 use super::FederationClient;
 use crate::database::outbox::OutboxItem;
 use crate::database::Batch;
-use crate::service::outbox::{DeliveryFailed, Destination, OutboxService, Transaction, Transport};
+use crate::service::outbox::{DeliveryFailed, Destination, OutboxService, StagedForEvents, Transaction, Transport};
 use crate::service::timeline::{EventSubscriber, PersistedEvent};
 use crate::service::{ServiceResult, Services};
 
@@ -25,17 +25,14 @@ use crate::service::{ServiceResult, Services};
 /// room.
 pub struct FederationSender {
     server_name: OwnedServerName,
-    outbox: Arc<OutboxService>,
-    /// Destinations staged in a batch that has not landed yet.
-    staged: Mutex<HashMap<OwnedEventId, Vec<Destination>>>,
+    staged: StagedForEvents,
 }
 
 impl FederationSender {
     pub fn new(server_name: OwnedServerName, outbox: Arc<OutboxService>) -> Self {
         Self {
             server_name,
-            outbox,
-            staged: Mutex::default(),
+            staged: StagedForEvents::new(outbox),
         }
     }
 }
@@ -63,32 +60,15 @@ impl EventSubscriber for FederationSender {
             json: serde_json::to_string(&pdu).map_err(|e| crate::service::ServiceError::Internal(e.to_string()))?,
         };
         let destinations: Vec<Destination> = servers.into_iter().map(Destination::Server).collect();
-        for destination in &destinations {
-            self.outbox.stage(batch, destination, &item)?;
-        }
-        self.staged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(event.event_id.to_owned(), destinations);
-        Ok(())
+        self.staged.stage(batch, event.event_id, destinations, &item)
     }
 
     fn committed(&self, event: &PersistedEvent<'_>) {
-        let staged = self
-            .staged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(event.event_id);
-        if let Some(destinations) = staged {
-            self.outbox.committed(&destinations);
-        }
+        self.staged.committed(event.event_id);
     }
 
     fn aborted(&self, event: &PersistedEvent<'_>) {
-        self.staged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(event.event_id);
+        self.staged.aborted(event.event_id);
     }
 }
 
@@ -105,7 +85,9 @@ impl Transport for ServerTransport {
         transaction: &'a Transaction,
     ) -> BoxFuture<'a, Result<(), DeliveryFailed>> {
         Box::pin(async move {
-            let Destination::Server(server) = destination;
+            let Destination::Server(server) = destination else {
+                return Err(DeliveryFailed(format!("{destination:?} is not a server")));
+            };
             let mut request = send_transaction_message::v1::Request::new(
                 OwnedTransactionId::from(transaction.txn_id.as_str()),
                 self.server_name.clone(),

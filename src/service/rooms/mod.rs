@@ -114,6 +114,7 @@ impl RoomsService {
                 let alias = OwnedRoomAliasId::try_from(format!("#{localpart}:{}", s.config.server_name))
                     .map_err(|e| ServiceError::InvalidParam(format!("room_alias_name: {e}")))?;
                 check_alias_length(&alias)?;
+                s.appservices.check_alias_free(&alias, sender)?;
                 if self.directory.alias(alias.as_str())?.is_some() {
                     return Err(ServiceError::RoomInUse("this room alias is already taken".to_owned()));
                 }
@@ -526,6 +527,7 @@ impl RoomsService {
             return Err(ServiceError::InvalidParam("aliases must be on this server".to_owned()));
         }
         check_alias_length(alias)?;
+        s.appservices.check_alias_free(alias, sender)?;
         s.timeline.room_or_404(room_id)?;
         if !s.timeline.is_joined(room_id, sender)? {
             return Err(ServiceError::Forbidden("you are not in this room".to_owned()));
@@ -559,6 +561,11 @@ impl RoomsService {
             return Err(ServiceError::NotFound("this room alias does not exist".to_owned()));
         }
         Ok(())
+    }
+
+    /// The local aliases of a room, whoever asks (for the server itself).
+    pub fn local_aliases(&self, room_id: &RoomId) -> ServiceResult<Vec<String>> {
+        Ok(self.directory.room_aliases(room_id.as_str())?)
     }
 
     /// The local aliases of a room, for its members.

@@ -1,0 +1,667 @@
+//! Application services against the real binary: a small appservice runs
+//! in the test (a loopback HTTP listener) and records what Conduit sends
+//! it; it creates users and rooms when Conduit asks about them.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{assert_error, enc, TestServer};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const AS_TOKEN: &str = "as_secret_token";
+const HS_TOKEN: &str = "hs_secret_token";
+
+/// What the appservice has been sent.
+#[derive(Default)]
+struct Seen {
+    /// `(txnId, body)` of each transaction, as it arrived.
+    transactions: Vec<(String, Value)>,
+    user_queries: Vec<String>,
+    alias_queries: Vec<String>,
+    pings: Vec<Value>,
+    /// Requests without our `hs_token`.
+    unauthorized: usize,
+}
+
+struct FakeAppservice {
+    port: u16,
+    /// The homeserver's base URL, for creating what is asked about.
+    homeserver: Arc<Mutex<String>>,
+    seen: Arc<Mutex<Seen>>,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FakeAppservice {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut fake = FakeAppservice {
+            port,
+            homeserver: Arc::default(),
+            seen: Arc::default(),
+            listener: None,
+        };
+        fake.serve(listener);
+        fake
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (seen, homeserver) = (self.seen.clone(), self.homeserver.clone());
+        self.listener = Some(tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer(stream, seen.clone(), homeserver.clone()));
+            }
+        }));
+    }
+
+    /// Stops listening: connections are refused.
+    async fn stop(&mut self) {
+        let task = self.listener.take().unwrap();
+        task.abort();
+        let _ = task.await;
+    }
+
+    /// Listens again on the same port.
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The bodies of the `m.room.message` events received, in order.
+    fn messages(&self) -> Vec<String> {
+        let seen = self.seen.lock().unwrap();
+        seen.transactions
+            .iter()
+            .flat_map(|(_, body)| body["events"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["type"] == "m.room.message")
+            .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Waits (at most 20 s) until `done` holds of what was seen.
+    async fn wait_until(&self, what: &str, done: impl Fn(&FakeAppservice) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "appservice: no {what} within 20 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Answers one HTTP request (and closes the connection).
+async fn answer(mut stream: TcpStream, seen: Arc<Mutex<Seen>>, homeserver: Arc<Mutex<String>>) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let header_end = loop {
+        let Ok(n) = stream.read(&mut buf).await else { return };
+        if n == 0 {
+            return;
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..header_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    while data.len() < header_end + length {
+        let Ok(n) = stream.read(&mut buf).await else { return };
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    let body: Value = serde_json::from_slice(&data[header_end..]).unwrap_or(Value::Null);
+    let mut request_line = head.lines().next().unwrap_or_default().split(' ');
+    let (method, path) = (
+        request_line.next().unwrap_or_default(),
+        request_line.next().unwrap_or_default(),
+    );
+    let authorized = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {HS_TOKEN}")));
+    let decoded = |s: &str| percent_decode(s);
+    let (status, reply) = if !authorized {
+        seen.lock().unwrap().unauthorized += 1;
+        (403, json!({"errcode": "M_FORBIDDEN"}))
+    } else if let Some(txn) = path.strip_prefix("/_matrix/app/v1/transactions/") {
+        assert_eq!(method, "PUT");
+        seen.lock().unwrap().transactions.push((decoded(txn), body));
+        (200, json!({}))
+    } else if let Some(user) = path.strip_prefix("/_matrix/app/v1/users/") {
+        let user = decoded(user);
+        seen.lock().unwrap().user_queries.push(user.clone());
+        let base = homeserver.lock().unwrap().clone();
+        let localpart = user.trim_start_matches('@').split(':').next().unwrap_or_default();
+        if localpart.starts_with("bridge_") {
+            let (status, _) = as_call(
+                &base,
+                "POST",
+                "/_matrix/client/v3/register",
+                None,
+                Some(json!({"type": "m.login.application_service", "username": localpart, "inhibit_login": true})),
+            )
+            .await;
+            assert_eq!(status, 200);
+            (200, json!({}))
+        } else {
+            (404, json!({"errcode": "M_NOT_FOUND"}))
+        }
+    } else if let Some(alias) = path.strip_prefix("/_matrix/app/v1/rooms/") {
+        let alias = decoded(alias);
+        seen.lock().unwrap().alias_queries.push(alias.clone());
+        let base = homeserver.lock().unwrap().clone();
+        let name = alias
+            .trim_start_matches('#')
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let (status, created) = as_call(
+            &base,
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            None,
+            Some(json!({"room_alias_name": name, "preset": "public_chat"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{created}");
+        (200, json!({}))
+    } else if path == "/_matrix/app/v1/ping" {
+        seen.lock().unwrap().pings.push(body);
+        (200, json!({}))
+    } else {
+        (404, json!({"errcode": "M_UNRECOGNIZED"}))
+    };
+    let text = reply.to_string();
+    let response = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request with the appservice's token.
+async fn as_call(base: &str, method: &str, path: &str, query: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let url = match query {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.parse().unwrap(), url).bearer_auth(AS_TOKEN);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The registration, as a bridge writes it: users `@bridge_*`
+/// (exclusive), aliases `#bridge_*` (exclusive).
+fn registration(url: &str) -> String {
+    format!(
+        "id: testbridge\nurl: {url}\nas_token: {AS_TOKEN}\nhs_token: {HS_TOKEN}\nsender_localpart: bridgebot\n\
+         rate_limited: false\nnamespaces:\n  users:\n  - regex: '@bridge_.*'\n    exclusive: true\n\
+         \x20 aliases:\n  - regex: '#bridge_.*'\n    exclusive: true\n  rooms: []\n"
+    )
+}
+
+/// A server with the fake appservice registered through the config.
+async fn server_and_appservice() -> (TestServer, FakeAppservice) {
+    let fake = FakeAppservice::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bridge.yaml");
+    std::fs::write(&file, registration(&fake.url())).unwrap();
+    let server = TestServer::start_in(
+        dir,
+        &format!("app_service_config_files = [{:?}]", file.display().to_string()),
+    )
+    .await;
+    *fake.homeserver.lock().unwrap() = server.base.clone();
+    (server, fake)
+}
+
+#[tokio::test]
+async fn events_reach_the_appservice_once_and_in_order_even_across_its_outage_and_a_restart() {
+    let (mut server, mut fake) = server_and_appservice().await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    // A puppet of the bridge joins: from then on the room's events concern it.
+    let (status, body) = as_call(
+        &server.base,
+        "POST",
+        "/_matrix/client/v3/register",
+        None,
+        Some(json!({"type": "m.login.application_service", "username": "bridge_carol"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = as_call(
+        &server.base,
+        "POST",
+        &format!("/_matrix/client/v3/join/{}", enc(&room)),
+        Some("user_id=%40bridge_carol%3Alocalhost"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for i in 0..3 {
+        server.send_text(&alice, &room, &format!("up {i}")).await;
+    }
+    fake.wait_until("first messages", |f| f.messages().len() == 3).await;
+    assert_eq!(fake.messages(), ["up 0", "up 1", "up 2"]);
+
+    // Down: messages wait in the outbox.
+    fake.stop().await;
+    for i in 0..3 {
+        server.send_text(&alice, &room, &format!("down {i}")).await;
+    }
+    let mark = server.log_mark();
+    server.wait_for_log(mark, &["delivery failed", "testbridge"]).await;
+    // Conduit restarts while it is still down: nothing is lost.
+    server.restart();
+    server.send_text(&alice, &room, "after restart").await;
+    fake.restart().await;
+    // The bridge talks to us once it is up, which retries at once.
+    let (status, body) = as_call(&server.base, "GET", "/_matrix/client/v3/account/whoami", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user_id"], "@bridgebot:localhost");
+    fake.wait_until("the queued messages", |f| f.messages().len() == 7)
+        .await;
+    assert_eq!(
+        fake.messages(),
+        ["up 0", "up 1", "up 2", "down 0", "down 1", "down 2", "after restart"],
+        "each once, in order"
+    );
+    let seen = fake.seen.lock().unwrap();
+    assert_eq!(seen.unauthorized, 0);
+    let mut ids: Vec<&String> = seen.transactions.iter().map(|(id, _)| id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), seen.transactions.len(), "no transaction sent twice");
+}
+
+#[tokio::test]
+async fn masquerading_registration_and_login_stay_inside_the_namespace() {
+    let (server, _fake) = server_and_appservice().await;
+    let base = server.base.as_str();
+    // The appservice's own user exists from the start.
+    let (status, body) = as_call(base, "GET", "/_matrix/client/v3/account/whoami", None, None).await;
+    assert_eq!(
+        (status, body["user_id"].as_str()),
+        (200, Some("@bridgebot:localhost")),
+        "{body}"
+    );
+
+    let register = |name: &str| json!({"type": "m.login.application_service", "username": name});
+    let (status, body) = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v3/register",
+        None,
+        Some(register("bridge_dave")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["access_token"].is_string());
+    let outside = as_call(base, "POST", "/_matrix/client/v3/register", None, Some(register("eve"))).await;
+    assert_error(&outside, 400, "M_EXCLUSIVE");
+
+    // Acting as a user of the namespace, and refused outside it.
+    let (status, body) = as_call(
+        base,
+        "GET",
+        "/_matrix/client/v3/account/whoami",
+        Some("user_id=%40bridge_dave%3Alocalhost"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["user_id"].as_str()),
+        (200, Some("@bridge_dave:localhost")),
+        "{body}"
+    );
+    assert!(body.get("device_id").is_none(), "no device named: {body}");
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let refused = as_call(
+        base,
+        "GET",
+        "/_matrix/client/v3/account/whoami",
+        Some("user_id=%40alice%3Alocalhost"),
+        None,
+    )
+    .await;
+    assert_error(&refused, 403, "M_EXCLUSIVE");
+    let unknown_device = as_call(
+        base,
+        "GET",
+        "/_matrix/client/v3/account/whoami",
+        Some("user_id=%40bridge_dave%3Alocalhost&device_id=NOPE"),
+        None,
+    )
+    .await;
+    assert_error(&unknown_device, 400, "M_UNKNOWN_DEVICE");
+
+    // The puppet sets its name and makes a room as itself.
+    let (status, body) = as_call(
+        base,
+        "PUT",
+        "/_matrix/client/v3/profile/%40bridge_dave%3Alocalhost/displayname",
+        Some("user_id=%40bridge_dave%3Alocalhost"),
+        Some(json!({"displayname": "Dave (IRC)"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        Some("user_id=%40bridge_dave%3Alocalhost"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let room = body["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = as_call(
+        base,
+        "GET",
+        &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)),
+        Some("user_id=%40bridge_dave%3Alocalhost"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["joined"]["@bridge_dave:localhost"]["display_name"], "Dave (IRC)");
+
+    // Login with the appservice's token for its user; not for others.
+    let login =
+        |user: &str| json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": user}});
+    let (status, body) = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v3/login",
+        None,
+        Some(login("bridge_dave")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let dave_token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(server.whoami(&dave_token).await.1["user_id"], "@bridge_dave:localhost");
+    assert_error(
+        &as_call(base, "POST", "/_matrix/client/v3/login", None, Some(login("alice"))).await,
+        403,
+        "M_EXCLUSIVE",
+    );
+    let by_user = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/login",
+            Some(&alice),
+            Some(login("bridge_dave")),
+        )
+        .await;
+    assert_error(&by_user, 401, "M_UNKNOWN_TOKEN");
+
+    // People cannot take the namespace's user IDs or aliases.
+    let (status, body) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({"username": "bridge_mallory", "password": "pw-mallory-1"})),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_EXCLUSIVE")), "{body}");
+    let available = server
+        .call(
+            "GET",
+            "/_matrix/client/v3/register/available?username=bridge_x",
+            None,
+            None,
+        )
+        .await;
+    assert_error(&available, 400, "M_EXCLUSIVE");
+    let alice_room = server.create_room(&alice, json!({})).await;
+    let alias = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/directory/room/{}", enc("#bridge_x:localhost")),
+            Some(&alice),
+            Some(json!({"room_id": alice_room})),
+        )
+        .await;
+    assert_error(&alias, 400, "M_EXCLUSIVE");
+    // The appservice's own users may.
+    let (status, body) = as_call(
+        base,
+        "PUT",
+        &format!("/_matrix/client/v3/directory/room/{}", enc("#bridge_y:localhost")),
+        Some("user_id=%40bridge_dave%3Alocalhost"),
+        Some(json!({"room_id": room})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn unknown_users_and_aliases_are_asked_of_the_appservice_which_creates_them() {
+    let (server, fake) = server_and_appservice().await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+
+    // Profile of a puppet that does not exist yet: the bridge makes it.
+    let (status, body) = server
+        .call(
+            "GET",
+            "/_matrix/client/v3/profile/%40bridge_frank%3Alocalhost",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(fake.seen.lock().unwrap().user_queries, ["@bridge_frank:localhost"]);
+    // An invite to another unknown puppet.
+    let room = server.create_room(&alice, json!({})).await;
+    server.invite(&alice, &room, "@bridge_gina:localhost").await;
+    assert_eq!(fake.seen.lock().unwrap().user_queries.len(), 2);
+    // Outside the namespace nobody is asked.
+    let _ = server
+        .call(
+            "GET",
+            "/_matrix/client/v3/profile/%40nobody%3Alocalhost",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(fake.seen.lock().unwrap().user_queries.len(), 2);
+
+    // A directory lookup of an alias in the namespace: the bridge makes the room.
+    let (status, body) = server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/directory/room/{}", enc("#bridge_chat:localhost")),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = body["room_id"].as_str().unwrap().to_owned();
+    // Joining another by alias.
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/join/{}", enc("#bridge_other:localhost")),
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["room_id"], room_id.as_str());
+    assert_eq!(
+        fake.seen.lock().unwrap().alias_queries,
+        ["#bridge_chat:localhost", "#bridge_other:localhost"]
+    );
+    let missing = server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/directory/room/{}", enc("#elsewhere:localhost")),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_error(&missing, 404, "M_NOT_FOUND");
+    assert_eq!(fake.seen.lock().unwrap().alias_queries.len(), 2);
+}
+
+#[tokio::test]
+async fn ping_reaches_the_appservice_and_reports_its_failures() {
+    let (server, mut fake) = server_and_appservice().await;
+    let base = server.base.as_str();
+    let (status, body) = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v1/appservice/testbridge/ping",
+        None,
+        Some(json!({"transaction_id": "p1"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["duration_ms"].is_u64(), "{body}");
+    assert_eq!(fake.seen.lock().unwrap().pings, [json!({"transaction_id": "p1"})]);
+
+    let other = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v1/appservice/otherbridge/ping",
+        None,
+        Some(json!({})),
+    )
+    .await;
+    assert_error(&other, 403, "M_FORBIDDEN");
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let by_user = server
+        .call(
+            "POST",
+            "/_matrix/client/v1/appservice/testbridge/ping",
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(&by_user, 403, "M_FORBIDDEN");
+
+    fake.stop().await;
+    let down = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v1/appservice/testbridge/ping",
+        None,
+        Some(json!({})),
+    )
+    .await;
+    assert_error(&down, 502, "M_CONNECTION_FAILED");
+}
+
+#[tokio::test]
+async fn the_command_line_registers_lists_and_unregisters_and_refuses_bad_files() {
+    let mut server = TestServer::start().await;
+    server.stop();
+    let dir = server.dir.path().to_owned();
+    let config = server.config_path().to_owned();
+    let run = |args: &[&str]| {
+        let out = common::conduit_command()
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, registration("http://127.0.0.1:9")).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        registration("http://127.0.0.1:9").replace("'@bridge_.*'", "'@bridge_(.*'"),
+    )
+    .unwrap();
+
+    let (ok, _, err) = run(&["appservice", "register", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("namespaces.users[0].regex"), "{err}");
+    let (ok, out, err) = run(&["appservice", "register", good.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("testbridge"), "{out}");
+    let (ok, out, _) = run(&["appservice", "list"]);
+    assert!(ok && out.contains("testbridge\thttp://127.0.0.1:9"), "{out}");
+
+    // The running server knows it.
+    server.start_again();
+    let (status, body) = as_call(&server.base, "GET", "/_matrix/client/v3/account/whoami", None, None).await;
+    assert_eq!(
+        (status, body["user_id"].as_str()),
+        (200, Some("@bridgebot:localhost")),
+        "{body}"
+    );
+    server.stop();
+
+    let (ok, out, _) = run(&["appservice", "unregister", "testbridge"]);
+    assert!(ok, "{out}");
+    let (ok, _, err) = run(&["appservice", "unregister", "testbridge"]);
+    assert!(!ok && err.contains("no appservice testbridge"), "{err}");
+    server.start_again();
+    let gone = as_call(&server.base, "GET", "/_matrix/client/v3/account/whoami", None, None).await;
+    assert_error(&gone, 401, "M_UNKNOWN_TOKEN");
+}
+
+#[tokio::test]
+async fn a_bad_registration_file_in_the_config_is_refused_and_the_server_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "id: x\nurl: http://127.0.0.1:9\n").unwrap();
+    let server = TestServer::start_in(
+        dir,
+        &format!("app_service_config_files = [{:?}]", file.display().to_string()),
+    )
+    .await;
+    let lines = server.log_lines_with("appservice registration refused");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("as_token"), "{}", lines[0]);
+    assert_eq!(server.call("GET", "/_matrix/client/versions", None, None).await.0, 200);
+}
