@@ -340,6 +340,31 @@ async fn masquerading_registration_and_login_stay_inside_the_namespace() {
     assert!(body["access_token"].is_string());
     let outside = as_call(base, "POST", "/_matrix/client/v3/register", None, Some(register("eve"))).await;
     assert_error(&outside, 400, "M_EXCLUSIVE");
+    // Bridges' libraries (mautrix) name the user being registered in
+    // `user_id` too, though it does not exist yet.
+    let (status, body) = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v3/register",
+        Some("user_id=%40bridge_erin%3Alocalhost"),
+        Some(register("bridge_erin")),
+    )
+    .await;
+    assert_eq!(
+        (status, body["user_id"].as_str()),
+        (200, Some("@bridge_erin:localhost")),
+        "{body}"
+    );
+    // Anything else as a user that does not exist is refused.
+    let unknown = as_call(
+        base,
+        "GET",
+        "/_matrix/client/v3/account/whoami",
+        Some("user_id=%40bridge_nobody%3Alocalhost"),
+        None,
+    )
+    .await;
+    assert_error(&unknown, 403, "M_FORBIDDEN");
 
     // Acting as a user of the namespace, and refused outside it.
     let (status, body) = as_call(

@@ -698,7 +698,14 @@ where
         Ok(None) | Err(_) => return Err(ApiError::MissingToken),
     };
     if let Some(appservice) = services.appservices.by_as_token(&token) {
-        return appservice_identity(services, request.uri().query().unwrap_or_default(), appservice).await;
+        // Registering a user is the one thing an appservice does as a user
+        // that does not exist yet (bridges' libraries name the new user in
+        // `user_id` for that call too).
+        let registering = R::PATH_BUILDER
+            .all_paths()
+            .any(|path| split_prefix(path).1 == "/register");
+        let query = request.uri().query().unwrap_or_default();
+        return appservice_identity(services, query, appservice, registering).await;
     }
     let (user, device) = token_owner(services, &token, client_ip).await?;
     guest_may_call(services, &user, || {
@@ -715,11 +722,13 @@ where
 
 /// An appservice's request acts as its own user, or as the `user_id` of
 /// the query if that is in its namespace (the spec's identity
-/// assertion), with the query's `device_id` if given.
+/// assertion), with the query's `device_id` if given. The user must
+/// exist unless the request is `registering` one.
 async fn appservice_identity(
     services: &Arc<Services>,
     query: &str,
     appservice: Arc<Appservice>,
+    registering: bool,
 ) -> Result<Identity, ApiError> {
     // It answers us, so it is up: what waits for it goes now.
     services
@@ -738,7 +747,7 @@ async fn appservice_identity(
                     appservice.id()
                 )));
             }
-            if !services.users.exists(&user)? {
+            if !registering && !services.users.exists(&user)? {
                 return Err(ApiError::Forbidden(format!("the appservice has not registered {user}")));
             }
             user
