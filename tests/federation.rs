@@ -743,6 +743,104 @@ async fn requests_with_a_forged_or_missing_signature_are_refused() {
     );
 }
 
+/// A server of the test's own, `fake.test`: a listener that serves its
+/// key document (all it answers), and its key to sign requests with.
+async fn fake_server() -> (u16, ruma::signatures::Ed25519KeyPair) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = common::keys::new_key("fake");
+    let valid_until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 86_400_000;
+    let document = common::keys::signed(
+        json!({
+            "server_name": "fake.test",
+            "valid_until_ts": valid_until,
+            "verify_keys": {"ed25519:fake": {"key": common::keys::public(&key)}},
+            "old_verify_keys": {},
+        }),
+        "fake.test",
+        &key,
+    )
+    .to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let document = document.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}",
+                    document.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (port, key)
+}
+
+/// `PUT /send/{txn}` to A, signed by `fake.test` for `destination`, with
+/// a transaction naming `origin`.
+async fn fake_transaction(
+    a: &TestServer,
+    key: &ruma::signatures::Ed25519KeyPair,
+    txn: &str,
+    destination: &str,
+    origin: &str,
+) -> (u16, Value) {
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    let path = format!("/_matrix/federation/v1/send/{txn}");
+    let body = serde_json::to_vec(&json!({"origin": origin, "origin_server_ts": 1, "pdus": []})).unwrap();
+    let request = http::Request::builder()
+        .method("PUT")
+        .uri(&path)
+        .body(body.clone())
+        .unwrap();
+    let input = XMatrixSigningInput::new("fake.test".try_into().unwrap(), destination.try_into().unwrap(), key);
+    let header = http::HeaderValue::from(&XMatrix::sign_http_request(&request, input).unwrap());
+    let response = a
+        .client
+        .put(a.url(&path))
+        .header("Authorization", header.to_str().unwrap())
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_server_speaks_only_for_itself_and_only_to_the_server_it_names() {
+    let (port, key) = fake_server().await;
+    let a = TestServer::start_with(&format!(
+        "server_name = \"conduit-a.test\"\nallow_federation = true\ntrusted_servers = []\n\
+         [global.federation_destination_overrides]\n\"fake.test\" = \"http://127.0.0.1:{port}\"\n"
+    ))
+    .await;
+    // Signed by fake.test, for A, as fake.test: taken (so the refusals
+    // below are about what they change, not about the signature).
+    let (status, answer) = fake_transaction(&a, &key, "t1", "conduit-a.test", "fake.test").await;
+    assert_eq!(status, 200, "{answer}");
+    // A transaction that claims to come from another server.
+    let refused = fake_transaction(&a, &key, "t2", "conduit-a.test", "conduit-b.test").await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+    // A request signed for another destination.
+    let refused = fake_transaction(&a, &key, "t3", "conduit-b.test", "fake.test").await;
+    assert_error(&refused, 401, "M_UNAUTHORIZED");
+}
+
 #[tokio::test]
 async fn invites_cross_servers_both_ways_and_can_be_accepted_or_refused() {
     let (a, b) = two_servers().await;
