@@ -58,8 +58,11 @@ impl AppservicesService {
                 Err(e) => tracing::error!(%id, error = %e, "stored appservice registration is invalid; ignored"),
             }
         }
+        // Direct, as the federation client: an appservice usually runs next
+        // to the server, and a proxy from the environment would not reach it.
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .no_proxy()
             .build()
             .map_err(|e| ServiceError::Internal(format!("HTTP client: {e}")))?;
         Ok(Self {
