@@ -29,6 +29,8 @@ struct Seen {
 
 struct FakeAppservice {
     port: u16,
+    /// The token Conduit must send it.
+    hs_token: &'static str,
     /// The homeserver's base URL, for creating what is asked about.
     homeserver: Arc<Mutex<String>>,
     seen: Arc<Mutex<Seen>>,
@@ -37,10 +39,15 @@ struct FakeAppservice {
 
 impl FakeAppservice {
     async fn start() -> Self {
+        Self::start_with_token(HS_TOKEN).await
+    }
+
+    async fn start_with_token(hs_token: &'static str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut fake = FakeAppservice {
             port,
+            hs_token,
             homeserver: Arc::default(),
             seen: Arc::default(),
             listener: None,
@@ -50,10 +57,10 @@ impl FakeAppservice {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let (seen, homeserver) = (self.seen.clone(), self.homeserver.clone());
+        let (seen, homeserver, hs_token) = (self.seen.clone(), self.homeserver.clone(), self.hs_token);
         self.listener = Some(tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(answer(stream, seen.clone(), homeserver.clone()));
+                tokio::spawn(answer(stream, seen.clone(), homeserver.clone(), hs_token));
             }
         }));
     }
@@ -86,6 +93,23 @@ impl FakeAppservice {
             .collect()
     }
 
+    /// The entries of each transaction's `field` array, in order.
+    fn items(&self, field: &str) -> Vec<Value> {
+        let seen = self.seen.lock().unwrap();
+        seen.transactions
+            .iter()
+            .flat_map(|(_, body)| body[field].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// The ephemeral events of type `kind` received, in order; each
+    /// transaction carried them under the MSC2409 name too.
+    fn ephemeral(&self, kind: &str) -> Vec<Value> {
+        let stable = self.items("ephemeral");
+        assert_eq!(stable, self.items("de.sorunome.msc2409.ephemeral"));
+        stable.into_iter().filter(|e| e["type"] == kind).collect()
+    }
+
     /// Waits (at most 20 s) until `done` holds of what was seen.
     async fn wait_until(&self, what: &str, done: impl Fn(&FakeAppservice) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -97,7 +121,7 @@ impl FakeAppservice {
 }
 
 /// Answers one HTTP request (and closes the connection).
-async fn answer(mut stream: TcpStream, seen: Arc<Mutex<Seen>>, homeserver: Arc<Mutex<String>>) {
+async fn answer(mut stream: TcpStream, seen: Arc<Mutex<Seen>>, homeserver: Arc<Mutex<String>>, hs_token: &str) {
     let mut data = Vec::new();
     let mut buf = [0u8; 8192];
     let header_end = loop {
@@ -134,7 +158,7 @@ async fn answer(mut stream: TcpStream, seen: Arc<Mutex<Seen>>, homeserver: Arc<M
     );
     let authorized = head
         .lines()
-        .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {HS_TOKEN}")));
+        .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {hs_token}")));
     let decoded = |s: &str| percent_decode(s);
     let (status, reply) = if !authorized {
         seen.lock().unwrap().unauthorized += 1;
@@ -234,26 +258,37 @@ async fn as_call(base: &str, method: &str, path: &str, query: Option<&str>, body
 /// The registration, as a bridge writes it: users `@bridge_*`
 /// (exclusive), aliases `#bridge_*` (exclusive).
 fn registration(url: &str) -> String {
+    registration_of("testbridge", url, (AS_TOKEN, HS_TOKEN), "bridge", "")
+}
+
+/// A registration with users `@{prefix}_*` and aliases `#{prefix}_*`
+/// (exclusive), its own user `{prefix}bot`, and `extra` lines.
+fn registration_of(id: &str, url: &str, (as_token, hs_token): (&str, &str), prefix: &str, extra: &str) -> String {
     format!(
-        "id: testbridge\nurl: {url}\nas_token: {AS_TOKEN}\nhs_token: {HS_TOKEN}\nsender_localpart: bridgebot\n\
-         rate_limited: false\nnamespaces:\n  users:\n  - regex: '@bridge_.*'\n    exclusive: true\n\
-         \x20 aliases:\n  - regex: '#bridge_.*'\n    exclusive: true\n  rooms: []\n"
+        "id: {id}\nurl: {url}\nas_token: {as_token}\nhs_token: {hs_token}\nsender_localpart: {prefix}bot\n\
+         rate_limited: false\nnamespaces:\n  users:\n  - regex: '@{prefix}_.*'\n    exclusive: true\n\
+         \x20 aliases:\n  - regex: '#{prefix}_.*'\n    exclusive: true\n  rooms: []\n{extra}"
     )
 }
 
 /// A server with the fake appservice registered through the config.
 async fn server_and_appservice() -> (TestServer, FakeAppservice) {
     let fake = FakeAppservice::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bridge.yaml");
-    std::fs::write(&file, registration(&fake.url())).unwrap();
-    let server = TestServer::start_in(
-        dir,
-        &format!("app_service_config_files = [{:?}]", file.display().to_string()),
-    )
-    .await;
+    let server = server_with_registrations(&[registration(&fake.url())]).await;
     *fake.homeserver.lock().unwrap() = server.base.clone();
     (server, fake)
+}
+
+/// A server with each registration in a file of its config.
+async fn server_with_registrations(registrations: &[String]) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, text) in registrations.iter().enumerate() {
+        let file = dir.path().join(format!("appservice{i}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        files.push(file.display().to_string());
+    }
+    TestServer::start_in(dir, &format!("app_service_config_files = {files:?}")).await
 }
 
 #[tokio::test]
@@ -689,4 +724,234 @@ async fn a_bad_registration_file_in_the_config_is_refused_and_the_server_starts(
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("as_token"), "{}", lines[0]);
     assert_eq!(server.call("GET", "/_matrix/client/versions", None, None).await.0, 200);
+}
+
+/// Registers `name` in the namespace of the appservice of `as_token`;
+/// its access token and device.
+async fn puppet(server: &TestServer, as_token: &str, name: &str) -> (String, String) {
+    let (status, body) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/register",
+            Some(as_token),
+            Some(json!({"type": "m.login.application_service", "username": name})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let field = |key: &str| body[key].as_str().unwrap().to_owned();
+    (field("access_token"), field("device_id"))
+}
+
+const QUIET_AS_TOKEN: &str = "quiet_as_token";
+const QUIET_HS_TOKEN: &str = "quiet_hs_token";
+
+#[tokio::test]
+async fn typing_receipts_and_presence_reach_only_the_appservice_that_asked_for_ephemeral_events() {
+    let eager = FakeAppservice::start().await;
+    let quiet = FakeAppservice::start_with_token(QUIET_HS_TOKEN).await;
+    let server = server_with_registrations(&[
+        registration_of(
+            "testbridge",
+            &eager.url(),
+            (AS_TOKEN, HS_TOKEN),
+            "bridge",
+            "receive_ephemeral: true\n",
+        ),
+        registration_of(
+            "quietbridge",
+            &quiet.url(),
+            (QUIET_AS_TOKEN, QUIET_HS_TOKEN),
+            "quiet",
+            "",
+        ),
+    ])
+    .await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    // Each bridge has a puppet in the room: both are interested in it.
+    for (as_token, name) in [(AS_TOKEN, "bridge_carol"), (QUIET_AS_TOKEN, "quiet_dan")] {
+        let (token, _) = puppet(&server, as_token, name).await;
+        server.join(&token, &room).await;
+    }
+
+    let typing_path = format!(
+        "/_matrix/client/v3/rooms/{}/typing/{}",
+        enc(&room),
+        enc("@alice:localhost")
+    );
+    let typing = |typing: bool| {
+        server.call(
+            "PUT",
+            &typing_path,
+            Some(&alice),
+            Some(json!({"typing": typing, "timeout": 30000})),
+        )
+    };
+    assert_eq!(typing(true).await.0, 200);
+    // Typing on (a client renews every few seconds) changes nothing.
+    assert_eq!(typing(true).await.0, 200);
+    let event = server.send_text(&alice, &room, "read me").await;
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&event)),
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(typing(false).await.0, 200);
+    let (status, body) = server
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/presence/{}/status", enc("@alice:localhost")),
+            Some(&alice),
+            Some(json!({"presence": "online", "status_msg": "bridging"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Each appservice's queue is delivered in order: once this message is
+    // there, so is everything queued before it.
+    server.send_text(&alice, &room, "the end").await;
+    let ended = |f: &FakeAppservice| f.messages().iter().any(|m| m == "the end");
+    eager.wait_until("the last message", ended).await;
+    quiet.wait_until("the last message", ended).await;
+
+    let typists: Vec<Value> = eager
+        .ephemeral("m.typing")
+        .into_iter()
+        .filter(|e| e["room_id"] == room.as_str())
+        .map(|e| e["content"]["user_ids"].clone())
+        .collect();
+    assert_eq!(typists, [json!(["@alice:localhost"]), json!([])], "each change once");
+    let receipts = eager.ephemeral("m.receipt");
+    assert_eq!(receipts.len(), 1, "{receipts:?}");
+    assert_eq!(receipts[0]["room_id"], room.as_str());
+    let receipt = &receipts[0]["content"][&event]["m.read"]["@alice:localhost"];
+    assert!(receipt["ts"].is_u64(), "{receipts:?}");
+    let presence: Vec<Value> = eager
+        .ephemeral("m.presence")
+        .into_iter()
+        .filter(|e| e["sender"] == "@alice:localhost")
+        .collect();
+    assert_eq!(presence.len(), 1, "{presence:?}");
+    assert_eq!(presence[0]["content"]["presence"], "online");
+    assert_eq!(presence[0]["content"]["status_msg"], "bridging");
+
+    let seen = quiet.seen.lock().unwrap();
+    for (_, body) in &seen.transactions {
+        for field in ["ephemeral", "de.sorunome.msc2409.ephemeral"] {
+            assert!(body.get(field).is_none(), "without receive_ephemeral: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn its_users_to_device_messages_device_lists_and_key_counts_reach_an_msc3202_appservice() {
+    let fake = FakeAppservice::start().await;
+    let server = server_with_registrations(&[registration_of(
+        "testbridge",
+        &fake.url(),
+        (AS_TOKEN, HS_TOKEN),
+        "bridge",
+        "org.matrix.msc3202: true\n",
+    )])
+    .await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let (erin, device) = puppet(&server, AS_TOKEN, "bridge_erin").await;
+    let erin_id = "@bridge_erin:localhost";
+
+    // The bridge's device gets keys, one of which Alice claims.
+    let upload = json!({
+        "device_keys": {
+            "user_id": erin_id,
+            "device_id": device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {format!("curve25519:{device}"): "Y3VydmU", format!("ed25519:{device}"): "ZWQyNTUxOQ"},
+        },
+        "one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "b3Rr"}},
+        "fallback_keys": {"signed_curve25519:AAAAAg": {"key": "ZmFsbGJhY2s", "fallback": true}},
+    });
+    let (status, body) = server
+        .call("POST", "/_matrix/client/v3/keys/upload", Some(&erin), Some(upload))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .call(
+            "POST",
+            "/_matrix/client/v3/keys/claim",
+            Some(&alice),
+            Some(json!({"one_time_keys": {erin_id: {&device: "signed_curve25519"}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["one_time_keys"][erin_id][&device]["signed_curve25519:AAAAAQ"].is_object(),
+        "{body}"
+    );
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/_matrix/client/v3/sendToDevice/m.test/txn1",
+            Some(&alice),
+            Some(json!({"messages": {erin_id: {&device: {"hello": "erin"}}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Queued in order: the message comes last.
+    fake.wait_until("the to-device message", |f| {
+        !f.items("de.sorunome.msc2409.to_device").is_empty()
+    })
+    .await;
+    assert_eq!(
+        fake.items("de.sorunome.msc2409.to_device"),
+        [json!({
+            "type": "m.test",
+            "sender": "@alice:localhost",
+            "to_user_id": erin_id,
+            "to_device_id": device,
+            "content": {"hello": "erin"},
+        })]
+    );
+    let bodies: Vec<Value> = fake
+        .seen
+        .lock()
+        .unwrap()
+        .transactions
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b["org.matrix.msc3202.device_lists"]["changed"] == json!([erin_id])),
+        "{bodies:?}"
+    );
+    let counts: Vec<&Value> = bodies
+        .iter()
+        .map(|b| &b["org.matrix.msc3202.device_one_time_keys_count"][erin_id][&device])
+        .filter(|c| !c.is_null())
+        .collect();
+    assert_eq!(
+        counts.first().map(|c| &c["signed_curve25519"]),
+        Some(&json!(1)),
+        "after the upload: {bodies:?}"
+    );
+    assert_eq!(
+        counts.last().map(|c| &c["signed_curve25519"]),
+        Some(&json!(0)),
+        "after the claim: {bodies:?}"
+    );
+    let fallback = bodies
+        .iter()
+        .rev()
+        .map(|b| &b["org.matrix.msc3202.device_unused_fallback_key_types"][erin_id][&device])
+        .find(|f| !f.is_null());
+    assert_eq!(fallback, Some(&json!(["signed_curve25519"])), "{bodies:?}");
+
+    // The message went to the bridge, not to the device's own queue.
+    let sync = server.sync(&erin, None, 0, None).await;
+    let events = sync["to_device"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(events.is_empty(), "{sync}");
 }

@@ -36,6 +36,12 @@ impl PresenceTables {
     /// position to the new one in the same batch.
     pub fn put(&self, user_id: &str, old: Option<&PresenceRecord>, record: &PresenceRecord) -> DbResult<()> {
         let mut batch = Batch::new();
+        self.put_in(&mut batch, user_id, old, record);
+        self.db.write(batch)
+    }
+
+    /// As [`Self::put`], in `batch`.
+    pub fn put_in(&self, batch: &mut Batch, user_id: &str, old: Option<&PresenceRecord>, record: &PresenceRecord) {
         if let Some(old) = old.filter(|o| o.count != record.count) {
             batch.delete(Table::PresenceChanges, encode(&(old.count,)));
         }
@@ -45,6 +51,9 @@ impl PresenceTables {
             user_id.as_bytes().to_vec(),
         );
         batch.put(Table::Presence, encode(&(user_id,)), to_record(record));
+    }
+
+    pub fn write(&self, batch: Batch) -> DbResult<()> {
         self.db.write(batch)
     }
 

@@ -282,6 +282,9 @@ impl E2eKeysService {
         } else {
             self.tables.write(batch)?;
         }
+        if !one_time_keys.is_empty() || !fallback_keys.is_empty() {
+            s.appservices.device_keys_changed(s, user, device);
+        }
         self.one_time_key_counts(user, device)
     }
 
@@ -486,6 +489,11 @@ impl E2eKeysService {
             }
         }
         self.tables.write(batch)?;
+        for (user, devices) in &claimed {
+            for device in devices.keys() {
+                s.appservices.device_keys_changed(s, user, device);
+            }
+        }
         Ok((claimed, failures))
     }
 
@@ -796,11 +804,16 @@ impl E2eKeysService {
             }
             self.tables.put_device_list_stream_id(&mut batch, user.as_str(), next);
         }
+        // MSC3202 appservices following the user learn of it in this write.
+        let to_appservices = s.appservices.stage_device_list_change(s, &mut batch, user)?;
         let stream = &s.timeline.stream;
         let ticket = stream.begin()?;
         let position = ticket.0;
         self.tables.put_device_list_change(&mut batch, position, user.as_str());
         let written = self.tables.write(batch);
+        if written.is_ok() {
+            s.outbox.committed(&to_appservices);
+        }
         let users: Vec<OwnedUserId> = if written.is_ok() {
             interested
                 .iter()

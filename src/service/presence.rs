@@ -19,7 +19,7 @@ use super::stream::Stream;
 use super::users::{AVATAR_URL, DISPLAYNAME};
 use super::{now_ms, ServiceError, ServiceResult, Services};
 use crate::database::presence::{PresenceRecord, PresenceTables};
-use crate::database::Db;
+use crate::database::{Batch, Db};
 
 pub const ONLINE: &str = "online";
 pub const UNAVAILABLE: &str = "unavailable";
@@ -109,14 +109,24 @@ impl PresenceService {
         status_msg: Option<String>,
         last_active_ms: u64,
     ) -> ServiceResult<()> {
-        let ticket = self.stream.begin()?;
-        let record = PresenceRecord {
+        let mut record = PresenceRecord {
             presence: presence.to_owned(),
             status_msg,
             last_active_ms,
-            count: ticket.0,
+            count: 0,
         };
-        let written = self.tables.put(user.as_str(), old.as_ref(), &record);
+        // The appservices following the user learn of it in the same write.
+        let mut batch = Batch::new();
+        let to_appservices = s
+            .appservices
+            .stage_presence(s, &mut batch, user, &content(Some(&record), now_ms()))?;
+        let ticket = self.stream.begin()?;
+        record.count = ticket.0;
+        self.tables.put_in(&mut batch, user.as_str(), old.as_ref(), &record);
+        let written = self.tables.write(batch);
+        if written.is_ok() {
+            s.outbox.committed(&to_appservices);
+        }
         let audience = match &written {
             Ok(()) => sharing_users(s, user)?,
             Err(_) => BTreeSet::new(),

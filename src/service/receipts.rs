@@ -81,10 +81,25 @@ impl ReceiptsService {
             }
         }
 
+        // Public receipts go to the appservices interested in the room, in
+        // the receipt's own write.
+        let ts = now_ms();
+        let mut receipt_data = serde_json::json!({"ts": ts});
+        if let Some(thread) = thread {
+            receipt_data["thread_id"] = thread.into();
+        }
+        let mut batch = Batch::new();
+        let to_appservices = if receipt_type == READ {
+            s.appservices
+                .stage_receipt(s, &mut batch, room_id, user, event_id, &receipt_data)?
+        } else {
+            Vec::new()
+        };
+
         let ticket = self.stream.begin()?;
         let record = ReceiptRecord {
             event_id: event_id.to_string(),
-            ts: now_ms(),
+            ts,
             count: ticket.0,
         };
         let scope = match thread {
@@ -95,7 +110,6 @@ impl ReceiptsService {
         // The receipt and the unread counts it resets are one write; under
         // the room's lock, as a new event's notifications are counted.
         let written = s.timeline.under_room_lock(room_id, || {
-            let mut batch = Batch::new();
             self.tables.put(
                 &mut batch,
                 room_id.as_str(),
@@ -112,6 +126,7 @@ impl ReceiptsService {
                 &scope,
             )?;
             self.tables.write(batch)?;
+            s.outbox.committed(&to_appservices);
             self.raise_newest(room_id, record.count, None);
             if let Some(cleared) = cleared {
                 s.push.remember_unread(room_id, cleared);
@@ -130,12 +145,8 @@ impl ReceiptsService {
         self.stream.finish(ticket, woken.iter().map(|u| u.as_ref()));
         // Our users' public receipts go to the other servers in the room.
         if written.is_ok() && receipt_type == READ && user.server_name() == s.config.server_name {
-            let mut data = serde_json::json!({"ts": record.ts});
-            if let Some(thread) = thread {
-                data["thread_id"] = thread.into();
-            }
             let content = serde_json::json!({
-                room_id.as_str(): {READ: {user.as_str(): {"data": data, "event_ids": [event_id]}}}
+                room_id.as_str(): {READ: {user.as_str(): {"data": receipt_data, "event_ids": [event_id]}}}
             });
             if let Err(e) = s.federation.send_room_edu(s, room_id, "m.receipt", content) {
                 tracing::warn!(%room_id, error = %e, "receipt not queued for other servers");

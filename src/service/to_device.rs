@@ -4,6 +4,7 @@
 use ruma::{OwnedUserId, UserId};
 use serde_json::value::RawValue;
 
+use super::outbox::Destination;
 use super::{ServiceError, ServiceResult, Services};
 use crate::database::to_device::ToDeviceTables;
 use crate::database::{Batch, Db};
@@ -25,13 +26,24 @@ pub struct ToDeviceService {
     queue_limit: usize,
 }
 
-/// A queued message as /sync delivers it.
+/// A queued message as /sync delivers it; an appservice's also names its
+/// recipient (MSC2409).
 #[derive(serde::Serialize)]
 struct ToDeviceEvent<'a> {
     #[serde(rename = "type")]
     event_type: &'a str,
     sender: &'a UserId,
     content: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_user_id: Option<&'a UserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to_device_id: Option<&'a str>,
+}
+
+impl ToDeviceEvent<'_> {
+    fn to_json(&self) -> ServiceResult<String> {
+        serde_json::to_string(self).map_err(|e| ServiceError::Internal(format!("to-device message: {e}")))
+    }
 }
 
 /// What a /sync delivers to one device.
@@ -80,6 +92,8 @@ impl ToDeviceService {
 
     /// Queues messages from `sender` (ours, or another server's) for this
     /// server's users among `messages`; with a transaction, remembers it.
+    /// Those for the users of MSC3202 appservices go to the appservices
+    /// instead (their devices do not sync).
     pub fn queue(
         &self,
         s: &Services,
@@ -89,10 +103,12 @@ impl ToDeviceService {
         txn: Option<(&str, &str)>,
     ) -> ServiceResult<()> {
         let mut targets: Vec<(OwnedUserId, String, String)> = Vec::new();
+        let mut for_appservices: Vec<(Vec<Destination>, String)> = Vec::new();
         for (user, recipient, content) in messages {
             if user.server_name() != s.config.server_name {
                 continue;
             }
+            let takers = s.appservices.to_device_takers(user);
             let devices: Vec<String> = match recipient {
                 Recipient::AllDevices => s
                     .devices
@@ -109,13 +125,24 @@ impl ToDeviceService {
             };
             // Written around the client's content as it came, never parsed
             // into a value (which fails, or panics in `json!`, on deep nesting).
-            let json = serde_json::to_string(&ToDeviceEvent {
+            let event = ToDeviceEvent {
                 event_type,
                 sender,
                 content,
-            })
-            .map_err(|e| ServiceError::Internal(format!("to-device message: {e}")))?;
+                to_user_id: None,
+                to_device_id: None,
+            };
+            let json = event.to_json()?;
             for device in devices {
+                if !takers.is_empty() {
+                    let addressed = ToDeviceEvent {
+                        to_user_id: Some(user),
+                        to_device_id: Some(&device),
+                        ..event
+                    };
+                    for_appservices.push((takers.clone(), addressed.to_json()?));
+                    continue;
+                }
                 if self.tables.queue_holds(user.as_str(), &device, self.queue_limit)? {
                     return Err(ServiceError::LimitExceeded(format!(
                         "device {device} of {user} has {} undelivered messages; nothing was sent",
@@ -125,9 +152,13 @@ impl ToDeviceService {
                 targets.push((user.clone(), device, json.clone()));
             }
         }
+        let mut batch = Batch::new();
+        for (destinations, json) in for_appservices.iter() {
+            s.appservices
+                .stage_to_device(s, &mut batch, destinations, json.clone())?;
+        }
         let stream = &s.timeline.stream;
         let ticket = stream.begin()?;
-        let mut batch = Batch::new();
         for (user, device, json) in &targets {
             self.tables
                 .put_message(&mut batch, user.as_str(), device, ticket.0, json);
@@ -139,6 +170,7 @@ impl ToDeviceService {
         match self.tables.write(batch) {
             Ok(()) => {
                 stream.finish(ticket, targets.iter().map(|(u, _, _)| &**u));
+                s.outbox.committed(for_appservices.iter().flat_map(|(d, _)| d));
                 Ok(())
             }
             Err(e) => {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value as JsonValue};
 
+use super::appservices::ephemeral::TypingAudience;
 use super::stream::Stream;
 use super::{PruneSchedule, ServiceError, ServiceResult, Services};
 
@@ -47,11 +48,13 @@ pub struct TypingService {
 }
 
 impl Inner {
-    /// Applies a change and wakes `members`.
+    /// Applies a change and wakes `members`; tells `appservices` of the
+    /// room's typists if the change altered who types (not for a renewal).
     fn change(
         &self,
         room_id: &RoomId,
         members: &[OwnedUserId],
+        appservices: Option<&TypingAudience>,
         apply: impl FnOnce(&mut RoomTyping) -> bool,
     ) -> ServiceResult<()> {
         let ticket = self.stream.begin()?;
@@ -67,10 +70,18 @@ impl Inner {
                 changed: 0,
                 changed_at: Instant::now(),
             });
+            let typists_before: Option<Vec<OwnedUserId>> = appservices.map(|_| room.until.keys().cloned().collect());
             let changed = apply(room);
             if changed {
                 room.changed = ticket.0;
                 room.changed_at = Instant::now();
+            }
+            if let (Some(appservices), Some(before)) = (appservices, typists_before) {
+                if !room.until.keys().eq(before.iter()) {
+                    // Under the lock, so the appservices' queues have the
+                    // changes in the order they were made.
+                    appservices.announce(room.until.keys());
+                }
             }
             changed
         };
@@ -105,19 +116,20 @@ impl TypingService {
             .filter(|(_, m)| m == "join")
             .filter_map(|(u, _)| OwnedUserId::try_from(u.as_str()).ok())
             .collect();
+        let appservices = s.appservices.typing_audience(s, room_id)?;
         match typing {
             Some(timeout) => {
                 let timeout = timeout.min(MAX_TYPING);
                 let until = Instant::now() + timeout;
-                self.inner.change(room_id, &members, |room| {
+                self.inner.change(room_id, &members, appservices.as_ref(), |room| {
                     room.until.insert(user.to_owned(), until);
                     true
                 })?;
-                self.expire_later(room_id, user, until, timeout, members);
+                self.expire_later(room_id, user, until, timeout, members, appservices);
             }
-            None => self
-                .inner
-                .change(room_id, &members, |room| room.until.remove(user).is_some())?,
+            None => self.inner.change(room_id, &members, appservices.as_ref(), |room| {
+                room.until.remove(user).is_some()
+            })?,
         }
         // Our users' typing goes to the other servers in the room.
         if user.server_name() == s.config.server_name {
@@ -137,6 +149,7 @@ impl TypingService {
         until: Instant,
         timeout: Duration,
         members: Vec<OwnedUserId>,
+        appservices: Option<TypingAudience>,
     ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -146,7 +159,7 @@ impl TypingService {
         runtime.spawn(async move {
             tokio::time::sleep(timeout).await;
             let expire = move || {
-                let result = inner.change(&room_id, &members, |room| {
+                let result = inner.change(&room_id, &members, appservices.as_ref(), |room| {
                     if room.until.get(&user) == Some(&until) {
                         room.until.remove(&user);
                         true
@@ -190,7 +203,7 @@ mod tests {
         let typing_in = |room: &RoomId, until: Option<Instant>| {
             typing
                 .inner
-                .change(room, &[], |r| match until {
+                .change(room, &[], None, |r| match until {
                     Some(until) => r.until.insert(alice.clone(), until).is_none(),
                     None => r.until.remove(&alice).is_some(),
                 })

@@ -3,6 +3,7 @@
 //! act as whom; and the requests this server makes of them (transactions
 //! through the outbox, see `sender.rs`; user and alias queries; pings).
 
+pub mod ephemeral;
 pub mod registration;
 pub mod sender;
 
@@ -192,7 +193,10 @@ impl AppservicesService {
 
     async fn query(&self, concerned: impl Fn(&Appservice) -> bool, path: &str) -> bool {
         for appservice in self.all().iter().filter(|a| concerned(a)) {
-            match self.call(appservice, reqwest::Method::GET, path, None).await {
+            match self
+                .call::<JsonValue>(appservice, reqwest::Method::GET, path, None)
+                .await
+            {
                 Ok(_) => return true,
                 Err(AppserviceFailure::BadStatus { status: 404, .. } | AppserviceFailure::UrlNotSet) => {}
                 Err(e) => tracing::warn!(id = appservice.id(), path, error = %e, "appservice query failed"),
@@ -218,7 +222,7 @@ impl AppservicesService {
         &self,
         appservice: &Appservice,
         txn_id: &str,
-        body: &JsonValue,
+        body: &sender::TransactionBody,
     ) -> Result<(), AppserviceFailure> {
         let path = format!("/_matrix/app/v1/transactions/{}", encode(txn_id));
         self.call(appservice, reqwest::Method::PUT, &path, Some(body))
@@ -227,12 +231,12 @@ impl AppservicesService {
     }
 
     /// A request to the appservice with its `hs_token`; its JSON answer.
-    async fn call(
+    async fn call<B: serde::Serialize + ?Sized>(
         &self,
         appservice: &Appservice,
         method: reqwest::Method,
         path: &str,
-        body: Option<&JsonValue>,
+        body: Option<&B>,
     ) -> Result<JsonValue, AppserviceFailure> {
         let base = appservice
             .registration
