@@ -1,10 +1,12 @@
 //! Application services (bridges, bots): their registrations, kept in
 //! storage and (re)loaded from `app_service_config_files` at start; who may
 //! act as whom; and the requests this server makes of them (transactions
-//! through the outbox, see `sender.rs`; user and alias queries; pings).
+//! through the outbox, see `sender.rs`; user and alias queries; pings;
+//! third-party lookups, see `thirdparty.rs`).
 
 pub mod registration;
 pub mod sender;
+mod thirdparty;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
