@@ -96,6 +96,9 @@ impl AppservicesService {
         self.register(registration)
     }
 
+    /// Registers `registration`, refusing one that shares a token with
+    /// another appservice or claims what it claims exclusively (see
+    /// [`Appservice::exclusive_overlap`]).
     pub fn register(&self, registration: Registration) -> ServiceResult<Arc<Appservice>> {
         let appservice =
             Arc::new(Appservice::new(registration, &self.server_name).map_err(|e| ServiceError::InvalidParam(e.0))?);
@@ -109,6 +112,12 @@ impl AppservicesService {
             {
                 return Err(ServiceError::InvalidParam(format!(
                     "appservice {}: its tokens are those of appservice {}",
+                    r.id, o.id
+                )));
+            }
+            if let Some(overlap) = appservice.exclusive_overlap(other) {
+                return Err(ServiceError::InvalidParam(format!(
+                    "appservices {} and {} overlap: {overlap}",
                     r.id, o.id
                 )));
             }
