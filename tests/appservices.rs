@@ -971,6 +971,19 @@ async fn an_appservice_dates_its_events_with_ts_and_nobody_else_may() {
         .await,
     );
     assert_eq!(event_ts(&server, &alice, &room, &topic).await, 1_500_000_002_000);
+    // A join through the state endpoint too (as Synapse takes it).
+    register_puppet(base, "bridge_ed", true).await;
+    let join = sent(
+        as_call(
+            base,
+            "PUT",
+            &in_room(&format!("state/m.room.member/{}", enc("@bridge_ed:localhost"))),
+            Some("user_id=%40bridge_ed%3Alocalhost&ts=1500000003000"),
+            Some(json!({"membership": "join"})),
+        )
+        .await,
+    );
+    assert_eq!(event_ts(&server, &alice, &room, &join).await, 1_500_000_003_000);
 
     // A person's ts is ignored: their events are dated now.
     let now_ms = std::time::SystemTime::now()

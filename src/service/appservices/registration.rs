@@ -18,6 +18,11 @@ pub struct Registration {
     pub sender_localpart: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub namespaces: Namespaces,
+    /// Read and kept, with no effect: Conduit limits no request rates
+    /// (its limits bound what waits in storage: undelivered to-device
+    /// messages, pending uploads, queued password checks), so a bridge's
+    /// users are as free as anyone's. Absent means limited (the spec's
+    /// and Synapse's default) once there is a limit to apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limited: Option<bool>,
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
