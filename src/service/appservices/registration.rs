@@ -21,8 +21,8 @@ pub struct Registration {
     /// Read and kept, with no effect: Conduit limits no request rates
     /// (its limits bound what waits in storage: undelivered to-device
     /// messages, pending uploads, queued password checks), so a bridge's
-    /// users are as free as anyone's. Absent means limited (the spec's
-    /// and Synapse's default) once there is a limit to apply.
+    /// users are as free as anyone's. Absent should then mean limited
+    /// (Synapse's default; the spec names none), the sender never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limited: Option<bool>,
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
