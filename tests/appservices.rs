@@ -14,6 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 const AS_TOKEN: &str = "as_secret_token";
 const HS_TOKEN: &str = "hs_secret_token";
+/// The tokens of a second appservice (a second bridge of the same
+/// protocol), played by a second fake.
+const AS_TOKEN_2: &str = "as_second_token";
+const HS_TOKEN_2: &str = "hs_second_token";
 
 /// What the appservice has been sent.
 #[derive(Default)]
@@ -23,6 +27,8 @@ struct Seen {
     user_queries: Vec<String>,
     alias_queries: Vec<String>,
     pings: Vec<Value>,
+    /// Third-party lookups, path and query as they came.
+    thirdparty: Vec<String>,
     /// Requests without our `hs_token`.
     unauthorized: usize,
 }
@@ -209,6 +215,9 @@ async fn answer(mut stream: TcpStream, seen: Arc<Mutex<Seen>>, homeserver: Arc<M
     } else if path == "/_matrix/app/v1/ping" {
         seen.lock().unwrap().pings.push(body);
         (200, json!({}))
+    } else if let Some(lookup) = path.strip_prefix("/_matrix/app/v1/thirdparty/") {
+        seen.lock().unwrap().thirdparty.push(decoded(lookup));
+        thirdparty_answer(&decoded(lookup))
     } else {
         (404, json!({"errcode": "M_UNRECOGNIZED"}))
     };
@@ -219,6 +228,48 @@ async fn answer(mut stream: TcpStream, seen: Arc<Mutex<Seen>>, homeserver: Arc<M
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// The fake bridge speaks `irc` on one network (`libera`): it knows the
+/// user `alice` there and the channel `#chat`, and sends one malformed
+/// location beside the good one.
+fn thirdparty_answer(lookup: &str) -> (u16, Value) {
+    let (path, query) = lookup.split_once('?').unwrap_or((lookup, ""));
+    match path {
+        "protocol/irc" => (
+            200,
+            json!({
+                "user_fields": ["nick"],
+                "location_fields": ["channel"],
+                "icon": "mxc://example.org/irc",
+                "field_types": {
+                    "nick": {"regexp": "[^\\s]+", "placeholder": "alice"},
+                    "channel": {"regexp": "#[^\\s]+", "placeholder": "#chat"}
+                },
+                "instances": [{"desc": "Libera", "fields": {"network": "libera"}, "network_id": "libera"}]
+            }),
+        ),
+        "user/irc" if query == "nick=alice" => (
+            200,
+            json!([{"userid": "@bridge_alice:localhost", "protocol": "irc", "fields": {"nick": "alice"}}]),
+        ),
+        "location/irc" if query == "channel=#chat" => (
+            200,
+            json!([
+                {"alias": "#bridge_chat:localhost", "protocol": "irc", "fields": {"channel": "#chat"}},
+                {"alias": "not an alias"}
+            ]),
+        ),
+        "location" if query == "alias=#bridge_chat:localhost" => (
+            200,
+            json!([{"alias": "#bridge_chat:localhost", "protocol": "irc", "fields": {"channel": "#chat"}}]),
+        ),
+        "user" if query == "userid=@bridge_alice:localhost" => (
+            200,
+            json!([{"userid": "@bridge_alice:localhost", "protocol": "irc", "fields": {"nick": "alice"}}]),
+        ),
+        _ => (404, json!({"errcode": "M_NOT_FOUND"})),
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -273,8 +324,13 @@ fn registration_of(id: &str, url: &str, (as_token, hs_token): (&str, &str), pref
 
 /// A server with the fake appservice registered through the config.
 async fn server_and_appservice() -> (TestServer, FakeAppservice) {
+    server_and_appservice_with("").await
+}
+
+/// As [`server_and_appservice`], with `extra` lines in the registration.
+async fn server_and_appservice_with(extra: &str) -> (TestServer, FakeAppservice) {
     let fake = FakeAppservice::start().await;
-    let server = server_with_registrations(&[registration(&fake.url())]).await;
+    let server = server_with_registrations(&[registration(&fake.url()) + extra]).await;
     *fake.homeserver.lock().unwrap() = server.base.clone();
     (server, fake)
 }
@@ -954,4 +1010,538 @@ async fn its_users_to_device_messages_device_lists_and_key_counts_reach_an_msc32
     let sync = server.sync(&erin, None, 0, None).await;
     let events = sync["to_device"]["events"].as_array().cloned().unwrap_or_default();
     assert!(events.is_empty(), "{sync}");
+}
+
+/// Registers `localpart` as the appservice (with a login unless
+/// `inhibit_login`); the answer.
+async fn register_puppet(base: &str, localpart: &str, inhibit_login: bool) -> Value {
+    let (status, body) = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v3/register",
+        None,
+        Some(json!({"type": "m.login.application_service", "username": localpart, "inhibit_login": inhibit_login})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// A second bridge's registration: users `@other_*`, the `irc` protocol,
+/// with the second set of tokens.
+fn second_registration(url: &str) -> String {
+    format!(
+        "id: otherbridge\nurl: {url}\nas_token: {AS_TOKEN_2}\nhs_token: {HS_TOKEN_2}\nsender_localpart: otherbot\n\
+         protocols: [irc]\nnamespaces:\n  users:\n  - regex: '@other_.*'\n    exclusive: true\n"
+    )
+}
+
+#[tokio::test]
+async fn third_party_lookups_are_answered_by_the_bridges_of_the_protocol() {
+    let mut first = FakeAppservice::start().await;
+    let mut second = FakeAppservice::start_with_token(HS_TOKEN_2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file1, file2) = (dir.path().join("bridge.yaml"), dir.path().join("other.yaml"));
+    std::fs::write(&file1, registration(&first.url()) + "protocols: [irc, slack]\n").unwrap();
+    std::fs::write(&file2, second_registration(&second.url())).unwrap();
+    let server = TestServer::start_in(
+        dir,
+        &format!(
+            "app_service_config_files = [{:?}, {:?}]",
+            file1.display().to_string(),
+            file2.display().to_string()
+        ),
+    )
+    .await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let get = |path: String| {
+        let (server, alice) = (&server, alice.clone());
+        async move { server.call("GET", &path, Some(&alice), None).await }
+    };
+
+    // Both bridges speak irc: one protocol, the instances of both, each
+    // named after its bridge. Nobody describes slack: it is left out.
+    let (status, body) = get("/_matrix/client/v3/thirdparty/protocols".to_owned()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_object().unwrap().keys().collect::<Vec<_>>(), ["irc"], "{body}");
+    assert_eq!(body["irc"]["user_fields"], json!(["nick"]));
+    let mut instances: Vec<&str> = body["irc"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap())
+        .collect();
+    instances.sort();
+    assert_eq!(instances, ["otherbridge|libera", "testbridge|libera"], "{body}");
+    let (status, body) = get("/_matrix/client/v3/thirdparty/protocol/irc".to_owned()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["instances"].as_array().unwrap().len(), 2, "{body}");
+    assert_error(
+        &get("/_matrix/client/v3/thirdparty/protocol/slack".to_owned()).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &get("/_matrix/client/v3/thirdparty/protocol/xmpp".to_owned()).await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    // Users and locations: the fields go to the bridge; a bad entry of its
+    // answer is dropped, the good one kept.
+    let (status, body) = get("/_matrix/client/v3/thirdparty/user/irc?nick=alice".to_owned()).await;
+    assert_eq!(status, 200, "{body}");
+    // Both bridges speak irc and were asked; both answer (the same fake
+    // plays both), so the user comes once from each.
+    assert_eq!(body.as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(body[0]["userid"], "@bridge_alice:localhost");
+    let (status, body) = get(format!(
+        "/_matrix/client/v3/thirdparty/location/irc?channel={}",
+        enc("#chat")
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!([
+            {"alias": "#bridge_chat:localhost", "protocol": "irc", "fields": {"channel": "#chat"}},
+            {"alias": "#bridge_chat:localhost", "protocol": "irc", "fields": {"channel": "#chat"}}
+        ])
+    );
+    assert!(first
+        .seen
+        .lock()
+        .unwrap()
+        .thirdparty
+        .contains(&"location/irc?channel=#chat".to_owned()));
+    let (status, body) = get("/_matrix/client/v3/thirdparty/user/xmpp?nick=alice".to_owned()).await;
+    assert_eq!((status, body), (200, json!([])), "nobody speaks xmpp");
+
+    // From Matrix IDs back to the network: asked of the bridge whose
+    // namespace holds the ID, only.
+    let (status, body) = get(format!(
+        "/_matrix/client/v3/thirdparty/location?alias={}",
+        enc("#bridge_chat:localhost")
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body[0]["fields"]["channel"], "#chat");
+    let (status, body) = get(format!(
+        "/_matrix/client/v3/thirdparty/user?userid={}",
+        enc("@bridge_alice:localhost")
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body[0]["fields"]["nick"], "alice");
+    assert!(second
+        .seen
+        .lock()
+        .unwrap()
+        .thirdparty
+        .iter()
+        .all(|l| !l.starts_with("user?")));
+
+    // One bridge down: the other's instance remains. Both down: no
+    // protocol, and lookups find nothing.
+    second.stop().await;
+    let (status, body) = get("/_matrix/client/v3/thirdparty/protocols".to_owned()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["irc"]["instances"][0]["instance_id"], "testbridge|libera",
+        "{body}"
+    );
+    assert_eq!(body["irc"]["instances"].as_array().unwrap().len(), 1, "{body}");
+    first.stop().await;
+    let (status, body) = get("/_matrix/client/v3/thirdparty/protocols".to_owned()).await;
+    assert_eq!((status, body), (200, json!({})));
+    assert_error(
+        &get("/_matrix/client/v3/thirdparty/protocol/irc".to_owned()).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let (status, body) = get("/_matrix/client/v3/thirdparty/user/irc?nick=alice".to_owned()).await;
+    assert_eq!((status, body), (200, json!([])));
+    assert_eq!(first.seen.lock().unwrap().unauthorized, 0);
+}
+
+/// The `origin_server_ts` of event `event_id`, as `token` reads it.
+async fn event_ts(server: &TestServer, token: &str, room: &str, event_id: &str) -> u64 {
+    let (status, body) = server
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(event_id)),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["origin_server_ts"].as_u64().unwrap()
+}
+
+/// The event ID of a successful send.
+fn sent(answer: (u16, Value)) -> String {
+    let (status, body) = answer;
+    assert_eq!(status, 200, "{body}");
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_appservice_dates_its_events_with_ts_and_nobody_else_may() {
+    let (server, _fake) = server_and_appservice().await;
+    let base = server.base.as_str();
+    let (alice_id, alice, _) = server.register("alice", "pw-alice-1").await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    register_puppet(base, "bridge_dave", true).await;
+    let dave = "user_id=%40bridge_dave%3Alocalhost";
+    let in_room = |rest: &str| format!("/_matrix/client/v3/rooms/{}/{rest}", enc(&room));
+    let (status, body) = as_call(base, "POST", &in_room("join"), Some(dave), Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    // Alice lets dave set the topic.
+    let levels = json!({"users": {alice_id: 100, "@bridge_dave:localhost": 50}, "events": {"m.room.topic": 50}});
+    sent(
+        server
+            .call(
+                "PUT",
+                &in_room("state/m.room.power_levels/"),
+                Some(&alice),
+                Some(levels),
+            )
+            .await,
+    );
+
+    // What the bridge carries over long after it was written keeps its time.
+    let message = sent(
+        as_call(
+            base,
+            "PUT",
+            &in_room("send/m.room.message/old1"),
+            Some(&format!("{dave}&ts=1500000000000")),
+            Some(json!({"msgtype": "m.text", "body": "from 2017"})),
+        )
+        .await,
+    );
+    assert_eq!(event_ts(&server, &alice, &room, &message).await, 1_500_000_000_000);
+    let topic = sent(
+        as_call(
+            base,
+            "PUT",
+            &in_room("state/m.room.topic/"),
+            Some(&format!("{dave}&ts=1500000002000")),
+            Some(json!({"topic": "bridged"})),
+        )
+        .await,
+    );
+    assert_eq!(event_ts(&server, &alice, &room, &topic).await, 1_500_000_002_000);
+    // A join through the state endpoint too (as Synapse takes it).
+    register_puppet(base, "bridge_ed", true).await;
+    let join = sent(
+        as_call(
+            base,
+            "PUT",
+            &in_room(&format!("state/m.room.member/{}", enc("@bridge_ed:localhost"))),
+            Some("user_id=%40bridge_ed%3Alocalhost&ts=1500000003000"),
+            Some(json!({"membership": "join"})),
+        )
+        .await,
+    );
+    assert_eq!(event_ts(&server, &alice, &room, &join).await, 1_500_000_003_000);
+
+    // A person's ts is ignored: their events are dated now.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let message = sent(
+        server
+            .call(
+                "PUT",
+                &in_room("send/m.room.message/a1?ts=1000"),
+                Some(&alice),
+                Some(json!({"msgtype": "m.text", "body": "now"})),
+            )
+            .await,
+    );
+    let topic = sent(
+        server
+            .call(
+                "PUT",
+                &in_room("state/m.room.topic/?ts=1000"),
+                Some(&alice),
+                Some(json!({"topic": "by alice"})),
+            )
+            .await,
+    );
+    for event in [message, topic] {
+        let ts = event_ts(&server, &alice, &room, &event).await;
+        assert!(ts + 60_000 > now_ms, "dated {ts}, now is {now_ms}");
+    }
+}
+
+/// The devices of `user` as the appservice lists them, by ID.
+async fn device_ids(base: &str, user: &str) -> Vec<String> {
+    let (status, body) = as_call(
+        base,
+        "GET",
+        "/_matrix/client/v3/devices",
+        Some(&format!("user_id={}", enc(user))),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut ids: Vec<String> = body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn an_msc4190_appservice_creates_and_deletes_its_users_devices_without_logging_in() {
+    let (server, _fake) = server_and_appservice_with("io.element.msc4190: true\n").await;
+    let base = server.base.as_str();
+    register_puppet(base, "bridge_erin", true).await;
+    let erin = "@bridge_erin:localhost";
+    let as_erin = format!("user_id={}", enc(erin));
+    assert!(device_ids(base, erin).await.is_empty());
+
+    // Created on first PUT (201), renamed on the next (200).
+    let put = |device: &str, name: &str| {
+        let (path, body, query) = (
+            format!("/_matrix/client/v3/devices/{device}"),
+            json!({"display_name": name}),
+            as_erin.clone(),
+        );
+        async move { as_call(base, "PUT", &path, Some(&query), Some(body)).await }
+    };
+    let (status, body) = put("BRIDGEDEV", "Erin's bridge").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = put("BRIDGEDEV", "Erin's bridge, renamed").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(device_ids(base, erin).await, ["BRIDGEDEV"]);
+    let (status, body) = as_call(
+        base,
+        "GET",
+        "/_matrix/client/v3/devices/BRIDGEDEV",
+        Some(&as_erin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["display_name"].as_str()),
+        (200, Some("Erin's bridge, renamed"))
+    );
+    // It acts with the device; others see it in key queries once it has keys.
+    let (status, body) = as_call(
+        base,
+        "GET",
+        "/_matrix/client/v3/account/whoami",
+        Some(&format!("{as_erin}&device_id=BRIDGEDEV")),
+        None,
+    )
+    .await;
+    assert_eq!((status, body["device_id"].as_str()), (200, Some("BRIDGEDEV")), "{body}");
+
+    // No logins for its users: it has devices without tokens.
+    let login = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v3/login",
+        None,
+        Some(
+            json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "bridge_erin"}}),
+        ),
+    )
+    .await;
+    assert_error(&login, 400, "M_APPSERVICE_LOGIN_UNSUPPORTED");
+
+    // Deleted without a password, one or many.
+    let (status, body) = as_call(
+        base,
+        "DELETE",
+        "/_matrix/client/v3/devices/BRIDGEDEV",
+        Some(&as_erin),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(device_ids(base, erin).await.is_empty());
+    for device in ["D1", "D2", "D3"] {
+        assert_eq!(put(device, device).await.0, 201);
+    }
+    let (status, body) = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v3/delete_devices",
+        Some(&as_erin),
+        Some(json!({"devices": ["D1", "D3"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(device_ids(base, erin).await, ["D2"]);
+
+    // People still need their password.
+    let (_, alice, alice_device) = server.register("alice", "pw-alice-1").await;
+    let (status, body) = server
+        .call(
+            "DELETE",
+            &format!("/_matrix/client/v3/devices/{alice_device}"),
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["flows"].is_array(), "{body}");
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/_matrix/client/v3/devices/NEWDEVICE",
+            Some(&alice),
+            Some(json!({"display_name": "x"})),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test]
+async fn without_msc4190_an_appservice_neither_creates_nor_freely_deletes_devices() {
+    let (server, _fake) = server_and_appservice().await;
+    let base = server.base.as_str();
+    let body = register_puppet(base, "bridge_finn", false).await;
+    let device = body["device_id"].as_str().unwrap().to_owned();
+    let as_finn = "user_id=%40bridge_finn%3Alocalhost";
+    let created = as_call(
+        base,
+        "PUT",
+        "/_matrix/client/v3/devices/NEWDEVICE",
+        Some(as_finn),
+        Some(json!({"display_name": "x"})),
+    )
+    .await;
+    assert_error(&created, 404, "M_NOT_FOUND");
+    let (status, body) = as_call(
+        base,
+        "DELETE",
+        &format!("/_matrix/client/v3/devices/{device}"),
+        Some(as_finn),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 401, "user-interactive authentication: {body}");
+    assert_eq!(device_ids(base, "@bridge_finn:localhost").await, [device]);
+}
+
+#[tokio::test]
+async fn the_stand_in_device_of_an_appservice_is_nobodys_device() {
+    let (server, _fake) = server_and_appservice().await;
+    let base = server.base.as_str();
+    register_puppet(base, "bridge_gus", true).await;
+    let as_gus = "user_id=%40bridge_gus%3Alocalhost";
+    // Acting without a device: no device is listed, none named.
+    let (status, body) = as_call(base, "GET", "/_matrix/client/v3/account/whoami", Some(as_gus), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("device_id").is_none(), "{body}");
+    assert!(device_ids(base, "@bridge_gus:localhost").await.is_empty());
+    // Keys need a device of its naming: none are stored for the stand-in.
+    let upload = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v3/keys/upload",
+        Some(as_gus),
+        Some(json!({"one_time_keys": {"signed_curve25519:AAAA": {"key": "x"}}})),
+    )
+    .await;
+    assert_error(&upload, 400, "M_MISSING_PARAM");
+
+    // The stand-in's ID is taken by no real device, so none shares its
+    // transaction IDs (and sees `unsigned.transaction_id` of its events).
+    let login = as_call(
+        base,
+        "POST",
+        "/_matrix/client/v3/login",
+        None,
+        Some(json!({
+            "type": "m.login.application_service",
+            "identifier": {"type": "m.id.user", "user": "bridge_gus"},
+            "device_id": "(appservice)"
+        })),
+    )
+    .await;
+    assert_error(&login, 400, "M_INVALID_PARAM");
+    server.register("alice", "pw-alice-1").await;
+    assert_error(
+        &server.login("alice", "pw-alice-1", Some("(appservice)")).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_eq!(server.login("alice", "pw-alice-1", Some("PHONE")).await.0, 200);
+}
+
+#[tokio::test]
+async fn registrations_claiming_the_same_exclusive_namespace_are_refused() {
+    let fake = FakeAppservice::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file1, file2) = (dir.path().join("bridge.yaml"), dir.path().join("clash.yaml"));
+    std::fs::write(&file1, registration(&fake.url())).unwrap();
+    // Other tokens and sender, the same exclusive users.
+    let clash = registration(&fake.url())
+        .replace("id: testbridge", "id: clash")
+        .replace(AS_TOKEN, AS_TOKEN_2)
+        .replace(HS_TOKEN, HS_TOKEN_2)
+        .replace("sender_localpart: bridgebot", "sender_localpart: clashbot")
+        .replace("'#bridge_.*'", "'#clash_.*'");
+    std::fs::write(&file2, &clash).unwrap();
+    let mut server = TestServer::start_in(
+        dir,
+        &format!(
+            "app_service_config_files = [{:?}, {:?}]",
+            file1.display().to_string(),
+            file2.display().to_string()
+        ),
+    )
+    .await;
+    let lines = server.log_lines_with("appservice registration refused");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("testbridge") && lines[0].contains("clash") && lines[0].contains("@bridge_.*"),
+        "{}",
+        lines[0]
+    );
+    // The first one serves; the second's token is nobody's.
+    let (status, _) = as_call(&server.base, "GET", "/_matrix/client/v3/account/whoami", None, None).await;
+    assert_eq!(status, 200);
+    let other = reqwest::Client::new()
+        .get(server.url("/_matrix/client/v3/account/whoami"))
+        .bearer_auth(AS_TOKEN_2)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(other, 401);
+
+    // The command line refuses it too, naming both.
+    server.stop();
+    let out = common::conduit_command()
+        .arg("-c")
+        .arg(server.config_path())
+        .args(["appservice", "register", file2.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("testbridge") && err.contains("clash"), "{err}");
+    // Claimed non-exclusively, the same users are fine.
+    std::fs::write(&file2, clash.replace("exclusive: true", "exclusive: false")).unwrap();
+    let out = common::conduit_command()
+        .arg("-c")
+        .arg(server.config_path())
+        .args(["appservice", "register", file2.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -34,6 +34,10 @@ pub enum ApiError {
     NotInNamespace(String),
     #[error("{0}")]
     UnknownDevice(String),
+    /// `m.login.application_service` from an appservice that manages its
+    /// users' devices itself (MSC4190).
+    #[error("{0}")]
+    AppserviceLoginUnsupported(String),
     #[error("internal server error")]
     Internal(String),
     #[error(transparent)]
@@ -57,6 +61,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "M_FORBIDDEN"),
             ApiError::NotInNamespace(_) => (StatusCode::FORBIDDEN, "M_EXCLUSIVE"),
             ApiError::UnknownDevice(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN_DEVICE"),
+            ApiError::AppserviceLoginUnsupported(_) => (StatusCode::BAD_REQUEST, "M_APPSERVICE_LOGIN_UNSUPPORTED"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
             ApiError::Service(e) => match e {
                 S::Database(_) | S::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),

@@ -22,6 +22,7 @@ use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
 use super::error::ApiError;
 use crate::service::appservices::Appservice;
+use crate::service::devices::STAND_IN_DEVICE;
 use crate::service::outbox::Destination;
 use crate::service::{ServiceError, Services};
 
@@ -65,6 +66,15 @@ impl<T> Ruma<T> {
         self.origin
             .as_deref()
             .ok_or_else(|| ApiError::Forbidden("this endpoint is for other servers".to_owned()))
+    }
+
+    /// The device the request was made with, if a real one: not the
+    /// stand-in of an appservice that named none.
+    pub fn real_device(&self) -> Option<&str> {
+        self.sender_device
+            .as_deref()
+            .map(|d| d.as_str())
+            .filter(|d| self.appservice.is_none() || *d != STAND_IN_DEVICE)
     }
 
     pub fn device(&self) -> Result<&str, ApiError> {
@@ -763,8 +773,9 @@ async fn appservice_identity(
             OwnedDeviceId::from(device)
         }
         // Acting without a device: the endpoints that need one (to scope
-        // transaction IDs, say) see this stand-in.
-        None => OwnedDeviceId::from(APPSERVICE_DEVICE),
+        // transaction IDs, say) see this stand-in, which no real device may
+        // be called (so none shares its transaction IDs or is taken for it).
+        None => OwnedDeviceId::from(STAND_IN_DEVICE),
     };
     Ok(Identity {
         user: Some(user),
@@ -772,9 +783,6 @@ async fn appservice_identity(
         appservice: Some(appservice),
     })
 }
-
-/// The device an appservice acts with when it names none.
-pub const APPSERVICE_DEVICE: &str = "appservice";
 
 #[derive(serde::Deserialize)]
 struct AssertedIdentity {

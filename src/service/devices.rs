@@ -28,6 +28,11 @@ fn last_seen_is_due(record: &DeviceRecord, now: u64, ip: Option<&str>) -> bool {
         .is_none_or(|t| now.saturating_sub(t) >= LAST_SEEN_GRANULARITY_MS)
         || record.last_seen_ip.as_deref() != ip
 }
+/// The device an appservice's request acts with when it names none (the
+/// HTTP layer's stand-in). No real device may take this ID: it would share
+/// the appservice's transaction IDs and be taken for it.
+pub const STAND_IN_DEVICE: &str = "(appservice)";
+
 /// Longest device display name accepted.
 const MAX_DISPLAY_NAME: usize = 256;
 
@@ -79,6 +84,11 @@ impl DevicesService {
                     "device ID must be 1 to 255 bytes".to_owned(),
                 ))
             }
+            Some(STAND_IN_DEVICE) => {
+                return Err(ServiceError::InvalidParam(format!(
+                    "device ID {STAND_IN_DEVICE} is reserved"
+                )))
+            }
             Some(id) => id.to_owned(),
             None => random_string(10).to_ascii_uppercase(),
         };
@@ -124,6 +134,19 @@ impl DevicesService {
                 .write_with_change(s, batch, user_id, KeyChange::device(&created.0))?;
         }
         Ok(created)
+    }
+
+    /// A device made by an appservice for one of its users (MSC4190): it
+    /// acts with it through `device_id`, never through a token, so the
+    /// device's token is one nobody is told.
+    pub fn create_unused(
+        &self,
+        s: &Services,
+        user_id: &UserId,
+        device_id: &str,
+        display_name: Option<String>,
+    ) -> ServiceResult<()> {
+        self.login(s, user_id, Some(device_id), display_name, None).map(|_| ())
     }
 
     /// The user and device an access token belongs to. Only reads; when the

@@ -244,6 +244,7 @@ mod tests {
             content: serde_json::from_value(serde_json::json!({"msgtype": "m.text", "body": "hi alice"})).unwrap(),
             state_key: None,
             redacts: None,
+            origin_server_ts: None,
         };
         let event = s.timeline.append(&s, &room, &bob, message, None).unwrap();
         let unread = |s: &Services| s.push.counts(&alice, &room, false).unwrap().0.notifications;

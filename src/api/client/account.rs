@@ -7,7 +7,7 @@ use ruma::api::client::account::{
     change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus,
 };
 
-use crate::api::router::{Hooks, JsonObject, APPSERVICE_DEVICE};
+use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::appservices::Appservice;
 use crate::service::uiaa::Purpose;
@@ -210,10 +210,7 @@ async fn username_available(
 async fn whoami(_: Arc<Services>, req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response, ApiError> {
     let mut response = whoami::v3::Response::new(req.user()?.to_owned(), false);
     // An appservice acting without a device has none to tell.
-    response.device_id = req
-        .sender_device
-        .clone()
-        .filter(|d| req.appservice.is_none() || d.as_str() != APPSERVICE_DEVICE);
+    response.device_id = req.real_device().map(Into::into);
     Ok(response)
 }
 

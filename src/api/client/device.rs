@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
+use actix_web::HttpResponse;
 use ruma::api::client::admin::get_user_info;
 use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
 
+use crate::api::router::Written;
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::uiaa::Purpose;
 use crate::service::{ServiceError, Services};
@@ -39,19 +41,35 @@ async fn get(
     Ok(get_device::v3::Response::new(device))
 }
 
-async fn rename(
-    services: Arc<Services>,
-    req: Ruma<update_device::v3::Request>,
-) -> Result<update_device::v3::Response, ApiError> {
+/// `PUT /devices/{deviceId}`: renames a device; for an appservice that
+/// manages its users' devices (MSC4190), creates it if missing (201).
+async fn rename(services: Arc<Services>, req: Ruma<update_device::v3::Request>) -> Result<Written, ApiError> {
     let user_id = req.user()?.to_owned();
+    let may_create = manages_devices(&req);
     let body = req.body;
-    services
+    let created = services
         .run(move |s| {
-            s.devices
-                .rename(s, &user_id, body.device_id.as_str(), body.display_name)
+            let device_id = body.device_id.as_str();
+            if may_create && matches!(s.devices.get(&user_id, device_id), Err(ServiceError::NotFound(_))) {
+                s.devices.create_unused(s, &user_id, device_id, body.display_name)?;
+                return Ok(true);
+            }
+            s.devices.rename(s, &user_id, device_id, body.display_name)?;
+            Ok(false)
         })
         .await?;
-    Ok(update_device::v3::Response::new())
+    let mut response = if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(Written(response.json(serde_json::json!({}))))
+}
+
+/// Whether the request is an appservice's that manages its users' devices
+/// itself (MSC4190): it creates and deletes them without a password.
+fn manages_devices<T>(req: &Ruma<T>) -> bool {
+    req.appservice.as_ref().is_some_and(|a| a.registration.msc4190)
 }
 
 async fn delete_one(
@@ -59,11 +77,15 @@ async fn delete_one(
     req: Ruma<delete_device::v3::Request>,
 ) -> Result<delete_device::v3::Response, ApiError> {
     let user_id = req.user()?.to_owned();
+    let without_password = manages_devices(&req);
     let body = req.body;
     services
         .run(move |s| {
             // 404 for an unknown device before asking for a password.
             s.devices.get(&user_id, body.device_id.as_str())?;
+            if without_password {
+                return s.devices.delete(s, &user_id, &[body.device_id]);
+            }
             // Bound to the device in the path: a session started to delete
             // one device cannot delete another.
             s.uiaa.authenticate(
@@ -84,13 +106,16 @@ async fn delete_many(
     req: Ruma<delete_devices::v3::Request>,
 ) -> Result<delete_devices::v3::Response, ApiError> {
     let user_id = req.user()?.to_owned();
+    let without_password = manages_devices(&req);
     let body = req.body;
     services
         .run(move |s| {
             // One endpoint, one operation whatever the list (as Synapse,
             // which binds a session to the method and path).
-            s.uiaa
-                .authenticate(&s.users, Some(&user_id), Purpose::DeleteDevices, "", body.auth.as_ref())?;
+            if !without_password {
+                s.uiaa
+                    .authenticate(&s.users, Some(&user_id), Purpose::DeleteDevices, "", body.auth.as_ref())?;
+            }
             s.devices.delete(s, &user_id, &body.devices)
         })
         .await?;

@@ -58,7 +58,13 @@ async fn upload(
     req: Ruma<upload_keys::v3::Request>,
 ) -> Result<upload_keys::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
-    let device = req.device()?.to_owned();
+    // Keys belong to a device: an appservice names the one it acts for.
+    let device = req
+        .real_device()
+        .ok_or_else(|| {
+            ApiError::MissingParam("an appservice uploads keys for the device named in device_id".to_owned())
+        })?
+        .to_owned();
     let body = req.body;
     let device_keys = body.device_keys.map(|k| k.json().get().to_owned());
     let one_time_keys = key_list(&body.one_time_keys);

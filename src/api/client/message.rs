@@ -37,6 +37,16 @@ fn content(json: &str) -> Result<CanonicalJsonObject, ApiError> {
     }
 }
 
+/// The `?ts=` of a request: the time an appservice says its event was
+/// sent (timestamp massaging); ignored from anyone else, as the spec
+/// allows it only to appservices.
+fn massaged_ts<T>(
+    req: &Ruma<T>,
+    ts: Option<ruma::MilliSecondsSinceUnixEpoch>,
+) -> Option<ruma::MilliSecondsSinceUnixEpoch> {
+    ts.filter(|_| req.appservice.is_some())
+}
+
 /// Appends a client's event under its device's transaction ID.
 async fn send_in_transaction(
     services: Arc<Services>,
@@ -58,6 +68,7 @@ async fn send_message(
 ) -> Result<send_message_event::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
     let device = req.device()?.to_owned();
+    let origin_server_ts = massaged_ts(&req, req.body.timestamp);
     let body = req.body;
     let event_type: TimelineEventType = body.event_type.to_string().into();
     // State and redactions have endpoints of their own.
@@ -69,6 +80,7 @@ async fn send_message(
         content: content(body.body.json().get())?,
         state_key: None,
         redacts: None,
+        origin_server_ts,
     };
     let event_id = send_in_transaction(services, user, device, body.room_id, body.txn_id.to_string(), spec).await?;
     Ok(send_message_event::v3::Response::new(event_id))
@@ -79,13 +91,21 @@ async fn send_state(
     req: Ruma<send_state_event::v3::Request>,
 ) -> Result<send_state_event::v3::Response, ApiError> {
     let user = req.user()?.to_owned();
+    let origin_server_ts = massaged_ts(&req, req.body.timestamp);
     let body = req.body;
     let event_content = content(body.body.json().get())?;
     let event_type = body.event_type.to_string();
     let event_id = services
         .run(move |s| {
-            s.rooms
-                .send_state(s, &body.room_id, &user, &event_type, &body.state_key, event_content)
+            s.rooms.send_state(
+                s,
+                &body.room_id,
+                &user,
+                &event_type,
+                &body.state_key,
+                event_content,
+                origin_server_ts,
+            )
         })
         .await?;
     Ok(send_state_event::v3::Response::new(event_id))
@@ -151,6 +171,7 @@ async fn redact(
         content: redaction,
         state_key: None,
         redacts: Some(body.event_id),
+        origin_server_ts: None,
     };
     let event_id = send_in_transaction(services, user, device, body.room_id, body.txn_id.to_string(), spec).await?;
     Ok(redact_event::v3::Response::new(event_id))

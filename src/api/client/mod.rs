@@ -22,6 +22,7 @@ mod room;
 mod search;
 mod session;
 mod sync;
+mod thirdparty;
 mod threepid;
 mod user_directory;
 mod voip_and_openid;
@@ -52,6 +53,7 @@ pub fn register_routes(router: &mut Router) {
     account::register_routes(router);
     appservice::register_routes(router);
     threepid::register_routes(router);
+    thirdparty::register_routes(router);
     session::register_routes(router);
     device::register_routes(router);
     profile::register_routes(router);

@@ -55,6 +55,15 @@ async fn login(services: Arc<Services>, req: Ruma<login::v3::Request>) -> Result
             } else {
                 ApiError::MissingToken
             })?;
+            // It makes its users' devices with `PUT /devices/{id}` and acts
+            // with them through `device_id`, never with a token of theirs (as
+            // Synapse refuses it).
+            if appservice.registration.msc4190 {
+                return Err(ApiError::AppserviceLoginUnsupported(format!(
+                    "appservice {} manages its users' devices (MSC4190): it cannot log them in",
+                    appservice.id()
+                )));
+            }
             let user_id = parse_login_name(&services, &named)?;
             if !appservice.is_user_in_namespace(user_id.as_str()) {
                 return Err(ApiError::NotInNamespace(format!(

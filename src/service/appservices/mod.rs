@@ -1,11 +1,13 @@
 //! Application services (bridges, bots): their registrations, kept in
 //! storage and (re)loaded from `app_service_config_files` at start; who may
 //! act as whom; and the requests this server makes of them (transactions
-//! through the outbox, see `sender.rs`; user and alias queries; pings).
+//! through the outbox, see `sender.rs`; user and alias queries; pings;
+//! third-party lookups, see `thirdparty.rs`).
 
 pub mod ephemeral;
 pub mod registration;
 pub mod sender;
+mod thirdparty;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -98,6 +100,9 @@ impl AppservicesService {
         self.register(registration)
     }
 
+    /// Registers `registration`, refusing one that shares a token with
+    /// another appservice or claims what it claims exclusively (see
+    /// [`Appservice::exclusive_overlap`]).
     pub fn register(&self, registration: Registration) -> ServiceResult<Arc<Appservice>> {
         let appservice =
             Arc::new(Appservice::new(registration, &self.server_name).map_err(|e| ServiceError::InvalidParam(e.0))?);
@@ -111,6 +116,12 @@ impl AppservicesService {
             {
                 return Err(ServiceError::InvalidParam(format!(
                     "appservice {}: its tokens are those of appservice {}",
+                    r.id, o.id
+                )));
+            }
+            if let Some(overlap) = appservice.exclusive_overlap(other) {
+                return Err(ServiceError::InvalidParam(format!(
+                    "appservices {} and {} overlap: {overlap}",
                     r.id, o.id
                 )));
             }

@@ -18,6 +18,11 @@ pub struct Registration {
     pub sender_localpart: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub namespaces: Namespaces,
+    /// Read and kept, with no effect: Conduit limits no request rates
+    /// (its limits bound what waits in storage: undelivered to-device
+    /// messages, pending uploads, queued password checks), so a bridge's
+    /// users are as free as anyone's. Absent should then mean limited
+    /// (Synapse's default; the spec names none), the sender never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limited: Option<bool>,
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
@@ -203,6 +208,45 @@ impl Appservice {
     pub fn is_room_in_namespace(&self, room_id: &str) -> bool {
         self.rooms.iter().any(|ns| ns.regex.is_match(room_id))
     }
+
+    /// What `self` claims exclusively that `other` claims too, in a few
+    /// words; `None` when nothing is found. Whether two regular
+    /// expressions share a match is not decided here (in general it is
+    /// costly to, and bridges' regexes are near-literal), so this checks
+    /// what is certain: an exclusive user or alias regex written the same
+    /// in both, and either appservice's own user inside the other's
+    /// exclusive user namespace.
+    pub fn exclusive_overlap(&self, other: &Appservice) -> Option<String> {
+        let same = |kind: &str, mine: &[Namespace], theirs: &[Namespace]| {
+            mine.iter()
+                .filter(|ns| ns.exclusive)
+                .find(|ns| theirs.iter().any(|t| t.exclusive && t.regex == ns.regex))
+                .map(|ns| format!("both claim the {kind} `{}` exclusively", ns.regex))
+        };
+        let (mine, theirs) = (&self.registration.namespaces, &other.registration.namespaces);
+        same("users", &mine.users, &theirs.users)
+            .or_else(|| same("aliases", &mine.aliases, &theirs.aliases))
+            .or_else(|| {
+                other.claims_user(self.sender.as_str()).then(|| {
+                    format!(
+                        "{}'s user {} is in {}'s exclusive namespace",
+                        self.id(),
+                        self.sender,
+                        other.id()
+                    )
+                })
+            })
+            .or_else(|| {
+                self.claims_user(other.sender.as_str()).then(|| {
+                    format!(
+                        "{}'s user {} is in {}'s exclusive namespace",
+                        other.id(),
+                        other.sender,
+                        self.id()
+                    )
+                })
+            })
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +330,47 @@ namespaces:
 
         assert!(check("just a string").is_err());
         assert!(check("").is_err());
+    }
+
+    #[test]
+    fn exclusive_namespaces_claimed_twice_are_found() {
+        let first = check(HEISENBRIDGE).unwrap();
+        let other = |text: String| check(&text.replace("id: heisenbridge", "id: other")).unwrap();
+        let same_users = other(
+            HEISENBRIDGE
+                .replace("2kWj3c0F8d4kG1wq", "t1")
+                .replace("sender_localpart: heisenbridge", "sender_localpart: otherbot"),
+        );
+        let found = first.exclusive_overlap(&same_users).unwrap();
+        assert!(found.contains("`@irc_.*`"), "{found}");
+
+        let shared_only = other(
+            HEISENBRIDGE
+                .replace("exclusive: true", "exclusive: false")
+                .replace("sender_localpart: heisenbridge", "sender_localpart: otherbot"),
+        );
+        assert_eq!(
+            first.exclusive_overlap(&shared_only),
+            None,
+            "a non-exclusive namespace may overlap"
+        );
+
+        let sender_inside = other(
+            HEISENBRIDGE
+                .replace("'@irc_.*'", "'@slack_.*'")
+                .replace("sender_localpart: heisenbridge", "sender_localpart: irc_bot"),
+        );
+        let found = first.exclusive_overlap(&sender_inside).unwrap();
+        assert!(found.contains("@irc_bot:example.org"), "{found}");
+        let found = sender_inside.exclusive_overlap(&first).unwrap();
+        assert!(found.contains("@irc_bot:example.org"), "{found}");
+
+        let apart = other(
+            HEISENBRIDGE
+                .replace("'@irc_.*'", "'@slack_.*'")
+                .replace("sender_localpart: heisenbridge", "sender_localpart: slackbot"),
+        );
+        assert_eq!(first.exclusive_overlap(&apart), None);
     }
 
     #[test]

@@ -577,6 +577,7 @@ impl FederationService {
             content,
             state_key: Some(invitee.to_string()),
             redacts: None,
+            origin_server_ts: None,
         };
         let (room, sender_owned) = (room_id.to_owned(), sender.to_owned());
         let (event_id, event, version, state) = s

@@ -261,7 +261,15 @@ mod tests {
         let room = s.rooms.create_room(s, &t.alice, private).unwrap();
         let rule = |content: serde_json::Value| {
             s.rooms
-                .send_state(s, &room, &t.alice, "m.room.join_rules", "", to_object(content).unwrap())
+                .send_state(
+                    s,
+                    &room,
+                    &t.alice,
+                    "m.room.join_rules",
+                    "",
+                    to_object(content).unwrap(),
+                    None,
+                )
                 .unwrap();
         };
         let template = |membership: &str| s.federation.membership_template_for(s, &room, &carol, membership, None);

@@ -510,7 +510,7 @@ mod tests {
     fn add_child(s: &Services, sender: &UserId, space: &RoomId, child: &RoomId, via: &str) {
         let content = serde_json::from_value(json!({"via": [via]})).unwrap();
         s.rooms
-            .send_state(s, space, sender, "m.space.child", child.as_str(), content)
+            .send_state(s, space, sender, "m.space.child", child.as_str(), content, None)
             .unwrap();
     }
 

@@ -310,7 +310,9 @@ impl RoomsService {
     }
 
     /// Sends a state event from a client, after the checks the server makes
-    /// beyond the auth rules.
+    /// beyond the auth rules; `origin_server_ts` is an appservice's
+    /// massaged timestamp.
+    #[allow(clippy::too_many_arguments)]
     pub fn send_state(
         &self,
         s: &Services,
@@ -319,6 +321,7 @@ impl RoomsService {
         event_type: &str,
         state_key: &str,
         body: ruma::CanonicalJsonObject,
+        origin_server_ts: Option<ruma::MilliSecondsSinceUnixEpoch>,
     ) -> ServiceResult<ruma::OwnedEventId> {
         if event_type == "m.room.canonical_alias" {
             let value = JsonValue::from(ruma::CanonicalJsonValue::Object(body.clone()));
@@ -340,6 +343,7 @@ impl RoomsService {
             content: body,
             state_key: Some(state_key.to_owned()),
             redacts: None,
+            origin_server_ts,
         };
         let event_id = s.timeline.append(s, room_id, sender, spec, None)?;
         if event_type == "m.room.guest_access" && !self.guests_may_join(s, room_id)? {
@@ -472,6 +476,7 @@ impl RoomsService {
             content: body,
             state_key: Some(sender.to_string()),
             redacts: None,
+            origin_server_ts: None,
         };
         s.timeline.append(s, &room_id, sender, spec, None)?;
         Ok(room_id)
@@ -682,6 +687,7 @@ impl RoomsService {
                 content: body,
                 state_key: Some(user.to_string()),
                 redacts: None,
+                origin_server_ts: None,
             };
             if let Err(e) = s.timeline.append(s, &room_id, user, spec, None) {
                 tracing::warn!(%room_id, %user, error = %e, "profile change not carried into the room");

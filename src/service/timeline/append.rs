@@ -84,6 +84,7 @@ impl TimelineService {
             content,
             state_key: Some(String::new()),
             redacts: None,
+            origin_server_ts: None,
         };
         let event_id = self.append_inner(s, room_id.as_deref(), None, &rules, version, creator, spec, None)?;
         match room_id {
@@ -250,7 +251,7 @@ impl TimelineService {
             auth_events,
             depth,
             redacts,
-            origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
+            origin_server_ts: spec.origin_server_ts.unwrap_or_else(MilliSecondsSinceUnixEpoch::now),
         };
         let (event_id, object) = build_pdu(new, rules, &s.config.server_name, &s.server_keys)?;
         let pdu = Arc::new(Pdu::from_object(event_id.clone(), &object)?);

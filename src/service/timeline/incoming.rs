@@ -930,6 +930,7 @@ mod tests {
             content: to_object(json!({"body": "both"})).unwrap(),
             state_key: None,
             redacts: None,
+            origin_server_ts: None,
         };
         let merged = t.s.timeline.append(&t.s, &t.room, &t.bob, text, None).unwrap();
         let pdu = t.s.timeline.pdu(&merged).unwrap().unwrap();

@@ -37,7 +37,8 @@ use std::sync::{Arc, Mutex};
 use ruma::events::{StateEventType, TimelineEventType};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId,
+    RoomVersionId, UserId,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -61,6 +62,9 @@ pub struct EventSpec {
     pub state_key: Option<String>,
     /// The event a redaction redacts.
     pub redacts: Option<OwnedEventId>,
+    /// When the event says it was sent, if not now: an appservice's
+    /// timestamp massaging (`?ts=`), for messages bridged after the fact.
+    pub origin_server_ts: Option<MilliSecondsSinceUnixEpoch>,
 }
 
 impl EventSpec {
@@ -70,6 +74,7 @@ impl EventSpec {
             content: to_object(content)?,
             state_key: Some(state_key.to_owned()),
             redacts: None,
+            origin_server_ts: None,
         })
     }
 }

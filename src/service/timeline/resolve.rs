@@ -305,6 +305,7 @@ mod tests {
                 content: ruma::CanonicalJsonObject::new(),
                 state_key: None,
                 redacts: None,
+                origin_server_ts: None,
             };
             let merged = s.timeline.append(&s, &room_id, &alice, text, None).unwrap();
             let pdu = s.timeline.pdu(&merged).unwrap().unwrap();

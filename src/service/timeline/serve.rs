@@ -351,6 +351,7 @@ mod tests {
             content: to_object(json!({"msgtype": "m.text", "body": body})).unwrap(),
             state_key: None,
             redacts: None,
+            origin_server_ts: None,
         }
     }
 
