@@ -306,6 +306,11 @@ async fn as_call(base: &str, method: &str, path: &str, query: Option<&str>, body
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// `whoami` as the appservice, with `query` (who it acts as).
+async fn whoami_as(base: &str, query: &str) -> (u16, Value) {
+    as_call(base, "GET", "/_matrix/client/v3/account/whoami", Some(query), None).await
+}
+
 /// The registration, as a bridge writes it: users `@bridge_*`
 /// (exclusive), aliases `#bridge_*` (exclusive).
 fn registration(url: &str) -> String {
@@ -447,25 +452,11 @@ async fn masquerading_registration_and_login_stay_inside_the_namespace() {
         "{body}"
     );
     // Anything else as a user that does not exist is refused.
-    let unknown = as_call(
-        base,
-        "GET",
-        "/_matrix/client/v3/account/whoami",
-        Some("user_id=%40bridge_nobody%3Alocalhost"),
-        None,
-    )
-    .await;
+    let unknown = whoami_as(base, "user_id=%40bridge_nobody%3Alocalhost").await;
     assert_error(&unknown, 403, "M_FORBIDDEN");
 
     // Acting as a user of the namespace, and refused outside it.
-    let (status, body) = as_call(
-        base,
-        "GET",
-        "/_matrix/client/v3/account/whoami",
-        Some("user_id=%40bridge_dave%3Alocalhost"),
-        None,
-    )
-    .await;
+    let (status, body) = whoami_as(base, "user_id=%40bridge_dave%3Alocalhost").await;
     assert_eq!(
         (status, body["user_id"].as_str()),
         (200, Some("@bridge_dave:localhost")),
@@ -473,23 +464,9 @@ async fn masquerading_registration_and_login_stay_inside_the_namespace() {
     );
     assert!(body.get("device_id").is_none(), "no device named: {body}");
     let (_, alice, _) = server.register("alice", "pw-alice-1").await;
-    let refused = as_call(
-        base,
-        "GET",
-        "/_matrix/client/v3/account/whoami",
-        Some("user_id=%40alice%3Alocalhost"),
-        None,
-    )
-    .await;
+    let refused = whoami_as(base, "user_id=%40alice%3Alocalhost").await;
     assert_error(&refused, 403, "M_EXCLUSIVE");
-    let unknown_device = as_call(
-        base,
-        "GET",
-        "/_matrix/client/v3/account/whoami",
-        Some("user_id=%40bridge_dave%3Alocalhost&device_id=NOPE"),
-        None,
-    )
-    .await;
+    let unknown_device = whoami_as(base, "user_id=%40bridge_dave%3Alocalhost&device_id=NOPE").await;
     assert_error(&unknown_device, 400, "M_UNKNOWN_DEVICE");
 
     // The puppet sets its name and makes a room as itself.
