@@ -111,6 +111,14 @@ pub enum Table {
     /// entries of [`Table::Notifications`] so a /sync need not count them.
     /// Key: `(user_id: str, room_id: str)`. Value: bincode `UnreadRecord`.
     UnreadCounts,
+    /// Each user's notification history, for `/notifications` (`push.rs`):
+    /// one entry per event that notified them, written in the event's batch
+    /// and, unlike [`Table::Notifications`], kept after a receipt covers it.
+    /// Only the newest 1,000 are kept (trimmed on every 100th new one, so
+    /// at most 1,099). Key: `(user_id: str, count: u64)`, count being the
+    /// event's stream position. Value: bincode `HistoryRecord` (room and
+    /// event IDs, time, highlight, the actions as JSON).
+    NotificationHistory,
     /// Events that relate to another (`relations.rs`). Key: `(parent_event_id:
     /// str, count: u64)`, count being the relating event's stream position.
     /// Value: bincode `RelationRecord` (relating event ID, rel_type, type, sender).
@@ -272,7 +280,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 63] = [
+    pub const ALL: [Table; 64] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -301,6 +309,7 @@ impl Table {
         Table::Receipts,
         Table::Notifications,
         Table::UnreadCounts,
+        Table::NotificationHistory,
         Table::Relations,
         Table::RelationParents,
         Table::ThreadRoots,
@@ -369,6 +378,7 @@ impl Table {
             Table::Receipts => "receipts",
             Table::Notifications => "notifications",
             Table::UnreadCounts => "unread_counts",
+            Table::NotificationHistory => "notification_history",
             Table::Relations => "relations",
             Table::RelationParents => "relation_parents",
             Table::ThreadRoots => "thread_roots",

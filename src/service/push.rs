@@ -7,21 +7,24 @@
 //! read receipt removes the entries it covers, so the counts /sync reports
 //! are the entries left. Those counts are also kept per user and room,
 //! written with the entries under the room's write lock, so that a /sync
-//! reads one record per room instead of counting.
+//! reads one record per room instead of counting. Each notification also
+//! goes into the user's history, which receipts leave alone, for
+//! `/notifications`; an entry is read once its unread entry is gone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use ruma::events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource};
-use ruma::push::{FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::room_version_rules::RoomVersionRules;
 use ruma::serde::Raw;
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
+use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
 use super::timeline::StoredEvent;
 use super::{ServiceError, ServiceResult, Services};
-use crate::database::push::{NotificationRecord, PushTables, UnreadRecord};
+use crate::database::push::{HistoryRecord, NotificationRecord, PushTables, UnreadRecord};
 use crate::database::{Batch, Db};
 
 pub const PUSH_RULES: &str = "m.push_rules";
@@ -69,6 +72,44 @@ pub struct PushService {
     /// its room's lock, the only place contexts of that room are built)
     /// clears this with `forget_contexts`.
     contexts: Mutex<HashMap<u64, Arc<RoomContext>>>,
+    /// Notifications each user got since their history was last trimmed. A
+    /// user missing here (after a start, or once the map started over) is
+    /// trimmed on their next one, so no history outgrows its bound.
+    history_since_trim: Mutex<HashMap<OwnedUserId, u32>>,
+}
+
+/// Notifications kept in each user's history, newest first.
+const HISTORY_KEPT: usize = 1_000;
+
+/// A user's history is trimmed on every this-many-th notification, so it
+/// holds at most `HISTORY_KEPT + HISTORY_TRIM_EVERY - 1` entries; a trim
+/// reads the whole history, so not on every one.
+const HISTORY_TRIM_EVERY: u32 = 100;
+
+/// Users whose trim countdown is kept in memory at most (the map starts
+/// over when full).
+const CACHED_TRIM_COUNTDOWNS: usize = 16_384;
+
+/// `/notifications` lists this many without a `limit`, and at most this
+/// many with one.
+const DEFAULT_NOTIFICATIONS_PAGE: usize = 50;
+const MAX_NOTIFICATIONS_PAGE: usize = 200;
+
+/// One entry of `/notifications`.
+pub struct Notification {
+    pub room_id: OwnedRoomId,
+    /// The event in client format, without `room_id`.
+    pub event: Box<RawValue>,
+    pub actions: Vec<Action>,
+    pub read: bool,
+    pub ts: u64,
+}
+
+/// A page of `/notifications`, newest first.
+pub struct NotificationPage {
+    pub notifications: Vec<Notification>,
+    /// Where the next, older, page starts; `None` when there is none.
+    pub next_token: Option<String>,
 }
 
 /// Room contexts kept at most (one per busy room; the cache starts over
@@ -128,6 +169,7 @@ impl PushService {
             rulesets: Mutex::new(HashMap::new()),
             unread: Mutex::default(),
             contexts: Mutex::new(HashMap::new()),
+            history_since_trim: Mutex::new(HashMap::new()),
         }
     }
 
@@ -277,6 +319,7 @@ impl PushService {
         // An event that says whom it mentions is not searched for names.
         let intentional_mentions = flat.contains_mentions();
         let sender = event.get("sender").and_then(JsonValue::as_str);
+        let event_id = event.get("event_id").and_then(JsonValue::as_str).unwrap_or_default();
         let mut shared_answers = [None; SHARED_DEFAULT_RULES.len()];
         let mut changes = Vec::new();
         for (user, display_name) in &context.recipients {
@@ -334,11 +377,108 @@ impl PushService {
                 add(&mut unread, &record);
                 self.tables
                     .put_notification(batch, user.as_str(), room_id.as_str(), count, &record);
+                let history = HistoryRecord {
+                    room_id: room_id.to_string(),
+                    event_id: event_id.to_owned(),
+                    ts: super::now_ms(),
+                    highlight: record.highlight,
+                    actions: serde_json::to_string(actions)
+                        .map_err(|e| ServiceError::Internal(format!("push actions: {e}")))?,
+                };
+                if self.history_trim_due(user) {
+                    // The new entry is in this batch, not yet in storage.
+                    self.tables.trim_history(batch, user.as_str(), HISTORY_KEPT - 1)?;
+                }
+                self.tables.put_history(batch, user.as_str(), count, &history);
                 self.tables.put_unread(batch, user.as_str(), room_id.as_str(), &unread);
                 changes.push((user.clone(), unread));
             }
         }
         Ok(UnreadChanges(changes))
+    }
+
+    /// Whether `user`'s history is due for a trim with their new
+    /// notification (see `history_since_trim`).
+    fn history_trim_due(&self, user: &UserId) -> bool {
+        let mut since_trim = self.history_since_trim.lock().unwrap_or_else(|e| e.into_inner());
+        match since_trim.get_mut(user) {
+            Some(n) if *n + 1 < HISTORY_TRIM_EVERY => {
+                *n += 1;
+                false
+            }
+            Some(n) => {
+                *n = 0;
+                true
+            }
+            None => {
+                if since_trim.len() >= CACHED_TRIM_COUNTDOWNS {
+                    since_trim.clear();
+                }
+                since_trim.insert(user.to_owned(), 0);
+                true
+            }
+        }
+    }
+
+    /// A page of `user`'s notification history (`/notifications`), newest
+    /// first: older than the token `from` if given, only highlights if
+    /// `highlights_only`. `device` is the reader's, for the events' client
+    /// format.
+    pub fn notifications(
+        &self,
+        s: &Services,
+        user: &UserId,
+        device: &str,
+        from: Option<&str>,
+        limit: Option<usize>,
+        highlights_only: bool,
+    ) -> ServiceResult<NotificationPage> {
+        // The token is the stream position of the last entry listed.
+        let before = from
+            .map(|token| {
+                token
+                    .parse::<u64>()
+                    .map_err(|_| ServiceError::InvalidParam(format!("{token:?} is not a /notifications token")))
+            })
+            .transpose()?;
+        let limit = limit
+            .unwrap_or(DEFAULT_NOTIFICATIONS_PAGE)
+            .clamp(1, MAX_NOTIFICATIONS_PAGE);
+        let mut notifications = Vec::new();
+        let mut next_token = None;
+        let mut last_listed = None;
+        for entry in self.tables.history(user.as_str(), before) {
+            let (count, record) = entry?;
+            if highlights_only && !record.highlight {
+                continue;
+            }
+            if notifications.len() == limit {
+                next_token = last_listed.map(|c: u64| c.to_string());
+                break;
+            }
+            let corrupt = |what: &str| ServiceError::Internal(format!("notification history: bad {what}"));
+            let room_id = OwnedRoomId::try_from(record.room_id.as_str()).map_err(|_| corrupt("room ID"))?;
+            let event_id = OwnedEventId::try_from(record.event_id.as_str()).map_err(|_| corrupt("event ID"))?;
+            let actions: Vec<Action> = serde_json::from_str(&record.actions).map_err(|_| corrupt("actions"))?;
+            let Some(event) = s.timeline.event(&event_id)? else {
+                // Gone from storage since: nothing to show.
+                continue;
+            };
+            let event = s.timeline.client_event(s, &event, false, (user, device))?;
+            let read = !self.tables.is_unread(user.as_str(), room_id.as_str(), count)?;
+            notifications.push(Notification {
+                room_id,
+                event,
+                actions,
+                read,
+                ts: record.ts,
+            });
+            last_listed = Some(count);
+        }
+        Ok(NotificationPage {
+            notifications,
+            next_token,
+        })
     }
 
     /// Takes the counts of a landed batch into the cache (see `unread`).
@@ -543,4 +683,48 @@ fn add(unread: &mut UnreadRecord, record: &NotificationRecord) {
     };
     counts.0 += 1;
     counts.1 += u64::from(record.highlight);
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::events::TimelineEventType;
+
+    use super::{HISTORY_KEPT, HISTORY_TRIM_EVERY};
+    use crate::service::testing::{two_in_a_room, TwoInARoom};
+    use crate::service::timeline::EventSpec;
+
+    /// However many notifications arrive, a user's history stays within its
+    /// bound and keeps the newest.
+    #[test]
+    fn the_history_keeps_the_newest_within_its_bound() {
+        let TwoInARoom {
+            dir: _dir,
+            s,
+            alice,
+            bob,
+            room,
+            ..
+        } = two_in_a_room();
+        let sent = HISTORY_KEPT + HISTORY_TRIM_EVERY as usize + 10;
+        let mut newest = None;
+        for n in 0..sent {
+            let message = EventSpec {
+                event_type: TimelineEventType::RoomMessage,
+                content: serde_json::from_value(serde_json::json!({"msgtype": "m.text", "body": format!("{n}")}))
+                    .unwrap(),
+                state_key: None,
+                redacts: None,
+                origin_server_ts: None,
+            };
+            newest = Some(s.timeline.append(&s, &room, &bob, message, None).unwrap());
+        }
+        let kept = s.push.tables.history(alice.as_str(), None).count();
+        assert!(
+            (HISTORY_KEPT..HISTORY_KEPT + HISTORY_TRIM_EVERY as usize).contains(&kept),
+            "{kept} of {sent} kept"
+        );
+        let page = s.push.notifications(&s, &alice, "DEV", None, Some(1), false).unwrap();
+        let listed: serde_json::Value = serde_json::from_str(page.notifications[0].event.get()).unwrap();
+        assert_eq!(listed["event_id"], newest.unwrap().as_str());
+    }
 }

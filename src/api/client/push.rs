@@ -1,12 +1,12 @@
-//! Push rules (and the pusher list).
+//! Push rules, the pusher list and the notification history.
 
 use std::sync::Arc;
 
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ruma::api::client::push::{
-    delete_pushrule, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
-    set_pushrule, set_pushrule_actions, set_pushrule_enabled, PushRule,
+    delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
+    get_pushrules_all, set_pushrule, set_pushrule_actions, set_pushrule_enabled, PushRule,
 };
 use ruma::push::{AnyPushRuleRef, RuleKind, Ruleset};
 use ruma::UserId;
@@ -36,6 +36,7 @@ pub fn register_routes(router: &mut Router) {
     router.add(rule_actions);
     router.add(set_rule_actions);
     router.add(pushers);
+    router.add(notifications);
 }
 
 fn not_found() -> ServiceError {
@@ -248,4 +249,35 @@ async fn pushers(
 ) -> Result<get_pushers::v3::Response, ApiError> {
     req.user()?;
     Ok(get_pushers::v3::Response::new(Vec::new()))
+}
+
+/// `GET /notifications`: the events that notified the user, newest first.
+async fn notifications(
+    services: Arc<Services>,
+    req: Ruma<get_notifications::v3::Request>,
+) -> Result<get_notifications::v3::Response, ApiError> {
+    use get_notifications::v3::{Notification, Response};
+    let user = req.user()?.to_owned();
+    let device = req.device()?.to_owned();
+    let body = req.body;
+    let limit = body.limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX));
+    // The spec defines only `highlight`; anything else filters nothing.
+    let highlights_only = body.only.as_deref() == Some("highlight");
+    let page = services
+        .run(move |s| {
+            s.push
+                .notifications(s, &user, &device, body.from.as_deref(), limit, highlights_only)
+        })
+        .await?;
+    let listed = page
+        .notifications
+        .into_iter()
+        .map(|n| {
+            let ts = ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(n.ts));
+            Notification::new(n.actions, ruma::serde::Raw::from_json(n.event), n.read, n.room_id, ts)
+        })
+        .collect();
+    let mut response = Response::new(listed);
+    response.next_token = page.next_token;
+    Ok(response)
 }
