@@ -235,9 +235,10 @@ pub enum Table {
     /// JSON, the kind).
     Outliers,
     /// What waits to be delivered, per destination (`outbox.rs`): PDUs and
-    /// EDUs for other servers and appservices (later push gateways).
-    /// Key: `(destination: str, seq: u64)`, destination `server:<name>` or
-    /// `appservice:<id>`,
+    /// EDUs for other servers and appservices, notifications for push
+    /// gateways. Key: `(destination: str, seq: u64)`, destination
+    /// `server:<name>`, `appservice:<id>` or `pusher:<JSON {user_id, app_id,
+    /// pushkey}>`,
     /// seq from the server-wide counter. Value: bincode `OutboxItem`.
     Outbox,
     /// Other servers' signing keys (`remote_keys.rs`), current and retired.
@@ -277,10 +278,19 @@ pub enum Table {
     /// `app_service_config_files`. Key: `(id: str)`. Value: the
     /// registration as JSON (the YAML file's fields).
     Appservices,
+    /// Each user's pushers (`pushers.rs`). Key: `(user_id: str, app_id:
+    /// str, pushkey: str)`. Value: bincode `PusherRecord` (the device that
+    /// set it, when, the pusher as JSON). A device's pushers are the user's
+    /// whose record names it.
+    Pushers,
+    /// The users of each `(app_id, pushkey)`, for removing a pushkey from
+    /// every other user (`pushers.rs`). Key: `(app_id: str, pushkey: str,
+    /// user_id: str)`. Value: empty.
+    PushersByKey,
 }
 
 impl Table {
-    pub const ALL: [Table; 64] = [
+    pub const ALL: [Table; 66] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -345,6 +355,8 @@ impl Table {
         Table::DeviceListStreamIds,
         Table::RemoteDeviceLists,
         Table::Appservices,
+        Table::Pushers,
+        Table::PushersByKey,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -414,6 +426,8 @@ impl Table {
             Table::DeviceListStreamIds => "device_list_stream_ids",
             Table::RemoteDeviceLists => "remote_device_lists",
             Table::Appservices => "appservices",
+            Table::Pushers => "pushers",
+            Table::PushersByKey => "pushers_by_key",
         }
     }
 }

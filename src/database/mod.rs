@@ -18,6 +18,7 @@ pub mod openid;
 pub mod outbox;
 pub mod presence;
 pub mod push;
+pub mod pushers;
 pub mod receipts;
 pub mod relations;
 pub mod remote_device_lists;

@@ -162,6 +162,18 @@ impl PushTables {
             .transpose()
     }
 
+    /// `(room_id, counts)` of each room the user has counts stored for.
+    pub fn unread_of_user(&self, user_id: &str) -> DbResult<Vec<(String, UnreadRecord)>> {
+        self.db
+            .scan_prefix(Table::UnreadCounts, keys::encode(&(user_id,)), Direction::Forward)
+            .map(|r| {
+                let (k, v) = r?;
+                let (_, room_id): (String, String) = decode_key(Table::UnreadCounts, &k)?;
+                Ok((room_id, from_record(Table::UnreadCounts, &v)?))
+            })
+            .collect()
+    }
+
     pub fn put_unread(&self, batch: &mut Batch, user_id: &str, room_id: &str, record: &UnreadRecord) {
         batch.put(
             Table::UnreadCounts,

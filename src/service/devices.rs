@@ -230,7 +230,7 @@ impl DevicesService {
     }
 
     /// Deletes these devices (unknown IDs are skipped, as the spec allows),
-    /// their tokens, keys and queued to-device messages, in one write; the
+    /// their tokens, keys, pushers and queued to-device messages, in one write; the
     /// user's contacts learn that the device list changed.
     pub fn delete(&self, s: &Services, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> ServiceResult<()> {
         let mut batch = Batch::new();
@@ -260,6 +260,7 @@ impl DevicesService {
         self.tables.delete(batch, user_id.as_str(), device_id, record);
         s.e2e_keys.delete_device_in(batch, user_id, device_id)?;
         s.timeline.delete_device_txns_in(batch, user_id, device_id)?;
+        s.pushers.delete_device_in(batch, user_id, device_id)?;
         s.to_device.delete_device_in(batch, user_id, device_id)
     }
 

@@ -16,6 +16,7 @@ pub mod password;
 pub mod pdu;
 pub mod presence;
 pub mod push;
+pub mod pushers;
 pub mod receipts;
 pub mod relations;
 pub mod reports;
@@ -151,6 +152,7 @@ pub struct Services {
     pub timeline: timeline::TimelineService,
     pub rooms: rooms::RoomsService,
     pub push: push::PushService,
+    pub pushers: Arc<pushers::PushersService>,
     pub receipts: receipts::ReceiptsService,
     pub typing: typing::TypingService,
     pub presence: presence::PresenceService,
@@ -252,6 +254,7 @@ impl Services {
             typing: typing::TypingService::new(stream.clone()),
             presence: presence::PresenceService::new(db.clone(), stream.clone()),
             push: push::PushService::new(db.clone()),
+            pushers: Arc::new(pushers::PushersService::open(db.clone())?),
             relations: relations::RelationsService::open(db.clone())?,
             reports: reports::ReportsService::new(db.clone()),
             search: search::SearchService::new(db.clone()),
@@ -317,7 +320,7 @@ impl Services {
         }
     }
 
-    /// Starts the background workers (deliveries to other servers and appservices); they
+    /// Starts the background workers (deliveries to other servers, appservices and push gateways); they
     /// stop when `stop` turns true, and the returned handles finish once
     /// they have.
     pub fn start_workers(
@@ -332,6 +335,7 @@ impl Services {
             appservices: Arc::new(appservices::sender::AppserviceTransport {
                 appservices: self.appservices.clone(),
             }),
+            pushers: Arc::new(pushers::gateway::PusherTransport::new(self.pushers.clone())),
         });
         vec![tokio::spawn(self.outbox.clone().run(transport, stop))]
     }

@@ -1,5 +1,6 @@
 //! The persistent outbox: what this server must deliver elsewhere (PDUs and
-//! EDUs to other servers, events to appservices; push gateways later), queued
+//! EDUs to other servers, events to appservices, notifications to push
+//! gateways), queued
 //! per destination in storage, so nothing is lost to a restart.
 //!
 //! Items are queued in the batch of the write that makes them (an event's
@@ -18,6 +19,7 @@ use ruma::{EventId, OwnedEventId, OwnedServerName, ServerName};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
+use super::pushers::PusherId;
 use super::{ServiceError, ServiceResult};
 use crate::database::outbox::{OutboxItem, OutboxTables};
 use crate::database::{Batch, Db};
@@ -28,6 +30,8 @@ pub enum Destination {
     Server(OwnedServerName),
     /// An appservice, by its registration's ID.
     Appservice(String),
+    /// A user's pusher: its push gateway, one notification per request.
+    Pusher(PusherId),
 }
 
 impl Destination {
@@ -36,6 +40,8 @@ impl Destination {
         match self {
             Destination::Server(name) => format!("server:{name}"),
             Destination::Appservice(id) => format!("appservice:{id}"),
+            // JSON: a pushkey may hold any character.
+            Destination::Pusher(id) => format!("pusher:{}", serde_json::to_string(id).unwrap_or_default()),
         }
     }
 
@@ -44,6 +50,7 @@ impl Destination {
         match kind {
             "server" => ServerName::parse(rest).ok().map(Destination::Server),
             "appservice" => Some(Destination::Appservice(rest.to_owned())),
+            "pusher" => serde_json::from_str(rest).ok().map(Destination::Pusher),
             _ => None,
         }
     }
@@ -54,6 +61,18 @@ impl Destination {
         match self {
             Destination::Server(_) => MAX_BACKOFF,
             Destination::Appservice(_) => MAX_APPSERVICE_BACKOFF,
+            // A notification much later is of little use; a gateway back
+            // soon after is what matters.
+            Destination::Pusher(_) => MAX_PUSHER_BACKOFF,
+        }
+    }
+
+    /// The most items one transaction carries (the push gateway API
+    /// takes one notification per request).
+    fn max_items(&self) -> usize {
+        match self {
+            Destination::Pusher(_) => 1,
+            _ => MAX_PDUS_PER_TRANSACTION + MAX_EDUS_PER_TRANSACTION,
         }
     }
 }
@@ -112,6 +131,7 @@ impl StagedForEvents {
 pub struct TransportByKind {
     pub servers: Arc<dyn Transport>,
     pub appservices: Arc<dyn Transport>,
+    pub pushers: Arc<dyn Transport>,
 }
 
 impl Transport for TransportByKind {
@@ -123,6 +143,7 @@ impl Transport for TransportByKind {
         match destination {
             Destination::Server(_) => self.servers.deliver(destination, transaction),
             Destination::Appservice(_) => self.appservices.deliver(destination, transaction),
+            Destination::Pusher(_) => self.pushers.deliver(destination, transaction),
         }
     }
 }
@@ -163,6 +184,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
 /// The longest wait between tries to an appservice.
 const MAX_APPSERVICE_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// The longest wait between tries to a push gateway.
+const MAX_PUSHER_BACKOFF: Duration = Duration::from_secs(5 * 60);
 /// How long shutdown waits for transactions in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -353,9 +376,7 @@ impl OutboxService {
 
     /// The oldest items that fit one transaction, and their sequence numbers.
     fn next_transaction(&self, destination: &Destination) -> ServiceResult<Option<(Transaction, Vec<u64>)>> {
-        let items = self
-            .tables
-            .oldest(&destination.key(), MAX_PDUS_PER_TRANSACTION + MAX_EDUS_PER_TRANSACTION)?;
+        let items = self.tables.oldest(&destination.key(), destination.max_items())?;
         let mut pdus = Vec::new();
         let mut edus = Vec::new();
         let mut seqs = Vec::new();

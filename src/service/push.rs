@@ -22,8 +22,11 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
+use super::outbox::Destination;
+use super::pushers::gateway;
 use super::timeline::StoredEvent;
 use super::{ServiceError, ServiceResult, Services};
+use crate::database::outbox::OutboxItem;
 use crate::database::push::{HistoryRecord, NotificationRecord, PushTables, UnreadRecord};
 use crate::database::{Batch, Db};
 
@@ -129,9 +132,17 @@ struct UnreadCache {
 }
 
 /// Counts `notify` put in an event's batch, for [`PushService::remember_unread`]
-/// once the batch has landed.
+/// once the batch has landed, and the pushers it queued notifications for
+/// (tell the outbox then, see [`UnreadChanges::pushed`]).
 #[must_use = "the counts go into the cache only once their batch has landed"]
-pub struct UnreadChanges(Vec<(OwnedUserId, UnreadRecord)>);
+pub struct UnreadChanges(Vec<(OwnedUserId, UnreadRecord)>, Vec<Destination>);
+
+impl UnreadChanges {
+    /// The pushers with a notification queued in the batch.
+    pub fn pushed(&self) -> &[Destination] {
+        &self.1
+    }
+}
 
 /// What the rules of every member need to know about the room, once per event.
 pub struct RoomContext {
@@ -140,6 +151,11 @@ pub struct RoomContext {
     /// Joined local members, with their display names (`notify` skips
     /// the sender).
     pub recipients: Vec<(OwnedUserId, String)>,
+    /// Joined members' display names, by user ID (those who set one), for
+    /// push gateways.
+    pub display_names: HashMap<String, String>,
+    pub room_name: Option<String>,
+    pub room_alias: Option<String>,
 }
 
 /// The thread an event belongs to, if any.
@@ -254,11 +270,15 @@ impl PushService {
     fn build_room_context(&self, s: &Services, rules: &RoomVersionRules, state: &[StoredEvent]) -> RoomContext {
         let mut member_count = 0;
         let mut recipients = Vec::new();
+        let mut display_names = HashMap::new();
         for event in state.iter().filter(|e| e.event_type() == "m.room.member") {
             if event.content_str("membership") != Some("join") {
                 continue;
             }
             member_count += 1;
+            if let (Some(user), Some(name)) = (event.state_key(), event.content_str("displayname")) {
+                display_names.insert(user.to_owned(), name.to_owned());
+            }
             let Some(user) = event.state_key().and_then(|k| OwnedUserId::try_from(k).ok()) else {
                 continue;
             };
@@ -291,10 +311,14 @@ impl PushService {
             let levels = RoomPowerLevels::new(RoomPowerLevelsSource::Original(content), &rules.authorization, creators);
             Some(PushConditionPowerLevelsCtx::from(levels))
         });
+        let text = |t: &str, field: &str| find(t).and_then(|e| e.content_str(field)).map(str::to_owned);
         RoomContext {
             member_count,
             power_levels,
             recipients,
+            display_names,
+            room_name: text("m.room.name", "name").filter(|n| !n.is_empty()),
+            room_alias: text("m.room.canonical_alias", "alias"),
         }
     }
 
@@ -322,6 +346,7 @@ impl PushService {
         let event_id = event.get("event_id").and_then(JsonValue::as_str).unwrap_or_default();
         let mut shared_answers = [None; SHARED_DEFAULT_RULES.len()];
         let mut changes = Vec::new();
+        let mut pushed = Vec::new();
         for (user, display_name) in &context.recipients {
             if sender == Some(user.as_str()) {
                 continue;
@@ -391,10 +416,25 @@ impl PushService {
                 }
                 self.tables.put_history(batch, user.as_str(), count, &history);
                 self.tables.put_unread(batch, user.as_str(), room_id.as_str(), &unread);
+                let pushers = s.pushers.ids_of(user)?;
+                if !pushers.is_empty() {
+                    let total = self.total_unread(user, room_id, &unread)?;
+                    let tweaks = gateway::tweaks(actions);
+                    let queued = gateway::notification(event, user, context, &tweaks, total);
+                    let item = OutboxItem::Edu(
+                        serde_json::to_string(&queued)
+                            .map_err(|e| ServiceError::Internal(format!("notification as JSON: {e}")))?,
+                    );
+                    for id in pushers {
+                        let destination = Destination::Pusher(id);
+                        s.outbox.stage(batch, &destination, &item)?;
+                        pushed.push(destination);
+                    }
+                }
                 changes.push((user.clone(), unread));
             }
         }
-        Ok(UnreadChanges(changes))
+        Ok(UnreadChanges(changes, pushed))
     }
 
     /// Whether `user`'s history is due for a trim with their new
@@ -549,6 +589,19 @@ impl PushService {
         Ok(unread)
     }
 
+    /// The user's unread notifications in every room, with `here` the
+    /// counts about to be stored for `room_id`.
+    fn total_unread(&self, user: &UserId, room_id: &RoomId, here: &UnreadRecord) -> ServiceResult<u64> {
+        let total = |r: &UnreadRecord| r.main.0 + r.threads.values().map(|t| t.0).sum::<u64>();
+        let mut sum = total(here);
+        for (room, record) in self.tables.unread_of_user(user.as_str())? {
+            if room != room_id.as_str() {
+                sum += total(&record);
+            }
+        }
+        Ok(sum)
+    }
+
     /// A read receipt at stream position `up_to` clears what it covers.
     /// Call it under the room's write lock, which also guards the counts.
     /// Adds to `batch` the clearing of `user`'s notifications in the room up
@@ -581,7 +634,7 @@ impl PushService {
         }
         self.tables
             .delete_notifications(batch, user.as_str(), room_id.as_str(), &covered, &left);
-        Ok(Some(UnreadChanges(vec![(user.to_owned(), left)])))
+        Ok(Some(UnreadChanges(vec![(user.to_owned(), left)], Vec::new())))
     }
 }
 

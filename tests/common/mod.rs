@@ -484,3 +484,45 @@ pub fn assert_error(got: &(u16, Value), status: u16, errcode: &str) {
     assert_eq!(got.0, status, "body: {}", got.1);
     assert_eq!(got.1["errcode"], errcode, "body: {}", got.1);
 }
+
+/// A loopback listener handing each connection to `answer`, which can stop
+/// listening (connections are refused) and listen again on its port.
+pub struct LoopbackListener {
+    pub port: u16,
+    answer: std::sync::Arc<dyn Fn(tokio::net::TcpStream) + Send + Sync>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LoopbackListener {
+    pub async fn start(answer: impl Fn(tokio::net::TcpStream) + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut this = Self {
+            port: listener.local_addr().unwrap().port(),
+            answer: std::sync::Arc::new(answer),
+            task: None,
+        };
+        this.accept_on(listener);
+        this
+    }
+
+    fn accept_on(&mut self, listener: tokio::net::TcpListener) {
+        let answer = self.answer.clone();
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                answer(stream);
+            }
+        }));
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.accept_on(listener);
+    }
+}

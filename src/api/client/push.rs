@@ -1,4 +1,4 @@
-//! Push rules, the pusher list and the notification history.
+//! Push rules, pushers and the notification history.
 
 use std::sync::Arc;
 
@@ -6,7 +6,7 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ruma::api::client::push::{
     delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
-    get_pushrules_all, set_pushrule, set_pushrule_actions, set_pushrule_enabled, PushRule,
+    get_pushrules_all, set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled, PushRule,
 };
 use ruma::push::{AnyPushRuleRef, RuleKind, Ruleset};
 use ruma::UserId;
@@ -37,6 +37,7 @@ pub fn register_routes(router: &mut Router) {
     router.add(set_rule_actions);
     router.add(pushers);
     router.add(notifications);
+    router.add_with(Hooks::body(pusher_fields_present), set_pusher);
 }
 
 fn not_found() -> ServiceError {
@@ -241,14 +242,51 @@ async fn set_rule_actions(
     Ok(set_pushrule_actions::v3::Response::new())
 }
 
-/// No pushers yet: push gateways come with the Push Gateway work. Clients
-/// ask for the list at start-up.
 async fn pushers(
-    _services: Arc<Services>,
+    services: Arc<Services>,
     req: Ruma<get_pushers::v3::Request>,
 ) -> Result<get_pushers::v3::Response, ApiError> {
-    req.user()?;
-    Ok(get_pushers::v3::Response::new(Vec::new()))
+    let user = req.user()?.to_owned();
+    let pushers = services.run(move |s| s.pushers.list(&user)).await?;
+    Ok(get_pushers::v3::Response::new(pushers))
+}
+
+/// The spec's `M_MISSING_PARAM` for a pusher set without a field it needs
+/// (ruma would only say the JSON does not fit).
+fn pusher_fields_present(body: &mut JsonObject, _: &[&str]) -> Result<(), ApiError> {
+    let mut needed = vec!["kind", "app_id", "pushkey"];
+    if body.get("kind").is_some_and(|k| !k.is_null()) {
+        needed.extend(["app_display_name", "device_display_name", "lang", "data"]);
+    }
+    let missing: Vec<&str> = needed.into_iter().filter(|f| !body.contains_key(*f)).collect();
+    if !missing.is_empty() {
+        return Err(ApiError::MissingParam(format!(
+            "missing parameters: {}",
+            missing.join(", ")
+        )));
+    }
+    if body.get("kind").and_then(|k| k.as_str()) == Some("http")
+        && body.get("data").and_then(|d| d.get("url")).is_none()
+    {
+        return Err(ApiError::MissingParam(
+            "data.url is required for an http pusher".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /pushers/set`: the pusher belongs to the requesting device.
+async fn set_pusher(
+    services: Arc<Services>,
+    req: Ruma<set_pusher::v3::Request>,
+) -> Result<set_pusher::v3::Response, ApiError> {
+    let user = req.user()?.to_owned();
+    let device = req.device().ok().map(str::to_owned);
+    let action = req.body.action;
+    services
+        .run(move |s| s.pushers.set(&user, device.as_deref(), action))
+        .await?;
+    Ok(set_pusher::v3::Response::new())
 }
 
 /// `GET /notifications`: the events that notified the user, newest first.

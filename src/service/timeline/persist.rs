@@ -318,6 +318,7 @@ impl TimelineService {
             }
             subscribers.iter().for_each(|sub| sub.committed(&persisted));
             if let Some(changes) = unread_changes {
+                s.outbox.committed(changes.pushed());
                 s.push.remember_unread(&room_id, changes);
             }
             self.remember_room(&room_id, &room_record);

@@ -1,0 +1,286 @@
+//! Notifications for push gateways: what `push::notify` queues for each
+//! http pusher of a notified user (in the event's batch, through the
+//! outbox), and the outbox transport that POSTs each one to the pusher's
+//! URL (`/_matrix/push/v1/notify`, one notification per request) and
+//! removes the pushers whose pushkeys the gateway rejects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use ruma::api::client::push::PusherKind;
+use ruma::push::{Action, HttpPusherData, PushFormat};
+use ruma::UserId;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as JsonValue};
+
+use super::{PusherId, PushersService, StoredPusher};
+use crate::service::outbox::{DeliveryFailed, Destination, Transaction, Transport};
+use crate::service::push::RoomContext;
+
+type JsonMap = Map<String, JsonValue>;
+
+/// What is queued for a pusher: the notification without its `devices`,
+/// which the transport adds from the pusher as it is when sent, and the
+/// tweaks of the push rule that matched.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct QueuedNotification {
+    pub notification: JsonMap,
+    pub tweaks: JsonMap,
+}
+
+/// The tweaks `actions` set (`highlight` without a value is true).
+pub fn tweaks(actions: &[Action]) -> JsonMap {
+    let mut tweaks = JsonMap::new();
+    for action in actions {
+        let Action::SetTweak(_) = action else { continue };
+        let Ok(JsonValue::Object(mut set)) = serde_json::to_value(action) else {
+            continue;
+        };
+        if let Some(JsonValue::String(name)) = set.remove("set_tweak") {
+            tweaks.insert(name, set.remove("value").unwrap_or(JsonValue::Bool(true)));
+        }
+    }
+    tweaks
+}
+
+/// The notification of `event` (client format) for `user`, whose unread
+/// notifications in all rooms number `unread`.
+pub fn notification(
+    event: &JsonValue,
+    user: &UserId,
+    context: &RoomContext,
+    tweaks: &JsonMap,
+    unread: u64,
+) -> QueuedNotification {
+    let mut n = JsonMap::new();
+    for field in ["event_id", "room_id", "type", "sender", "content"] {
+        if let Some(value) = event.get(field) {
+            n.insert(field.to_owned(), value.clone());
+        }
+    }
+    if let Some(name) = event
+        .get("sender")
+        .and_then(JsonValue::as_str)
+        .and_then(|sender| context.display_names.get(sender))
+    {
+        n.insert("sender_display_name".to_owned(), name.clone().into());
+    }
+    if let Some(name) = &context.room_name {
+        n.insert("room_name".to_owned(), name.clone().into());
+    }
+    if let Some(alias) = &context.room_alias {
+        n.insert("room_alias".to_owned(), alias.clone().into());
+    }
+    let event_type = event.get("type").and_then(JsonValue::as_str);
+    if event_type == Some("m.room.member") && event.get("state_key").and_then(JsonValue::as_str) == Some(user.as_str())
+    {
+        n.insert("user_is_target".to_owned(), true.into());
+    }
+    // Alerting ones go first; an encrypted event may be anything.
+    let urgent = tweaks.get("highlight").is_some_and(|h| h != &JsonValue::Bool(false))
+        || tweaks.contains_key("sound")
+        || event_type == Some("m.room.encrypted");
+    n.insert("prio".to_owned(), if urgent { "high" } else { "low" }.into());
+    // Counts of zero are left out, as the spec asks; missed calls are not
+    // counted by this server.
+    let mut counts = JsonMap::new();
+    if unread > 0 {
+        counts.insert("unread".to_owned(), unread.into());
+    }
+    n.insert("counts".to_owned(), counts.into());
+    QueuedNotification {
+        notification: n,
+        tweaks: tweaks.clone(),
+    }
+}
+
+/// The request body for `pusher`: the notification in the pusher's
+/// format, for its one device.
+fn request_body(queued: QueuedNotification, pusher: &StoredPusher, data: &HttpPusherData) -> JsonValue {
+    let mut notification = queued.notification;
+    if data.format == Some(PushFormat::EventIdOnly) {
+        notification.retain(|k, _| matches!(k.as_str(), "event_id" | "room_id" | "counts" | "prio"));
+    }
+    // Everything the client gave but the URL.
+    let mut device_data = match serde_json::to_value(data) {
+        Ok(JsonValue::Object(map)) => map,
+        _ => JsonMap::new(),
+    };
+    device_data.remove("url");
+    let device = serde_json::json!({
+        "app_id": pusher.pusher.ids.app_id,
+        "pushkey": pusher.pusher.ids.pushkey,
+        "pushkey_ts": pusher.set_ms / 1000,
+        "data": device_data,
+        "tweaks": queued.tweaks,
+    });
+    notification.insert("devices".to_owned(), JsonValue::Array(vec![device]));
+    serde_json::json!({ "notification": notification })
+}
+
+/// How long a push gateway may take to answer.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends queued notifications to push gateways.
+pub struct PusherTransport {
+    pushers: Arc<PushersService>,
+    http: reqwest::Client,
+}
+
+impl PusherTransport {
+    pub fn new(pushers: Arc<PushersService>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(GATEWAY_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        Self { pushers, http }
+    }
+
+    async fn push(&self, id: &PusherId, queued: &str) -> Result<(), DeliveryFailed> {
+        let queued: QueuedNotification = match serde_json::from_str(queued) {
+            Ok(queued) => queued,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable queued notification left out");
+                return Ok(());
+            }
+        };
+        let stored = self.pushers.get(id).map_err(|e| DeliveryFailed(e.to_string()))?;
+        // Removed since: what waited for it has nowhere to go.
+        let Some(stored) = stored else { return Ok(()) };
+        let PusherKind::Http(data) = &stored.pusher.kind else {
+            return Ok(());
+        };
+        let body = request_body(queued, &stored, data);
+        let response = self
+            .http
+            .post(&data.url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| DeliveryFailed(format!("push gateway: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            let answer: JsonValue = response.json().await.unwrap_or_default();
+            let rejected = answer
+                .get("rejected")
+                .and_then(JsonValue::as_array)
+                .is_some_and(|keys| keys.iter().any(|k| k.as_str() == Some(id.pushkey.as_str())));
+            if rejected {
+                tracing::info!(user_id = %id.user_id, app_id = %id.app_id, "push gateway rejected the pushkey; pusher removed");
+                self.pushers.remove(id).map_err(|e| DeliveryFailed(e.to_string()))?;
+            }
+            Ok(())
+        } else if status.is_client_error()
+            && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+            && status != reqwest::StatusCode::REQUEST_TIMEOUT
+        {
+            // The gateway will not take this notification, now or later.
+            tracing::warn!(user_id = %id.user_id, app_id = %id.app_id, %status, "push gateway refused a notification; dropped");
+            Ok(())
+        } else {
+            Err(DeliveryFailed(format!("push gateway answered {status}")))
+        }
+    }
+}
+
+impl Transport for PusherTransport {
+    fn deliver<'a>(
+        &'a self,
+        destination: &'a Destination,
+        transaction: &'a Transaction,
+    ) -> BoxFuture<'a, Result<(), DeliveryFailed>> {
+        Box::pin(async move {
+            let Destination::Pusher(id) = destination else {
+                return Err(DeliveryFailed(format!("{destination:?} is not a pusher")));
+            };
+            for queued in &transaction.edus {
+                self.push(id, queued).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ruma::api::client::push::{Pusher, PusherIds, PusherInit, PusherKind};
+
+    fn event() -> JsonValue {
+        serde_json::json!({
+            "event_id": "$e", "room_id": "!r:x", "type": "m.room.message",
+            "sender": "@a:x", "content": {"body": "hi @b"}, "origin_server_ts": 1,
+        })
+    }
+
+    fn context() -> RoomContext {
+        RoomContext {
+            member_count: 2,
+            power_levels: None,
+            recipients: Vec::new(),
+            display_names: [("@a:x".to_owned(), "Alice".to_owned())].into(),
+            room_name: Some("Room".to_owned()),
+            room_alias: None,
+        }
+    }
+
+    fn pusher(format: Option<PushFormat>) -> (StoredPusher, HttpPusherData) {
+        let mut data = HttpPusherData::new("http://gw/_matrix/push/v1/notify".to_owned());
+        data.format = format;
+        data.data.insert("custom".to_owned(), "kept".into());
+        let pusher = Pusher::from(PusherInit {
+            ids: PusherIds::new("key".to_owned(), "app".to_owned()),
+            kind: PusherKind::Http(data.clone()),
+            app_display_name: "App".to_owned(),
+            device_display_name: "Phone".to_owned(),
+            profile_tag: None,
+            lang: "en".to_owned(),
+        });
+        (StoredPusher { pusher, set_ms: 5_000 }, data)
+    }
+
+    #[test]
+    fn the_full_notification_names_event_room_and_device() {
+        let user = ruma::user_id!("@b:x");
+        let actions: Vec<Action> = serde_json::from_value(serde_json::json!(
+            ["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]
+        ))
+        .unwrap();
+        let tweaks = tweaks(&actions);
+        assert_eq!(
+            JsonValue::Object(tweaks.clone()),
+            serde_json::json!({"sound": "default", "highlight": true})
+        );
+        let queued = notification(&event(), user, &context(), &tweaks, 3);
+        let (stored, data) = pusher(None);
+        let body = request_body(queued, &stored, &data);
+        assert_eq!(
+            body,
+            serde_json::json!({"notification": {
+                "event_id": "$e", "room_id": "!r:x", "type": "m.room.message", "sender": "@a:x",
+                "content": {"body": "hi @b"}, "sender_display_name": "Alice", "room_name": "Room",
+                "prio": "high", "counts": {"unread": 3},
+                "devices": [{"app_id": "app", "pushkey": "key", "pushkey_ts": 5,
+                    "data": {"custom": "kept"}, "tweaks": {"sound": "default", "highlight": true}}],
+            }})
+        );
+    }
+
+    #[test]
+    fn event_id_only_leaves_the_event_out() {
+        let queued = notification(&event(), ruma::user_id!("@b:x"), &context(), &JsonMap::new(), 0);
+        let (stored, data) = pusher(Some(PushFormat::EventIdOnly));
+        let body = request_body(queued, &stored, &data);
+        let n = body["notification"].as_object().unwrap();
+        let mut fields: Vec<&str> = n.keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["counts", "devices", "event_id", "prio", "room_id"]);
+        assert_eq!(n["prio"], "low");
+        assert_eq!(n["counts"], serde_json::json!({}));
+        assert_eq!(
+            n["devices"][0]["data"],
+            serde_json::json!({"format": "event_id_only", "custom": "kept"})
+        );
+    }
+}
