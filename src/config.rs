@@ -127,6 +127,10 @@ pub struct Config {
     /// (loopback, private, link-local, ...), e.g. `["192.168.1.0/24"]`.
     #[serde(default)]
     pub url_preview_allowed_ranges: Vec<IpRange>,
+    /// Likewise for push gateways (users choose their URLs), e.g. a
+    /// Sygnal on the same machine: `["127.0.0.1/32"]`.
+    #[serde(default)]
+    pub push_gateway_allowed_ranges: Vec<IpRange>,
     /// Seconds an OpenID token (for widgets, Element Call) stays valid.
     #[serde(default = "defaults::openid_token_ttl")]
     pub openid_token_ttl: u64,

@@ -150,9 +150,15 @@ async fn pushkeys(server: &TestServer, token: &str) -> Vec<String> {
         .collect()
 }
 
-/// Alice and Bob in a named room; Bob has a pusher `bobkey` to `gateway`.
+/// Alice and Bob in a named room; Bob has a pusher `bobkey` to `gateway`
+/// (on loopback, which the server is allowed to reach).
 async fn bob_with_a_pusher(gateway: &Gateway) -> (TestServer, String, String, String) {
-    let server = TestServer::start().await;
+    bob_with_a_pusher_on(gateway, "push_gateway_allowed_ranges = [\"127.0.0.0/8\"]").await
+}
+
+/// [`bob_with_a_pusher`] on a server with `config`.
+async fn bob_with_a_pusher_on(gateway: &Gateway, config: &str) -> (TestServer, String, String, String) {
+    let server = TestServer::start_with(config).await;
     let (_, alice, _) = server.register("alice", "pw").await;
     let (_, bob, _) = server.register("bob", "pw").await;
     let room_id = server
@@ -347,4 +353,16 @@ async fn a_rejected_pushkey_removes_the_pusher() {
         .map(|n| n["content"]["body"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(pushed, HashSet::from(["one".to_owned()]));
+}
+
+#[tokio::test]
+async fn a_gateway_on_a_private_address_is_not_reached_unless_the_operator_allows_it() {
+    let gateway = Gateway::start().await;
+    let (server, alice, _bob, room_id) = bob_with_a_pusher_on(&gateway, "").await;
+    let mark = server.log_mark();
+    server
+        .send_text(&alice, &room_id, "nobody should post this to loopback")
+        .await;
+    server.wait_for_log(mark, &["push gateway URL refused"]).await;
+    assert_eq!(gateway.notifications(), Vec::<Value>::new());
 }

@@ -335,7 +335,10 @@ impl Services {
             appservices: Arc::new(appservices::sender::AppserviceTransport {
                 appservices: self.appservices.clone(),
             }),
-            pushers: Arc::new(pushers::gateway::PusherTransport::new(self.pushers.clone())),
+            pushers: Arc::new(pushers::gateway::PusherTransport::new(
+                self.pushers.clone(),
+                self.config.push_gateway_allowed_ranges.clone(),
+            )),
         });
         vec![tokio::spawn(self.outbox.clone().run(transport, stop))]
     }

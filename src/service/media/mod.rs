@@ -14,7 +14,7 @@
 
 mod blocks;
 mod multipart;
-mod preview;
+pub(crate) mod preview;
 mod reader;
 mod remote;
 mod thumbnail;

@@ -230,21 +230,27 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// Decides which addresses previews may connect to; also the client's DNS
+/// Decides which addresses previews (and push gateways) may connect to:
+/// public ones, and the operator's `allowed` ranges; also the client's DNS
 /// resolver, so a name is checked on what it resolves to.
-struct AddressGuard {
+pub(crate) struct AddressGuard {
     allowed: Vec<IpRange>,
 }
 
 impl AddressGuard {
+    pub(crate) fn new(allowed: Vec<IpRange>) -> Self {
+        Self { allowed }
+    }
+
     fn allows(&self, ip: IpAddr) -> bool {
         is_public(ip) || self.allowed.iter().any(|r| r.contains(ip))
     }
 
-    /// Scheme and, for a literal address, the address.
-    fn check_url(&self, url: &Url) -> Result<(), String> {
+    /// Scheme and, for a literal address, the address (a literal never
+    /// reaches the DNS resolver).
+    pub(crate) fn check_url(&self, url: &Url) -> Result<(), String> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err("only http and https URLs can be previewed".to_owned());
+            return Err("only http and https URLs are fetched".to_owned());
         }
         let ip = match url.host() {
             Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),

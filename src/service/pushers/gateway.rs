@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as JsonValue};
 
 use super::{PusherId, PushersService, StoredPusher};
+use crate::service::media::preview::AddressGuard;
 use crate::service::outbox::{DeliveryFailed, Destination, Transaction, Transport};
 use crate::service::push::RoomContext;
 
@@ -126,15 +127,25 @@ const GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct PusherTransport {
     pushers: Arc<PushersService>,
     http: reqwest::Client,
+    /// Users choose gateway URLs: like URL previews, they reach public
+    /// addresses only, unless the operator allows a range
+    /// (`push_gateway_allowed_ranges`).
+    guard: Arc<AddressGuard>,
 }
 
 impl PusherTransport {
-    pub fn new(pushers: Arc<PushersService>) -> Self {
+    pub fn new(pushers: Arc<PushersService>, allowed_ranges: Vec<crate::config::IpRange>) -> Self {
+        let guard = Arc::new(AddressGuard::new(allowed_ranges));
         let http = reqwest::Client::builder()
             .timeout(GATEWAY_TIMEOUT)
+            .dns_resolver(Arc::clone(&guard))
+            // A redirect or a proxy from the environment would lead around
+            // the address check.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .unwrap_or_default();
-        Self { pushers, http }
+        Self { pushers, http, guard }
     }
 
     async fn push(&self, id: &PusherId, queued: &str) -> Result<(), DeliveryFailed> {
@@ -151,6 +162,13 @@ impl PusherTransport {
         let PusherKind::Http(data) = &stored.pusher.kind else {
             return Ok(());
         };
+        let refused = reqwest::Url::parse(&data.url)
+            .map_err(|e| e.to_string())
+            .and_then(|url| self.guard.check_url(&url));
+        if let Err(reason) = refused {
+            tracing::warn!(user_id = %id.user_id, app_id = %id.app_id, %reason, "push gateway URL refused; notification dropped");
+            return Ok(());
+        }
         let body = request_body(queued, &stored, data);
         let response = self
             .http
