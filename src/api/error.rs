@@ -94,6 +94,7 @@ impl ApiError {
                 S::UnableToAuthoriseJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN"),
                 S::UnableToGrantJoin(_) => (StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN"),
                 S::Exclusive(_) => (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"),
+                S::UnknownPos(_) => (StatusCode::BAD_REQUEST, "M_UNKNOWN_POS"),
                 S::Appservice(failure) => match failure {
                     AppserviceFailure::UrlNotSet => (StatusCode::BAD_REQUEST, "M_URL_NOT_SET"),
                     AppserviceFailure::BadStatus { .. } => (StatusCode::BAD_GATEWAY, "M_BAD_STATUS"),

@@ -287,10 +287,17 @@ pub enum Table {
     /// every other user (`pushers.rs`). Key: `(app_id: str, pushkey: str,
     /// user_id: str)`. Value: empty.
     PushersByKey,
+    /// Simplified sliding sync connections (`sliding_sync.rs`): what each
+    /// connection has sent, so that a client continues where it left off,
+    /// across restarts. Key: `(user_id: str, device_id: str, conn_id: str)`,
+    /// conn_id empty when the client names none. Value: bincode
+    /// `ConnectionRecord` (the last responses' positions and, per room, the
+    /// stream position and room config the client holds it at).
+    SlidingSyncConnections,
 }
 
 impl Table {
-    pub const ALL: [Table; 66] = [
+    pub const ALL: [Table; 67] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -357,6 +364,7 @@ impl Table {
         Table::Appservices,
         Table::Pushers,
         Table::PushersByKey,
+        Table::SlidingSyncConnections,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -428,6 +436,7 @@ impl Table {
             Table::Appservices => "appservices",
             Table::Pushers => "pushers",
             Table::PushersByKey => "pushers_by_key",
+            Table::SlidingSyncConnections => "sliding_sync_connections",
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod rocksdb;
 pub mod rooms;
 pub mod search;
 pub mod server_keys;
+pub mod sliding_sync;
 pub mod state;
 #[cfg(test)]
 pub mod testing;

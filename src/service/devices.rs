@@ -261,6 +261,7 @@ impl DevicesService {
         s.e2e_keys.delete_device_in(batch, user_id, device_id)?;
         s.timeline.delete_device_txns_in(batch, user_id, device_id)?;
         s.pushers.delete_device_in(batch, user_id, device_id)?;
+        s.sliding_sync.delete_device_in(batch, user_id, device_id)?;
         s.to_device.delete_device_in(batch, user_id, device_id)
     }
 

@@ -23,6 +23,7 @@ pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod server_keys;
+pub mod sliding_sync;
 pub mod state;
 pub mod stream;
 pub mod sync;
@@ -128,6 +129,9 @@ pub enum ServiceError {
     /// An appservice failed a request made for a client (a ping).
     #[error(transparent)]
     Appservice(#[from] appservices::AppserviceFailure),
+    /// A sliding sync `pos` this server does not know (any more).
+    #[error("{0}")]
+    UnknownPos(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -172,6 +176,8 @@ pub struct Services {
     pub appservices: Arc<appservices::AppservicesService>,
     /// What lazy-loading syncs sent each device (see `sync.rs`).
     pub lazy_members: sync::LazyMembersSent,
+    /// Simplified sliding sync connections (see `sliding_sync/`).
+    pub sliding_sync: sliding_sync::SlidingSyncService,
     /// Event writes running now (see [`Services::run_write`]).
     writes_in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -271,6 +277,7 @@ impl Services {
             federation,
             appservices,
             lazy_members: sync::LazyMembersSent::default(),
+            sliding_sync: sliding_sync::SlidingSyncService::new(db.clone()),
             writes_in_flight: Default::default(),
             config,
             db,

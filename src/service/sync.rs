@@ -477,46 +477,10 @@ fn sync_room(
         Some(_) if !membership_changed => false,
         Some(since_pos) => !joined_at(s, user, record, since_pos)?,
     };
-    let mut timeline: Vec<StoredEvent> = Vec::new();
-    let mut limited = false;
-    // The state before the earliest visible event scanned: where the
-    // timeline starts.
-    let mut first_seen_state: Option<u64> = None;
-    let mut scanned = 0usize;
-    let mut visibility = VisibilityCache::default();
-    for event in s.timeline.events(record, Some(end), Direction::Backward) {
-        let event = event?;
-        if since.is_some() && position::stream(event.count) <= since_pos {
-            break;
-        }
-        scanned += 1;
-        // Bounded work even when a filter hides most events.
-        if scanned > MAX_TIMELINE_LIMIT * 4 {
-            limited = true;
-            break;
-        }
-        if timeline.len() >= limit {
-            limited = true;
-            break;
-        }
-        let Some(meta) = s.timeline.event_meta(&event.event_id)? else {
-            continue;
-        };
-        if !s
-            .timeline
-            .can_see_cached(s, user, room_id, &meta, Some(&event), &mut visibility)?
-        {
-            // Nothing earlier is visible either once visibility hides one
-            // event of a member's own past.
-            limited = true;
-            break;
-        }
-        first_seen_state = Some(meta.state_before);
-        if event_passes(timeline_filter, &event) && !ignored.contains(event.sender()) {
-            timeline.push(event);
-        }
-    }
-    timeline.reverse();
+    let window = timeline_window(s, user, room_id, record, since, end, limit, |event| {
+        event_passes(timeline_filter, event) && !ignored.contains(event.sender())
+    })?;
+    let (timeline, limited, first_seen_state) = (window.events, window.limited, window.start_snapshot);
 
     // The state at the start of the timeline.
     let start_snapshot = match first_seen_state {
@@ -637,6 +601,76 @@ fn sync_room(
     }))
 }
 
+/// The newest events of a room's timeline that a sync can send.
+pub(crate) struct TimelineWindow {
+    /// Oldest first.
+    pub events: Vec<StoredEvent>,
+    /// Whether events after `since` were left out.
+    pub limited: bool,
+    /// The state before the earliest visible event scanned: where the
+    /// timeline starts (none when nothing was scanned).
+    pub start_snapshot: Option<u64>,
+}
+
+/// The newest events after `since` up to `end` that `user` may see, at
+/// most `limit` of those that pass `keep`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn timeline_window(
+    s: &Services,
+    user: &UserId,
+    room_id: &OwnedRoomId,
+    record: &RoomRecord,
+    since: Option<u64>,
+    end: u64,
+    limit: usize,
+    keep: impl Fn(&StoredEvent) -> bool,
+) -> ServiceResult<TimelineWindow> {
+    let since_pos = since.unwrap_or(0);
+    let mut events: Vec<StoredEvent> = Vec::new();
+    let mut limited = false;
+    let mut start_snapshot: Option<u64> = None;
+    let mut scanned = 0usize;
+    let mut visibility = VisibilityCache::default();
+    for event in s.timeline.events(record, Some(end), Direction::Backward) {
+        let event = event?;
+        if since.is_some() && position::stream(event.count) <= since_pos {
+            break;
+        }
+        scanned += 1;
+        // Bounded work even when a filter hides most events.
+        if scanned > MAX_TIMELINE_LIMIT * 4 {
+            limited = true;
+            break;
+        }
+        if events.len() >= limit {
+            limited = true;
+            break;
+        }
+        let Some(meta) = s.timeline.event_meta(&event.event_id)? else {
+            continue;
+        };
+        if !s
+            .timeline
+            .can_see_cached(s, user, room_id, &meta, Some(&event), &mut visibility)?
+        {
+            // Nothing earlier is visible either once visibility hides one
+            // event of a member's own past.
+            limited = true;
+            break;
+        }
+        start_snapshot = Some(meta.state_before);
+        if keep(&event) {
+            events.push(event);
+        }
+    }
+    events.reverse();
+    Ok(TimelineWindow {
+        events,
+        limited,
+        start_snapshot,
+    })
+}
+
 /// Whether `user` was joined to the room at stream position `at`.
 fn joined_at(s: &Services, user: &UserId, record: &RoomRecord, at: u64) -> ServiceResult<bool> {
     // No event yet at `at`: the room did not exist then.
@@ -666,7 +700,7 @@ fn as_pdu(s: &Services, event: &StoredEvent) -> ServiceResult<Box<RawValue>> {
 /// (joined or invited; else those who left or were banned) for a client
 /// to name a room by, only when the room has neither a name nor a
 /// canonical alias (the spec requires them only then).
-fn summary(
+pub(crate) fn summary(
     s: &Services,
     room_id: &OwnedRoomId,
     record: &RoomRecord,
@@ -757,7 +791,7 @@ fn remote_membership_room(
 }
 
 /// The stripped state an invited or knocking user sees.
-fn stripped_state(s: &Services, user: &UserId, record: &RoomRecord) -> ServiceResult<Vec<Box<RawValue>>> {
+pub(crate) fn stripped_state(s: &Services, user: &UserId, record: &RoomRecord) -> ServiceResult<Vec<Box<RawValue>>> {
     let mut out = Vec::new();
     let keys = super::timeline::STRIPPED_STATE_TYPES.iter().map(|t| (*t, ""));
     for (event_type, key) in keys.chain([("m.room.member", user.as_str())]) {

@@ -56,6 +56,8 @@ const UNSTABLE_FEATURES: &[&str] = &[
     "org.matrix.msc3981",
     // Redactions sent with `PUT /send/m.room.redaction`.
     "com.beeper.msc4169",
+    // Simplified sliding sync (the room list of Element X).
+    "org.matrix.simplified_msc3575",
 ];
 
 async fn versions(

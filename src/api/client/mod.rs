@@ -21,6 +21,7 @@ mod report;
 mod room;
 mod search;
 mod session;
+mod sliding_sync;
 mod sync;
 mod thirdparty;
 mod threepid;
@@ -67,6 +68,7 @@ pub fn register_routes(router: &mut Router) {
     membership::register_routes(router);
     message::register_routes(router);
     sync::register_routes(router);
+    sliding_sync::register_routes(router);
     push::register_routes(router);
     read::register_routes(router);
     presence::register_routes(router);

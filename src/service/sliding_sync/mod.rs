@@ -1,0 +1,521 @@
+//! Simplified sliding sync (MSC4186), as clients speak it today at
+//! `/_matrix/client/unstable/org.matrix.simplified_msc3575/sync`.
+//!
+//! A client keeps a *connection* (one per `conn_id` of a device). Each
+//! response ends with a `pos` naming the stream position it covered and the
+//! connection's state after it: which rooms the client holds, up to which
+//! stream position, with which room config. The next request continues
+//! from that `pos`, and a room is sent again only when something in it
+//! changed after the position the client holds it at (or its room config
+//! grew). The state is stored ([`SlidingSyncTables`]), so a connection
+//! survives a restart; a `pos` this server no longer knows gets
+//! `M_UNKNOWN_POS`, and the client starts over.
+//!
+//! Rooms are chosen by lists (the user's rooms sorted by their latest
+//! event, filtered, cut to ranges) and by room subscriptions.
+
+mod extensions;
+mod room;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use ruma::api::client::sync::sync_events::v5;
+use ruma::{OwnedRoomId, UInt, UserId};
+
+use super::{ServiceError, ServiceResult, Services};
+use crate::database::rooms::{RoomRecord, UserRoomRecord};
+use crate::database::sliding_sync::{ConnectionRecord, ConnectionState, RoomConfigRecord, SentRoom, SlidingSyncTables};
+use crate::database::{Batch, Db};
+
+/// The most timeline events per room, whatever the client asks.
+const MAX_TIMELINE_LIMIT: u64 = 100;
+/// Responses of a connection kept, so that a retried or cancelled request
+/// still finds the state it continues from.
+const STATES_KEPT: usize = 3;
+/// Room subscriptions kept per connection (clients send each once).
+const MAX_SUBSCRIPTIONS: usize = 100;
+/// The longest connection ID accepted.
+const MAX_CONN_ID_LEN: usize = 64;
+/// What moves a room's `bump_stamp` when the list names no types (MSC4186).
+const DEFAULT_BUMP_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
+];
+
+pub struct SlidingSyncService {
+    tables: SlidingSyncTables,
+}
+
+/// A request, as the service reads it: ruma's request, plus each list's
+/// `bump_event_types` (which ruma's type no longer carries).
+pub struct SyncRequest {
+    pub body: v5::Request,
+    pub bump_event_types: BTreeMap<String, Vec<String>>,
+}
+
+/// A computed response and the connection state it leads to; stored by
+/// [`SlidingSyncService::commit`] once the response is final.
+pub struct Outcome {
+    pub response: v5::Response,
+    state: ConnectionState,
+    conn_id: String,
+    /// The state the request continued from (none for a new connection).
+    continued_from: Option<u64>,
+    /// Whether anything is worth answering a long-poll with.
+    pub has_news: bool,
+}
+
+/// A room config as the request asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RoomConfig {
+    timeline_limit: u64,
+    required_state: BTreeSet<(String, String)>,
+    /// The list or subscription names this room was picked by.
+    lists: BTreeSet<String>,
+    /// Event types that move the room's `bump_stamp`.
+    bump_types: Option<Vec<String>>,
+}
+
+impl RoomConfig {
+    fn new(timeline_limit: UInt, required_state: &[(ruma::events::StateEventType, String)]) -> Self {
+        Self {
+            timeline_limit: u64::from(timeline_limit).min(MAX_TIMELINE_LIMIT),
+            required_state: required_state.iter().map(|(t, k)| (t.to_string(), k.clone())).collect(),
+            lists: BTreeSet::new(),
+            bump_types: None,
+        }
+    }
+
+    /// The superset of two configs, as MSC4186 combines them.
+    fn merge(&mut self, other: RoomConfig) {
+        self.timeline_limit = self.timeline_limit.max(other.timeline_limit);
+        self.required_state.extend(other.required_state);
+        self.lists.extend(other.lists);
+        if let Some(types) = other.bump_types {
+            self.bump_types.get_or_insert_with(Vec::new).extend(types);
+        }
+    }
+
+    fn record(&self) -> RoomConfigRecord {
+        RoomConfigRecord {
+            timeline_limit: self.timeline_limit,
+            required_state: self.required_state.iter().cloned().collect(),
+        }
+    }
+
+    /// Whether this config asks for more than `sent` did: then the room
+    /// is sent again whole.
+    fn expands(&self, sent: &RoomConfigRecord) -> bool {
+        let had: HashSet<&(String, String)> = sent.required_state.iter().collect();
+        self.timeline_limit > sent.timeline_limit || self.required_state.iter().any(|e| !had.contains(e))
+    }
+
+    fn from_record(record: &RoomConfigRecord) -> Self {
+        Self {
+            timeline_limit: record.timeline_limit,
+            required_state: record.required_state.iter().cloned().collect(),
+            lists: BTreeSet::new(),
+            bump_types: None,
+        }
+    }
+}
+
+/// One of the user's rooms, as lists see it.
+pub(crate) struct Candidate {
+    room_id: OwnedRoomId,
+    membership: UserRoomRecord,
+    /// None for a room of another server this one is not in (an invite).
+    record: Option<RoomRecord>,
+    /// Sort key: the stream position of the room's latest activity.
+    recency: u64,
+}
+
+impl SlidingSyncService {
+    pub fn new(db: Db) -> Self {
+        Self {
+            tables: SlidingSyncTables::new(db),
+        }
+    }
+
+    /// Stores the state a response leads to. Keeps the state it continued
+    /// from and those after it (a client may retry), at most a few.
+    pub fn commit(&self, user: &UserId, device: &str, outcome: &Outcome) -> ServiceResult<()> {
+        let mut record = match outcome.continued_from {
+            Some(_) => self
+                .tables
+                .get(user.as_str(), device, &outcome.conn_id)?
+                .unwrap_or_default(),
+            None => ConnectionRecord::default(),
+        };
+        if let Some(from) = outcome.continued_from {
+            // Once a request names a `pos`, nothing before it is needed.
+            record.states.retain(|state| state.seq >= from);
+        }
+        record.states.push(outcome.state.clone());
+        record.states.sort_by_key(|state| state.seq);
+        let excess = record.states.len().saturating_sub(STATES_KEPT);
+        record.states.drain(..excess);
+        self.tables.put(user.as_str(), device, &outcome.conn_id, &record)?;
+        Ok(())
+    }
+
+    /// Drops a device's connections, in the batch deleting the device.
+    pub fn delete_device_in(&self, batch: &mut Batch, user: &UserId, device: &str) -> ServiceResult<()> {
+        for conn_id in self.tables.connections_of(user.as_str(), device)? {
+            self.tables.delete(batch, user.as_str(), device, &conn_id);
+        }
+        Ok(())
+    }
+
+    /// The state a `pos` names, or `M_UNKNOWN_POS`.
+    fn state_at(&self, user: &UserId, device: &str, conn_id: &str, pos: &str) -> ServiceResult<ConnectionState> {
+        let unknown = || ServiceError::UnknownPos(format!("unknown position {pos:?}: start a new connection"));
+        let (stream, seq) = parse_pos(pos).ok_or_else(unknown)?;
+        let record = self.tables.get(user.as_str(), device, conn_id)?.ok_or_else(unknown)?;
+        record
+            .states
+            .into_iter()
+            .find(|state| state.seq == seq && state.stream == stream)
+            .ok_or_else(unknown)
+    }
+
+    /// The next response number of a connection.
+    fn next_seq(&self, user: &UserId, device: &str, conn_id: &str) -> ServiceResult<u64> {
+        let record = self.tables.get(user.as_str(), device, conn_id)?;
+        Ok(record
+            .and_then(|r| r.states.iter().map(|s| s.seq).max())
+            .map_or(1, |seq| seq + 1))
+    }
+}
+
+pub fn pos(stream: u64, seq: u64) -> String {
+    format!("{stream}_{seq}")
+}
+
+fn parse_pos(pos: &str) -> Option<(u64, u64)> {
+    let (stream, seq) = pos.split_once('_')?;
+    Some((stream.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Computes the response to `request` up to stream position `up_to`.
+/// Reads only: the caller stores the outcome with
+/// [`SlidingSyncService::commit`] once it answers with it.
+pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest, up_to: u64) -> ServiceResult<Outcome> {
+    let body = &request.body;
+    let conn_id = body.conn_id.clone().unwrap_or_default();
+    if conn_id.len() > MAX_CONN_ID_LEN {
+        return Err(ServiceError::InvalidParam(format!(
+            "conn_id is longer than {MAX_CONN_ID_LEN} bytes"
+        )));
+    }
+    let previous = match &body.pos {
+        Some(pos) => Some(s.sliding_sync.state_at(user, device, &conn_id, pos)?),
+        None => None,
+    };
+    let since = previous.as_ref().map(|p| p.stream);
+    let mut state = ConnectionState {
+        seq: s.sliding_sync.next_seq(user, device, &conn_id)?,
+        stream: up_to,
+        rooms: previous.as_ref().map(|p| p.rooms.clone()).unwrap_or_default(),
+        subscriptions: previous.as_ref().map(|p| p.subscriptions.clone()).unwrap_or_default(),
+        list_counts: BTreeMap::new(),
+    };
+    for (room_id, sub) in &body.room_subscriptions {
+        state.subscriptions.insert(
+            room_id.to_string(),
+            RoomConfig::new(sub.timeline_limit, &sub.required_state).record(),
+        );
+    }
+    while state.subscriptions.len() > MAX_SUBSCRIPTIONS {
+        state.subscriptions.pop_first();
+    }
+
+    let candidates = candidates(s, user, &state)?;
+    let direct_rooms = direct_rooms(s, user)?;
+    let mut picked: BTreeMap<OwnedRoomId, RoomConfig> = BTreeMap::new();
+    let mut lists = BTreeMap::new();
+    let mut list_rooms: BTreeMap<String, Vec<OwnedRoomId>> = BTreeMap::new();
+    for (name, list) in &body.lists {
+        let mut matching = Vec::new();
+        for candidate in &candidates {
+            if list_filter_passes(s, user, list.filters.as_ref(), candidate, &direct_rooms)? {
+                matching.push(candidate);
+            }
+        }
+        let count = matching.len() as u64;
+        let mut list_result = v5::response::List::default();
+        list_result.count = UInt::try_from(count).unwrap_or(UInt::MAX);
+        lists.insert(name.clone(), list_result);
+        state.list_counts.insert(name.clone(), count);
+        let mut config = RoomConfig::new(list.room_details.timeline_limit, &list.room_details.required_state);
+        config.lists.insert(name.clone());
+        config.bump_types = request.bump_event_types.get(name).cloned();
+        let in_range = list_rooms.entry(name.clone()).or_default();
+        for (start, end) in &list.ranges {
+            let (start, end) = (u64::from(*start), u64::from(*end));
+            for candidate in matching
+                .iter()
+                .skip(start as usize)
+                .take(end.saturating_sub(start) as usize + 1)
+            {
+                in_range.push(candidate.room_id.clone());
+                picked
+                    .entry(candidate.room_id.clone())
+                    .or_default()
+                    .merge(config.clone());
+            }
+        }
+    }
+    let by_id: BTreeMap<&str, &Candidate> = candidates.iter().map(|c| (c.room_id.as_str(), c)).collect();
+    let mut subscribed = Vec::new();
+    for (room_id, config) in &state.subscriptions {
+        let Ok(room_id) = OwnedRoomId::try_from(room_id.as_str()) else {
+            continue;
+        };
+        // Rooms the user has no part in are not shown (MSC4186 allows no peeking).
+        if by_id.contains_key(room_id.as_str()) {
+            subscribed.push(room_id.clone());
+            picked
+                .entry(room_id)
+                .or_default()
+                .merge(RoomConfig::from_record(config));
+        }
+    }
+
+    let ignored = s.account_data.ignored_users(user)?;
+    let mut rooms = BTreeMap::new();
+    let mut sent_whole = HashSet::new();
+    for (room_id, config) in &picked {
+        let Some(candidate) = by_id.get(room_id.as_str()) else {
+            continue;
+        };
+        let sent = state.rooms.get(room_id.as_str());
+        let ctx = room::RoomContext {
+            user,
+            device,
+            candidate,
+            config,
+            up_to,
+            connection_since: since,
+            is_dm: direct_rooms.contains(room_id.as_str()),
+            ignored: &ignored,
+        };
+        let Some(built) = room::build(s, &ctx, sent)? else {
+            continue;
+        };
+        if built.whole {
+            sent_whole.insert(room_id.clone());
+        }
+        state.rooms.insert(
+            room_id.to_string(),
+            SentRoom {
+                since: built.held_up_to,
+                config: config.record(),
+                membership: candidate.membership.membership.clone(),
+                counts: built.counts,
+            },
+        );
+        rooms.insert(room_id.clone(), built.room);
+    }
+
+    let scope = extensions::Scope {
+        list_rooms: &list_rooms,
+        subscribed: &subscribed,
+        sent_whole: &sent_whole,
+    };
+    let extensions = extensions::compute(s, user, device, &body.extensions, &scope, since, up_to)?;
+    let lists_changed = previous.as_ref().is_none_or(|p| p.list_counts != state.list_counts);
+    let has_news = !rooms.is_empty() || lists_changed || extensions::has_news(&extensions);
+    let mut response = v5::Response::new(pos(up_to, state.seq));
+    response.txn_id = body.txn_id.clone();
+    response.lists = lists;
+    response.rooms = rooms;
+    response.extensions = extensions;
+    Ok(Outcome {
+        response,
+        state,
+        conn_id,
+        continued_from: previous.map(|p| p.seq),
+        has_news,
+    })
+}
+
+/// The user's rooms a list may show, the most recently active first.
+///
+/// Joined, invited and knocked rooms; rooms the user was kicked or banned
+/// from; rooms the user left only when this connection sent them before
+/// (MSC4186: the client knows it left, and needs only the leave itself).
+fn candidates(s: &Services, user: &UserId, state: &ConnectionState) -> ServiceResult<Vec<Candidate>> {
+    let mut out = Vec::new();
+    for (room_id, membership) in s.timeline.user_rooms(user)? {
+        if membership.forgotten {
+            continue;
+        }
+        let record = s.timeline.room(&room_id)?;
+        let wanted = match membership.membership.as_str() {
+            "join" | "invite" | "knock" => true,
+            _ => {
+                state.rooms.contains_key(room_id.as_str())
+                    || record
+                        .as_ref()
+                        .map(|r| removed_by_another(s, user, r))
+                        .transpose()?
+                        .unwrap_or(false)
+            }
+        };
+        if !wanted {
+            continue;
+        }
+        let recency = match (&record, membership.membership.as_str()) {
+            (Some(record), "join") => record.last_count,
+            (Some(record), _) => membership.count.min(record.last_count.max(membership.count)),
+            (None, _) => membership.count,
+        };
+        out.push(Candidate {
+            room_id,
+            membership,
+            record,
+            recency,
+        });
+    }
+    out.sort_by(|a, b| b.recency.cmp(&a.recency).then_with(|| a.room_id.cmp(&b.room_id)));
+    Ok(out)
+}
+
+/// Whether the user's leave was someone else's doing (a kick or a ban).
+fn removed_by_another(s: &Services, user: &UserId, record: &RoomRecord) -> ServiceResult<bool> {
+    let member = s
+        .timeline
+        .state_event(s, record.state_snapshot, "m.room.member", user.as_str())?;
+    Ok(member.is_some_and(|m| m.sender() != user.as_str()))
+}
+
+/// The rooms `m.direct` account data names.
+fn direct_rooms(s: &Services, user: &UserId) -> ServiceResult<HashSet<String>> {
+    let content = match s.account_data.get(user, None, "m.direct") {
+        Ok(raw) => serde_json::from_str::<serde_json::Value>(raw.get()).unwrap_or_default(),
+        Err(ServiceError::NotFound(_)) => return Ok(HashSet::new()),
+        Err(e) => return Err(e),
+    };
+    let mut rooms = HashSet::new();
+    if let Some(by_user) = content.as_object() {
+        for room_ids in by_user.values() {
+            for room_id in room_ids.as_array().into_iter().flatten() {
+                if let Some(room_id) = room_id.as_str() {
+                    rooms.insert(room_id.to_owned());
+                }
+            }
+        }
+    }
+    Ok(rooms)
+}
+
+/// Whether a room passes a list's filters.
+fn list_filter_passes(
+    s: &Services,
+    user: &UserId,
+    filters: Option<&v5::request::ListFilters>,
+    candidate: &Candidate,
+    direct_rooms: &HashSet<String>,
+) -> ServiceResult<bool> {
+    let Some(filters) = filters else {
+        return Ok(true);
+    };
+    let membership = candidate.membership.membership.as_str();
+    if let Some(is_invite) = filters.is_invite {
+        if is_invite != (membership == "invite") {
+            return Ok(false);
+        }
+    }
+    if let Some(is_dm) = filters.is_dm {
+        if is_dm != direct_rooms.contains(candidate.room_id.as_str()) {
+            return Ok(false);
+        }
+    }
+    // What follows reads the room's state, which an invitee may not see.
+    let readable = membership != "invite" && membership != "knock";
+    if let Some(is_encrypted) = filters.is_encrypted {
+        let encrypted = match (&candidate.record, readable) {
+            (Some(record), true) => s
+                .timeline
+                .state_event(s, record.state_snapshot, "m.room.encryption", "")?
+                .is_some(),
+            _ => stripped_has(s, user, candidate, "m.room.encryption")?,
+        };
+        if is_encrypted != encrypted {
+            return Ok(false);
+        }
+    }
+    if !filters.room_types.is_empty() || !filters.not_room_types.is_empty() {
+        let room_type = room_type(s, candidate)?;
+        let matches = |filter: &ruma::directory::RoomTypeFilter| match filter {
+            ruma::directory::RoomTypeFilter::Default => room_type.is_none(),
+            other => other.as_str().is_some_and(|t| room_type.as_deref() == Some(t)),
+        };
+        if filters.not_room_types.iter().any(matches) {
+            return Ok(false);
+        }
+        if !filters.room_types.is_empty() && !filters.room_types.iter().any(matches) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The room's type from its create event (spaces are `m.space`).
+fn room_type(s: &Services, candidate: &Candidate) -> ServiceResult<Option<String>> {
+    let Some(record) = &candidate.record else {
+        return Ok(None);
+    };
+    let create = s.timeline.state_event(s, record.state_snapshot, "m.room.create", "")?;
+    Ok(create.and_then(|c| c.content_str("type").map(str::to_owned)))
+}
+
+/// Whether an invite's stripped state holds an event of this type.
+fn stripped_has(s: &Services, user: &UserId, candidate: &Candidate, event_type: &str) -> ServiceResult<bool> {
+    let state = room::stripped_state(s, user, candidate)?;
+    Ok(state.iter().any(|raw| {
+        serde_json::from_str::<serde_json::Value>(raw.get())
+            .is_ok_and(|e| e.get("type").and_then(|t| t.as_str()) == Some(event_type))
+    }))
+}
+
+/// The bump types a room config names, or the default ones.
+fn bump_types(config: &RoomConfig) -> Vec<&str> {
+    match &config.bump_types {
+        Some(types) if !types.is_empty() => types.iter().map(String::as_str).collect(),
+        _ => DEFAULT_BUMP_TYPES.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_bad_ones_are_refused() {
+        assert_eq!(parse_pos(&pos(42, 7)), Some((42, 7)));
+        assert_eq!(parse_pos("42"), None);
+        assert_eq!(parse_pos("a_b"), None);
+        assert_eq!(parse_pos("-1_2"), None);
+    }
+
+    #[test]
+    fn merged_configs_are_the_superset() {
+        let member = ruma::events::StateEventType::RoomMember;
+        let name = ruma::events::StateEventType::RoomName;
+        let mut a = RoomConfig::new(UInt::from(1u32), &[(member.clone(), "$LAZY".to_owned())]);
+        let b = RoomConfig::new(UInt::from(20u32), &[(name, String::new())]);
+        a.merge(b.clone());
+        assert_eq!(a.timeline_limit, 20);
+        assert_eq!(a.required_state.len(), 2);
+        assert!(!a.expands(&a.record()));
+        assert!(a.expands(&RoomConfig::new(UInt::from(1u32), &[(member, "$LAZY".to_owned())]).record()));
+        assert!(RoomConfig::new(UInt::from(1000u32), &[]).timeline_limit <= MAX_TIMELINE_LIMIT);
+    }
+}
