@@ -555,10 +555,17 @@ async fn extensions_carry_keys_to_device_account_data_receipts_and_typing() {
     assert_eq!(typing["content"]["user_ids"], json!([bob_id]), "{ext}");
 
     // Acknowledged to-device messages are not sent again; old receipts and
-    // account data are not either.
-    body["extensions"]["to_device"]["since"] = ext["to_device"]["next_batch"].clone();
-    let again = sliding(&server, &alice, Some(&pos(&next)), 0, body).await;
+    // account data are not either. Extensions stay on for a request that
+    // does not mention them (clients send their config once).
+    let since = ext["to_device"]["next_batch"].clone();
+    let mut quiet = one_list([0, 9], 1, json!([]));
+    quiet["extensions"] = json!({"to_device": {"since": since}});
+    let again = sliding(&server, &alice, Some(&pos(&next)), 0, quiet.clone()).await;
     let ext = &again["extensions"];
+    assert_eq!(
+        ext["e2ee"]["device_one_time_keys_count"]["signed_curve25519"], 2,
+        "{ext}"
+    );
     assert!(
         ext["to_device"]["events"].as_array().is_none_or(|e| e.is_empty()),
         "{ext}"
@@ -569,6 +576,11 @@ async fn extensions_carry_keys_to_device_account_data_receipts_and_typing() {
             .is_none_or(|a| a["global"].as_array().is_none_or(|g| g.is_empty())),
         "{ext}"
     );
+
+    // Turned off, an extension sends nothing.
+    quiet["extensions"]["e2ee"] = json!({"enabled": false});
+    let off = sliding(&server, &alice, Some(&pos(&again)), 0, quiet).await;
+    assert!(off["extensions"].get("e2ee").is_none(), "{off}");
 }
 
 #[tokio::test]

@@ -29,6 +29,10 @@ pub struct ConnectionState {
     pub subscriptions: BTreeMap<String, RoomConfigRecord>,
     /// Each list's room count last sent.
     pub list_counts: BTreeMap<String, u64>,
+    /// The extensions turned on or off, by name: a request that does not
+    /// say keeps what the connection had (clients of the first sliding
+    /// sync send an extension's config once).
+    pub extensions_enabled: BTreeMap<String, bool>,
 }
 
 /// A room as the client holds it.

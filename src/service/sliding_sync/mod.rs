@@ -224,7 +224,12 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
         rooms: previous.as_ref().map(|p| p.rooms.clone()).unwrap_or_default(),
         subscriptions: previous.as_ref().map(|p| p.subscriptions.clone()).unwrap_or_default(),
         list_counts: BTreeMap::new(),
+        extensions_enabled: previous
+            .as_ref()
+            .map(|p| p.extensions_enabled.clone())
+            .unwrap_or_default(),
     };
+    let extensions_config = sticky_extensions(&body.extensions, &mut state.extensions_enabled);
     for (room_id, sub) in &body.room_subscriptions {
         state.subscriptions.insert(
             room_id.to_string(),
@@ -328,7 +333,7 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
         subscribed: &subscribed,
         sent_whole: &sent_whole,
     };
-    let extensions = extensions::compute(s, user, device, &body.extensions, &scope, since, up_to)?;
+    let extensions = extensions::compute(s, user, device, &extensions_config, &scope, since, up_to)?;
     let lists_changed = previous.as_ref().is_none_or(|p| p.list_counts != state.list_counts);
     let has_news = !rooms.is_empty() || lists_changed || extensions::has_news(&extensions);
     let mut response = v5::Response::new(pos(up_to, state.seq));
@@ -343,6 +348,28 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
         continued_from: previous.map(|p| p.seq),
         has_news,
     })
+}
+
+/// The request's extension configs, each turned on or off as the request
+/// says or, when it does not say, as the connection had it; `enabled`
+/// is updated to match.
+fn sticky_extensions(
+    requested: &v5::request::Extensions,
+    enabled: &mut BTreeMap<String, bool>,
+) -> v5::request::Extensions {
+    let mut config = requested.clone();
+    let mut stick = |name: &str, flag: &mut Option<bool>| match *flag {
+        Some(on) => {
+            enabled.insert(name.to_owned(), on);
+        }
+        None => *flag = enabled.get(name).copied(),
+    };
+    stick("to_device", &mut config.to_device.enabled);
+    stick("e2ee", &mut config.e2ee.enabled);
+    stick("account_data", &mut config.account_data.enabled);
+    stick("receipts", &mut config.receipts.enabled);
+    stick("typing", &mut config.typing.enabled);
+    config
 }
 
 /// The user's rooms a list may show, the most recently active first.
