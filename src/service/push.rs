@@ -822,6 +822,21 @@ mod tests {
     use crate::service::testing::{two_in_a_room, TwoInARoom};
     use crate::service::timeline::EventSpec;
 
+    #[test]
+    fn call_invites_and_rtc_rings_ring() {
+        let event = |t: &str, content: serde_json::Value| serde_json::json!({"type": t, "content": content});
+        assert!(super::rings(&event("m.call.invite", serde_json::json!({}))));
+        let ring = serde_json::json!({"notification_type": "ring"});
+        assert!(super::rings(&event("m.rtc.notification", ring.clone())));
+        assert!(super::rings(&event("org.matrix.msc4075.rtc.notification", ring)));
+        let quiet = serde_json::json!({"notification_type": "notification"});
+        assert!(!super::rings(&event("m.rtc.notification", quiet)));
+        assert!(!super::rings(&event(
+            "m.room.message",
+            serde_json::json!({"body": "m.call.invite"})
+        )));
+    }
+
     /// However many notifications arrive, a user's history stays within its
     /// bound and keeps the newest.
     #[test]
