@@ -9,7 +9,9 @@
 //! written with the entries under the room's write lock, so that a /sync
 //! reads one record per room instead of counting. Each notification also
 //! goes into the user's history, which receipts leave alone, for
-//! `/notifications`; an entry is read once its unread entry is gone.
+//! `/notifications`; an entry is read once its unread entry is gone. Unread
+//! entries for events that ring (see `rings`) are also indexed apart, to
+//! count missed calls for push gateways.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

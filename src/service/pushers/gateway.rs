@@ -1,8 +1,11 @@
 //! Notifications for push gateways: what `push::notify` queues for each
 //! http pusher of a notified user (in the event's batch, through the
-//! outbox), and the outbox transport that POSTs each one to the pusher's
-//! URL (`/_matrix/push/v1/notify`, one notification per request) and
-//! removes the pushers whose pushkeys the gateway rejects.
+//! outbox), the count-only badge updates `push::clear` queues when a
+//! receipt lowers the counts (in the receipt's batch), and the outbox
+//! transport that POSTs each one to the pusher's URL
+//! (`/_matrix/push/v1/notify`, one notification per request), drops those
+//! that waited too long, and removes the pushers whose pushkeys the gateway
+//! rejects.
 
 use std::sync::Arc;
 use std::time::Duration;
