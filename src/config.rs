@@ -131,6 +131,10 @@ pub struct Config {
     /// Sygnal on the same machine: `["127.0.0.1/32"]`.
     #[serde(default)]
     pub push_gateway_allowed_ranges: Vec<IpRange>,
+    /// Seconds a push notification may wait for its push gateway; one not
+    /// delivered by then is dropped rather than delivered stale.
+    #[serde(default = "defaults::push_notification_max_age")]
+    pub push_notification_max_age: u64,
     /// Seconds an OpenID token (for widgets, Element Call) stays valid.
     #[serde(default = "defaults::openid_token_ttl")]
     pub openid_token_ttl: u64,
@@ -401,6 +405,9 @@ mod defaults {
     pub fn openid_token_ttl() -> u64 {
         3600
     }
+    pub fn push_notification_max_age() -> u64 {
+        86_400
+    }
     pub fn turn_ttl() -> u64 {
         86_400
     }
@@ -533,6 +540,9 @@ impl Config {
         }
         if self.federation_workers == 0 {
             return Err(key_error("federation_workers", "must be greater than 0"));
+        }
+        if self.push_notification_max_age == 0 {
+            return Err(key_error("push_notification_max_age", "must be greater than 0"));
         }
         if matches!(&self.turn_secret, Some(s) if s.is_empty()) {
             return Err(key_error(

@@ -51,22 +51,6 @@ async fn put_rule(server: &TestServer, token: &str, path: &str, rule: Value) {
     assert_eq!(status, 200, "{body}");
 }
 
-async fn read_receipt(server: &TestServer, token: &str, room_id: &str, event_id: &str) {
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!(
-                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
-                enc(room_id),
-                enc(event_id)
-            ),
-            Some(token),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 #[tokio::test]
 async fn notifications_are_listed_newest_first_paged_filtered_and_marked_read() {
     let (server, alice, bob, room_id) = alice_and_bob_in_a_room().await;
@@ -110,7 +94,7 @@ async fn notifications_are_listed_newest_first_paged_filtered_and_marked_read() 
     assert_eq!(paged, [mention.clone(), plain.clone()]);
 
     // A receipt on the plain message covers it, not the newer mention.
-    read_receipt(&server, &bob, &room_id, &plain).await;
+    server.read_receipt(&bob, &room_id, &plain).await;
     let page = notifications(&server, &bob, "").await;
     assert_eq!(
         event_ids(&page),
@@ -120,7 +104,7 @@ async fn notifications_are_listed_newest_first_paged_filtered_and_marked_read() 
     let read: Vec<&Value> = listed(&page).iter().map(|n| &n["read"]).collect();
     assert_eq!(read, [&json!(false), &json!(true)], "{page}");
 
-    read_receipt(&server, &bob, &room_id, &mention).await;
+    server.read_receipt(&bob, &room_id, &mention).await;
     let page = notifications(&server, &bob, "").await;
     assert_eq!(event_ids(&page), [mention, plain], "still listed: {page}");
     assert!(listed(&page).iter().all(|n| n["read"] == true), "{page}");

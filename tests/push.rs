@@ -366,3 +366,131 @@ async fn a_gateway_on_a_private_address_is_not_reached_unless_the_operator_allow
     server.wait_for_log(mark, &["push gateway URL refused"]).await;
     assert_eq!(gateway.notifications(), Vec::<Value>::new());
 }
+
+async fn read_markers(server: &TestServer, token: &str, room_id: &str, body: Value) {
+    let (status, body) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/read_markers", enc(room_id)),
+            Some(token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn reading_sends_badge_updates_down_to_zero() {
+    let gateway = Gateway::start().await;
+    let (server, alice, bob, room_id) = bob_with_a_pusher(&gateway).await;
+    let first = server.send_text(&alice, &room_id, "one").await;
+    let second = server.send_text(&alice, &room_id, "two").await;
+    gateway.wait_for(2).await;
+
+    server.read_receipt(&bob, &room_id, &first).await;
+    let got = gateway.wait_for(3).await;
+    let badge = &got[2];
+    assert!(
+        badge.get("event_id").is_none(),
+        "a badge update is about no event: {badge}"
+    );
+    assert!(badge.get("type").is_none(), "{badge}");
+    assert_eq!(badge["counts"], json!({"unread": 1, "missed_calls": 0}));
+    assert_eq!(badge["devices"][0]["pushkey"], "bobkey");
+
+    // `/read_markers` moves the receipt too; zero is sent, so the badge clears.
+    read_markers(
+        &server,
+        &bob,
+        &room_id,
+        json!({"m.fully_read": second, "m.read": second}),
+    )
+    .await;
+    let got = gateway.wait_for(4).await;
+    assert_eq!(got[3]["counts"], json!({"unread": 0, "missed_calls": 0}));
+
+    // Counts that did not change bring nothing: the same receipt again,
+    // and the fully-read marker alone (it is not a receipt).
+    server.read_receipt(&bob, &room_id, &second).await;
+    read_markers(&server, &bob, &room_id, json!({"m.fully_read": first})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gateway.notifications().len(), 4, "{:?}", gateway.notifications());
+}
+
+#[tokio::test]
+async fn a_missed_call_is_counted_until_read() {
+    let gateway = Gateway::start().await;
+    let (server, alice, bob, room_id) = bob_with_a_pusher(&gateway).await;
+    let invite = json!({
+        "call_id": "c1", "lifetime": 60_000, "version": "1", "party_id": "p1",
+        "offer": {"type": "offer", "sdp": "v=0\r\n"},
+    });
+    let call = server.send_event(&alice, &room_id, "m.call.invite", invite).await;
+    let text = server.send_text(&alice, &room_id, "call me back").await;
+    let got = gateway.wait_for(2).await;
+    assert_eq!(got[0]["event_id"], json!(call));
+    assert_eq!(got[0]["type"], "m.call.invite");
+    assert_eq!(got[0]["counts"], json!({"unread": 1, "missed_calls": 1}));
+    assert_eq!(got[1]["counts"], json!({"unread": 2, "missed_calls": 1}));
+
+    server.read_receipt(&bob, &room_id, &text).await;
+    let got = gateway.wait_for(3).await;
+    assert_eq!(got[2]["counts"], json!({"unread": 0, "missed_calls": 0}));
+
+    // Read, the call is no longer missed.
+    server.send_text(&alice, &room_id, "never mind").await;
+    let got = gateway.wait_for(4).await;
+    assert_eq!(got[3]["counts"], json!({"unread": 1}));
+}
+
+#[tokio::test]
+async fn a_room_without_a_name_is_named_after_its_members() {
+    let gateway = Gateway::start().await;
+    let server = TestServer::start_with("push_gateway_allowed_ranges = [\"127.0.0.0/8\"]").await;
+    let mut tokens = Vec::new();
+    for (user, name) in [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")] {
+        let (_, token, _) = server.register(user, "pw").await;
+        let (status, body) = server
+            .call(
+                "PUT",
+                &format!("/_matrix/client/v3/profile/@{user}:localhost/displayname"),
+                Some(&token),
+                Some(json!({"displayname": name})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        tokens.push(token);
+    }
+    let [alice, bob, carol] = [&tokens[0], &tokens[1], &tokens[2]];
+    let room_id = server.create_room(alice, json!({"preset": "public_chat"})).await;
+    server.join(bob, &room_id).await;
+    server.join(carol, &room_id).await;
+    assert_eq!(set_pusher(&server, bob, pusher(&gateway.url(), "bobkey")).await.0, 200);
+
+    server.send_text(alice, &room_id, "who is here?").await;
+    let got = gateway.wait_for(1).await;
+    assert_eq!(got[0]["room_name"], "Alice and Carol", "{}", got[0]);
+    assert_eq!(got[0]["sender_display_name"], "Alice");
+}
+
+#[tokio::test]
+async fn a_notification_undelivered_too_long_is_dropped() {
+    let mut gateway = Gateway::start().await;
+    let config = "push_gateway_allowed_ranges = [\"127.0.0.0/8\"]\npush_notification_max_age = 2";
+    let (server, alice, _bob, room_id) = bob_with_a_pusher_on(&gateway, config).await;
+    gateway.listener.stop().await;
+    let mark = server.log_mark();
+    server.send_text(&alice, &room_id, "stale").await;
+    server.wait_for_log(mark, &["outbox: delivery failed"]).await;
+    // Back before the retry, but the notification is older than 2 s by then.
+    gateway.listener.restart().await;
+    server
+        .wait_for_log(mark, &["push notification not delivered in time; dropped"])
+        .await;
+
+    let fresh = server.send_text(&alice, &room_id, "fresh").await;
+    let got = gateway.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gateway.notifications().len(), 1, "{:?}", gateway.notifications());
+    assert_eq!(got[0]["event_id"], json!(fresh));
+}

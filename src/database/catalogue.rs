@@ -119,6 +119,11 @@ pub enum Table {
     /// event's stream position. Value: bincode `HistoryRecord` (room and
     /// event IDs, time, highlight, the actions as JSON).
     NotificationHistory,
+    /// The entries of [`Table::Notifications`] whose event rings the user
+    /// (a call invite or a MatrixRTC ring), for the `missed_calls` count
+    /// push gateways get (`push.rs`); written and removed with them. Key:
+    /// `(user_id: str, room_id: str, count: u64)`. Value: empty.
+    MissedCalls,
     /// Events that relate to another (`relations.rs`). Key: `(parent_event_id:
     /// str, count: u64)`, count being the relating event's stream position.
     /// Value: bincode `RelationRecord` (relating event ID, rel_type, type, sender).
@@ -297,7 +302,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 67] = [
+    pub const ALL: [Table; 68] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -365,6 +370,7 @@ impl Table {
         Table::Pushers,
         Table::PushersByKey,
         Table::SlidingSyncConnections,
+        Table::MissedCalls,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -437,6 +443,7 @@ impl Table {
             Table::Pushers => "pushers",
             Table::PushersByKey => "pushers_by_key",
             Table::SlidingSyncConnections => "sliding_sync_connections",
+            Table::MissedCalls => "missed_calls",
         }
     }
 }

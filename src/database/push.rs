@@ -1,5 +1,6 @@
-//! Typed access to [`Table::Notifications`], [`Table::UnreadCounts`] and
-//! [`Table::NotificationHistory`] (owned by `service::push`).
+//! Typed access to [`Table::Notifications`], [`Table::UnreadCounts`],
+//! [`Table::NotificationHistory`] and [`Table::MissedCalls`] (owned by
+//! `service::push`).
 
 use std::collections::BTreeMap;
 
@@ -172,6 +173,41 @@ impl PushTables {
                 Ok((room_id, from_record(Table::UnreadCounts, &v)?))
             })
             .collect()
+    }
+
+    /// Marks the notification at `count` as a call.
+    pub fn put_missed_call(&self, batch: &mut Batch, user_id: &str, room_id: &str, count: u64) {
+        batch.put(Table::MissedCalls, keys::encode(&(user_id, room_id, count)), Vec::new());
+    }
+
+    /// The counts of the user's unread call notifications in a room, oldest
+    /// first.
+    pub fn missed_calls_in(&self, user_id: &str, room_id: &str) -> DbResult<Vec<u64>> {
+        let prefix = keys::encode(&(user_id, room_id));
+        let prefix_len = prefix.len();
+        self.db
+            .scan_prefix(Table::MissedCalls, prefix, Direction::Forward)
+            .map(|r| decode_key(Table::MissedCalls, &r?.0[prefix_len..]))
+            .collect()
+    }
+
+    pub fn delete_missed_calls(&self, batch: &mut Batch, user_id: &str, room_id: &str, counts: &[u64]) {
+        for count in counts {
+            batch.delete(Table::MissedCalls, keys::encode(&(user_id, room_id, *count)));
+        }
+    }
+
+    /// How many unread call notifications the user has in all rooms.
+    pub fn missed_calls(&self, user_id: &str) -> DbResult<u64> {
+        let mut n = 0;
+        for entry in self
+            .db
+            .scan_prefix(Table::MissedCalls, keys::encode(&(user_id,)), Direction::Forward)
+        {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     pub fn put_unread(&self, batch: &mut Batch, user_id: &str, room_id: &str, record: &UnreadRecord) {

@@ -345,6 +345,7 @@ impl Services {
             pushers: Arc::new(pushers::gateway::PusherTransport::new(
                 self.pushers.clone(),
                 self.config.push_gateway_allowed_ranges.clone(),
+                std::time::Duration::from_secs(self.config.push_notification_max_age),
             )),
         });
         vec![tokio::spawn(self.outbox.clone().run(transport, stop))]

@@ -9,7 +9,9 @@
 //! written with the entries under the room's write lock, so that a /sync
 //! reads one record per room instead of counting. Each notification also
 //! goes into the user's history, which receipts leave alone, for
-//! `/notifications`; an entry is read once its unread entry is gone.
+//! `/notifications`; an entry is read once its unread entry is gone. Unread
+//! entries for events that ring (see `rings`) are also indexed apart, to
+//! count missed calls for push gateways.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,8 @@ use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
 use super::outbox::Destination;
-use super::pushers::gateway;
+use super::pushers::{gateway, PusherId};
+use super::rooms::naming;
 use super::timeline::StoredEvent;
 use super::{ServiceError, ServiceResult, Services};
 use crate::database::outbox::OutboxItem;
@@ -151,9 +154,11 @@ pub struct RoomContext {
     /// Joined local members, with their display names (`notify` skips
     /// the sender).
     pub recipients: Vec<(OwnedUserId, String)>,
-    /// Joined members' display names, by user ID (those who set one), for
-    /// push gateways.
+    /// Members' display names by user ID (those who set one), told apart
+    /// where two share one, for push gateways.
     pub display_names: HashMap<String, String>,
+    /// Who is in the room, to name it after them if it has no name.
+    pub members: naming::Members,
     pub room_name: Option<String>,
     pub room_alias: Option<String>,
 }
@@ -268,17 +273,12 @@ impl PushService {
     }
 
     fn build_room_context(&self, s: &Services, rules: &RoomVersionRules, state: &[StoredEvent]) -> RoomContext {
-        let mut member_count = 0;
+        let member_events: Vec<&StoredEvent> = state.iter().filter(|e| e.event_type() == "m.room.member").collect();
         let mut recipients = Vec::new();
-        let mut display_names = HashMap::new();
-        for event in state.iter().filter(|e| e.event_type() == "m.room.member") {
-            if event.content_str("membership") != Some("join") {
-                continue;
-            }
-            member_count += 1;
-            if let (Some(user), Some(name)) = (event.state_key(), event.content_str("displayname")) {
-                display_names.insert(user.to_owned(), name.to_owned());
-            }
+        for event in member_events
+            .iter()
+            .filter(|e| e.content_str("membership") == Some("join"))
+        {
             let Some(user) = event.state_key().and_then(|k| OwnedUserId::try_from(k).ok()) else {
                 continue;
             };
@@ -290,6 +290,18 @@ impl PushService {
                 .map_or_else(|| user.localpart().to_owned(), str::to_owned);
             recipients.push((user, name));
         }
+        // Member events, like all state here, are in state key (user ID) order.
+        let memberships = || {
+            member_events.iter().filter_map(|e| {
+                Some((
+                    e.state_key()?,
+                    e.content_str("membership").unwrap_or_default(),
+                    e.content_str("displayname"),
+                ))
+            })
+        };
+        let members = naming::Members::collect(memberships().map(|(user, membership, _)| (user, membership)));
+        let display_names = naming::display_names(memberships());
         let find = |t: &str| state.iter().find(|e| e.event_type() == t && e.state_key() == Some(""));
         let power_levels = find("m.room.power_levels").and_then(|pl| {
             let content: RoomPowerLevelsEventContent =
@@ -313,10 +325,11 @@ impl PushService {
         });
         let text = |t: &str, field: &str| find(t).and_then(|e| e.content_str(field)).map(str::to_owned);
         RoomContext {
-            member_count,
+            member_count: members.joined,
             power_levels,
             recipients,
             display_names,
+            members,
             room_name: text("m.room.name", "name").filter(|n| !n.is_empty()),
             room_alias: text("m.room.canonical_alias", "alias"),
         }
@@ -344,6 +357,7 @@ impl PushService {
         let intentional_mentions = flat.contains_mentions();
         let sender = event.get("sender").and_then(JsonValue::as_str);
         let event_id = event.get("event_id").and_then(JsonValue::as_str).unwrap_or_default();
+        let rings = rings(event);
         let mut shared_answers = [None; SHARED_DEFAULT_RULES.len()];
         let mut changes = Vec::new();
         let mut pushed = Vec::new();
@@ -402,6 +416,10 @@ impl PushService {
                 add(&mut unread, &record);
                 self.tables
                     .put_notification(batch, user.as_str(), room_id.as_str(), count, &record);
+                if rings {
+                    self.tables
+                        .put_missed_call(batch, user.as_str(), room_id.as_str(), count);
+                }
                 let history = HistoryRecord {
                     room_id: room_id.to_string(),
                     event_id: event_id.to_owned(),
@@ -418,23 +436,40 @@ impl PushService {
                 self.tables.put_unread(batch, user.as_str(), room_id.as_str(), &unread);
                 let pushers = s.pushers.ids_of(user)?;
                 if !pushers.is_empty() {
-                    let total = self.total_unread(user, room_id, &unread)?;
+                    let counts = gateway::Counts {
+                        unread: self.total_unread(user, room_id, &unread)?,
+                        // This one is in the batch, not yet in storage.
+                        missed_calls: self.tables.missed_calls(user.as_str())? + u64::from(rings),
+                    };
                     let tweaks = gateway::tweaks(actions);
-                    let queued = gateway::notification(event, user, context, &tweaks, total);
-                    let item = OutboxItem::Edu(
-                        serde_json::to_string(&queued)
-                            .map_err(|e| ServiceError::Internal(format!("notification as JSON: {e}")))?,
-                    );
-                    for id in pushers {
-                        let destination = Destination::Pusher(id);
-                        s.outbox.stage(batch, &destination, &item)?;
-                        pushed.push(destination);
-                    }
+                    let queued = gateway::notification(event, user, context, &tweaks, counts);
+                    pushed.extend(self.stage_for_pushers(s, batch, pushers, &queued)?);
                 }
                 changes.push((user.clone(), unread));
             }
         }
         Ok(UnreadChanges(changes, pushed))
+    }
+
+    /// Queues `queued` for each of `pushers` in `batch`; returns their
+    /// destinations, for the outbox once the batch has landed.
+    fn stage_for_pushers(
+        &self,
+        s: &Services,
+        batch: &mut Batch,
+        pushers: Vec<PusherId>,
+        queued: &gateway::QueuedNotification,
+    ) -> ServiceResult<Vec<Destination>> {
+        let item = OutboxItem::Edu(
+            serde_json::to_string(queued).map_err(|e| ServiceError::Internal(format!("notification as JSON: {e}")))?,
+        );
+        let mut destinations = Vec::with_capacity(pushers.len());
+        for id in pushers {
+            let destination = Destination::Pusher(id);
+            s.outbox.stage(batch, &destination, &item)?;
+            destinations.push(destination);
+        }
+        Ok(destinations)
     }
 
     /// Whether `user`'s history is due for a trim with their new
@@ -605,10 +640,13 @@ impl PushService {
     /// A read receipt at stream position `up_to` clears what it covers.
     /// Call it under the room's write lock, which also guards the counts.
     /// Adds to `batch` the clearing of `user`'s notifications in the room up
-    /// to `up_to` (within `scope`); hand what it returns to
+    /// to `up_to` (within `scope`) and, since their counts went down, a
+    /// badge update for each of their pushers (how a phone clears its
+    /// badge). Hand what it returns to the outbox (`pushed`) and to
     /// [`PushService::remember_unread`] once the batch has landed.
     pub fn clear(
         &self,
+        s: &Services,
         batch: &mut Batch,
         user: &UserId,
         room_id: &RoomId,
@@ -634,7 +672,47 @@ impl PushService {
         }
         self.tables
             .delete_notifications(batch, user.as_str(), room_id.as_str(), &covered, &left);
-        Ok(Some(UnreadChanges(vec![(user.to_owned(), left)], Vec::new())))
+        // Both lists are in stream order.
+        let calls_covered: Vec<u64> = self
+            .tables
+            .missed_calls_in(user.as_str(), room_id.as_str())?
+            .into_iter()
+            .filter(|call| covered.binary_search(call).is_ok())
+            .collect();
+        self.tables
+            .delete_missed_calls(batch, user.as_str(), room_id.as_str(), &calls_covered);
+        let pushers = s.pushers.ids_of(user)?;
+        let mut pushed = Vec::new();
+        if !pushers.is_empty() {
+            let counts = gateway::Counts {
+                unread: self.total_unread(user, room_id, &left)?,
+                missed_calls: self
+                    .tables
+                    .missed_calls(user.as_str())?
+                    .saturating_sub(calls_covered.len() as u64),
+            };
+            pushed = self.stage_for_pushers(s, batch, pushers, &gateway::badge_update(counts))?;
+        }
+        Ok(Some(UnreadChanges(vec![(user.to_owned(), left)], pushed)))
+    }
+}
+
+/// Whether `event` rings its recipients, so that a notification for it
+/// counts as a missed call until a read receipt covers it: a VoIP call
+/// invite (`m.call.invite`) or a MatrixRTC ring (`m.rtc.notification`, or
+/// MSC4075's unstable name, with `notification_type: ring`). Push gateways
+/// get the user's missed calls (`counts.missed_calls`): these notifications
+/// in all rooms, not yet read. Only events the user's push rules notify
+/// for count, and a call in an encrypted room is `m.room.encrypted` to the
+/// server, so it does not. Whether a call was answered is not the server's
+/// to know: reading past it acknowledges it.
+fn rings(event: &JsonValue) -> bool {
+    match event.get("type").and_then(JsonValue::as_str) {
+        Some("m.call.invite") => true,
+        Some("m.rtc.notification" | "org.matrix.msc4075.rtc.notification") => {
+            event.pointer("/content/notification_type").and_then(JsonValue::as_str) == Some("ring")
+        }
+        _ => false,
     }
 }
 
@@ -745,6 +823,21 @@ mod tests {
     use super::{HISTORY_KEPT, HISTORY_TRIM_EVERY};
     use crate::service::testing::{two_in_a_room, TwoInARoom};
     use crate::service::timeline::EventSpec;
+
+    #[test]
+    fn call_invites_and_rtc_rings_ring() {
+        let event = |t: &str, content: serde_json::Value| serde_json::json!({"type": t, "content": content});
+        assert!(super::rings(&event("m.call.invite", serde_json::json!({}))));
+        let ring = serde_json::json!({"notification_type": "ring"});
+        assert!(super::rings(&event("m.rtc.notification", ring.clone())));
+        assert!(super::rings(&event("org.matrix.msc4075.rtc.notification", ring)));
+        let quiet = serde_json::json!({"notification_type": "notification"});
+        assert!(!super::rings(&event("m.rtc.notification", quiet)));
+        assert!(!super::rings(&event(
+            "m.room.message",
+            serde_json::json!({"body": "m.call.invite"})
+        )));
+    }
 
     /// However many notifications arrive, a user's history stays within its
     /// bound and keeps the newest.

@@ -107,8 +107,9 @@ impl ReceiptsService {
             Some("main") => ReceiptScope::Main,
             Some(root) => ReceiptScope::Thread(root.to_owned()),
         };
-        // The receipt and the unread counts it resets are one write; under
-        // the room's lock, as a new event's notifications are counted.
+        // The receipt, the unread counts it resets and the badge updates
+        // they bring are one write; under the room's lock, as a new event's
+        // notifications are counted.
         let written = s.timeline.under_room_lock(room_id, || {
             self.tables.put(
                 &mut batch,
@@ -119,6 +120,7 @@ impl ReceiptsService {
                 &record,
             );
             let cleared = s.push.clear(
+                s,
                 &mut batch,
                 user,
                 room_id,
@@ -129,6 +131,7 @@ impl ReceiptsService {
             s.outbox.committed(&to_appservices);
             self.raise_newest(room_id, record.count, None);
             if let Some(cleared) = cleared {
+                s.outbox.committed(cleared.pushed());
                 s.push.remember_unread(room_id, cleared);
             }
             Ok::<_, ServiceError>(())

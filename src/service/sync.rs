@@ -18,6 +18,7 @@ use serde_json::Value as JsonValue;
 
 use super::e2e_keys::DeviceListUpdates;
 use super::push::Counts;
+use super::rooms::naming;
 use super::timeline::{StoredEvent, VisibilityCache};
 use super::{ServiceError, ServiceResult, Services};
 use crate::database::rooms::{position, RoomRecord, UserRoomRecord};
@@ -706,40 +707,14 @@ pub(crate) fn summary(
     record: &RoomRecord,
     user: &UserId,
 ) -> ServiceResult<(u64, u64, Vec<OwnedUserId>)> {
-    const HEROES: usize = 5;
-    let mut joined = 0;
-    let mut invited = 0;
-    let mut heroes = Vec::new();
-    let mut former = Vec::new();
-    for (member, membership) in s.timeline.members(room_id)?.iter() {
-        let present = match membership.as_str() {
-            "join" => {
-                joined += 1;
-                true
-            }
-            "invite" => {
-                invited += 1;
-                true
-            }
-            _ => false,
-        };
-        if member == user.as_str() {
-            continue;
-        }
-        let list = if present { &mut heroes } else { &mut former };
-        if list.len() < HEROES {
-            if let Ok(id) = OwnedUserId::try_from(member.as_str()) {
-                list.push(id);
-            }
-        }
-    }
-    if heroes.is_empty() {
-        heroes = former;
-    }
-    if is_named(s, record)? {
-        heroes.clear();
-    }
-    Ok((joined, invited, heroes))
+    let members = s.timeline.members(room_id)?;
+    let members = naming::Members::collect(members.iter().map(|(u, m)| (u.as_str(), m.as_str())));
+    let heroes = if is_named(s, record)? {
+        Vec::new()
+    } else {
+        members.heroes(user)
+    };
+    Ok((members.joined, members.invited, heroes))
 }
 
 /// Whether the room has a non-empty `m.room.name` or canonical alias.

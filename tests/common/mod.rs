@@ -334,6 +334,23 @@ impl TestServer {
         resp["event_id"].as_str().unwrap().to_owned()
     }
 
+    /// Sets the user's `m.read` receipt at `event_id`.
+    pub async fn read_receipt(&self, token: &str, room_id: &str, event_id: &str) {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                    enc(room_id),
+                    enc(event_id)
+                ),
+                Some(token),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 200, "receipt: {body}");
+    }
+
     pub async fn join(&self, token: &str, room: &str) {
         let (status, resp) = self
             .call(

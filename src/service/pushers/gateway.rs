@@ -1,8 +1,11 @@
 //! Notifications for push gateways: what `push::notify` queues for each
 //! http pusher of a notified user (in the event's batch, through the
-//! outbox), and the outbox transport that POSTs each one to the pusher's
-//! URL (`/_matrix/push/v1/notify`, one notification per request) and
-//! removes the pushers whose pushkeys the gateway rejects.
+//! outbox), the count-only badge updates `push::clear` queues when a
+//! receipt lowers the counts (in the receipt's batch), and the outbox
+//! transport that POSTs each one to the pusher's URL
+//! (`/_matrix/push/v1/notify`, one notification per request), drops those
+//! that waited too long, and removes the pushers whose pushkeys the gateway
+//! rejects.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,18 +19,54 @@ use serde_json::{Map, Value as JsonValue};
 
 use super::{PusherId, PushersService, StoredPusher};
 use crate::service::media::preview::AddressGuard;
+use crate::service::now_ms;
 use crate::service::outbox::{DeliveryFailed, Destination, Transaction, Transport};
 use crate::service::push::RoomContext;
+use crate::service::rooms::naming;
 
 type JsonMap = Map<String, JsonValue>;
 
 /// What is queued for a pusher: the notification without its `devices`,
-/// which the transport adds from the pusher as it is when sent, and the
-/// tweaks of the push rule that matched.
+/// which the transport adds from the pusher as it is when sent, the
+/// tweaks of the push rule that matched, and when it was queued.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct QueuedNotification {
     pub notification: JsonMap,
     pub tweaks: JsonMap,
+    /// In ms since the Unix epoch; `None` in what was queued before it was
+    /// kept (never too old, then).
+    #[serde(default)]
+    pub queued_ms: Option<u64>,
+}
+
+impl QueuedNotification {
+    /// A badge update is about no event.
+    fn is_badge_update(&self) -> bool {
+        !self.notification.contains_key("event_id")
+    }
+}
+
+/// What a user has not yet read, in all rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Unread notifications.
+    pub unread: u64,
+    /// Unread notifications that rang them (see `push::rings`).
+    pub missed_calls: u64,
+}
+
+impl Counts {
+    /// As `counts` in a notification; with `zeros` false, counts of zero
+    /// are left out, as the spec asks.
+    fn to_json(self, zeros: bool) -> JsonValue {
+        let mut counts = JsonMap::new();
+        for (name, value) in [("unread", self.unread), ("missed_calls", self.missed_calls)] {
+            if zeros || value > 0 {
+                counts.insert(name.to_owned(), value.into());
+            }
+        }
+        counts.into()
+    }
 }
 
 /// The tweaks `actions` set (`highlight` without a value is true).
@@ -45,14 +84,14 @@ pub fn tweaks(actions: &[Action]) -> JsonMap {
     tweaks
 }
 
-/// The notification of `event` (client format) for `user`, whose unread
-/// notifications in all rooms number `unread`.
+/// The notification of `event` (client format) for `user`, with their
+/// `counts` in all rooms.
 pub fn notification(
     event: &JsonValue,
     user: &UserId,
     context: &RoomContext,
     tweaks: &JsonMap,
-    unread: u64,
+    counts: Counts,
 ) -> QueuedNotification {
     let mut n = JsonMap::new();
     for field in ["event_id", "room_id", "type", "sender", "content"] {
@@ -67,9 +106,22 @@ pub fn notification(
     {
         n.insert("sender_display_name".to_owned(), name.clone().into());
     }
-    if let Some(name) = &context.room_name {
-        n.insert("room_name".to_owned(), name.clone().into());
-    }
+    // As clients name a room: its name, else its canonical alias, else
+    // after its members.
+    let room_name = context
+        .room_name
+        .clone()
+        .or_else(|| context.room_alias.clone())
+        .unwrap_or_else(|| {
+            naming::from_members(&context.members, user, |member| {
+                context
+                    .display_names
+                    .get(member.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| member.to_string())
+            })
+        });
+    n.insert("room_name".to_owned(), room_name.into());
     if let Some(alias) = &context.room_alias {
         n.insert("room_alias".to_owned(), alias.clone().into());
     }
@@ -83,16 +135,28 @@ pub fn notification(
         || tweaks.contains_key("sound")
         || event_type == Some("m.room.encrypted");
     n.insert("prio".to_owned(), if urgent { "high" } else { "low" }.into());
-    // Counts of zero are left out, as the spec asks; missed calls are not
-    // counted by this server.
-    let mut counts = JsonMap::new();
-    if unread > 0 {
-        counts.insert("unread".to_owned(), unread.into());
-    }
-    n.insert("counts".to_owned(), counts.into());
+    n.insert("counts".to_owned(), counts.to_json(false));
     QueuedNotification {
         notification: n,
         tweaks: tweaks.clone(),
+        queued_ms: Some(now_ms()),
+    }
+}
+
+/// A notification with only the user's counts, sent when reading lowered
+/// them, so their devices update their badges. Zeros are sent, unlike in a
+/// notification about an event: a gateway such as Sygnal sets the badge
+/// only from a count that is there, so leaving out `unread: 0` would leave
+/// the badge as it was. Like Synapse's badge updates, it has no event
+/// fields; low priority, as nobody is alerted.
+pub fn badge_update(counts: Counts) -> QueuedNotification {
+    let mut n = JsonMap::new();
+    n.insert("counts".to_owned(), counts.to_json(true));
+    n.insert("prio".to_owned(), "low".into());
+    QueuedNotification {
+        notification: n,
+        tweaks: JsonMap::new(),
+        queued_ms: Some(now_ms()),
     }
 }
 
@@ -123,6 +187,10 @@ fn request_body(queued: QueuedNotification, pusher: &StoredPusher, data: &HttpPu
 /// How long a push gateway may take to answer.
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a badge update is retried at most: a later notification or
+/// badge update carries newer counts anyway.
+const BADGE_UPDATE_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+
 /// Sends queued notifications to push gateways.
 pub struct PusherTransport {
     pushers: Arc<PushersService>,
@@ -131,10 +199,14 @@ pub struct PusherTransport {
     /// addresses only, unless the operator allows a range
     /// (`push_gateway_allowed_ranges`).
     guard: Arc<AddressGuard>,
+    /// A notification not delivered within this is dropped
+    /// (`push_notification_max_age`): a phone ringing for a day-old
+    /// message is wrong.
+    max_age: Duration,
 }
 
 impl PusherTransport {
-    pub fn new(pushers: Arc<PushersService>, allowed_ranges: Vec<crate::config::IpRange>) -> Self {
+    pub fn new(pushers: Arc<PushersService>, allowed_ranges: Vec<crate::config::IpRange>, max_age: Duration) -> Self {
         let guard = Arc::new(AddressGuard::new(allowed_ranges));
         let http = reqwest::Client::builder()
             .timeout(GATEWAY_TIMEOUT)
@@ -145,7 +217,12 @@ impl PusherTransport {
             .no_proxy()
             .build()
             .unwrap_or_default();
-        Self { pushers, http, guard }
+        Self {
+            pushers,
+            http,
+            guard,
+            max_age,
+        }
     }
 
     async fn push(&self, id: &PusherId, queued: &str) -> Result<(), DeliveryFailed> {
@@ -156,6 +233,22 @@ impl PusherTransport {
                 return Ok(());
             }
         };
+        if let Some(queued_ms) = queued.queued_ms {
+            let max_age = if queued.is_badge_update() {
+                self.max_age.min(BADGE_UPDATE_MAX_AGE)
+            } else {
+                self.max_age
+            };
+            let age = Duration::from_millis(now_ms().saturating_sub(queued_ms));
+            if age > max_age {
+                tracing::warn!(
+                    user_id = %id.user_id, app_id = %id.app_id, age_s = age.as_secs(),
+                    badge_update = queued.is_badge_update(),
+                    "push notification not delivered in time; dropped"
+                );
+                return Ok(());
+            }
+        }
         let stored = self.pushers.get(id).map_err(|e| DeliveryFailed(e.to_string()))?;
         // Removed since: what waited for it has nowhere to go.
         let Some(stored) = stored else { return Ok(()) };
@@ -238,9 +331,14 @@ mod tests {
             power_levels: None,
             recipients: Vec::new(),
             display_names: [("@a:x".to_owned(), "Alice".to_owned())].into(),
+            members: naming::Members::collect([("@a:x", "join"), ("@b:x", "join"), ("@c:x", "invite")]),
             room_name: Some("Room".to_owned()),
             room_alias: None,
         }
+    }
+
+    fn counts(unread: u64, missed_calls: u64) -> Counts {
+        Counts { unread, missed_calls }
     }
 
     fn pusher(format: Option<PushFormat>) -> (StoredPusher, HttpPusherData) {
@@ -270,7 +368,7 @@ mod tests {
             JsonValue::Object(tweaks.clone()),
             serde_json::json!({"sound": "default", "highlight": true})
         );
-        let queued = notification(&event(), user, &context(), &tweaks, 3);
+        let queued = notification(&event(), user, &context(), &tweaks, counts(3, 0));
         let (stored, data) = pusher(None);
         let body = request_body(queued, &stored, &data);
         assert_eq!(
@@ -287,7 +385,13 @@ mod tests {
 
     #[test]
     fn event_id_only_leaves_the_event_out() {
-        let queued = notification(&event(), ruma::user_id!("@b:x"), &context(), &JsonMap::new(), 0);
+        let queued = notification(
+            &event(),
+            ruma::user_id!("@b:x"),
+            &context(),
+            &JsonMap::new(),
+            counts(0, 0),
+        );
         let (stored, data) = pusher(Some(PushFormat::EventIdOnly));
         let body = request_body(queued, &stored, &data);
         let n = body["notification"].as_object().unwrap();
@@ -300,5 +404,44 @@ mod tests {
             n["devices"][0]["data"],
             serde_json::json!({"format": "event_id_only", "custom": "kept"})
         );
+    }
+
+    #[test]
+    fn a_badge_update_has_the_counts_zeros_included_and_no_event() {
+        let queued = badge_update(counts(0, 2));
+        assert!(queued.is_badge_update());
+        let (stored, data) = pusher(None);
+        let body = request_body(queued, &stored, &data);
+        let n = body["notification"].as_object().unwrap();
+        let mut fields: Vec<&str> = n.keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["counts", "devices", "prio"]);
+        assert_eq!(n["counts"], serde_json::json!({"unread": 0, "missed_calls": 2}));
+        assert_eq!(n["devices"][0]["pushkey"], "key");
+    }
+
+    #[test]
+    fn missed_calls_are_counted_beside_unread() {
+        let user = ruma::user_id!("@b:x");
+        let queued = notification(&event(), user, &context(), &JsonMap::new(), counts(4, 1));
+        assert!(!queued.is_badge_update());
+        assert_eq!(
+            queued.notification["counts"],
+            serde_json::json!({"unread": 4, "missed_calls": 1})
+        );
+    }
+
+    #[test]
+    fn a_room_without_a_name_goes_by_its_alias_else_its_members() {
+        let user = ruma::user_id!("@b:x");
+        let mut context = context();
+        context.room_name = None;
+        context.room_alias = Some("#launch:x".to_owned());
+        let queued = notification(&event(), user, &context, &JsonMap::new(), counts(1, 0));
+        assert_eq!(queued.notification["room_name"], "#launch:x");
+        context.room_alias = None;
+        let queued = notification(&event(), user, &context, &JsonMap::new(), counts(1, 0));
+        // Carol has no display name: her user ID stands for her.
+        assert_eq!(queued.notification["room_name"], "Alice and @c:x");
     }
 }

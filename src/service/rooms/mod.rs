@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value as JsonValue};
 
 mod directory;
 mod hierarchy;
+pub mod naming;
 mod upgrade;
 
 pub use directory::{DirectoryPage, DirectoryQuery};
