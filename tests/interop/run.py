@@ -553,6 +553,16 @@ async def sdk_backup_and_verify(base):
     await run_sdk("backup-and-verify", base)
 
 
+async def sdk_room_list(base):
+    """matrix-sdk-ui (Element X's engine) over simplified sliding sync
+    (MSC4186): a new device sees invites in its room list, joins, sees the
+    rooms in recency order, reads a plain and an encrypted message in the
+    timeline, and Room A's unread count (the server's too) drops to 0 after
+    a read receipt. The scenario and its checks are in
+    tests/interop/sdk/src/room_list.rs."""
+    await run_sdk("room-list", base, "--server-counts")
+
+
 async def nio_and_sdk_encrypted_room(base):
     """A matrix-nio user and a matrix-sdk user in one encrypted room: each
     decrypts the other's message."""
@@ -602,6 +612,7 @@ TESTS = [
     commander_sends_a_file,
     sdk_backup_and_verify,
     nio_and_sdk_encrypted_room,
+    sdk_room_list,
 ]
 
 

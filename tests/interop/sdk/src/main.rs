@@ -10,7 +10,11 @@
 //! - `reply URL USER PASSWORD ROOM EXPECT REPLY`: logs in, joins ROOM (an
 //!   invite is waiting), waits until it decrypts EXPECT, answers REPLY.
 //!   run.py pairs it with a matrix-nio user.
+//! - `room-list URL [--server-counts]`: the room list of Element X over
+//!   simplified sliding sync (MSC4186); see `room_list.rs`.
 #![recursion_limit = "256"]
+
+mod room_list;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -506,6 +510,13 @@ async fn main() -> Result<()> {
     match args.as_slice() {
         [command, base] if command == "backup-and-verify" => backup_and_verify(base).await,
         [command, base, rest @ ..] if command == "reply" => reply(base, rest).await,
-        _ => bail!("usage: conduit-sdk-interop backup-and-verify URL | reply URL USER PASSWORD ROOM EXPECT REPLY"),
+        [command, base] if command == "room-list" => room_list::room_list(base, false).await,
+        [command, base, flag] if command == "room-list" && flag == "--server-counts" => {
+            room_list::room_list(base, true).await
+        }
+        _ => bail!(
+            "usage: conduit-sdk-interop backup-and-verify URL | reply URL USER PASSWORD ROOM EXPECT REPLY \
+             | room-list URL [--server-counts]"
+        ),
     }
 }
