@@ -620,11 +620,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
     parser.add_argument("--sdk-binary", required=True)
+    parser.add_argument("only", nargs="*", help="run only these tests (by name)")
     args = parser.parse_args()
     global SDK_BINARY
     SDK_BINARY = args.sdk_binary
     passed = failed = 0
     for test in TESTS:
+        if args.only and test.__name__ not in args.only:
+            continue
         server = Conduit(args.binary)
         started = time.monotonic()
         try:
