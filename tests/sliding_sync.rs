@@ -612,6 +612,19 @@ async fn a_connection_continues_across_a_restart_and_unknown_positions_are_refus
     other["conn_id"] = json!("other");
     let got = sliding_raw(&server, &alice, Some(&pos(&next)), 0, other).await;
     assert_error(&got, 400, "M_UNKNOWN_POS");
+    // A device keeps a bounded number of connections: the oldest goes.
+    for i in 0..10 {
+        let mut extra = one_list([0, 9], 5, json!([]));
+        extra["conn_id"] = json!(format!("extra{i}"));
+        sliding(&server, &alice, None, 0, extra).await;
+    }
+    let got = sliding_raw(&server, &alice, Some(&pos(&next)), 0, one_list([0, 9], 5, json!([]))).await;
+    assert_error(&got, 400, "M_UNKNOWN_POS");
+    let mut recent = one_list([0, 9], 5, json!([]));
+    recent["conn_id"] = json!("extra9");
+    let (status, _) = sliding_raw(&server, &alice, None, 0, recent).await;
+    assert_eq!(status, 200);
+
     let mut long = one_list([0, 9], 5, json!([]));
     long["conn_id"] = json!("x".repeat(100));
     let got = sliding_raw(&server, &alice, None, 0, long).await;

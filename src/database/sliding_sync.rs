@@ -100,6 +100,10 @@ impl SlidingSyncTables {
             .collect()
     }
 
+    pub fn write(&self, batch: Batch) -> DbResult<()> {
+        self.db.write(batch)
+    }
+
     pub fn delete(&self, batch: &mut Batch, user_id: &str, device_id: &str, conn_id: &str) {
         batch.delete(
             Table::SlidingSyncConnections,

@@ -34,6 +34,9 @@ const MAX_TIMELINE_LIMIT: u64 = 100;
 const STATES_KEPT: usize = 3;
 /// Room subscriptions kept per connection (clients send each once).
 const MAX_SUBSCRIPTIONS: usize = 100;
+/// Connections kept per device; a new one past this drops the one used
+/// least recently (MSC4186 asks servers to bound what clients make them store).
+const MAX_CONNECTIONS: usize = 10;
 /// The longest connection ID accepted.
 const MAX_CONN_ID_LEN: usize = 64;
 /// What moves a room's `bump_stamp` when the list names no types (MSC4186).
@@ -160,7 +163,37 @@ impl SlidingSyncService {
         record.states.sort_by_key(|state| state.seq);
         let excess = record.states.len().saturating_sub(STATES_KEPT);
         record.states.drain(..excess);
+        if outcome.continued_from.is_none() {
+            self.drop_old_connections(user, device, &outcome.conn_id)?;
+        }
         self.tables.put(user.as_str(), device, &outcome.conn_id, &record)?;
+        Ok(())
+    }
+
+    /// Makes room for a new connection of a device: drops those answered
+    /// longest ago past [`MAX_CONNECTIONS`] - 1 (not counting `keep`).
+    fn drop_old_connections(&self, user: &UserId, device: &str, keep: &str) -> ServiceResult<()> {
+        let mut others = Vec::new();
+        for conn_id in self.tables.connections_of(user.as_str(), device)? {
+            if conn_id == keep {
+                continue;
+            }
+            let last = self
+                .tables
+                .get(user.as_str(), device, &conn_id)?
+                .and_then(|r| r.states.iter().map(|s| s.stream).max())
+                .unwrap_or(0);
+            others.push((last, conn_id));
+        }
+        if others.len() < MAX_CONNECTIONS {
+            return Ok(());
+        }
+        others.sort();
+        let mut batch = Batch::new();
+        for (_, conn_id) in &others[..=others.len() - MAX_CONNECTIONS] {
+            self.tables.delete(&mut batch, user.as_str(), device, conn_id);
+        }
+        self.tables.write(batch)?;
         Ok(())
     }
 
