@@ -329,6 +329,21 @@ async fn a_gateway_down_gets_every_notification_once_when_back() {
 }
 
 #[tokio::test]
+async fn a_notification_queued_before_a_restart_is_delivered_after_it() {
+    let mut gateway = Gateway::start().await;
+    let (mut server, alice, _bob, room_id) = bob_with_a_pusher(&gateway).await;
+    gateway.listener.stop().await;
+    let sent = server.send_text(&alice, &room_id, "across a restart").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.restart();
+    gateway.listener.restart().await;
+    gateway.wait_for(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got: Vec<Value> = gateway.notifications().iter().map(|n| n["event_id"].clone()).collect();
+    assert_eq!(got, vec![json!(sent)], "once, after the restart");
+}
+
+#[tokio::test]
 async fn a_rejected_pushkey_removes_the_pusher() {
     let gateway = Gateway::start().await;
     gateway.rejecting.lock().unwrap().push("bobkey".to_owned());
