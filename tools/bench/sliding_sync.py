@@ -23,6 +23,9 @@ a fresh Conduit on a temporary data directory, set up through the API
    arrival of the answer that holds the event (matched by the ID its send
    returned) minus the moment just before its send request: p50, p99, max.
    The next message is sent once the poller has sent its next request.
+   With --load-all the sliding connection's first request asks for every
+   room (range [0,N-1]) instead of the first 20, as Element X does once it
+   loads its whole room list: the connection then holds all N rooms.
 3. The server's peak RSS (VmHWM) after each phase, and its CPU time in it.
 
 The server is the interop suite's Conduit (tests/interop/harness.py's
@@ -31,13 +34,14 @@ plain HTTP here and logging warnings only (--log to change it), default
 config otherwise (every write fsynced). Standard library only:
 
     python3 tools/bench/sliding_sync.py --binary path/to/conduit \
-        [--rooms 50,500] [--runs 30] [--messages 300] [--log warn] [--keep]
+        [--rooms 50,500] [--runs 30] [--messages 300] [--load-all] [--log warn] [--keep]
 
 Loopback only; every wait is bounded.
 """
 
 import argparse
 import concurrent.futures
+import copy
 import json
 import os
 import shutil
@@ -291,7 +295,11 @@ def measure(binary, workdir, rooms_count, args):
 
         # Phase 2a: sliding sync long-poll.
         conn_id = "bench-live"
-        first = alice.call("POST", SLIDING, dict(LIST_BODY, conn_id=conn_id))["pos"]
+        opening = copy.deepcopy(LIST_BODY)
+        if args.load_all:
+            opening["lists"]["all_rooms"]["ranges"] = [[0, rooms_count - 1]]
+        result["opening_ms"], answer, _ = timed(alice, "POST", SLIDING, dict(opening, conn_id=conn_id))
+        first = answer["pos"]
         cpu = cpu_seconds(pid)
         poller = Poller(base, alice.token, first, sliding_request(conn_id))
         try:
@@ -337,7 +345,7 @@ def show(r):
           f"  initial sliding sync p50/p90/max {stats(r['sliding_ms'], 90)} ({r['sliding_kib']:.0f} KiB)\n"
           f"  initial /sync v2     p50/p90/max {stats(r['sync_ms'], 90)} ({r['sync_kib']:.0f} KiB)\n"
           f"  delivery, sliding    p50/p99/max {stats(r['sliding_latency'], 99)} "
-          f"({r['sliding_requests']} long-polls)\n"
+          f"({r['sliding_requests']} long-polls; its connection's first response {r['opening_ms']:.1f} ms)\n"
           f"  delivery, /sync v2   p50/p99/max {stats(r['sync_latency'], 99)} ({r['sync_requests']} long-polls)",
           flush=True)
     for phase in ("initial", "sliding_phase", "sync_phase"):
@@ -352,6 +360,9 @@ def main():
     parser.add_argument("--rooms", default="50,500", help="comma-separated room counts, a fresh server each")
     parser.add_argument("--runs", type=int, default=30, help="initial requests of each kind, after 3 warm-ups")
     parser.add_argument("--messages", type=int, default=300, help="messages per delivery phase")
+    parser.add_argument("--load-all", action="store_true",
+                        help="the long-poll connection first asks for every room (range [0,N-1]), as Element X "
+                             "does when it loads its whole room list, so that it holds them all")
     parser.add_argument("--log", default="warn", help="the server's log filter (e.g. warn,conduit=debug)")
     parser.add_argument("--keep", action="store_true", help="keep the servers' directories and logs")
     args = parser.parse_args()
@@ -371,7 +382,8 @@ def main():
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\ninitial: {args.runs} runs of each after {WARMUPS} warm-ups; delivery: {args.messages} messages "
-          f"one at a time, long-poll timeout {LONG_POLL_MS} ms")
+          f"one at a time, long-poll timeout {LONG_POLL_MS} ms"
+          + ("; the sliding connection first asked for every room (--load-all)" if args.load_all else ""))
     print("| rooms | initial sliding sync p50 / p90 / max | initial /sync v2 p50 / p90 / max | "
           "delivery, sliding sync p50 / p99 / max | delivery, /sync v2 p50 / p99 / max | "
           "peak RSS after initial / sliding / v2 phase | load |")
