@@ -138,6 +138,15 @@ def build_rooms(base, alice, bob, count):
         return list(pool.map(make, range(count)))
 
 
+def reconnect(*sessions):
+    """New connections for `sessions`: the server closes a keep-alive
+    connection idle for 5 s (actix-web's default), as these may have been
+    during the setup or the phase before; a cheap request opens each."""
+    for session in sessions:
+        session.connection.close()
+        session.call("GET", "/_matrix/client/versions")
+
+
 def timed(session, method, path, body=None, query=None):
     """One request; (milliseconds to the last byte of the answer, answer)."""
     if query:
@@ -176,7 +185,7 @@ def initial_sync(session, rooms_count):
 class Poller:
     """A long-poll loop in a thread of its own, as the first user's client:
     `request(session, token)` makes one request and returns (next token,
-    [event IDs in it]); arrivals are stamped with the monotonic clock as
+    [event IDs in it], rooms in it without an event); arrivals are stamped with the monotonic clock as
     each answer has been read."""
 
     def __init__(self, base, token, first_token, request):
@@ -185,6 +194,7 @@ class Poller:
         self.arrived = {}  # event ID -> arrival
         self.delivered_by = {}  # event ID -> the number of the request that brought it
         self.requests = 0
+        self.rooms_without_events = 0
         self.error = None
         self.stopping = False
         self.changed = threading.Condition()
@@ -197,9 +207,10 @@ class Poller:
                 with self.changed:
                     self.requests += 1
                     self.changed.notify_all()
-                self.token, event_ids = self.request(self.session, self.token)
+                self.token, event_ids, without = self.request(self.session, self.token)
                 arrival = time.monotonic()
                 with self.changed:
+                    self.rooms_without_events += without
                     for event_id in event_ids:
                         if event_id not in self.arrived:
                             self.arrived[event_id] = arrival
@@ -233,16 +244,17 @@ def sliding_request(conn_id):
     def request(session, pos):
         answer = session.call("POST", SLIDING, dict(LIST_BODY, conn_id=conn_id),
                               {"pos": pos, "timeout": str(LONG_POLL_MS)})
-        events = [e.get("event_id") for r in answer.get("rooms", {}).values() for e in r.get("timeline", [])]
-        return answer["pos"], events
+        rooms = answer.get("rooms", {}).values()
+        events = [e.get("event_id") for r in rooms for e in r.get("timeline", [])]
+        return answer["pos"], events, sum(1 for r in rooms if not r.get("timeline"))
     return request
 
 
 def sync_request(session, since):
     answer = session.call("GET", SYNC, query={"since": since, "timeout": str(LONG_POLL_MS), "filter": SYNC_FILTER})
-    events = [e.get("event_id") for r in answer.get("rooms", {}).get("join", {}).values()
-              for e in r.get("timeline", {}).get("events", [])]
-    return answer["next_batch"], events
+    rooms = answer.get("rooms", {}).get("join", {}).values()
+    events = [e.get("event_id") for r in rooms for e in r.get("timeline", {}).get("events", [])]
+    return answer["next_batch"], events, sum(1 for r in rooms if not r.get("timeline", {}).get("events"))
 
 
 def deliveries(poller, bob, rooms, messages):
@@ -282,6 +294,7 @@ def measure(binary, workdir, rooms_count, args):
         print(f"{rooms_count} rooms: set up in {result['setup_s']:.0f} s", file=sys.stderr, flush=True)
 
         # Phase 1: initial responses, interleaved.
+        reconnect(alice, bob)
         cpu = cpu_seconds(pid)
         sliding_ms, sync_ms = [], []
         for run in range(WARMUPS + args.runs):
@@ -295,6 +308,7 @@ def measure(binary, workdir, rooms_count, args):
 
         # Phase 2a: sliding sync long-poll.
         conn_id = "bench-live"
+        reconnect(alice, bob)
         opening = copy.deepcopy(LIST_BODY)
         if args.load_all:
             opening["lists"]["all_rooms"]["ranges"] = [[0, rooms_count - 1]]
@@ -306,10 +320,11 @@ def measure(binary, workdir, rooms_count, args):
             result["sliding_latency"] = deliveries(poller, bob, rooms, args.messages)
         finally:
             poller.stop(lambda: bob.send_text(rooms[0], "stop"))
-        result["sliding_requests"] = poller.requests
+        result["sliding_requests"], result["sliding_empty"] = poller.requests, poller.rooms_without_events
         result["sliding_phase"] = phase_figures(pid, cpu)
 
         # Phase 2b: /sync v2 long-poll.
+        reconnect(alice, bob)
         first = alice.call("GET", SYNC, query={"filter": SYNC_FILTER, "timeout": "0"})["next_batch"]
         cpu = cpu_seconds(pid)
         poller = Poller(base, alice.token, first, sync_request)
@@ -317,7 +332,7 @@ def measure(binary, workdir, rooms_count, args):
             result["sync_latency"] = deliveries(poller, bob, rooms, args.messages)
         finally:
             poller.stop(lambda: bob.send_text(rooms[0], "stop"))
-        result["sync_requests"] = poller.requests
+        result["sync_requests"], result["sync_empty"] = poller.requests, poller.rooms_without_events
         result["sync_phase"] = phase_figures(pid, cpu)
         result["load_after"] = os.getloadavg()[0]
         return result
@@ -345,8 +360,10 @@ def show(r):
           f"  initial sliding sync p50/p90/max {stats(r['sliding_ms'], 90)} ({r['sliding_kib']:.0f} KiB)\n"
           f"  initial /sync v2     p50/p90/max {stats(r['sync_ms'], 90)} ({r['sync_kib']:.0f} KiB)\n"
           f"  delivery, sliding    p50/p99/max {stats(r['sliding_latency'], 99)} "
-          f"({r['sliding_requests']} long-polls; its connection's first response {r['opening_ms']:.1f} ms)\n"
-          f"  delivery, /sync v2   p50/p99/max {stats(r['sync_latency'], 99)} ({r['sync_requests']} long-polls)",
+          f"({r['sliding_requests']} long-polls, {r['sliding_empty']} rooms in them without an event; "
+          f"the connection's first response {r['opening_ms']:.1f} ms)\n"
+          f"  delivery, /sync v2   p50/p99/max {stats(r['sync_latency'], 99)} ({r['sync_requests']} long-polls, "
+          f"{r['sync_empty']} rooms in them without an event)",
           flush=True)
     for phase in ("initial", "sliding_phase", "sync_phase"):
         p = r[phase]
