@@ -23,6 +23,8 @@ a fresh Conduit on a temporary data directory, set up through the API
    arrival of the answer that holds the event (matched by the ID its send
    returned) minus the moment just before its send request: p50, p99, max.
    The next message is sent once the poller has sent its next request.
+   Also counted: the long-polls answered without any of these messages
+   (each an extra round trip before the message that woke it arrives).
    With --load-all the sliding connection's first request asks for every
    room (range [0,N-1]) instead of the first 20, as Element X does once it
    loads its whole room list: the connection then holds all N rooms.
@@ -185,7 +187,7 @@ def initial_sync(session, rooms_count):
 class Poller:
     """A long-poll loop in a thread of its own, as the first user's client:
     `request(session, token)` makes one request and returns (next token,
-    [event IDs in it], rooms in it without an event); arrivals are stamped with the monotonic clock as
+    [event IDs in it]); arrivals are stamped with the monotonic clock as
     each answer has been read."""
 
     def __init__(self, base, token, first_token, request):
@@ -194,7 +196,7 @@ class Poller:
         self.arrived = {}  # event ID -> arrival
         self.delivered_by = {}  # event ID -> the number of the request that brought it
         self.requests = 0
-        self.rooms_without_events = 0
+        self.answers = []  # the event IDs of each answer
         self.error = None
         self.stopping = False
         self.changed = threading.Condition()
@@ -207,10 +209,10 @@ class Poller:
                 with self.changed:
                     self.requests += 1
                     self.changed.notify_all()
-                self.token, event_ids, without = self.request(self.session, self.token)
+                self.token, event_ids = self.request(self.session, self.token)
                 arrival = time.monotonic()
                 with self.changed:
-                    self.rooms_without_events += without
+                    self.answers.append(event_ids)
                     for event_id in event_ids:
                         if event_id not in self.arrived:
                             self.arrived[event_id] = arrival
@@ -244,32 +246,34 @@ def sliding_request(conn_id):
     def request(session, pos):
         answer = session.call("POST", SLIDING, dict(LIST_BODY, conn_id=conn_id),
                               {"pos": pos, "timeout": str(LONG_POLL_MS)})
-        rooms = answer.get("rooms", {}).values()
-        events = [e.get("event_id") for r in rooms for e in r.get("timeline", [])]
-        return answer["pos"], events, sum(1 for r in rooms if not r.get("timeline"))
+        events = [e.get("event_id") for r in answer.get("rooms", {}).values() for e in r.get("timeline", [])]
+        return answer["pos"], events
     return request
 
 
 def sync_request(session, since):
     answer = session.call("GET", SYNC, query={"since": since, "timeout": str(LONG_POLL_MS), "filter": SYNC_FILTER})
     rooms = answer.get("rooms", {}).get("join", {}).values()
-    events = [e.get("event_id") for r in rooms for e in r.get("timeline", {}).get("events", [])]
-    return answer["next_batch"], events, sum(1 for r in rooms if not r.get("timeline", {}).get("events"))
+    return answer["next_batch"], [e.get("event_id") for r in rooms for e in r.get("timeline", {}).get("events", [])]
 
 
 def deliveries(poller, bob, rooms, messages):
-    """Sends `messages` one at a time into `rooms` in turn; latencies (ms)."""
-    latencies = []
+    """Sends `messages` one at a time into `rooms` in turn; the latencies
+    (ms), and how many answers brought none of these messages."""
+    latencies, sent = [], set()
     next_request = 1
     for i in range(messages):
         # The poller is in its next request (after the previous arrival).
         poller.wait_for(lambda: poller.requests >= next_request, "the next long-poll")
         started = time.monotonic()
         event_id = bob.send_text(rooms[i % len(rooms)], f"latency {i}")
+        sent.add(event_id)
         poller.wait_for(lambda: event_id in poller.arrived, f"message {i}")
         latencies.append((poller.arrived[event_id] - started) * 1000)
         next_request = poller.delivered_by[event_id] + 1
-    return latencies
+    with poller.changed:
+        answers = poller.answers[:next_request - 1]
+    return latencies, sum(1 for ids in answers if sent.isdisjoint(ids))
 
 
 def phase_figures(pid, cpu_before):
@@ -317,10 +321,10 @@ def measure(binary, workdir, rooms_count, args):
         cpu = cpu_seconds(pid)
         poller = Poller(base, alice.token, first, sliding_request(conn_id))
         try:
-            result["sliding_latency"] = deliveries(poller, bob, rooms, args.messages)
+            result["sliding_latency"], result["sliding_idle"] = deliveries(poller, bob, rooms, args.messages)
         finally:
             poller.stop(lambda: bob.send_text(rooms[0], "stop"))
-        result["sliding_requests"], result["sliding_empty"] = poller.requests, poller.rooms_without_events
+        result["sliding_requests"] = poller.requests
         result["sliding_phase"] = phase_figures(pid, cpu)
 
         # Phase 2b: /sync v2 long-poll.
@@ -329,10 +333,10 @@ def measure(binary, workdir, rooms_count, args):
         cpu = cpu_seconds(pid)
         poller = Poller(base, alice.token, first, sync_request)
         try:
-            result["sync_latency"] = deliveries(poller, bob, rooms, args.messages)
+            result["sync_latency"], result["sync_idle"] = deliveries(poller, bob, rooms, args.messages)
         finally:
             poller.stop(lambda: bob.send_text(rooms[0], "stop"))
-        result["sync_requests"], result["sync_empty"] = poller.requests, poller.rooms_without_events
+        result["sync_requests"] = poller.requests
         result["sync_phase"] = phase_figures(pid, cpu)
         result["load_after"] = os.getloadavg()[0]
         return result
@@ -360,10 +364,10 @@ def show(r):
           f"  initial sliding sync p50/p90/max {stats(r['sliding_ms'], 90)} ({r['sliding_kib']:.0f} KiB)\n"
           f"  initial /sync v2     p50/p90/max {stats(r['sync_ms'], 90)} ({r['sync_kib']:.0f} KiB)\n"
           f"  delivery, sliding    p50/p99/max {stats(r['sliding_latency'], 99)} "
-          f"({r['sliding_requests']} long-polls, {r['sliding_empty']} rooms in them without an event; "
+          f"({r['sliding_requests']} long-polls, {r['sliding_idle']} answered without a new message; "
           f"the connection's first response {r['opening_ms']:.1f} ms)\n"
           f"  delivery, /sync v2   p50/p99/max {stats(r['sync_latency'], 99)} ({r['sync_requests']} long-polls, "
-          f"{r['sync_empty']} rooms in them without an event)",
+          f"{r['sync_idle']} answered without a new message)",
           flush=True)
     for phase in ("initial", "sliding_phase", "sync_phase"):
         p = r[phase]
