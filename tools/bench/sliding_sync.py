@@ -24,7 +24,7 @@ a fresh Conduit on a temporary data directory, set up through the API
    returned) minus the moment just before its send request: p50, p99, max.
    The next message is sent once the poller has sent its next request.
    Also counted: the long-polls answered without any of these messages
-   (each an extra round trip before the message that woke it arrives).
+   (one before its message is an extra round trip in that latency).
    With --load-all the sliding connection's first request asks for every
    room (range [0,N-1]) instead of the first 20, as Element X does once it
    loads its whole room list: the connection then holds all N rooms.
