@@ -25,6 +25,9 @@ pub struct ConnectionState {
     pub stream: u64,
     /// Rooms sent on the connection, by room ID.
     pub rooms: BTreeMap<String, SentRoom>,
+    /// The room configs rooms were sent with, each once (most rooms share
+    /// one); [`SentRoom::config`] indexes this.
+    pub configs: Vec<RoomConfigRecord>,
     /// Room subscriptions: clients send each once, so they are kept.
     pub subscriptions: BTreeMap<String, RoomConfigRecord>,
     /// Each list's room count last sent.
@@ -40,8 +43,9 @@ pub struct ConnectionState {
 pub struct SentRoom {
     /// The stream position the client has the room up to.
     pub since: u64,
-    /// The room config it was last sent with.
-    pub config: RoomConfigRecord,
+    /// The room config it was last sent with: its index in
+    /// [`ConnectionState::configs`].
+    pub config: u32,
     /// The membership it was last sent with.
     pub membership: String,
     /// The unread counts last sent (notifications, highlights).

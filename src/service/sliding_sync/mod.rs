@@ -17,7 +17,8 @@
 mod extensions;
 mod room;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use ruma::api::client::sync::sync_events::v5;
 use ruma::{OwnedRoomId, UInt, UserId};
@@ -52,7 +53,17 @@ const DEFAULT_BUMP_TYPES: [&str; 7] = [
 
 pub struct SlidingSyncService {
     tables: SlidingSyncTables,
+    /// Connection records as last stored, decoded: each request reads its
+    /// connection's, and decoding one of a few hundred rooms costs more
+    /// than the rest of a quiet request.
+    cache: Mutex<HashMap<ConnectionKey, Arc<ConnectionRecord>>>,
 }
+
+/// `(user_id, device_id, conn_id)`.
+type ConnectionKey = (String, String, String);
+
+/// Connection records kept decoded; past this the cache starts over.
+const CACHED_CONNECTIONS: usize = 256;
 
 /// A request, as the service reads it: ruma's request, plus each list's
 /// `bump_event_types` (which ruma's type no longer carries).
@@ -142,17 +153,42 @@ impl SlidingSyncService {
     pub fn new(db: Db) -> Self {
         Self {
             tables: SlidingSyncTables::new(db),
+            cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn key(user: &UserId, device: &str, conn_id: &str) -> ConnectionKey {
+        (user.to_string(), device.to_owned(), conn_id.to_owned())
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionKey, Arc<ConnectionRecord>>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection's record (empty for one never stored).
+    fn record(&self, user: &UserId, device: &str, conn_id: &str) -> ServiceResult<Arc<ConnectionRecord>> {
+        let key = Self::key(user, device, conn_id);
+        if let Some(hit) = self.lock_cache().get(&key) {
+            return Ok(hit.clone());
+        }
+        let record = Arc::new(self.tables.get(user.as_str(), device, conn_id)?.unwrap_or_default());
+        let mut cache = self.lock_cache();
+        if cache.len() >= CACHED_CONNECTIONS {
+            cache.clear();
+        }
+        cache.insert(key, record.clone());
+        Ok(record)
+    }
+
+    fn forget(&self, user: &UserId, device: &str, conn_id: &str) {
+        self.lock_cache().remove(&Self::key(user, device, conn_id));
     }
 
     /// Stores the state a response leads to. Keeps the state it continued
     /// from and those after it (a client may retry), at most a few.
     pub fn commit(&self, user: &UserId, device: &str, outcome: &Outcome) -> ServiceResult<()> {
         let mut record = match outcome.continued_from {
-            Some(_) => self
-                .tables
-                .get(user.as_str(), device, &outcome.conn_id)?
-                .unwrap_or_default(),
+            Some(_) => (*self.record(user, device, &outcome.conn_id)?).clone(),
             None => ConnectionRecord::default(),
         };
         if let Some(from) = outcome.continued_from {
@@ -166,7 +202,15 @@ impl SlidingSyncService {
         if outcome.continued_from.is_none() {
             self.drop_old_connections(user, device, &outcome.conn_id)?;
         }
+        // The cache follows the table: forgotten while the write is under
+        // way, so that a failed write leaves nothing stale behind.
+        self.forget(user, device, &outcome.conn_id);
         self.tables.put(user.as_str(), device, &outcome.conn_id, &record)?;
+        let mut cache = self.lock_cache();
+        if cache.len() >= CACHED_CONNECTIONS {
+            cache.clear();
+        }
+        cache.insert(Self::key(user, device, &outcome.conn_id), Arc::new(record));
         Ok(())
     }
 
@@ -179,9 +223,11 @@ impl SlidingSyncService {
                 continue;
             }
             let last = self
-                .tables
-                .get(user.as_str(), device, &conn_id)?
-                .and_then(|r| r.states.iter().map(|s| s.stream).max())
+                .record(user, device, &conn_id)?
+                .states
+                .iter()
+                .map(|s| s.stream)
+                .max()
                 .unwrap_or(0);
             others.push((last, conn_id));
         }
@@ -191,6 +237,7 @@ impl SlidingSyncService {
         others.sort();
         let mut batch = Batch::new();
         for (_, conn_id) in &others[..=others.len() - MAX_CONNECTIONS] {
+            self.forget(user, device, conn_id);
             self.tables.delete(&mut batch, user.as_str(), device, conn_id);
         }
         self.tables.write(batch)?;
@@ -200,29 +247,35 @@ impl SlidingSyncService {
     /// Drops a device's connections, in the batch deleting the device.
     pub fn delete_device_in(&self, batch: &mut Batch, user: &UserId, device: &str) -> ServiceResult<()> {
         for conn_id in self.tables.connections_of(user.as_str(), device)? {
+            self.forget(user, device, &conn_id);
             self.tables.delete(batch, user.as_str(), device, &conn_id);
         }
         Ok(())
     }
 
-    /// The state a `pos` names, or `M_UNKNOWN_POS`.
-    fn state_at(&self, user: &UserId, device: &str, conn_id: &str, pos: &str) -> ServiceResult<ConnectionState> {
+    /// The state a `pos` names (or `M_UNKNOWN_POS`), and the connection's
+    /// next response number.
+    fn continue_from(
+        &self,
+        user: &UserId,
+        device: &str,
+        conn_id: &str,
+        pos: Option<&str>,
+    ) -> ServiceResult<(Option<ConnectionState>, u64)> {
+        let record = self.record(user, device, conn_id)?;
+        let next_seq = record.states.iter().map(|s| s.seq).max().map_or(1, |seq| seq + 1);
+        let Some(pos) = pos else {
+            return Ok((None, next_seq));
+        };
         let unknown = || ServiceError::UnknownPos(format!("unknown position {pos:?}: start a new connection"));
         let (stream, seq) = parse_pos(pos).ok_or_else(unknown)?;
-        let record = self.tables.get(user.as_str(), device, conn_id)?.ok_or_else(unknown)?;
-        record
+        let state = record
             .states
-            .into_iter()
+            .iter()
             .find(|state| state.seq == seq && state.stream == stream)
-            .ok_or_else(unknown)
-    }
-
-    /// The next response number of a connection.
-    fn next_seq(&self, user: &UserId, device: &str, conn_id: &str) -> ServiceResult<u64> {
-        let record = self.tables.get(user.as_str(), device, conn_id)?;
-        Ok(record
-            .and_then(|r| r.states.iter().map(|s| s.seq).max())
-            .map_or(1, |seq| seq + 1))
+            .cloned()
+            .ok_or_else(unknown)?;
+        Ok((Some(state), next_seq))
     }
 }
 
@@ -246,15 +299,15 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
             "conn_id is longer than {MAX_CONN_ID_LEN} bytes"
         )));
     }
-    let previous = match &body.pos {
-        Some(pos) => Some(s.sliding_sync.state_at(user, device, &conn_id, pos)?),
-        None => None,
-    };
+    let (previous, seq) = s
+        .sliding_sync
+        .continue_from(user, device, &conn_id, body.pos.as_deref())?;
     let since = previous.as_ref().map(|p| p.stream);
     let mut state = ConnectionState {
-        seq: s.sliding_sync.next_seq(user, device, &conn_id)?,
+        seq,
         stream: up_to,
         rooms: previous.as_ref().map(|p| p.rooms.clone()).unwrap_or_default(),
+        configs: previous.as_ref().map(|p| p.configs.clone()).unwrap_or_default(),
         subscriptions: previous.as_ref().map(|p| p.subscriptions.clone()).unwrap_or_default(),
         list_counts: BTreeMap::new(),
         extensions_enabled: previous
@@ -333,7 +386,14 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
             continue;
         };
         let sent = state.rooms.get(room_id.as_str());
+        let expanded = sent.is_some_and(|r| {
+            state
+                .configs
+                .get(r.config as usize)
+                .is_none_or(|had| config.expands(had))
+        });
         let ctx = room::RoomContext {
+            expanded,
             user,
             device,
             candidate,
@@ -349,17 +409,20 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
         if built.whole {
             sent_whole.insert(room_id.clone());
         }
+        let config = intern_config(&mut state.configs, config.record());
         state.rooms.insert(
             room_id.to_string(),
             SentRoom {
                 since: built.held_up_to,
-                config: config.record(),
+                config,
                 membership: candidate.membership.membership.clone(),
                 counts: built.counts,
             },
         );
         rooms.insert(room_id.clone(), built.room);
     }
+
+    compact_configs(&mut state);
 
     let scope = extensions::Scope {
         list_rooms: &list_rooms,
@@ -381,6 +444,39 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
         continued_from: previous.map(|p| p.seq),
         has_news,
     })
+}
+
+/// The index of `config` in `configs`, added if new.
+fn intern_config(configs: &mut Vec<RoomConfigRecord>, config: RoomConfigRecord) -> u32 {
+    let index = match configs.iter().position(|c| *c == config) {
+        Some(index) => index,
+        None => {
+            configs.push(config);
+            configs.len() - 1
+        }
+    };
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+/// Drops the configs no room was last sent with, so that a client that
+/// keeps changing its configs does not grow its record.
+fn compact_configs(state: &mut ConnectionState) {
+    let used: BTreeSet<u32> = state.rooms.values().map(|r| r.config).collect();
+    if used.len() == state.configs.len() {
+        return;
+    }
+    let mut renumbered = BTreeMap::new();
+    let mut kept = Vec::with_capacity(used.len());
+    for index in used {
+        if let Some(config) = state.configs.get(index as usize) {
+            renumbered.insert(index, u32::try_from(kept.len()).unwrap_or(u32::MAX));
+            kept.push(config.clone());
+        }
+    }
+    for room in state.rooms.values_mut() {
+        room.config = renumbered.get(&room.config).copied().unwrap_or(u32::MAX);
+    }
+    state.configs = kept;
 }
 
 /// The request's extension configs, each turned on or off as the request
@@ -563,6 +659,32 @@ mod tests {
         assert_eq!(parse_pos("42"), None);
         assert_eq!(parse_pos("a_b"), None);
         assert_eq!(parse_pos("-1_2"), None);
+    }
+
+    #[test]
+    fn configs_are_stored_once_and_unused_ones_dropped() {
+        let config = |limit: u64| RoomConfigRecord {
+            timeline_limit: limit,
+            required_state: vec![("m.room.name".to_owned(), String::new())],
+        };
+        let mut state = ConnectionState::default();
+        for (room, limit) in [("!a:x", 1), ("!b:x", 1), ("!c:x", 20)] {
+            let index = intern_config(&mut state.configs, config(limit));
+            let sent = SentRoom {
+                config: index,
+                ..SentRoom::default()
+            };
+            state.rooms.insert(room.to_owned(), sent);
+        }
+        assert_eq!(state.configs.len(), 2, "two rooms share one config");
+        // Room a and b move to the larger config: the small one goes.
+        let index = intern_config(&mut state.configs, config(20));
+        for room in ["!a:x", "!b:x"] {
+            state.rooms.get_mut(room).unwrap().config = index;
+        }
+        compact_configs(&mut state);
+        assert_eq!(state.configs, vec![config(20)]);
+        assert!(state.rooms.values().all(|r| r.config == 0));
     }
 
     #[test]

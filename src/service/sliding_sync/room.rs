@@ -32,6 +32,8 @@ pub(super) struct RoomContext<'a> {
     pub connection_since: Option<u64>,
     pub is_dm: bool,
     pub ignored: &'a HashSet<String>,
+    /// Whether the room config asks for more than the room was sent with.
+    pub expanded: bool,
 }
 
 pub(super) struct Built {
@@ -102,10 +104,14 @@ fn member(
     };
     let whole = match sent {
         None => true,
-        Some(r) => (r.membership != membership.membership && joined) || ctx.config.expands(&r.config),
+        Some(r) => (r.membership != membership.membership && joined) || ctx.expanded,
     };
     if let (false, Some(r)) = (whole, sent) {
-        let changed = (joined && record.last_count > r.since) || membership.count > r.since || counts != r.counts;
+        // Counts are read as they are now, and may already count an event
+        // still being written after `end`: they are news only once the
+        // room's events up to them can be sent too.
+        let counts_changed = counts != r.counts && record.last_count <= end;
+        let changed = (joined && record.last_count > r.since) || membership.count > r.since || counts_changed;
         if !changed {
             return Ok(None);
         }
