@@ -106,11 +106,12 @@ fn member(
         None => true,
         Some(r) => (r.membership != membership.membership && joined) || ctx.expanded,
     };
+    let mut counts_changed = false;
     if let (false, Some(r)) = (whole, sent) {
         // Counts are read as they are now, and may already count an event
         // still being written after `end`: they are news only once the
         // room's events up to them can be sent too.
-        let counts_changed = counts != r.counts && record.last_count <= end;
+        counts_changed = counts != r.counts && record.last_count <= end;
         let changed = (joined && record.last_count > r.since) || membership.count > r.since || counts_changed;
         if !changed {
             return Ok(None);
@@ -170,6 +171,14 @@ fn member(
                     state.push(member);
                 }
             }
+        }
+    }
+    // The room's newest event may be one still being written after `end`:
+    // then nothing is new yet, and the room waits for the next response.
+    let nothing_new = window.events.is_empty() && !window.limited && state.is_empty() && !counts_changed;
+    if let (Some(since), true) = (since, nothing_new) {
+        if membership.count <= since {
+            return Ok(None);
         }
     }
     let viewer = Some((user, ctx.device));
