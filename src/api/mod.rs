@@ -2,6 +2,7 @@
 //! errors. Handlers turn a request into service calls and a response; they
 //! never touch storage.
 
+pub mod admin;
 pub mod client;
 mod directory;
 pub mod error;
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     let mut router = Router::default();
     client::register_routes(&mut router);
     federation::register_routes(&mut router);
+    admin::register_routes(&mut router);
     router.configure(cfg);
 }
 

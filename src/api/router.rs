@@ -624,7 +624,7 @@ fn fixed_response(fix: ResponseFix, body: &[u8]) -> Result<BytesMut, ApiError> {
 
 /// Reads the whole body, refusing more than `limit` bytes (as announced by
 /// Content-Length or as it streams in).
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || ApiError::TooLarge { limit: limit as u64 };
     let announced = req
         .headers()

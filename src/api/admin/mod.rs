@@ -1,0 +1,55 @@
+//! The admin HTTP API: a subset of Synapse's `/_synapse/admin`, with its
+//! paths, bodies and errors, so that tools written for Synapse (synapse-admin,
+//! synadm) work. Only server admins may call it; others get 403 `M_FORBIDDEN`.
+//!
+//! ruma has no types for Synapse's admin API, so the routes are raw: each
+//! handler authenticates with [`admin`] and reads its body with [`json_body`].
+
+use std::sync::Arc;
+
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use ruma::OwnedUserId;
+use serde::de::DeserializeOwned;
+
+use crate::api::router::{authenticate_raw, read_body};
+use crate::api::{ApiError, Router};
+use crate::service::Services;
+
+pub fn register_routes(router: &mut Router) {
+    router.add_raw(Method::GET, &["/_synapse/admin/v1/server_version"], server_version);
+}
+
+/// The caller, if a server admin; else 403 `M_FORBIDDEN` (401 without a
+/// valid access token).
+pub(crate) async fn admin(services: &Arc<Services>, req: &HttpRequest) -> Result<OwnedUserId, ApiError> {
+    let (user, _) = authenticate_raw(services, req).await?;
+    let checked = user.clone();
+    if services.run(move |s| s.users.is_admin(&checked)).await? {
+        Ok(user)
+    } else {
+        Err(ApiError::Forbidden("You are not a server admin".to_owned()))
+    }
+}
+
+/// The request's JSON body as `T` (400 `M_NOT_JSON` or `M_BAD_JSON`).
+// The endpoints that take a body land next; remove this then.
+#[allow(dead_code)]
+pub(crate) async fn json_body<T: DeserializeOwned>(
+    services: &Services,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    let bytes = read_body(req, payload, services.config.max_request_size as usize).await?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::NotJson(format!("the body is not JSON: {e}")))?;
+    serde_json::from_value(value).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+/// `GET /_synapse/admin/v1/server_version`.
+async fn server_version(services: Arc<Services>, req: HttpRequest, _: web::Payload) -> Result<HttpResponse, ApiError> {
+    admin(&services, &req).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "server_version": env!("CARGO_PKG_VERSION"),
+    })))
+}
