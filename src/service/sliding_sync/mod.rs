@@ -24,9 +24,10 @@ use ruma::api::client::sync::sync_events::v5;
 use ruma::{OwnedRoomId, UInt, UserId};
 
 use super::{ServiceError, ServiceResult, Services};
+use crate::database::rooms::position;
 use crate::database::rooms::{RoomRecord, UserRoomRecord};
 use crate::database::sliding_sync::{ConnectionRecord, ConnectionState, RoomConfigRecord, SentRoom, SlidingSyncTables};
-use crate::database::{Batch, Db};
+use crate::database::{Batch, Db, Direction};
 
 /// The most timeline events per room, whatever the client asks.
 const MAX_TIMELINE_LIMIT: u64 = 100;
@@ -326,7 +327,7 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
         state.subscriptions.pop_first();
     }
 
-    let candidates = candidates(s, user, &state)?;
+    let candidates = candidates(s, user, &state, up_to)?;
     let direct_rooms = direct_rooms(s, user)?;
     let mut picked: BTreeMap<OwnedRoomId, RoomConfig> = BTreeMap::new();
     let mut lists = BTreeMap::new();
@@ -506,7 +507,7 @@ fn sticky_extensions(
 /// Joined, invited and knocked rooms; rooms the user was kicked or banned
 /// from; rooms the user left only when this connection sent them before
 /// (MSC4186: the client knows it left, and needs only the leave itself).
-fn candidates(s: &Services, user: &UserId, state: &ConnectionState) -> ServiceResult<Vec<Candidate>> {
+fn candidates(s: &Services, user: &UserId, state: &ConnectionState, up_to: u64) -> ServiceResult<Vec<Candidate>> {
     let mut out = Vec::new();
     for (room_id, membership) in s.timeline.user_rooms(user)? {
         if membership.forgotten {
@@ -528,9 +529,8 @@ fn candidates(s: &Services, user: &UserId, state: &ConnectionState) -> ServiceRe
             continue;
         }
         let recency = match (&record, membership.membership.as_str()) {
-            (Some(record), "join") => record.last_count,
-            (Some(record), _) => membership.count.min(record.last_count.max(membership.count)),
-            (None, _) => membership.count,
+            (Some(record), "join") => last_visible(s, record, up_to)?,
+            _ => membership.count,
         };
         out.push(Candidate {
             room_id,
@@ -541,6 +541,19 @@ fn candidates(s: &Services, user: &UserId, state: &ConnectionState) -> ServiceRe
     }
     out.sort_by(|a, b| b.recency.cmp(&a.recency).then_with(|| a.room_id.cmp(&b.room_id)));
     Ok(out)
+}
+
+/// The stream position of the room's latest event a response up to
+/// `up_to` can send: one still being written after it does not move the
+/// room up the list before the room can carry it.
+fn last_visible(s: &Services, record: &RoomRecord, up_to: u64) -> ServiceResult<u64> {
+    if record.last_count <= up_to {
+        return Ok(record.last_count);
+    }
+    match s.timeline.events(record, Some(up_to), Direction::Backward).next() {
+        Some(event) => Ok(position::stream(event?.count)),
+        None => Ok(0),
+    }
 }
 
 /// Whether the user's leave was someone else's doing (a kick or a ban).
