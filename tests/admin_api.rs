@@ -18,3 +18,11 @@ async fn only_admins_may_call_the_admin_api() {
     assert_error(&server.call("GET", path, Some(&user), None).await, 403, "M_FORBIDDEN");
     assert_error(&server.call("GET", path, None, None).await, 401, "M_MISSING_TOKEN");
 }
+
+#[tokio::test]
+async fn the_health_check_answers_without_a_token() {
+    let server = TestServer::start().await;
+    let (status, body) = server.call("GET", "/_conduit/health", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+}

@@ -40,6 +40,11 @@ impl MetaTables {
         }
     }
 
+    /// Whether storage answers a read (for the health check).
+    pub fn probe(&self) -> DbResult<()> {
+        self.db.get(Table::Global, &keys::encode(SCHEMA_KEY)).map(|_| ())
+    }
+
     #[cfg(test)]
     pub fn set_schema_for_test(&self, version: u64) {
         self.db

@@ -199,6 +199,11 @@ impl Services {
         Ok(Arc::new(services))
     }
 
+    /// Whether storage answers: the health check's question.
+    pub fn check_storage(&self) -> ServiceResult<()> {
+        Ok(crate::database::meta::MetaTables::new(self.db.clone()).probe()?)
+    }
+
     /// Retires the server's signing key and makes a new one, on a stopped
     /// server's database (the running server reads its key at start).
     /// Returns the new key's ID.
@@ -469,5 +474,21 @@ pub(crate) mod testing {
             bob,
             room,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{two_in_a_room, TwoInARoom};
+    use crate::database::{keys, Table};
+
+    #[test]
+    fn the_health_check_fails_when_storage_does_not_answer() {
+        let TwoInARoom {
+            dir: _dir, store, s, ..
+        } = two_in_a_room();
+        assert!(s.check_storage().is_ok());
+        store.fail_reads_of(Table::Global, keys::encode("conduit.schema_version"));
+        assert!(s.check_storage().is_err());
     }
 }

@@ -1,8 +1,10 @@
-//! `/versions`, `/.well-known/matrix/*`, `/capabilities`.
+//! `/versions`, `/.well-known/matrix/*`, `/capabilities`, and the health check.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
 use ruma::api::client::discovery::get_capabilities::v3::{Capabilities, RoomVersionStability};
 use ruma::api::client::discovery::{discover_homeserver, get_capabilities, get_supported_versions};
 use ruma::api::federation::discovery::discover_homeserver as discover_server;
@@ -17,6 +19,19 @@ pub fn register_routes(router: &mut Router) {
     router.add(well_known_client);
     router.add(well_known_server);
     router.add_with(Hooks::response(list_every_capability), capabilities);
+    router.add_raw(Method::GET, &["/_conduit/health"], health);
+}
+
+/// `GET /_conduit/health`, for load balancers and service managers: 200
+/// once the server serves and its storage answers, 503 when it does not.
+async fn health(services: Arc<Services>, _: HttpRequest, _: web::Payload) -> Result<HttpResponse, ApiError> {
+    match services.run(|s| s.check_storage()).await {
+        Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: storage does not answer");
+            Ok(HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "storage unavailable"})))
+        }
+    }
 }
 
 /// The spec versions whose required client-server endpoints this build
