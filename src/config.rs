@@ -135,6 +135,16 @@ pub struct Config {
     /// delivered by then is dropped rather than delivered stale.
     #[serde(default = "defaults::push_notification_max_age")]
     pub push_notification_max_age: u64,
+    /// Where online backups go (the database, incrementally, and the media
+    /// files); unset: no scheduled backups, and `conduit backup` needs it.
+    #[serde(default)]
+    pub backup_directory: Option<PathBuf>,
+    /// Hours between scheduled backups; 0 takes them only on demand.
+    #[serde(default = "defaults::backup_interval_hours")]
+    pub backup_interval_hours: u64,
+    /// Database backups kept in `backup_directory`, the oldest dropped first.
+    #[serde(default = "defaults::backups_kept")]
+    pub backups_kept: usize,
     /// Seconds an OpenID token (for widgets, Element Call) stays valid.
     #[serde(default = "defaults::openid_token_ttl")]
     pub openid_token_ttl: u64,
@@ -405,6 +415,12 @@ mod defaults {
     pub fn openid_token_ttl() -> u64 {
         3600
     }
+    pub fn backup_interval_hours() -> u64 {
+        24
+    }
+    pub fn backups_kept() -> usize {
+        7
+    }
     pub fn push_notification_max_age() -> u64 {
         86_400
     }
@@ -540,6 +556,9 @@ impl Config {
         }
         if self.federation_workers == 0 {
             return Err(key_error("federation_workers", "must be greater than 0"));
+        }
+        if self.backups_kept == 0 {
+            return Err(key_error("backups_kept", "must be greater than 0"));
         }
         if self.push_notification_max_age == 0 {
             return Err(key_error("push_notification_max_age", "must be greater than 0"));

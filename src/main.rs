@@ -27,6 +27,73 @@ enum Command {
     /// Manages application services (run it with the server stopped).
     #[command(subcommand)]
     Appservice(AppserviceCommand),
+    /// Backups in `backup_directory` (run it with the server stopped; a
+    /// running server takes them itself, see `backup_interval_hours`).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Takes a backup of the database and the media files.
+    Create,
+    /// Lists the backups, oldest first.
+    List,
+    /// Checks a backup's files (the newest without an ID).
+    Verify { id: Option<u32> },
+    /// Restores a backup (the newest without an ID) into `database_path`,
+    /// which must be empty.
+    Restore { id: Option<u32> },
+}
+
+/// A subcommand's output on stdout, or its error on stderr.
+fn print_outcome(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(out) => {
+            let _ = write!(std::io::stdout(), "{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "conduit: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `conduit backup ...`.
+fn backup_command(config: &Config, command: BackupCommand) -> Result<String, String> {
+    use conduit::service::backups;
+    let dir = || {
+        config
+            .backup_directory
+            .clone()
+            .ok_or_else(|| "no backup_directory is configured".to_owned())
+    };
+    match command {
+        BackupCommand::Create => {
+            let taken = conduit::service::Services::backup_offline(config).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "backup {} taken: {} bytes in {} files, {} media files copied\n",
+                taken.database.id, taken.database.size, taken.database.files, taken.media_files_copied
+            ))
+        }
+        BackupCommand::List => Ok(backups::list(&dir()?)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|b| format!("{}\t{}\t{} bytes\t{} files\n", b.id, b.timestamp, b.size, b.files))
+            .collect()),
+        BackupCommand::Verify { id } => {
+            let id = backups::verify(&dir()?, id).map_err(|e| e.to_string())?;
+            Ok(format!("backup {id} is whole\n"))
+        }
+        BackupCommand::Restore { id } => {
+            let id = backups::restore(config, id).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "backup {id} restored into {}\n",
+                config.database_path.display()
+            ))
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -114,17 +181,10 @@ fn main() -> ExitCode {
         };
     }
 
-    if let Some(Command::Appservice(command)) = cli.command {
-        return match appservice_command(&config, command) {
-            Ok(out) => {
-                let _ = write!(std::io::stdout(), "{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                let _ = writeln!(std::io::stderr(), "conduit: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    match cli.command {
+        Some(Command::Appservice(command)) => return print_outcome(appservice_command(&config, command)),
+        Some(Command::Backup(command)) => return print_outcome(backup_command(&config, command)),
+        _ => {}
     }
 
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {

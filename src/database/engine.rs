@@ -26,6 +26,17 @@ impl DbError {
 
 pub type DbResult<T> = Result<T, DbError>;
 
+/// One backup in a backup directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSummary {
+    pub id: u32,
+    /// When it was taken, in seconds since the Unix epoch.
+    pub timestamp: i64,
+    /// Bytes of its files (files shared with other backups counted in each).
+    pub size: u64,
+    pub files: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Forward,
@@ -82,6 +93,11 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Flushes memtables and the write-ahead log to disk.
     fn flush(&self) -> DbResult<()>;
+
+    /// Takes an online backup into `dir` (incremental: files an earlier
+    /// backup there holds are not copied again), then keeps only the newest
+    /// `keep` backups. Returns the new backup.
+    fn backup(&self, dir: &std::path::Path, keep: usize) -> DbResult<BackupSummary>;
 
     fn put(&self, table: Table, key: Vec<u8>, value: Vec<u8>) -> DbResult<()> {
         let mut batch = Batch::new();

@@ -83,4 +83,8 @@ impl KvStore for FaultyStore {
     fn flush(&self) -> DbResult<()> {
         self.inner.flush()
     }
+
+    fn backup(&self, dir: &std::path::Path, keep: usize) -> DbResult<super::BackupSummary> {
+        self.inner.backup(dir, keep)
+    }
 }

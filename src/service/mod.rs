@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod appservices;
+pub mod backups;
 pub mod dehydrated_devices;
 pub mod devices;
 pub mod e2e_keys;
@@ -178,6 +179,8 @@ pub struct Services {
     pub lazy_members: sync::LazyMembersSent,
     /// Simplified sliding sync connections (see `sliding_sync/`).
     pub sliding_sync: sliding_sync::SlidingSyncService,
+    /// Online backups (see `backups.rs`).
+    pub backups: Arc<backups::BackupsService>,
     /// Event writes running now (see [`Services::run_write`]).
     writes_in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -202,6 +205,12 @@ impl Services {
     /// Whether storage answers: the health check's question.
     pub fn check_storage(&self) -> ServiceResult<()> {
         Ok(crate::database::meta::MetaTables::new(self.db.clone()).probe()?)
+    }
+
+    /// Takes a backup of a stopped server's database and media.
+    pub fn backup_offline(config: &Config) -> ServiceResult<backups::Taken> {
+        let service = backups::BackupsService::new(open_database(config)?, config);
+        service.take_now(config.backup_directory.as_deref())
     }
 
     /// Retires the server's signing key and makes a new one, on a stopped
@@ -283,6 +292,7 @@ impl Services {
             appservices,
             lazy_members: sync::LazyMembersSent::default(),
             sliding_sync: sliding_sync::SlidingSyncService::new(db.clone()),
+            backups: Arc::new(backups::BackupsService::new(db.clone(), &config)),
             writes_in_flight: Default::default(),
             config,
             db,
@@ -353,7 +363,10 @@ impl Services {
                 std::time::Duration::from_secs(self.config.push_notification_max_age),
             )),
         });
-        vec![tokio::spawn(self.outbox.clone().run(transport, stop))]
+        vec![
+            tokio::spawn(self.backups.clone().run(stop.clone())),
+            tokio::spawn(self.outbox.clone().run(transport, stop)),
+        ]
     }
 
     /// Flushes everything to disk (at shutdown).

@@ -12,12 +12,15 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use ruma::OwnedUserId;
 use serde::de::DeserializeOwned;
 
+mod backups;
+
 use crate::api::router::{authenticate_raw, read_body};
 use crate::api::{ApiError, Router};
 use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
     router.add_raw(Method::GET, &["/_synapse/admin/v1/server_version"], server_version);
+    backups::register_routes(router);
 }
 
 /// The caller, if a server admin; else 403 `M_FORBIDDEN` (401 without a
