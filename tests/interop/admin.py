@@ -185,27 +185,17 @@ def main():
     chosen = [ALL[name] for name in args.scenario] if args.scenario else SCENARIOS
     binary = os.path.abspath(args.binary)
     workdir = tempfile.mkdtemp(prefix="conduit-admin-")
-    passed = failed = 0
-    for scenario in chosen:
-        scenario_dir = os.path.join(workdir, scenario.__name__)
-        os.makedirs(scenario_dir)
 
-        def run():
-            started = time.monotonic()
-            setup = Setup(binary, scenario_dir)
-            try:
-                print(f"     conduit up, admin registered ({time.monotonic() - started:.2f} s)", flush=True)
-                scenario(setup)
-            finally:
-                setup.stop()
+    def run(scenario, scenario_dir):
+        started = time.monotonic()
+        setup = Setup(binary, scenario_dir)
+        try:
+            print(f"     conduit up, admin registered ({time.monotonic() - started:.2f} s)", flush=True)
+            scenario(setup)
+        finally:
+            setup.stop()
 
-        if harness.run_scenario(scenario.__name__, run):
-            passed += 1
-        else:
-            failed += 1
-    logs = [os.path.join(root, name) for root, _, files in os.walk(workdir) for name in sorted(files)
-            if name.endswith(".log")]
-    harness.finish("admin interop", passed, failed, workdir, args.keep, logs)
+    harness.run_in_dirs("admin interop", chosen, workdir, args.keep, run)
 
 
 if __name__ == "__main__":
