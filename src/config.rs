@@ -44,6 +44,11 @@ pub struct Config {
     pub allow_registration: bool,
     #[serde(default)]
     pub registration_token: Option<String>,
+    /// Synapse's key: with it, `/_synapse/admin/v1/register` creates
+    /// accounts for whoever knows it (HMAC of a nonce), even with
+    /// registration closed. Unset: that endpoint is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_shared_secret: Option<String>,
     /// Whether `register?kind=guest` makes guest accounts (read
     /// world-readable rooms, join rooms that let guests in, upgrade later).
     #[serde(default)]
@@ -567,6 +572,12 @@ impl Config {
             return Err(key_error(
                 "turn_secret",
                 "must not be empty (leave it out for no secret)",
+            ));
+        }
+        if matches!(&self.registration_shared_secret, Some(s) if s.is_empty()) {
+            return Err(key_error(
+                "registration_shared_secret",
+                "must not be empty (leave it out to turn shared-secret registration off)",
             ));
         }
         if matches!(&self.registration_token, Some(t) if t.is_empty()) {

@@ -102,6 +102,11 @@ impl UsersTables {
         batch.put(Table::Admins, encode(user_id), Vec::new());
     }
 
+    /// Takes the admin flag from `user_id`.
+    pub fn delete_admin(&self, batch: &mut Batch, user_id: &str) {
+        batch.delete(Table::Admins, encode(user_id));
+    }
+
     pub fn is_admin(&self, user_id: &str) -> DbResult<bool> {
         Ok(self.db.get(Table::Admins, &encode(user_id))?.is_some())
     }

@@ -2,6 +2,7 @@
 //! tables and reaches storage only through them.
 
 pub mod account_data;
+pub mod admin;
 pub mod appservices;
 pub mod backups;
 pub mod dehydrated_devices;
@@ -148,6 +149,8 @@ pub struct Services {
     pub config: Config,
     db: Db,
     pub users: users::UsersService,
+    /// The admin API's account management and shared-secret registration.
+    pub admin: admin::AdminService,
     pub devices: devices::DevicesService,
     pub uiaa: uiaa::UiaaService,
     pub account_data: account_data::AccountDataService,
@@ -265,6 +268,7 @@ impl Services {
         Ok(Services {
             server_keys,
             users: users::UsersService::new(db.clone(), &config),
+            admin: admin::AdminService::new(&config),
             devices: devices::DevicesService::new(db.clone()),
             uiaa: uiaa::UiaaService::new(db.clone(), config.registration_token.clone()),
             account_data: account_data::AccountDataService::new(db.clone(), stream.clone()),

@@ -151,6 +151,50 @@ impl UsersService {
         Ok(self.tables.is_admin(user_id.as_str())?)
     }
 
+    /// Gives (`true`) or takes the admin flag.
+    pub fn set_admin(&self, user_id: &UserId, admin: bool) -> ServiceResult<()> {
+        let mut batch = Batch::new();
+        match admin {
+            true => self.tables.put_admin(&mut batch, user_id.as_str()),
+            false => self.tables.delete_admin(&mut batch, user_id.as_str()),
+        }
+        Ok(self.tables.write(batch)?)
+    }
+
+    /// The stored account (deactivated ones too).
+    pub fn account(&self, user_id: &UserId) -> ServiceResult<Option<UserRecord>> {
+        Ok(self.tables.get(user_id.as_str())?)
+    }
+
+    /// Every account, deactivated ones too, in user ID order.
+    pub fn all_accounts(&self) -> ServiceResult<Vec<(OwnedUserId, UserRecord)>> {
+        let mut accounts = Vec::new();
+        for entry in self.tables.all() {
+            let (user_id, record) = entry?;
+            // A stored ID that no longer parses cannot be named in a request.
+            if let Ok(user_id) = OwnedUserId::try_from(user_id) {
+                accounts.push((user_id, record));
+            }
+        }
+        Ok(accounts)
+    }
+
+    /// Makes a deactivated account usable again, with `password` if given
+    /// (deactivation removed the old one). Its erasure, if any, stays.
+    pub fn reactivate(&self, user_id: &UserId, password: Option<&str>) -> ServiceResult<()> {
+        let mut record = self
+            .tables
+            .get(user_id.as_str())?
+            .ok_or_else(|| ServiceError::NotFound("unknown user".to_owned()))?;
+        record.deactivated = false;
+        if let Some(password) = password {
+            record.password_hash = Some(self.hash_password(password)?);
+        }
+        let mut batch = Batch::new();
+        self.tables.put(&mut batch, user_id.as_str(), &record);
+        Ok(self.tables.write(batch)?)
+    }
+
     /// Whether `user_id` is a guest account.
     pub fn is_guest(&self, user_id: &str) -> ServiceResult<bool> {
         if let Some(guests) = self.guests.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
@@ -324,6 +368,11 @@ impl UsersService {
     /// One profile field of an existing user.
     pub fn profile_field(&self, user_id: &UserId, field: &str) -> ServiceResult<Option<String>> {
         self.ensure_exists(user_id)?;
+        Ok(self.tables.profile_field(user_id.as_str(), field)?)
+    }
+
+    /// One profile field, whether or not the account is active.
+    pub fn stored_profile_field(&self, user_id: &UserId, field: &str) -> ServiceResult<Option<String>> {
         Ok(self.tables.profile_field(user_id.as_str(), field)?)
     }
 

@@ -526,27 +526,18 @@ def main():
     binary = os.path.abspath(args.binary) if args.binary else None
     workdir = tempfile.mkdtemp(prefix="conduit-bridges-")
     os.chmod(workdir, 0o711)  # for ngircd's PID file (see Ngircd)
-    passed = failed = 0
-    for scenario in chosen:
-        scenario_dir = os.path.join(workdir, scenario.__name__)
-        os.makedirs(scenario_dir, mode=0o711)
 
-        def run():
-            started = time.monotonic()
-            setup = Setup(args.homeserver, binary, scenario_dir)
-            try:
-                step(f"ngircd, {args.homeserver} and heisenbridge up", started)
-                scenario(setup, args.outage)
-            finally:
-                setup.stop()
+    def run(scenario, scenario_dir):
+        started = time.monotonic()
+        setup = Setup(args.homeserver, binary, scenario_dir)
+        try:
+            step(f"ngircd, {args.homeserver} and heisenbridge up", started)
+            scenario(setup, args.outage)
+        finally:
+            setup.stop()
 
-        if harness.run_scenario(scenario.__name__, run):
-            passed += 1
-        else:
-            failed += 1
-    logs = [os.path.join(root, name) for root, _, files in os.walk(workdir) for name in sorted(files)
-            if name.endswith(".log")]
-    harness.finish(f"bridges interop ({args.homeserver})", passed, failed, workdir, args.keep, logs)
+    # 0o711: for ngircd's PID file (see Ngircd).
+    harness.run_in_dirs(f"bridges interop ({args.homeserver})", chosen, workdir, args.keep, run, mode=0o711)
 
 if __name__ == "__main__":
     main()

@@ -233,6 +233,24 @@ def run_scenario(name, body):
     return True
 
 
+def run_in_dirs(label, chosen, workdir, keep, run, mode=0o700):
+    """Runs each scenario of `chosen` as `run(scenario, directory)`, in a
+    directory of its own under `workdir` (made with `mode`), then ends as
+    `finish` does, with the last lines of every `.log` below `workdir` on a
+    failure (for scripts with a command line of their own)."""
+    passed = failed = 0
+    for scenario in chosen:
+        directory = os.path.join(workdir, scenario.__name__)
+        os.makedirs(directory, mode=mode)
+        if run_scenario(scenario.__name__, lambda: run(scenario, directory)):
+            passed += 1
+        else:
+            failed += 1
+    logs = [os.path.join(root, name) for root, _, files in os.walk(workdir) for name in sorted(files)
+            if name.endswith(".log")]
+    finish(label, passed, failed, workdir, keep, logs)
+
+
 def finish(label, passed, failed, workdir, keep, logs):
     """Ends a run: on failure the last lines of each of `logs`; the
     'N passed, N failed' line; `workdir` kept (if `keep` or on failure) or

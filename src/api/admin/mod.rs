@@ -12,15 +12,17 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use ruma::OwnedUserId;
 use serde::de::DeserializeOwned;
 
-mod backups;
-
 use crate::api::router::{authenticate_raw, read_body};
 use crate::api::{ApiError, Router};
 use crate::service::Services;
 
+mod backups;
+mod users;
+
 pub fn register_routes(router: &mut Router) {
     router.add_raw(Method::GET, &["/_synapse/admin/v1/server_version"], server_version);
     backups::register_routes(router);
+    users::register_routes(router);
 }
 
 /// The caller, if a server admin; else 403 `M_FORBIDDEN` (401 without a
@@ -36,16 +38,29 @@ pub(crate) async fn admin(services: &Arc<Services>, req: &HttpRequest) -> Result
 }
 
 /// The request's JSON body as `T` (400 `M_NOT_JSON` or `M_BAD_JSON`).
-// The endpoints that take a body land next; remove this then.
-#[allow(dead_code)]
 pub(crate) async fn json_body<T: DeserializeOwned>(
     services: &Services,
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<T, ApiError> {
     let bytes = read_body(req, payload, services.config.max_request_size as usize).await?;
+    parse_json(&bytes)
+}
+
+/// As [`json_body`], with no body at all read as `{}` (Synapse's
+/// `allow_empty_body`, for endpoints whose old clients send none).
+pub(crate) async fn json_body_or_empty<T: DeserializeOwned>(
+    services: &Services,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    let bytes = read_body(req, payload, services.config.max_request_size as usize).await?;
+    parse_json(if bytes.is_empty() { b"{}" } else { &bytes })
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::NotJson(format!("the body is not JSON: {e}")))?;
+        serde_json::from_slice(bytes).map_err(|e| ApiError::NotJson(format!("the body is not JSON: {e}")))?;
     serde_json::from_value(value).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
