@@ -42,8 +42,16 @@ pub struct Config {
     pub max_request_size: u32,
     #[serde(default = "defaults::yes")]
     pub allow_registration: bool,
+    /// A registration token that never runs out (besides those made with
+    /// the admin API or `conduit token create`); setting it makes
+    /// registration need a token.
     #[serde(default)]
     pub registration_token: Option<String>,
+    /// Whether registration needs a token (Synapse's name): the config's
+    /// `registration_token` or one made with the admin API or `conduit
+    /// token create`.
+    #[serde(default)]
+    pub registration_requires_token: bool,
     /// Whether `register?kind=guest` makes guest accounts (read
     /// world-readable rooms, join rooms that let guests in, upgrade later).
     #[serde(default)]

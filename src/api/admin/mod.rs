@@ -16,8 +16,11 @@ use crate::api::router::{authenticate_raw, read_body};
 use crate::api::{ApiError, Router};
 use crate::service::Services;
 
+mod registration_tokens;
+
 pub fn register_routes(router: &mut Router) {
     router.add_raw(Method::GET, &["/_synapse/admin/v1/server_version"], server_version);
+    registration_tokens::register_routes(router);
 }
 
 /// The caller, if a server admin; else 403 `M_FORBIDDEN` (401 without a
@@ -33,8 +36,6 @@ pub(crate) async fn admin(services: &Arc<Services>, req: &HttpRequest) -> Result
 }
 
 /// The request's JSON body as `T` (400 `M_NOT_JSON` or `M_BAD_JSON`).
-// The endpoints that take a body land next; remove this then.
-#[allow(dead_code)]
 pub(crate) async fn json_body<T: DeserializeOwned>(
     services: &Services,
     req: &HttpRequest,

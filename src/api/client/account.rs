@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use ruma::api::client::account::register::{LoginType, RegistrationKind};
 use ruma::api::client::account::{
-    change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus,
+    change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
+    ThirdPartyIdRemovalStatus,
 };
 
 use crate::api::router::{Hooks, JsonObject};
@@ -17,6 +18,7 @@ use crate::service::{ServiceError, Services};
 pub fn register_routes(router: &mut Router) {
     router.add_with(Hooks::response(no_login_no_fields), register);
     router.add(username_available);
+    router.add(registration_token_validity);
     router.add(whoami);
     router.add(change_password);
     router.add(deactivate);
@@ -186,6 +188,24 @@ async fn register_guest(
     response.access_token = Some(login.access_token);
     response.device_id = Some(login.device_id.into());
     Ok(response)
+}
+
+/// `GET /register/m.login.registration_token/validity`: whether a token
+/// would be accepted now (the spec's 403 when nobody may register).
+async fn registration_token_validity(
+    services: Arc<Services>,
+    req: Ruma<check_registration_token_validity::v1::Request>,
+) -> Result<check_registration_token_validity::v1::Response, ApiError> {
+    if !services.config.allow_registration {
+        return Err(ApiError::Forbidden(
+            "registration is disabled on this server".to_owned(),
+        ));
+    }
+    let token = req.body.token;
+    let valid = services
+        .run(move |s| s.registration_tokens.is_valid(&token))
+        .await?;
+    Ok(check_registration_token_validity::v1::Response::new(valid))
 }
 
 async fn username_available(
