@@ -46,7 +46,7 @@ async fn registration_token_flow() {
 
     // The dummy stage alone is not enough.
     let dummy = json!({"username": "bob", "password": "pw", "auth": {"type": "m.login.dummy", "session": session}});
-    let (status, body) = server.call("POST", REGISTER, None, Some(dummy.clone())).await;
+    let (status, body) = server.call("POST", REGISTER, None, Some(dummy)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["completed"], json!(["m.login.dummy"]));
 

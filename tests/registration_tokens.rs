@@ -33,7 +33,12 @@ fn validity(token: &str) -> String {
 /// session).
 async fn start_registration(server: &TestServer, username: &str) -> Value {
     let (status, body) = server
-        .call("POST", REGISTER, None, Some(json!({"username": username, "password": "pw"})))
+        .call(
+            "POST",
+            REGISTER,
+            None,
+            Some(json!({"username": username, "password": "pw"})),
+        )
         .await;
     assert_eq!(status, 401, "{body}");
     body
@@ -129,8 +134,14 @@ async fn admins_create_read_change_and_delete_tokens() {
     let generated = create(&server, &admin, json!({})).await;
     let name = generated["token"].as_str().unwrap().to_owned();
     assert_eq!(name.len(), 16);
-    assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b)), "{name}");
-    assert_eq!((&generated["uses_allowed"], &generated["expiry_time"]), (&Value::Null, &Value::Null));
+    assert!(
+        name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b)),
+        "{name}"
+    );
+    assert_eq!(
+        (&generated["uses_allowed"], &generated["expiry_time"]),
+        (&Value::Null, &Value::Null)
+    );
     let short = create(&server, &admin, json!({"length": 5, "uses_allowed": 0})).await;
     let short_name = short["token"].as_str().unwrap().to_owned();
     assert_eq!(short_name.len(), 5);
@@ -141,14 +152,20 @@ async fn admins_create_read_change_and_delete_tokens() {
     let mut expected = vec!["family.2024~x-y_z", name.as_str(), short_name.as_str()];
     expected.sort();
     assert_eq!(listed(&all), expected);
-    let (_, valid) = server.call("GET", &format!("{TOKENS}?valid=true"), Some(&admin), None).await;
+    let (_, valid) = server
+        .call("GET", &format!("{TOKENS}?valid=true"), Some(&admin), None)
+        .await;
     let mut expected_valid = vec!["family.2024~x-y_z", name.as_str()];
     expected_valid.sort();
     assert_eq!(listed(&valid), expected_valid);
-    let (_, invalid) = server.call("GET", &format!("{TOKENS}?valid=false"), Some(&admin), None).await;
+    let (_, invalid) = server
+        .call("GET", &format!("{TOKENS}?valid=false"), Some(&admin), None)
+        .await;
     assert_eq!(listed(&invalid), vec![short_name.as_str()]);
     assert_error(
-        &server.call("GET", &format!("{TOKENS}?valid=maybe"), Some(&admin), None).await,
+        &server
+            .call("GET", &format!("{TOKENS}?valid=maybe"), Some(&admin), None)
+            .await,
         400,
         "M_INVALID_PARAM",
     );
@@ -159,12 +176,23 @@ async fn admins_create_read_change_and_delete_tokens() {
         .call("PUT", &path, Some(&admin), Some(json!({"uses_allowed": null})))
         .await;
     assert_eq!(status, 200, "{changed}");
-    assert_eq!((&changed["uses_allowed"], &changed["expiry_time"]), (&Value::Null, &json!(expiry)));
+    assert_eq!(
+        (&changed["uses_allowed"], &changed["expiry_time"]),
+        (&Value::Null, &json!(expiry))
+    );
     let (status, changed) = server
-        .call("PUT", &path, Some(&admin), Some(json!({"uses_allowed": 7, "expiry_time": null})))
+        .call(
+            "PUT",
+            &path,
+            Some(&admin),
+            Some(json!({"uses_allowed": 7, "expiry_time": null})),
+        )
         .await;
     assert_eq!(status, 200, "{changed}");
-    assert_eq!((&changed["uses_allowed"], &changed["expiry_time"]), (&json!(7), &Value::Null));
+    assert_eq!(
+        (&changed["uses_allowed"], &changed["expiry_time"]),
+        (&json!(7), &Value::Null)
+    );
     let (status, unchanged) = server.call("PUT", &path, Some(&admin), Some(json!({}))).await;
     assert_eq!((status, &unchanged), (200, &changed));
 
@@ -194,9 +222,17 @@ async fn admins_create_read_change_and_delete_tokens() {
         json!({"expiry_time": 12}),
         json!({"expiry_time": true}),
     ] {
-        assert_error(&server.call("PUT", &path, Some(&admin), Some(body)).await, 400, "M_INVALID_PARAM");
+        assert_error(
+            &server.call("PUT", &path, Some(&admin), Some(body)).await,
+            400,
+            "M_INVALID_PARAM",
+        );
     }
-    assert_error(&server.call("POST", NEW, Some(&admin), Some(json!([1]))).await, 400, "M_BAD_JSON");
+    assert_error(
+        &server.call("POST", NEW, Some(&admin), Some(json!([1]))).await,
+        400,
+        "M_BAD_JSON",
+    );
     let (_, all_again) = server.call("GET", TOKENS, Some(&admin), None).await;
     assert_eq!(listed(&all_again), expected);
     assert_eq!(server.call("GET", &path, Some(&admin), None).await.1, changed);
@@ -205,10 +241,16 @@ async fn admins_create_read_change_and_delete_tokens() {
     let (status, deleted) = server.call("DELETE", &path, Some(&admin), None).await;
     assert_eq!((status, deleted), (200, json!({})));
     for method in ["GET", "DELETE"] {
-        assert_error(&server.call(method, &path, Some(&admin), None).await, 404, "M_NOT_FOUND");
+        assert_error(
+            &server.call(method, &path, Some(&admin), None).await,
+            404,
+            "M_NOT_FOUND",
+        );
     }
     assert_error(
-        &server.call("PUT", &path, Some(&admin), Some(json!({"uses_allowed": 1}))).await,
+        &server
+            .call("PUT", &path, Some(&admin), Some(json!({"uses_allowed": 1})))
+            .await,
         404,
         "M_NOT_FOUND",
     );
@@ -228,11 +270,18 @@ async fn only_admins_may_manage_tokens() {
         ("DELETE", one("kept"), None),
     ];
     for (method, path, body) in calls {
-        assert_error(&server.call(method, &path, Some(&user), body.clone()).await, 403, "M_FORBIDDEN");
+        assert_error(
+            &server.call(method, &path, Some(&user), body.clone()).await,
+            403,
+            "M_FORBIDDEN",
+        );
         assert_error(&server.call(method, &path, None, body).await, 401, "M_MISSING_TOKEN");
     }
     let (_, all) = server.call("GET", TOKENS, Some(&admin), None).await;
-    assert_eq!(all["registration_tokens"], json!([{"token": "kept", "uses_allowed": null, "pending": 0, "completed": 0, "expiry_time": null}]));
+    assert_eq!(
+        all["registration_tokens"],
+        json!([{"token": "kept", "uses_allowed": null, "pending": 0, "completed": 0, "expiry_time": null}])
+    );
 }
 
 #[tokio::test]
@@ -304,8 +353,14 @@ async fn a_used_up_token_is_refused_pending_uses_included() {
     let (status, body) = stage(&server, "first", &first, dummy_auth()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(counts(&server, &admin, "once").await, (0, 1));
-    assert_error(&stage(&server, "second", &second, token_auth("once")).await, 401, "M_FORBIDDEN");
-    let (_, invalid) = server.call("GET", &format!("{TOKENS}?valid=false"), Some(&admin), None).await;
+    assert_error(
+        &stage(&server, "second", &second, token_auth("once")).await,
+        401,
+        "M_FORBIDDEN",
+    );
+    let (_, invalid) = server
+        .call("GET", &format!("{TOKENS}?valid=false"), Some(&admin), None)
+        .await;
     assert_eq!(listed(&invalid), vec!["once"]);
 
     // One more use allowed: the waiting registration goes through.
@@ -325,7 +380,12 @@ async fn an_expired_token_is_refused() {
     // Synapse refuses an expiry in the past.
     assert_error(
         &server
-            .call("POST", NEW, Some(&admin), Some(json!({"token": "late", "expiry_time": now_ms() - 1})))
+            .call(
+                "POST",
+                NEW,
+                Some(&admin),
+                Some(json!({"token": "late", "expiry_time": now_ms() - 1})),
+            )
             .await,
         400,
         "M_INVALID_PARAM",
@@ -345,8 +405,14 @@ async fn an_expired_token_is_refused() {
     }
     assert!(now_ms() >= expiry);
     let late = start_registration(&server, "late").await["session"].clone();
-    assert_error(&stage(&server, "late", &late, token_auth("soon")).await, 401, "M_FORBIDDEN");
-    let (_, invalid) = server.call("GET", &format!("{TOKENS}?valid=false"), Some(&admin), None).await;
+    assert_error(
+        &stage(&server, "late", &late, token_auth("soon")).await,
+        401,
+        "M_FORBIDDEN",
+    );
+    let (_, invalid) = server
+        .call("GET", &format!("{TOKENS}?valid=false"), Some(&admin), None)
+        .await;
     assert_eq!(listed(&invalid), vec!["soon"]);
     let (status, body) = stage(&server, "early", &early, dummy_auth()).await;
     assert_eq!(status, 200, "{body}");
@@ -354,7 +420,12 @@ async fn an_expired_token_is_refused() {
 
     // Given a new expiry, it is valid again.
     let (status, _) = server
-        .call("PUT", &one("soon"), Some(&admin), Some(json!({"expiry_time": now_ms() + 3_600_000})))
+        .call(
+            "PUT",
+            &one("soon"),
+            Some(&admin),
+            Some(json!({"expiry_time": now_ms() + 3_600_000})),
+        )
         .await;
     assert_eq!(status, 200);
     assert!(is_valid(&server, "soon").await);
@@ -379,13 +450,22 @@ async fn the_validity_endpoint() {
         .await;
     assert_eq!((status, body), (200, json!({"valid": true})));
     let (status, body) = server
-        .call("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", None, None)
+        .call(
+            "GET",
+            "/_matrix/client/v1/register/m.login.registration_token/validity",
+            None,
+            None,
+        )
         .await;
     assert_eq!(status, 400, "the token is required: {body}");
 
     // Where nobody may register, every token is invalid: 403.
     let closed = TestServer::start_with("allow_registration = false").await;
-    assert_error(&closed.call("GET", &validity("good"), None, None).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &closed.call("GET", &validity("good"), None, None).await,
+        403,
+        "M_FORBIDDEN",
+    );
 }
 
 #[tokio::test]
@@ -395,7 +475,11 @@ async fn the_config_token_alone_still_works_and_never_runs_out() {
         register_with(&server, name, CONFIG_TOKEN).await;
     }
     let session = start_registration(&server, "four").await["session"].clone();
-    assert_error(&stage(&server, "four", &session, token_auth("wrong")).await, 401, "M_FORBIDDEN");
+    assert_error(
+        &stage(&server, "four", &session, token_auth("wrong")).await,
+        401,
+        "M_FORBIDDEN",
+    );
 
     // Without tokens required, the flow is the dummy stage alone and a
     // token stage is not one of it.
@@ -480,7 +564,11 @@ async fn the_command_line_manages_tokens_of_a_stopped_server() {
     register_with(&server, "first", &limited).await;
     assert!(!is_valid(&server, &limited).await);
     let session = start_registration(&server, "second").await["session"].clone();
-    assert_error(&stage(&server, "second", &session, token_auth(&limited)).await, 401, "M_FORBIDDEN");
+    assert_error(
+        &stage(&server, "second", &session, token_auth(&limited)).await,
+        401,
+        "M_FORBIDDEN",
+    );
     register_with(&server, "second", &unlimited).await;
 
     assert!(server.stop().success());

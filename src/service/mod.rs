@@ -216,7 +216,9 @@ impl Services {
 
     /// The registration tokens in a stopped server's database (for
     /// `conduit token ...`).
-    pub fn registration_tokens_offline(config: &Config) -> ServiceResult<registration_tokens::RegistrationTokensService> {
+    pub fn registration_tokens_offline(
+        config: &Config,
+    ) -> ServiceResult<registration_tokens::RegistrationTokensService> {
         Ok(registration_tokens::RegistrationTokensService::new(
             open_database(config)?,
             config,

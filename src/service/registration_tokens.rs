@@ -199,7 +199,9 @@ impl RegistrationTokensService {
         let now = now_ms();
         let held = self.pending_counts(now)?.remove(token).unwrap_or(0);
         if !shown(token.to_owned(), record, held).is_valid_at(now) {
-            return Ok(Some("this registration token has expired or has been used up".to_owned()));
+            return Ok(Some(
+                "this registration token has expired or has been used up".to_owned(),
+            ));
         }
         self.tables.put_hold(
             session,
@@ -330,7 +332,9 @@ mod tests {
     fn a_held_use_counts_until_the_session_registers_or_expires() {
         let dir = tempfile::tempdir().unwrap();
         let tokens = service(&dir, None);
-        tokens.create(NewToken::Named("once".to_owned()), Some(1), None).unwrap();
+        tokens
+            .create(NewToken::Named("once".to_owned()), Some(1), None)
+            .unwrap();
         let now = now_ms();
         assert_eq!(tokens.take_use("a", now, "once").unwrap(), None);
         // Repeating the stage in the same session takes no second use.
@@ -348,8 +352,13 @@ mod tests {
         assert_eq!(tokens.get("once").unwrap().unwrap().completed, 1);
 
         // An expired session's hold no longer counts.
-        tokens.create(NewToken::Named("twice".to_owned()), Some(1), None).unwrap();
-        assert_eq!(tokens.take_use("old", now - SESSION_LIFETIME_MS - 1, "twice").unwrap(), None);
+        tokens
+            .create(NewToken::Named("twice".to_owned()), Some(1), None)
+            .unwrap();
+        assert_eq!(
+            tokens.take_use("old", now - SESSION_LIFETIME_MS - 1, "twice").unwrap(),
+            None
+        );
         assert_eq!(tokens.get("twice").unwrap().unwrap().pending, 0);
         assert_eq!(tokens.take_use("new", now, "twice").unwrap(), None);
         assert_eq!(tokens.purge_expired_holds().unwrap(), 1);
@@ -372,7 +381,9 @@ mod tests {
         assert_eq!(made.token.len(), 64);
         assert!(made.token.bytes().all(|b| TOKEN_ALPHABET.contains(&b)));
         assert!(tokens.create(NewToken::Named(made.token.clone()), None, None).is_err());
-        assert!(tokens.create(NewToken::Named("late".to_owned()), None, Some(1)).is_err());
+        assert!(tokens
+            .create(NewToken::Named("late".to_owned()), None, Some(1))
+            .is_err());
         // The config's token is valid and unlimited, but not listed.
         assert!(tokens.is_valid("from-config").unwrap());
         assert_eq!(tokens.take_use("s", now_ms(), "from-config").unwrap(), None);

@@ -137,9 +137,10 @@ fn no_such_token(token: &str) -> ApiError {
 fn uses_allowed(value: &Value) -> Result<Option<u64>, ApiError> {
     match value {
         Value::Null => Ok(None),
-        v => v.as_u64().map(Some).ok_or_else(|| {
-            ApiError::InvalidParam("uses_allowed must be a non-negative integer or null".to_owned())
-        }),
+        v => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::InvalidParam("uses_allowed must be a non-negative integer or null".to_owned())),
     }
 }
 

@@ -202,9 +202,7 @@ async fn registration_token_validity(
         ));
     }
     let token = req.body.token;
-    let valid = services
-        .run(move |s| s.registration_tokens.is_valid(&token))
-        .await?;
+    let valid = services.run(move |s| s.registration_tokens.is_valid(&token)).await?;
     Ok(check_registration_token_validity::v1::Response::new(valid))
 }
 
