@@ -1,6 +1,7 @@
 //! Typed access to [`Table::RegistrationTokens`] and
 //! [`Table::RegistrationTokenHolds`] (owned by `service::registration_tokens`).
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{decode_key, from_record, keys::encode, to_record, Batch, Db, DbResult, Direction, Table};
@@ -34,10 +35,7 @@ impl RegistrationTokenTables {
     }
 
     pub fn get(&self, token: &str) -> DbResult<Option<TokenRecord>> {
-        self.db
-            .get(Table::RegistrationTokens, &encode(&(token,)))?
-            .map(|b| from_record(Table::RegistrationTokens, &b))
-            .transpose()
+        self.read(Table::RegistrationTokens, token)
     }
 
     pub fn put(&self, token: &str, record: &TokenRecord) -> DbResult<()> {
@@ -47,14 +45,7 @@ impl RegistrationTokenTables {
 
     /// Every token with its record, by token.
     pub fn all(&self) -> DbResult<Vec<(String, TokenRecord)>> {
-        self.db
-            .iter(Table::RegistrationTokens, None, Direction::Forward)
-            .map(|r| {
-                let (k, v) = r?;
-                let (token,): (String,) = decode_key(Table::RegistrationTokens, &k)?;
-                Ok((token, from_record(Table::RegistrationTokens, &v)?))
-            })
-            .collect()
+        self.read_all(Table::RegistrationTokens)
     }
 
     /// Removes `token` and the holds on it; whether it was there.
@@ -75,10 +66,7 @@ impl RegistrationTokenTables {
     }
 
     pub fn hold(&self, session: &str) -> DbResult<Option<HoldRecord>> {
-        self.db
-            .get(Table::RegistrationTokenHolds, &encode(&(session,)))?
-            .map(|b| from_record(Table::RegistrationTokenHolds, &b))
-            .transpose()
+        self.read(Table::RegistrationTokenHolds, session)
     }
 
     pub fn put_hold(&self, session: &str, hold: &HoldRecord) -> DbResult<()> {
@@ -88,14 +76,7 @@ impl RegistrationTokenTables {
 
     /// Every hold, `(session, hold)`.
     pub fn holds(&self) -> DbResult<Vec<(String, HoldRecord)>> {
-        self.db
-            .iter(Table::RegistrationTokenHolds, None, Direction::Forward)
-            .map(|r| {
-                let (k, v) = r?;
-                let (session,): (String,) = decode_key(Table::RegistrationTokenHolds, &k)?;
-                Ok((session, from_record(Table::RegistrationTokenHolds, &v)?))
-            })
-            .collect()
+        self.read_all(Table::RegistrationTokenHolds)
     }
 
     /// Turns the hold of `session` into a completed use of its token (if
@@ -122,5 +103,25 @@ impl RegistrationTokenTables {
         }
         self.db.write(batch)?;
         Ok(count)
+    }
+
+    /// The record under `(name,)` in `table` (both tables are keyed so).
+    fn read<T: DeserializeOwned>(&self, table: Table, name: &str) -> DbResult<Option<T>> {
+        self.db
+            .get(table, &encode(&(name,)))?
+            .map(|b| from_record(table, &b))
+            .transpose()
+    }
+
+    /// Every `(name, record)` of `table`, by name.
+    fn read_all<T: DeserializeOwned>(&self, table: Table) -> DbResult<Vec<(String, T)>> {
+        self.db
+            .iter(table, None, Direction::Forward)
+            .map(|r| {
+                let (k, v) = r?;
+                let (name,): (String,) = decode_key(table, &k)?;
+                Ok((name, from_record(table, &v)?))
+            })
+            .collect()
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{admin, json_body};
 use crate::api::{ApiError, Router};
-use crate::service::registration_tokens::{NewToken, TokenChange, DEFAULT_TOKEN_LENGTH};
+use crate::service::registration_tokens::{NewToken, RegistrationToken, TokenChange, DEFAULT_TOKEN_LENGTH};
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
@@ -82,9 +82,7 @@ async fn get(services: Arc<Services>, req: HttpRequest, _: web::Payload) -> Resu
             move |s| s.registration_tokens.get(&token)
         })
         .await?;
-    found
-        .map(|t| HttpResponse::Ok().json(t))
-        .ok_or_else(|| no_such_token(&token))
+    shown_or_404(&token, found)
 }
 
 /// `PUT /registration_tokens/{token}` with `uses_allowed` and/or
@@ -103,9 +101,7 @@ async fn update(services: Arc<Services>, req: HttpRequest, payload: web::Payload
             move |s| s.registration_tokens.update(&token, change)
         })
         .await?;
-    updated
-        .map(|t| HttpResponse::Ok().json(t))
-        .ok_or_else(|| no_such_token(&token))
+    shown_or_404(&token, updated)
 }
 
 /// `DELETE /registration_tokens/{token}`.
@@ -127,6 +123,12 @@ async fn delete(services: Arc<Services>, req: HttpRequest, _: web::Payload) -> R
 
 fn path_token(req: &HttpRequest) -> String {
     req.match_info().get("token").unwrap_or_default().to_owned()
+}
+
+fn shown_or_404(token: &str, found: Option<RegistrationToken>) -> Result<HttpResponse, ApiError> {
+    found
+        .map(|t| HttpResponse::Ok().json(t))
+        .ok_or_else(|| no_such_token(token))
 }
 
 fn no_such_token(token: &str) -> ApiError {

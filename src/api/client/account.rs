@@ -24,6 +24,17 @@ pub fn register_routes(router: &mut Router) {
     router.add(deactivate);
 }
 
+/// 403 `M_FORBIDDEN` where nobody may register.
+fn registration_allowed(services: &Services) -> Result<(), ApiError> {
+    if services.config.allow_registration {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "registration is disabled on this server".to_owned(),
+        ))
+    }
+}
+
 /// With `inhibit_login` there is no device and no token: the spec leaves
 /// both fields out, ruma writes them as null.
 fn no_login_no_fields(response: &mut JsonObject) {
@@ -44,11 +55,7 @@ async fn register(
     if body.kind == RegistrationKind::Guest {
         return register_guest(services, body, req.client_ip).await;
     }
-    if !services.config.allow_registration {
-        return Err(ApiError::Forbidden(
-            "registration is disabled on this server".to_owned(),
-        ));
-    }
+    registration_allowed(&services)?;
     let client_ip = req.client_ip;
     services
         .run(move |s| {
@@ -196,11 +203,7 @@ async fn registration_token_validity(
     services: Arc<Services>,
     req: Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<check_registration_token_validity::v1::Response, ApiError> {
-    if !services.config.allow_registration {
-        return Err(ApiError::Forbidden(
-            "registration is disabled on this server".to_owned(),
-        ));
-    }
+    registration_allowed(&services)?;
     let token = req.body.token;
     let valid = services.run(move |s| s.registration_tokens.is_valid(&token)).await?;
     Ok(check_registration_token_validity::v1::Response::new(valid))
@@ -210,11 +213,7 @@ async fn username_available(
     services: Arc<Services>,
     req: Ruma<get_username_availability::v3::Request>,
 ) -> Result<get_username_availability::v3::Response, ApiError> {
-    if !services.config.allow_registration {
-        return Err(ApiError::Forbidden(
-            "registration is disabled on this server".to_owned(),
-        ));
-    }
+    registration_allowed(&services)?;
     let name = req.body.username.to_lowercase();
     services
         .run(move |s| {
