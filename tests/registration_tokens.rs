@@ -255,6 +255,18 @@ async fn admins_create_read_change_and_delete_tokens() {
         "M_NOT_FOUND",
     );
     assert!(!is_valid(&server, "family.2024~x-y_z").await);
+
+    // A token named `new` is read, changed and deleted like any other.
+    assert_error(&server.call("GET", NEW, Some(&admin), None).await, 404, "M_NOT_FOUND");
+    create(&server, &admin, json!({"token": "new"})).await;
+    let (status, got) = server.call("GET", NEW, Some(&admin), None).await;
+    assert_eq!((status, &got["token"]), (200, &json!("new")), "{got}");
+    let (status, got) = server
+        .call("PUT", NEW, Some(&admin), Some(json!({"uses_allowed": 4})))
+        .await;
+    assert_eq!((status, &got["uses_allowed"]), (200, &json!(4)), "{got}");
+    assert_eq!(server.call("DELETE", NEW, Some(&admin), None).await.0, 200);
+    assert!(!is_valid(&server, "new").await);
 }
 
 #[tokio::test]

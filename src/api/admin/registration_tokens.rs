@@ -14,12 +14,14 @@ use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
     const ALL: &str = "/_synapse/admin/v1/registration_tokens";
-    const ONE: &str = "/_synapse/admin/v1/registration_tokens/{token}";
+    const NEW: &str = "/_synapse/admin/v1/registration_tokens/new";
+    // A token may be named `new`: the literal path serves it too.
+    const ONE: [&str; 2] = ["/_synapse/admin/v1/registration_tokens/{token}", NEW];
     router.add_raw(Method::GET, &[ALL], list);
-    router.add_raw(Method::POST, &["/_synapse/admin/v1/registration_tokens/new"], create);
-    router.add_raw(Method::GET, &[ONE], get);
-    router.add_raw(Method::PUT, &[ONE], update);
-    router.add_raw(Method::DELETE, &[ONE], delete);
+    router.add_raw(Method::POST, &[NEW], create);
+    router.add_raw(Method::GET, &ONE, get);
+    router.add_raw(Method::PUT, &ONE, update);
+    router.add_raw(Method::DELETE, &ONE, delete);
 }
 
 /// `GET /registration_tokens?valid=true|false`.
@@ -122,7 +124,10 @@ async fn delete(services: Arc<Services>, req: HttpRequest, _: web::Payload) -> R
 }
 
 fn path_token(req: &HttpRequest) -> String {
-    req.match_info().get("token").unwrap_or_default().to_owned()
+    match req.match_info().get("token") {
+        Some(token) => token.to_owned(),
+        None => "new".to_owned(),
+    }
 }
 
 fn shown_or_404(token: &str, found: Option<RegistrationToken>) -> Result<HttpResponse, ApiError> {
