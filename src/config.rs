@@ -42,6 +42,9 @@ pub struct Config {
     pub max_request_size: u32,
     #[serde(default = "defaults::yes")]
     pub allow_registration: bool,
+    /// A registration token that never runs out (besides those made with
+    /// the admin API or `conduit token create`); setting it makes
+    /// registration need a token.
     #[serde(default)]
     pub registration_token: Option<String>,
     /// Synapse's key: with it, `/_synapse/admin/v1/register` creates
@@ -49,6 +52,11 @@ pub struct Config {
     /// registration closed. Unset: that endpoint is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_shared_secret: Option<String>,
+    /// Whether registration needs a token (Synapse's name): the config's
+    /// `registration_token` or one made with the admin API or `conduit
+    /// token create`.
+    #[serde(default)]
+    pub registration_requires_token: bool,
     /// Whether `register?kind=guest` makes guest accounts (read
     /// world-readable rooms, join rooms that let guests in, upgrade later).
     #[serde(default)]

@@ -31,6 +31,28 @@ enum Command {
     /// running server takes them itself, see `backup_interval_hours`).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Manages registration tokens (run it with the server stopped; a
+    /// running server has the admin API for them).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Makes a new random token and prints it.
+    Create {
+        /// How many accounts it may register (default: any number).
+        #[arg(long)]
+        uses: Option<u64>,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Lists the tokens: token, uses allowed, pending, completed, expiry
+    /// time (ms since the epoch), validity.
+    List,
+    /// Deletes a token.
+    Delete { token: String },
 }
 
 #[derive(Subcommand)]
@@ -131,6 +153,53 @@ fn appservice_command(config: &Config, command: AppserviceCommand) -> Result<Str
     }
 }
 
+/// Runs `conduit token ...` on the database of a stopped server.
+fn token_command(config: &Config, command: TokenCommand) -> Result<String, String> {
+    use conduit::service::registration_tokens::{NewToken, DEFAULT_TOKEN_LENGTH};
+    let tokens = conduit::service::Services::registration_tokens_offline(config).map_err(|e| e.to_string())?;
+    match command {
+        TokenCommand::Create { uses, expires_in_days } => {
+            let now_ms = now_ms();
+            let expiry_time = expires_in_days.map(|days| now_ms + u64::from(days) * 24 * 60 * 60 * 1000);
+            let new = NewToken::Random {
+                length: DEFAULT_TOKEN_LENGTH,
+            };
+            let token = tokens.create(new, uses, expiry_time).map_err(|e| e.to_string())?;
+            Ok(format!("{}\n", token.token))
+        }
+        TokenCommand::List => {
+            let now_ms = now_ms();
+            let listed = tokens.list(None).map_err(|e| e.to_string())?;
+            let shown = |n: Option<u64>, none: &str| n.map_or_else(|| none.to_owned(), |n| n.to_string());
+            Ok(listed
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\n",
+                        t.token,
+                        shown(t.uses_allowed, "unlimited"),
+                        t.pending,
+                        t.completed,
+                        shown(t.expiry_time, "never"),
+                        if t.is_valid_at(now_ms) { "valid" } else { "invalid" },
+                    )
+                })
+                .collect())
+        }
+        TokenCommand::Delete { token } => match tokens.delete(&token) {
+            Ok(true) => Ok(format!("deleted registration token {token}\n")),
+            Ok(false) => Err(format!("no registration token {token}")),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// glibc raises its mmap threshold after the first large free and from then
 /// on keeps large buffers (argon2's buffer, big request bodies) in the heap
 /// once freed, so a long-running server's memory only grows. A fixed
@@ -184,6 +253,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Appservice(command)) => return print_outcome(appservice_command(&config, command)),
         Some(Command::Backup(command)) => return print_outcome(backup_command(&config, command)),
+        Some(Command::Token(command)) => return print_outcome(token_command(&config, command)),
         _ => {}
     }
 

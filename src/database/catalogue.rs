@@ -299,10 +299,20 @@ pub enum Table {
     /// `ConnectionRecord` (the last responses' positions and, per room, the
     /// stream position and room config the client holds it at).
     SlidingSyncConnections,
+    /// Registration tokens made by admins (`registration_tokens.rs`; the
+    /// config's `registration_token` is not stored). Key: `(token: str)`.
+    /// Value: bincode `TokenRecord` (uses allowed, completed registrations,
+    /// expiry time). Pending registrations are the token's live holds.
+    RegistrationTokens,
+    /// Registration sessions that passed the token stage and have not
+    /// registered yet, each holding one use of its token until it registers
+    /// or the session expires (`registration_tokens.rs`). Key: `(session_id:
+    /// str)`. Value: bincode `HoldRecord` (the token, the session's start).
+    RegistrationTokenHolds,
 }
 
 impl Table {
-    pub const ALL: [Table; 68] = [
+    pub const ALL: [Table; 70] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -371,6 +381,8 @@ impl Table {
         Table::PushersByKey,
         Table::SlidingSyncConnections,
         Table::MissedCalls,
+        Table::RegistrationTokens,
+        Table::RegistrationTokenHolds,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -444,6 +456,8 @@ impl Table {
             Table::PushersByKey => "pushers_by_key",
             Table::SlidingSyncConnections => "sliding_sync_connections",
             Table::MissedCalls => "missed_calls",
+            Table::RegistrationTokens => "registration_tokens",
+            Table::RegistrationTokenHolds => "registration_token_holds",
         }
     }
 }

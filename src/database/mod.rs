@@ -20,6 +20,7 @@ pub mod presence;
 pub mod push;
 pub mod pushers;
 pub mod receipts;
+pub mod registration_tokens;
 pub mod relations;
 pub mod remote_device_lists;
 pub mod remote_keys;

@@ -20,6 +20,7 @@ pub mod presence;
 pub mod push;
 pub mod pushers;
 pub mod receipts;
+pub mod registration_tokens;
 pub mod relations;
 pub mod reports;
 pub mod rooms;
@@ -153,6 +154,7 @@ pub struct Services {
     pub admin: admin::AdminService,
     pub devices: devices::DevicesService,
     pub uiaa: uiaa::UiaaService,
+    pub registration_tokens: Arc<registration_tokens::RegistrationTokensService>,
     pub account_data: account_data::AccountDataService,
     pub filters: filters::FiltersService,
     pub server_keys: Arc<server_keys::ServerKeysService>,
@@ -229,6 +231,17 @@ impl Services {
         appservices::AppservicesService::open_stored(open_database(config)?, config.server_name.clone())
     }
 
+    /// The registration tokens in a stopped server's database (for
+    /// `conduit token ...`).
+    pub fn registration_tokens_offline(
+        config: &Config,
+    ) -> ServiceResult<registration_tokens::RegistrationTokensService> {
+        Ok(registration_tokens::RegistrationTokensService::new(
+            open_database(config)?,
+            config,
+        ))
+    }
+
     /// Each appservice's own user, made on first sight.
     fn create_appservice_users(&self) -> ServiceResult<()> {
         for appservice in self.appservices.all().iter() {
@@ -247,6 +260,7 @@ impl Services {
             config.server_name.clone(),
         )?);
         let outbox = Arc::new(outbox::OutboxService::open(db.clone())?);
+        let registration_tokens = Arc::new(registration_tokens::RegistrationTokensService::new(db.clone(), &config));
         let federation = federation::FederationService::new(&config, db.clone(), server_keys.clone(), outbox.clone())?;
         let timeline = timeline::TimelineService::new(db.clone(), stream.clone());
         timeline.subscribe(Arc::new(federation::sender::FederationSender::new(
@@ -270,7 +284,8 @@ impl Services {
             users: users::UsersService::new(db.clone(), &config),
             admin: admin::AdminService::new(&config),
             devices: devices::DevicesService::new(db.clone()),
-            uiaa: uiaa::UiaaService::new(db.clone(), config.registration_token.clone()),
+            uiaa: uiaa::UiaaService::new(db.clone(), registration_tokens.clone()),
+            registration_tokens,
             account_data: account_data::AccountDataService::new(db.clone(), stream.clone()),
             filters: filters::FiltersService::new(db.clone()),
             state: state::StateService::new(db.clone()),

@@ -3,7 +3,9 @@
 use ruma::api::client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo, UserIdentifier};
 use ruma::api::error::{ErrorKind, StandardErrorBody};
 use ruma::UserId;
+use std::sync::Arc;
 
+use super::registration_tokens::RegistrationTokensService;
 use super::users::UsersService;
 use super::{now_ms, random_string, ServiceError, ServiceResult};
 use crate::database::uiaa::{UiaaSessionRecord, UiaaTables};
@@ -38,36 +40,41 @@ impl Purpose {
 const REGISTERED: &str = "registered";
 
 /// Sessions older than this are refused and must be started again.
-const SESSION_LIFETIME_MS: u64 = 30 * 60 * 1000;
+pub(crate) const SESSION_LIFETIME_MS: u64 = 30 * 60 * 1000;
 
 pub struct UiaaService {
     tables: UiaaTables,
-    registration_token: Option<String>,
+    registration_tokens: Arc<RegistrationTokensService>,
 }
 
 impl UiaaService {
-    pub fn new(db: Db, registration_token: Option<String>) -> Self {
+    pub fn new(db: Db, registration_tokens: Arc<RegistrationTokensService>) -> Self {
         Self {
             tables: UiaaTables::new(db),
-            registration_token,
+            registration_tokens,
         }
     }
 
     /// Drops sessions that can no longer complete; run at start-up, as
     /// unauthenticated registration attempts leave sessions behind.
     pub fn purge_expired(&self) -> ServiceResult<usize> {
+        self.registration_tokens.purge_expired_holds()?;
         Ok(self
             .tables
             .delete_created_before(now_ms().saturating_sub(SESSION_LIFETIME_MS))?)
     }
 
     fn flows(&self, purpose: Purpose) -> Vec<AuthFlow> {
-        let stage = match purpose {
-            Purpose::Register if self.registration_token.is_some() => AuthType::RegistrationToken,
-            Purpose::Register => AuthType::Dummy,
-            _ => AuthType::Password,
+        let stages = match purpose {
+            // Synapse's flow: the token stage first and a dummy stage after
+            // it, so a token's use is pending between the two.
+            Purpose::Register if self.registration_tokens.required() => {
+                vec![AuthType::RegistrationToken, AuthType::Dummy]
+            }
+            Purpose::Register => vec![AuthType::Dummy],
+            _ => vec![AuthType::Password],
         };
-        vec![AuthFlow::new(vec![stage])]
+        vec![AuthFlow::new(stages)]
     }
 
     /// Advances (or starts) the session for `auth`. `Ok(())` once a whole flow
@@ -133,10 +140,10 @@ impl UiaaService {
         let stage_error = match (&stage, auth) {
             (Some(t), _) if !allowed.contains(t) => Some(format!("{t} is not a stage of this server's flows")),
             (_, AuthData::Dummy(_)) => None,
-            (_, AuthData::RegistrationToken(t)) => match &self.registration_token {
-                Some(expected) if constant_time_eq(expected.as_bytes(), t.token.as_bytes()) => None,
-                _ => Some("invalid registration token".to_owned()),
-            },
+            (_, AuthData::RegistrationToken(t)) => {
+                self.registration_tokens
+                    .take_use(&session, record.created_ms, &t.token)?
+            }
             (_, AuthData::Password(p)) => self.check_password(users, user_id, &p.identifier, &p.password)?,
             _ => Some("unsupported authentication type".to_owned()),
         };
@@ -176,6 +183,7 @@ impl UiaaService {
         let Some(session) = auth.and_then(AuthData::session) else {
             return Ok(());
         };
+        self.registration_tokens.complete(session)?;
         if let Some(mut record) = self.tables.get(session)?.filter(|r| r.purpose == REGISTERED) {
             record.user_id = Some(user_id.to_string());
             self.tables.put(session, &record)?;
@@ -241,8 +249,4 @@ impl UiaaService {
         info.auth_error = error.map(|m| Box::new(StandardErrorBody::new(ErrorKind::Forbidden, m)));
         ServiceError::AuthRequired(Box::new(info))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

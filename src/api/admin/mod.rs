@@ -17,11 +17,13 @@ use crate::api::{ApiError, Router};
 use crate::service::Services;
 
 mod backups;
+mod registration_tokens;
 mod users;
 
 pub fn register_routes(router: &mut Router) {
     router.add_raw(Method::GET, &["/_synapse/admin/v1/server_version"], server_version);
     backups::register_routes(router);
+    registration_tokens::register_routes(router);
     users::register_routes(router);
 }
 

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use ruma::api::client::account::register::{LoginType, RegistrationKind};
 use ruma::api::client::account::{
-    change_password, deactivate, get_username_availability, register, whoami, ThirdPartyIdRemovalStatus,
+    change_password, check_registration_token_validity, deactivate, get_username_availability, register, whoami,
+    ThirdPartyIdRemovalStatus,
 };
 
 use crate::api::router::{Hooks, JsonObject};
@@ -17,9 +18,21 @@ use crate::service::{ServiceError, Services};
 pub fn register_routes(router: &mut Router) {
     router.add_with(Hooks::response(no_login_no_fields), register);
     router.add(username_available);
+    router.add(registration_token_validity);
     router.add(whoami);
     router.add(change_password);
     router.add(deactivate);
+}
+
+/// 403 `M_FORBIDDEN` where nobody may register.
+fn registration_allowed(services: &Services) -> Result<(), ApiError> {
+    if services.config.allow_registration {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "registration is disabled on this server".to_owned(),
+        ))
+    }
 }
 
 /// With `inhibit_login` there is no device and no token: the spec leaves
@@ -42,11 +55,7 @@ async fn register(
     if body.kind == RegistrationKind::Guest {
         return register_guest(services, body, req.client_ip).await;
     }
-    if !services.config.allow_registration {
-        return Err(ApiError::Forbidden(
-            "registration is disabled on this server".to_owned(),
-        ));
-    }
+    registration_allowed(&services)?;
     let client_ip = req.client_ip;
     services
         .run(move |s| {
@@ -188,15 +197,23 @@ async fn register_guest(
     Ok(response)
 }
 
+/// `GET /register/m.login.registration_token/validity`: whether a token
+/// would be accepted now (the spec's 403 when nobody may register).
+async fn registration_token_validity(
+    services: Arc<Services>,
+    req: Ruma<check_registration_token_validity::v1::Request>,
+) -> Result<check_registration_token_validity::v1::Response, ApiError> {
+    registration_allowed(&services)?;
+    let token = req.body.token;
+    let valid = services.run(move |s| s.registration_tokens.is_valid(&token)).await?;
+    Ok(check_registration_token_validity::v1::Response::new(valid))
+}
+
 async fn username_available(
     services: Arc<Services>,
     req: Ruma<get_username_availability::v3::Request>,
 ) -> Result<get_username_availability::v3::Response, ApiError> {
-    if !services.config.allow_registration {
-        return Err(ApiError::Forbidden(
-            "registration is disabled on this server".to_owned(),
-        ));
-    }
+    registration_allowed(&services)?;
     let name = req.body.username.to_lowercase();
     services
         .run(move |s| {
