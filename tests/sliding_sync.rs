@@ -387,8 +387,35 @@ async fn unread_counts_drop_after_a_read_receipt_and_invites_are_listed() {
         "an invitee sees no timeline: {invite}"
     );
 
+    // Another invite, rejected: the client learns of the leave, and no
+    // more of that room than its own membership.
+    let rejected = server
+        .create_room(&bob, json!({"name": "Rejected", "topic": "secret"}))
+        .await;
+    server.invite(&bob, &rejected, &alice_id).await;
+    let second = sliding(&server, &alice, Some(&pos(&first)), 0, body.clone()).await;
+    assert!(room(&second, &rejected)["invite_state"].is_array(), "{second}");
+    let (status, left) = server
+        .call(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&rejected)),
+            Some(&alice),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{left}");
+    let after_reject = sliding(&server, &alice, Some(&pos(&second)), 0, body.clone()).await;
+    let entry = room(&after_reject, &rejected);
+    assert!(entry.get("invite_state").is_none(), "{entry}");
+    assert!(entry.get("timeline").is_none(), "{entry}");
+    let state = entry["required_state"].as_array().expect("the user's own membership");
+    assert_eq!(state.len(), 1, "{entry}");
+    assert_eq!(state[0]["type"], "m.room.member");
+    assert_eq!(state[0]["state_key"], alice_id.as_str());
+    assert_eq!(state[0]["content"]["membership"], "leave");
+
     server.join(&alice, &room_id).await;
-    let joined = sliding(&server, &alice, Some(&pos(&first)), 0, body.clone()).await;
+    let joined = sliding(&server, &alice, Some(&pos(&after_reject)), 0, body.clone()).await;
     assert_eq!(joined["lists"]["invites"]["count"], 0, "{joined}");
     assert_eq!(
         room(&joined, &room_id)["initial"],

@@ -48,10 +48,44 @@ pub(super) struct Built {
 /// The room's entry, or none when the client holds it up to date.
 pub(super) fn build(s: &Services, ctx: &RoomContext, sent: Option<&SentRoom>) -> ServiceResult<Option<Built>> {
     let membership = &ctx.candidate.membership;
+    let was_invited = sent.is_some_and(|r| r.membership == "invite" || r.membership == "knock");
     match (membership.membership.as_str(), &ctx.candidate.record) {
         ("invite" | "knock", _) | (_, None) => invite(s, ctx, sent),
+        ("leave" | "ban", Some(record)) if was_invited => withdrawn(s, ctx, record, sent),
         (_, Some(record)) => member(s, ctx, record, sent),
     }
+}
+
+/// An invite (or knock) the client holds that ended without a join
+/// (rejected, withdrawn, refused): the room again, with only the user's
+/// own membership, so the client drops the invite and sees nothing of a
+/// room it never joined.
+fn withdrawn(
+    s: &Services,
+    ctx: &RoomContext,
+    record: &RoomRecord,
+    sent: Option<&SentRoom>,
+) -> ServiceResult<Option<Built>> {
+    let membership = &ctx.candidate.membership;
+    if sent.is_some_and(|r| membership.count <= r.since) {
+        return Ok(None);
+    }
+    let snapshot = s.timeline.snapshot_at(record, membership.count)?;
+    let mut room = Room::new();
+    room.initial = Some(true);
+    if let Some(own) = s
+        .timeline
+        .state_event(s, snapshot, "m.room.member", ctx.user.as_str())?
+    {
+        room.required_state = vec![Raw::from_json(own.to_client_raw(false, Some((ctx.user, ctx.device)))?)];
+    }
+    room.bump_stamp = Some(uint(membership.count));
+    Ok(Some(Built {
+        room,
+        whole: true,
+        held_up_to: ctx.up_to.max(membership.count),
+        counts: (0, 0),
+    }))
 }
 
 /// An invite (or a knock): the stripped state the invitee may see.
