@@ -17,6 +17,7 @@ pub mod pdu;
 pub mod presence;
 pub mod push;
 pub mod pushers;
+pub mod rate_limits;
 pub mod receipts;
 pub mod relations;
 pub mod reports;
@@ -178,6 +179,8 @@ pub struct Services {
     pub lazy_members: sync::LazyMembersSent,
     /// Simplified sliding sync connections (see `sliding_sync/`).
     pub sliding_sync: sliding_sync::SlidingSyncService,
+    /// Client request rates (see `rate_limits.rs`).
+    pub rate_limits: rate_limits::RateLimitsService,
     /// Event writes running now (see [`Services::run_write`]).
     writes_in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -278,6 +281,7 @@ impl Services {
             appservices,
             lazy_members: sync::LazyMembersSent::default(),
             sliding_sync: sliding_sync::SlidingSyncService::new(db.clone()),
+            rate_limits: rate_limits::RateLimitsService::new(&config.rate_limits),
             writes_in_flight: Default::default(),
             config,
             db,

@@ -12,19 +12,21 @@ use ruma::api::client::membership::{
 use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomAliasId};
 
 use super::raw;
+use crate::api::router::Hooks;
 use crate::api::{ApiError, Router, Ruma};
+use crate::service::rate_limits::RateClass;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
-    router.add(join_by_id);
-    router.add(join_by_id_or_alias);
+    router.add_with(Hooks::default().limited(RateClass::Join), join_by_id);
+    router.add_with(Hooks::default().limited(RateClass::Join), join_by_id_or_alias);
     router.add(leave);
     router.add(forget);
-    router.add(invite);
+    router.add_with(Hooks::default().limited(RateClass::Join), invite);
     router.add(kick);
     router.add(ban);
     router.add(unban);
-    router.add(knock);
+    router.add_with(Hooks::default().limited(RateClass::Join), knock);
     router.add(joined_rooms);
     router.add(members);
     router.add(joined_members);
