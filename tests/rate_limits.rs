@@ -169,8 +169,11 @@ async fn logins_are_limited_per_address() {
 }
 
 #[tokio::test]
-async fn registrations_are_limited_per_address() {
-    let server = limited_server("rate_limits.register = { per_second = 0.1, burst = 2 }").await;
+async fn registrations_and_validation_tokens_are_limited_per_address() {
+    let server = limited_server(
+        "rate_limits.register = { per_second = 0.1, burst = 2 }\nrate_limits.threepid = { per_second = 0.01, burst = 1 }",
+    )
+    .await;
     let path = "/_matrix/client/v3/register";
     let body = json!({"username": "alice", "password": "pw"});
     for _ in 0..2 {
@@ -182,6 +185,15 @@ async fn registrations_are_limited_per_address() {
         .refused_for(10_000);
     let answer = request(&server, "POST", path, None, Some("10.0.0.2"), body).await;
     assert_eq!(answer.status, 401, "{}", answer.body);
+
+    // This server sends no emails, but asking still counts.
+    let path = "/_matrix/client/v3/register/email/requestToken";
+    let body = json!({"client_secret": "secret", "email": "a@example.org", "send_attempt": 1});
+    let answer = request(&server, "POST", path, None, Some("10.0.0.1"), body.clone()).await;
+    assert_error(&(answer.status, answer.body), 403, "M_THREEPID_DENIED");
+    request(&server, "POST", path, None, Some("10.0.0.1"), body)
+        .await
+        .refused_for(100_000);
 }
 
 #[tokio::test]

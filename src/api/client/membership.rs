@@ -18,15 +18,16 @@ use crate::service::rate_limits::RateClass;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
-    router.add_with(Hooks::default().limited(RateClass::Join), join_by_id);
-    router.add_with(Hooks::default().limited(RateClass::Join), join_by_id_or_alias);
+    let limited = Hooks::default().limited(RateClass::Join);
+    router.add_with(limited, join_by_id);
+    router.add_with(limited, join_by_id_or_alias);
     router.add(leave);
     router.add(forget);
-    router.add_with(Hooks::default().limited(RateClass::Join), invite);
+    router.add_with(limited, invite);
     router.add(kick);
     router.add(ban);
     router.add(unban);
-    router.add_with(Hooks::default().limited(RateClass::Join), knock);
+    router.add_with(limited, knock);
     router.add(joined_rooms);
     router.add(members);
     router.add(joined_members);

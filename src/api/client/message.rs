@@ -20,11 +20,12 @@ use crate::service::timeline::{EventSpec, Pagination, Txn};
 use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
-    router.add_with(Hooks::default().limited(RateClass::Message), send_message);
-    router.add_with(Hooks::default().limited(RateClass::Message), send_state);
+    let limited = Hooks::default().limited(RateClass::Message);
+    router.add_with(limited, send_message);
+    router.add_with(limited, send_state);
     router.add(state);
     router.add(state_for_key);
-    router.add_with(Hooks::default().limited(RateClass::Message), redact);
+    router.add_with(limited, redact);
     router.add(messages);
     router.add(timestamp_to_event);
 }

@@ -19,29 +19,18 @@ use crate::service::rate_limits::RateClass;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
+    let limited = Hooks::default().limited(RateClass::Threepid);
     router.add(list);
     router.add(add);
     router.add(bind);
     router.add(delete);
     router.add(unbind);
-    router.add_with(Hooks::default().limited(RateClass::Threepid), token_for_3pid_by_email);
-    router.add_with(Hooks::default().limited(RateClass::Threepid), token_for_3pid_by_msisdn);
-    router.add_with(
-        Hooks::default().limited(RateClass::Threepid),
-        token_for_registration_by_email,
-    );
-    router.add_with(
-        Hooks::default().limited(RateClass::Threepid),
-        token_for_registration_by_msisdn,
-    );
-    router.add_with(
-        Hooks::default().limited(RateClass::Threepid),
-        token_for_password_by_email,
-    );
-    router.add_with(
-        Hooks::default().limited(RateClass::Threepid),
-        token_for_password_by_msisdn,
-    );
+    router.add_with(limited, token_for_3pid_by_email);
+    router.add_with(limited, token_for_3pid_by_msisdn);
+    router.add_with(limited, token_for_registration_by_email);
+    router.add_with(limited, token_for_registration_by_msisdn);
+    router.add_with(limited, token_for_password_by_email);
+    router.add_with(limited, token_for_password_by_msisdn);
 }
 
 fn denied() -> ApiError {
