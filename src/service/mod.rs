@@ -171,6 +171,8 @@ pub struct Services {
     pub media: media::MediaService,
     pub openid: openid::OpenIdService,
     pub voip: voip::VoipService,
+    /// Client request rates (see `rate_limits.rs`).
+    pub rate_limits: rate_limits::RateLimitsService,
     /// What waits to be delivered to other servers (see `outbox.rs`).
     pub outbox: Arc<outbox::OutboxService>,
     pub federation: federation::FederationService,
@@ -179,8 +181,6 @@ pub struct Services {
     pub lazy_members: sync::LazyMembersSent,
     /// Simplified sliding sync connections (see `sliding_sync/`).
     pub sliding_sync: sliding_sync::SlidingSyncService,
-    /// Client request rates (see `rate_limits.rs`).
-    pub rate_limits: rate_limits::RateLimitsService,
     /// Event writes running now (see [`Services::run_write`]).
     writes_in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -276,12 +276,12 @@ impl Services {
             media: media::MediaService::open(db.clone(), &config)?,
             openid: openid::OpenIdService::new(db.clone(), config.openid_token_ttl),
             voip: voip::VoipService::new(&config),
+            rate_limits: rate_limits::RateLimitsService::new(&config.rate_limits),
             outbox,
             federation,
             appservices,
             lazy_members: sync::LazyMembersSent::default(),
             sliding_sync: sliding_sync::SlidingSyncService::new(db.clone()),
-            rate_limits: rate_limits::RateLimitsService::new(&config.rate_limits),
             writes_in_flight: Default::default(),
             config,
             db,
