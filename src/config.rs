@@ -177,6 +177,11 @@ pub struct Config {
     #[serde(default = "defaults::turn_ttl")]
     pub turn_ttl: u64,
 
+    /// Limits on how fast one user (or address) may send, join, log in,
+    /// register, upload and ask for validation tokens.
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+
     /// Appservice registration files (YAML), loaded at every start
     /// (Synapse's key); `conduit appservice register` adds more.
     #[serde(default)]
@@ -357,6 +362,66 @@ impl ListenerConfig {
                 || covers(self.address, other.address)
                 || covers(other.address, self.address))
     }
+}
+
+/// `[global.rate_limits]`: a token bucket per user (per address for
+/// login, registration and validation tokens) and class of request, and
+/// the lockout of an account after wrong passwords. The defaults let a
+/// family chat, share photo albums and set up accounts without ever
+/// meeting them, and stop a runaway script within seconds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    pub enabled: bool,
+    /// Server admins are never limited (wrong passwords still lock).
+    pub exempt_admins: bool,
+    /// Messages, state events and redactions.
+    pub message: RateLimit,
+    /// Joins, invites and knocks.
+    pub join: RateLimit,
+    /// Login attempts from one address.
+    pub login: RateLimit,
+    /// Registration requests from one address (each account takes two or
+    /// three: the first one only asks which steps to take).
+    pub register: RateLimit,
+    /// Media uploads (`/upload`, `/create`).
+    pub media_upload: RateLimit,
+    /// Validation token requests for email addresses and phone numbers.
+    pub threepid: RateLimit,
+    /// Wrong passwords in a row for one account before it is locked.
+    pub failed_logins: u32,
+    /// Seconds of the first lock; each further wrong password doubles it.
+    pub failed_login_lockout: f64,
+    /// The longest lock, in seconds; a count of wrong passwords is
+    /// forgotten this long after the last one.
+    pub failed_login_lockout_max: f64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let limit = |per_second, burst| RateLimit { per_second, burst };
+        RateLimits {
+            enabled: true,
+            exempt_admins: true,
+            message: limit(1.0, 30),
+            join: limit(0.2, 20),
+            login: limit(0.2, 10),
+            register: limit(0.1, 20),
+            media_upload: limit(1.0, 50),
+            threepid: limit(0.01, 5),
+            failed_logins: 5,
+            failed_login_lockout: 30.0,
+            failed_login_lockout_max: 900.0,
+        }
+    }
+}
+
+/// One bucket: `burst` requests at once, then `per_second` on average.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -594,7 +659,46 @@ impl Config {
                 "must not be empty (leave it out to need no token)",
             ));
         }
+        self.validate_rate_limits()?;
         self.validate_listeners()
+    }
+
+    fn validate_rate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.rate_limits;
+        let classes = [
+            ("message", limits.message),
+            ("join", limits.join),
+            ("login", limits.login),
+            ("register", limits.register),
+            ("media_upload", limits.media_upload),
+            ("threepid", limits.threepid),
+        ];
+        for (name, limit) in classes {
+            if !(limit.per_second.is_finite() && limit.per_second > 0.0) {
+                return Err(key_error(
+                    &format!("rate_limits.{name}.per_second"),
+                    "must be greater than 0",
+                ));
+            }
+            if limit.burst == 0 {
+                return Err(key_error(&format!("rate_limits.{name}.burst"), "must be at least 1"));
+            }
+        }
+        if limits.failed_logins == 0 {
+            return Err(key_error("rate_limits.failed_logins", "must be at least 1"));
+        }
+        if !(limits.failed_login_lockout.is_finite() && limits.failed_login_lockout > 0.0) {
+            return Err(key_error("rate_limits.failed_login_lockout", "must be greater than 0"));
+        }
+        if !(limits.failed_login_lockout_max.is_finite()
+            && limits.failed_login_lockout_max >= limits.failed_login_lockout)
+        {
+            return Err(key_error(
+                "rate_limits.failed_login_lockout_max",
+                "must be at least failed_login_lockout",
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses a listener that the socket of an earlier one would already
@@ -900,6 +1004,34 @@ mod tests {
         assert_eq!(
             key_of(load_str("[global]\nfederation_request_timeout = 0\n", &[]).unwrap_err()),
             "federation_request_timeout"
+        );
+    }
+
+    #[test]
+    fn rate_limits_are_read_and_checked() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert!(c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.message.burst, 30);
+        let c = load_str(
+            "[global.rate_limits]\nmessage = { per_second = 0.5, burst = 3 }\nfailed_logins = 2\n",
+            &[("CONDUIT_RATE_LIMITS__ENABLED", "false")],
+        )
+        .unwrap();
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.message.per_second, 0.5);
+        assert_eq!(c.rate_limits.failed_logins, 2);
+        assert_eq!(c.rate_limits.join.burst, 20);
+        assert_eq!(
+            key_of(load_str("[global.rate_limits]\nlogin = { per_second = 0.0, burst = 3 }\n", &[]).unwrap_err()),
+            "rate_limits.login.per_second"
+        );
+        assert_eq!(
+            key_of(load_str("[global.rate_limits]\nlogin = { per_second = 1.0 }\n", &[]).unwrap_err()),
+            "rate_limits.login"
+        );
+        assert_eq!(
+            key_of(load_str("[global.rate_limits]\nmesage = { per_second = 1.0, burst = 1 }\n", &[]).unwrap_err()),
+            "rate_limits.mesage"
         );
     }
 

@@ -24,6 +24,7 @@ use super::error::ApiError;
 use crate::service::appservices::Appservice;
 use crate::service::devices::STAND_IN_DEVICE;
 use crate::service::outbox::Destination;
+use crate::service::rate_limits::{RateClass, Requester};
 use crate::service::{ServiceError, Services};
 
 /// A parsed, authenticated request for endpoint `T`.
@@ -388,20 +389,30 @@ pub type JsonObject = serde_json::Map<String, serde_json::Value>;
 pub struct Hooks {
     pub body: Option<BodyCheck>,
     pub response: Option<ResponseFix>,
+    /// The rate limit each request takes from, once its sender is known.
+    pub rate_limit: Option<RateClass>,
 }
 
 impl Hooks {
     pub fn body(check: BodyCheck) -> Self {
         Self {
             body: Some(check),
-            response: None,
+            ..Self::default()
         }
     }
 
     pub fn response(fix: ResponseFix) -> Self {
         Self {
-            body: None,
             response: Some(fix),
+            ..Self::default()
+        }
+    }
+
+    /// These hooks, and `class`'s rate limit.
+    pub fn limited(self, class: RateClass) -> Self {
+        Self {
+            rate_limit: Some(class),
+            ..self
         }
     }
 }
@@ -520,6 +531,14 @@ where
     } else {
         (authenticate::<R>(&services, &request, client_ip.clone()).await?, None)
     };
+    if let Some(class) = endpoint.hooks.rate_limit {
+        let requester = Requester {
+            user: identity.user.as_deref(),
+            appservice: identity.appservice.as_deref(),
+            address: client_ip.as_deref(),
+        };
+        services.rate_limits.check(&services, class, requester)?;
+    }
 
     let (parts, mut body) = request.into_parts();
     let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
@@ -892,6 +911,24 @@ pub async fn authenticate_raw(
         req.match_pattern()
             .is_some_and(|p| GUEST_RAW_PATHS.contains(&p.as_str()))
     })?;
+    Ok((user, device))
+}
+
+/// As [`authenticate_raw`], then takes one request of `class` from the
+/// user's rate limit.
+pub async fn authenticate_raw_limited(
+    services: &Arc<Services>,
+    req: &HttpRequest,
+    class: RateClass,
+) -> Result<(OwnedUserId, OwnedDeviceId), ApiError> {
+    let (user, device) = authenticate_raw(services, req).await?;
+    let address = req.connection_info().realip_remote_addr().map(strip_port);
+    let requester = Requester {
+        user: Some(&user),
+        appservice: None,
+        address: address.as_deref(),
+    };
+    services.rate_limits.check(services, class, requester)?;
     Ok((user, device))
 }
 

@@ -19,6 +19,7 @@ pub mod pdu;
 pub mod presence;
 pub mod push;
 pub mod pushers;
+pub mod rate_limits;
 pub mod receipts;
 pub mod registration_tokens;
 pub mod relations;
@@ -176,6 +177,8 @@ pub struct Services {
     pub media: media::MediaService,
     pub openid: openid::OpenIdService,
     pub voip: voip::VoipService,
+    /// Client request rates (see `rate_limits.rs`).
+    pub rate_limits: rate_limits::RateLimitsService,
     /// What waits to be delivered to other servers (see `outbox.rs`).
     pub outbox: Arc<outbox::OutboxService>,
     pub federation: federation::FederationService,
@@ -306,6 +309,7 @@ impl Services {
             media: media::MediaService::open(db.clone(), &config)?,
             openid: openid::OpenIdService::new(db.clone(), config.openid_token_ttl),
             voip: voip::VoipService::new(&config),
+            rate_limits: rate_limits::RateLimitsService::new(&config.rate_limits),
             outbox,
             federation,
             appservices,

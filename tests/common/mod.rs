@@ -25,13 +25,16 @@ pub struct TestServer {
 /// The lines a server logged, shared with the thread that reads them.
 pub type ServerLog = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
-/// Cheap password hashing: tests exercise the flow, not the cost.
+/// Cheap password hashing: tests exercise the flow, not the cost. No rate
+/// limits: tests send, join and register far faster than people do
+/// (`tests/rate_limits.rs` turns them on, with small limits).
 const BASE_CONFIG: &str = r#"[global]
 server_name = "localhost"
 address = "127.0.0.1"
 port = 0
 argon2_memory_kib = 64
 argon2_iterations = 1
+rate_limits.enabled = false
 log = "warn,conduit=info,conduit::wait=debug"
 "#;
 

@@ -142,6 +142,8 @@ class TlsConduit:
                 f'database_path = "{directory}/db"\nargon2_memory_kib = 64\nargon2_iterations = 1\n'
                 f'allow_federation = true\ntrusted_servers = []\nfederation_ca_files = ["{ca}"]\n'
                 'log = "warn,conduit=debug"\n'
+                # Test clients send and register faster than people do.
+                "rate_limits.enabled = false\n"
                 "[global.federation_destination_overrides]\n"
                 + "".join(f'"{name}" = "{url}"\n' for name, url in overrides.items())
                 + f'[global.tls]\ncerts = "{cert}"\nkey = "{key}"\n'

@@ -54,6 +54,8 @@ class Server:
             f.write(
                 f'[global]\nserver_name = "{name}"\naddress = "127.0.0.1"\nport = {port}\n'
                 f'database_path = "{self.dir.name}/db"\nlog = "warn"\nallow_federation = true\ntrusted_servers = []\n'
+                # A benchmark sends as fast as it can: measure the server, not its rate limits.
+                "rate_limits.enabled = false\n"
                 f'[global.federation_destination_overrides]\n"{other}" = "http://127.0.0.1:{other_port}"\n'
             )
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}

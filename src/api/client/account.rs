@@ -11,12 +11,16 @@ use ruma::api::client::account::{
 use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
 use crate::service::appservices::Appservice;
+use crate::service::rate_limits::RateClass;
 use crate::service::uiaa::Purpose;
 use crate::service::users::NewLogin;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
-    router.add_with(Hooks::response(no_login_no_fields), register);
+    router.add_with(
+        Hooks::response(no_login_no_fields).limited(RateClass::Register),
+        register,
+    );
     router.add(username_available);
     router.add(registration_token_validity);
     router.add(whoami);

@@ -16,9 +16,10 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::router::authenticate_raw;
+use crate::api::router::{authenticate_raw, authenticate_raw_limited};
 use crate::api::{ApiError, Router};
 use crate::service::media::{Download, ServedFile, ThumbnailRequest, UploadSink};
+use crate::service::rate_limits::RateClass;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
@@ -156,7 +157,7 @@ struct PreviewQuery {
 }
 
 async fn upload(services: Arc<Services>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
-    let (user, _) = authenticate_raw(&services, &req).await?;
+    let (user, _) = authenticate_raw_limited(&services, &req, RateClass::MediaUpload).await?;
     let query: UploadQuery = query(&req)?;
     let sink = receive(&services, &req, payload).await?;
     let uri = services
@@ -167,7 +168,8 @@ async fn upload(services: Arc<Services>, req: HttpRequest, payload: web::Payload
 }
 
 async fn create(services: Arc<Services>, req: HttpRequest, _: web::Payload) -> Result<HttpResponse, ApiError> {
-    let (user, _) = authenticate_raw(&services, &req).await?;
+    // The PUT that later fills the created ID is not counted again.
+    let (user, _) = authenticate_raw_limited(&services, &req, RateClass::MediaUpload).await?;
     let (uri, expires) = services.media.create_pending(&user).await?;
     Ok(HttpResponse::Ok().json(json!({ "content_uri": uri, "unused_expires_at": expires })))
 }

@@ -12,19 +12,22 @@ use ruma::api::client::membership::{
 use ruma::{OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomAliasId};
 
 use super::raw;
+use crate::api::router::Hooks;
 use crate::api::{ApiError, Router, Ruma};
+use crate::service::rate_limits::RateClass;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
-    router.add(join_by_id);
-    router.add(join_by_id_or_alias);
+    let limited = Hooks::default().limited(RateClass::Join);
+    router.add_with(limited, join_by_id);
+    router.add_with(limited, join_by_id_or_alias);
     router.add(leave);
     router.add(forget);
-    router.add(invite);
+    router.add_with(limited, invite);
     router.add(kick);
     router.add(ban);
     router.add(unban);
-    router.add(knock);
+    router.add_with(limited, knock);
     router.add(joined_rooms);
     router.add(members);
     router.add(joined_members);

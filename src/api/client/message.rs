@@ -13,16 +13,19 @@ use ruma::{CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::Value as JsonValue;
 
 use super::raw;
+use crate::api::router::Hooks;
 use crate::api::{ApiError, Router, Ruma};
+use crate::service::rate_limits::RateClass;
 use crate::service::timeline::{EventSpec, Pagination, Txn};
 use crate::service::Services;
 
 pub fn register_routes(router: &mut Router) {
-    router.add(send_message);
-    router.add(send_state);
+    let limited = Hooks::default().limited(RateClass::Message);
+    router.add_with(limited, send_message);
+    router.add_with(limited, send_state);
     router.add(state);
     router.add(state_for_key);
-    router.add(redact);
+    router.add_with(limited, redact);
     router.add(messages);
     router.add(timestamp_to_event);
 }

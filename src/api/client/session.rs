@@ -9,11 +9,12 @@ use ruma::{OwnedUserId, UserId};
 
 use crate::api::router::{Hooks, JsonObject};
 use crate::api::{ApiError, Router, Ruma};
+use crate::service::rate_limits::RateClass;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
     router.add(login_types);
-    router.add_with(Hooks::body(login_type_given), login);
+    router.add_with(Hooks::body(login_type_given).limited(RateClass::Login), login);
     router.add(logout);
     router.add(logout_all);
 }
@@ -108,7 +109,10 @@ async fn login(services: Arc<Services>, req: Ruma<login::v3::Request>) -> Result
         body.device_id,
         body.initial_device_display_name,
         req.client_ip,
-        move |s, user| s.users.verify_password(user, &password.password),
+        move |s, user| {
+            s.rate_limits
+                .guard_password(user, || s.users.verify_password(user, &password.password))
+        },
     )
     .await
 }

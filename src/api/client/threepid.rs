@@ -13,21 +13,24 @@ use ruma::api::client::account::{
     request_registration_token_via_msisdn, unbind_3pid, ThirdPartyIdRemovalStatus,
 };
 
+use crate::api::router::Hooks;
 use crate::api::{ApiError, Router, Ruma};
+use crate::service::rate_limits::RateClass;
 use crate::service::{ServiceError, Services};
 
 pub fn register_routes(router: &mut Router) {
+    let limited = Hooks::default().limited(RateClass::Threepid);
     router.add(list);
     router.add(add);
     router.add(bind);
     router.add(delete);
     router.add(unbind);
-    router.add(token_for_3pid_by_email);
-    router.add(token_for_3pid_by_msisdn);
-    router.add(token_for_registration_by_email);
-    router.add(token_for_registration_by_msisdn);
-    router.add(token_for_password_by_email);
-    router.add(token_for_password_by_msisdn);
+    router.add_with(limited, token_for_3pid_by_email);
+    router.add_with(limited, token_for_3pid_by_msisdn);
+    router.add_with(limited, token_for_registration_by_email);
+    router.add_with(limited, token_for_registration_by_msisdn);
+    router.add_with(limited, token_for_password_by_email);
+    router.add_with(limited, token_for_password_by_msisdn);
 }
 
 fn denied() -> ApiError {

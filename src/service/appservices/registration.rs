@@ -18,11 +18,10 @@ pub struct Registration {
     pub sender_localpart: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub namespaces: Namespaces,
-    /// Read and kept, with no effect: Conduit limits no request rates
-    /// (its limits bound what waits in storage: undelivered to-device
-    /// messages, pending uploads, queued password checks), so a bridge's
-    /// users are as free as anyone's. Absent should then mean limited
-    /// (Synapse's default; the spec names none), the sender never.
+    /// Whether the client rate limits apply to the users the appservice
+    /// acts as: only if `true` (Synapse's default is limited; a small
+    /// server's bridge is trusted unless it says otherwise). Its own user
+    /// is never limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limited: Option<bool>,
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
