@@ -693,19 +693,7 @@ async fn the_command_line_registers_lists_and_unregisters_and_refuses_bad_files(
     server.stop();
     let dir = server.dir.path().to_owned();
     let config = server.config_path().to_owned();
-    let run = |args: &[&str]| {
-        let out = common::conduit_command()
-            .arg("-c")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| common::run_conduit(&config, args);
     let good = dir.join("good.yaml");
     std::fs::write(&good, registration("http://127.0.0.1:9")).unwrap();
     let bad = dir.join("bad.yaml");

@@ -6,18 +6,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_error, conduit_command, enc, TestServer};
+use common::{assert_error, enc, run_conduit as conduit, TestServer};
 use serde_json::Value;
-
-/// Runs `conduit -c CONFIG ARGS…`: (success, stdout, stderr).
-fn conduit(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = conduit_command().arg("-c").arg(config).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn a_backup_taken_under_write_load_restores_every_acknowledged_event() {

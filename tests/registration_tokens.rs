@@ -508,18 +508,8 @@ async fn the_config_token_alone_still_works_and_never_runs_out() {
 /// `conduit token ...` with the test server's config; (success, stdout,
 /// stderr).
 fn cli(server: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = common::conduit_command()
-        .arg("-c")
-        .arg(server.config_path())
-        .arg("token")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args: Vec<&str> = std::iter::once("token").chain(args.iter().copied()).collect();
+    common::run_conduit(server.config_path(), &args)
 }
 
 #[tokio::test]

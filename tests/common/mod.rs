@@ -446,6 +446,16 @@ pub fn conduit_command() -> Command {
     command
 }
 
+/// Runs `conduit -c CONFIG ARGS…` to its end: (success, stdout, stderr).
+pub fn run_conduit(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = conduit_command().arg("-c").arg(config).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Starts the server and waits (at most 30 s) for the address it logs; the
 /// log is drained afterwards (echoed when TEST_SERVER_LOG is set).
 pub fn spawn_and_wait_for_address(command: Command) -> (Child, String) {
