@@ -148,6 +148,13 @@ pub struct Config {
     /// delivered by then is dropped rather than delivered stale.
     #[serde(default = "defaults::push_notification_max_age")]
     pub push_notification_max_age: u64,
+    /// Where Prometheus metrics are served (e.g. `127.0.0.1:9090`), on a
+    /// listener of their own; unset: no metrics are kept or served.
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// The path of the metrics on that listener.
+    #[serde(default = "defaults::metrics_path")]
+    pub metrics_path: String,
     /// Where online backups go (the database, incrementally, and the media
     /// files); unset: no scheduled backups, and `conduit backup` needs it.
     #[serde(default)]
@@ -493,6 +500,9 @@ mod defaults {
     pub fn openid_token_ttl() -> u64 {
         3600
     }
+    pub fn metrics_path() -> String {
+        "/metrics".to_owned()
+    }
     pub fn backup_interval_hours() -> u64 {
         24
     }
@@ -634,6 +644,9 @@ impl Config {
         }
         if self.federation_workers == 0 {
             return Err(key_error("federation_workers", "must be greater than 0"));
+        }
+        if !self.metrics_path.starts_with('/') {
+            return Err(key_error("metrics_path", "must start with /"));
         }
         if self.backups_kept == 0 {
             return Err(key_error("backups_kept", "must be greater than 0"));

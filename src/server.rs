@@ -52,6 +52,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(api::cors))
+            .wrap(from_fn(api::record_metrics))
             .configure(api::configure)
             .default_service(web::to(api::unrecognized))
     })
@@ -74,6 +75,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tracing::info!("listening on {scheme}://{bound}");
     }
 
+    let metrics_server = match services.config.metrics_address {
+        Some(addr) => Some(metrics_server(addr, &services)?),
+        None => None,
+    };
+
     let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
     let workers = services.start_workers(workers_stop);
     let server = server.run();
@@ -89,6 +95,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         handle.stop(true).await;
     });
     let served = server.await.map_err(StartError::Serve);
+    if let Some(metrics) = metrics_server {
+        metrics.stop(true).await;
+    }
     // Background work (deliveries in flight) finishes before the database
     // is flushed.
     let _ = stop_workers.send(true);
@@ -99,6 +108,48 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     services.flush()?;
     tracing::info!("database flushed, bye");
     Ok(())
+}
+
+/// Serves the metrics on a listener of their own (an operator keeps it
+/// private, apart from the client and federation listeners).
+fn metrics_server(addr: SocketAddr, services: &Arc<Services>) -> Result<actix_web::dev::ServerHandle, StartError> {
+    let data = web::Data::from(Arc::clone(services));
+    let path = services.config.metrics_path.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route(&path, web::get().to(render_metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(addr)
+    .map_err(|source| StartError::Bind { addr, source })?;
+    for (bound, scheme) in server.addrs_with_scheme() {
+        tracing::info!("metrics on {scheme}://{bound}");
+    }
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok(handle)
+}
+
+async fn render_metrics(services: web::Data<Services>) -> actix_web::HttpResponse {
+    let services = services.into_inner();
+    let rendered = services
+        .run(|s| match &s.metrics {
+            Some(metrics) => metrics.render(s),
+            None => Ok(String::new()),
+        })
+        .await;
+    match rendered {
+        Ok(text) => actix_web::HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(text),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics not rendered");
+            actix_web::HttpResponse::InternalServerError().finish()
+        }
+    }
 }
 
 /// How long after the listeners are bound start-up is taken to be over.

@@ -48,6 +48,28 @@ pub async fn cors(
     Ok(response.map_into_left_body())
 }
 
+/// Counts and times each answered request by its route's pattern, when
+/// metrics are on.
+pub async fn record_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let response = next.call(req).await?;
+    let services = response.request().app_data::<web::Data<crate::service::Services>>();
+    if let Some(metrics) = services.and_then(|s| s.metrics.as_ref()) {
+        let request = response.request();
+        let endpoint = request.match_pattern().unwrap_or_else(|| "unrecognized".to_owned());
+        metrics.observe_request(
+            &endpoint,
+            request.method().as_str(),
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(response)
+}
+
 fn add_cors_headers(headers: &mut header::HeaderMap) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(

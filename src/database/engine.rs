@@ -26,6 +26,20 @@ impl DbError {
 
 pub type DbResult<T> = Result<T, DbError>;
 
+/// What the engine reports about itself (0 where it cannot say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Bytes of the tables' files on disk.
+    pub sst_bytes: u64,
+    /// Bytes in memtables, not yet written to files.
+    pub memtable_bytes: u64,
+    pub block_cache_bytes: u64,
+    pub block_cache_capacity_bytes: u64,
+    pub running_compactions: u64,
+    /// Tables whose compaction is due.
+    pub compactions_pending: u64,
+}
+
 /// One backup in a backup directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupSummary {
@@ -98,6 +112,9 @@ pub trait KvStore: Send + Sync + 'static {
     /// backup there holds are not copied again), then keeps only the newest
     /// `keep` backups. Returns the new backup.
     fn backup(&self, dir: &std::path::Path, keep: usize) -> DbResult<BackupSummary>;
+
+    /// The engine's figures, for metrics.
+    fn stats(&self) -> EngineStats;
 
     fn put(&self, table: Table, key: Vec<u8>, value: Vec<u8>) -> DbResult<()> {
         let mut batch = Batch::new();

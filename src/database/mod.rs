@@ -41,7 +41,7 @@ pub mod users;
 use std::sync::Arc;
 
 pub use catalogue::Table;
-pub use engine::{BackupSummary, Batch, DbError, DbResult, Direction, KvIter, KvStore};
+pub use engine::{BackupSummary, Batch, DbError, DbResult, Direction, EngineStats, KvIter, KvStore};
 
 /// A shared handle on the engine.
 pub type Db = Arc<dyn KvStore>;

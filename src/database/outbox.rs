@@ -48,6 +48,20 @@ impl OutboxTables {
             .collect()
     }
 
+    /// How many items wait for `destination`, counting at most `limit`.
+    pub fn count(&self, destination: &str, limit: usize) -> DbResult<usize> {
+        let mut count = 0;
+        for r in self
+            .db
+            .scan_prefix(Table::Outbox, keys::encode(&(destination,)), Direction::Forward)
+            .take(limit)
+        {
+            r?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     pub fn remove(&self, batch: &mut Batch, destination: &str, seq: u64) {
         batch.delete(Table::Outbox, keys::encode(&(destination, seq)));
     }

@@ -10,7 +10,7 @@ use rocksdb::{
 };
 
 use super::catalogue::Table;
-use super::engine::{BackupSummary, Batch, BatchOp, DbError, DbResult, Direction, KvIter, KvStore};
+use super::engine::{BackupSummary, Batch, BatchOp, DbError, DbResult, Direction, EngineStats, KvIter, KvStore};
 
 /// What the operator can tune (from the `[global]` config).
 #[derive(Debug, Clone)]
@@ -192,6 +192,25 @@ impl KvStore for RocksDb {
             self.db.flush_cf(self.cf(table)).map_err(engine_err)?;
         }
         Ok(())
+    }
+
+    fn stats(&self) -> EngineStats {
+        let per_table = |name: &str| -> u64 {
+            Table::ALL
+                .iter()
+                .filter_map(|t| self.db.property_int_value_cf(self.cf(*t), name).ok().flatten())
+                .sum()
+        };
+        let whole = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        EngineStats {
+            sst_bytes: per_table("rocksdb.total-sst-files-size"),
+            memtable_bytes: per_table("rocksdb.cur-size-all-mem-tables"),
+            // One cache is shared by every table.
+            block_cache_bytes: whole("rocksdb.block-cache-usage"),
+            block_cache_capacity_bytes: whole("rocksdb.block-cache-capacity"),
+            running_compactions: whole("rocksdb.num-running-compactions"),
+            compactions_pending: per_table("rocksdb.compaction-pending"),
+        }
     }
 
     fn backup(&self, dir: &Path, keep: usize) -> DbResult<BackupSummary> {

@@ -87,4 +87,8 @@ impl KvStore for FaultyStore {
     fn backup(&self, dir: &std::path::Path, keep: usize) -> DbResult<super::BackupSummary> {
         self.inner.backup(dir, keep)
     }
+
+    fn stats(&self) -> super::engine::EngineStats {
+        self.inner.stats()
+    }
 }

@@ -12,6 +12,7 @@ pub mod federation;
 pub mod filters;
 pub mod key_backups;
 pub mod media;
+pub mod metrics;
 pub mod openid;
 pub mod outbox;
 pub mod password;
@@ -189,6 +190,8 @@ pub struct Services {
     pub sliding_sync: sliding_sync::SlidingSyncService,
     /// Online backups (see `backups.rs`).
     pub backups: Arc<backups::BackupsService>,
+    /// Prometheus metrics (see `metrics.rs`); kept when `metrics_address` is set.
+    pub metrics: Option<metrics::Metrics>,
     /// Event writes running now (see [`Services::run_write`]).
     writes_in_flight: std::sync::atomic::AtomicUsize,
 }
@@ -208,6 +211,11 @@ impl Services {
             tracing::info!(indexed, "transaction IDs from an older database set to expire in a day");
         }
         Ok(Arc::new(services))
+    }
+
+    /// What the storage engine reports about itself.
+    pub fn engine_stats(&self) -> crate::database::EngineStats {
+        self.db.stats()
     }
 
     /// Whether storage answers: the health check's question.
@@ -316,6 +324,7 @@ impl Services {
             lazy_members: sync::LazyMembersSent::default(),
             sliding_sync: sliding_sync::SlidingSyncService::new(db.clone()),
             backups: Arc::new(backups::BackupsService::new(db.clone(), &config)),
+            metrics: config.metrics_address.map(|_| metrics::Metrics::new()).transpose()?,
             writes_in_flight: Default::default(),
             config,
             db,

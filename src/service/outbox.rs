@@ -10,7 +10,7 @@
 //! failed transaction is retried with capped exponential backoff, at once
 //! if the destination shows it is back (it contacted us).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,28 @@ pub enum Destination {
     Pusher(PusherId),
 }
 
+/// One kind of destination's queue, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueDepth {
+    pub destinations: u64,
+    pub items: u64,
+    pub failures: u64,
+}
+
+/// Items counted per destination at most, so that a scrape stays cheap
+/// while a destination is down with a long queue.
+const QUEUE_COUNT_LIMIT: usize = 100_000;
+
 impl Destination {
+    /// What kind of destination this is (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Destination::Server(_) => "server",
+            Destination::Appservice(_) => "appservice",
+            Destination::Pusher(_) => "pusher",
+        }
+    }
+
     /// The form in the outbox table's keys.
     fn key(&self) -> String {
         match self {
@@ -198,6 +219,8 @@ struct DestinationState {
 
 pub struct OutboxService {
     tables: OutboxTables,
+    /// Failed deliveries since start, by destination kind (for metrics).
+    failures: Mutex<BTreeMap<&'static str, u64>>,
     /// Destinations with items queued, as far as this process knows.
     pending: Mutex<HashSet<Destination>>,
     states: Mutex<HashMap<Destination, DestinationState>>,
@@ -220,6 +243,7 @@ impl OutboxService {
         }
         Ok(Self {
             tables,
+            failures: Mutex::default(),
             pending: Mutex::new(pending),
             states: Mutex::default(),
             wake: Notify::new(),
@@ -275,6 +299,33 @@ impl OutboxService {
                 self.wake.notify_one();
             }
         }
+    }
+
+    /// By destination kind: destinations with something waiting, the items
+    /// waiting (each destination counted up to `QUEUE_COUNT_LIMIT`), and
+    /// the deliveries that failed since start. For metrics.
+    pub fn depths(&self) -> ServiceResult<BTreeMap<&'static str, QueueDepth>> {
+        let pending: Vec<Destination> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let mut out: BTreeMap<&'static str, QueueDepth> = ["server", "appservice", "pusher"]
+            .into_iter()
+            .map(|kind| (kind, QueueDepth::default()))
+            .collect();
+        for destination in pending {
+            let items = self.tables.count(&destination.key(), QUEUE_COUNT_LIMIT)?;
+            let depth = out.entry(destination.kind()).or_default();
+            depth.destinations += 1;
+            depth.items += items as u64;
+        }
+        for (kind, failed) in self.failures.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.entry(kind).or_default().failures = *failed;
+        }
+        Ok(out)
     }
 
     /// Items waiting for `destination`.
@@ -366,6 +417,12 @@ impl OutboxService {
                 }
             }
             Err(e) => {
+                *self
+                    .failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(destination.kind())
+                    .or_default() += 1;
                 state.failures = state.failures.saturating_add(1);
                 let wait = backoff(state.failures, destination.max_backoff());
                 state.retry_at = Some(Instant::now() + wait);

@@ -11,6 +11,7 @@
 //! the members of its room and nobody else.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ use crate::database::Db;
 
 pub struct Stream {
     db: Db,
+    /// Syncs waiting now (for metrics).
+    waiters: AtomicUsize,
     in_flight: Mutex<BTreeSet<u64>>,
     visible: watch::Sender<u64>,
     users: Mutex<UserChannels>,
@@ -36,6 +39,23 @@ struct UserChannels {
 /// User channels kept before those nobody waits on are dropped.
 const USER_CHANNELS_KEPT: usize = 256;
 
+/// Counts a waiting sync for as long as it lives (also when the wait is
+/// dropped: a client that hangs up).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A reserved position; hand it back to [`Stream::finish`] once written (or
 /// after the write failed: then nothing is stored under it).
 #[must_use]
@@ -46,6 +66,7 @@ impl Stream {
         let (visible, _) = watch::channel(db.current_count());
         Self {
             db,
+            waiters: AtomicUsize::new(0),
             in_flight: Mutex::new(BTreeSet::new()),
             visible,
             users: Mutex::new(UserChannels {
@@ -129,6 +150,7 @@ impl Stream {
     /// Waits up to `timeout` for a change to the watched user after `read_up_to`,
     /// and returns once that change is visible (or at the timeout).
     pub async fn wait(&self, mut user_rx: watch::Receiver<u64>, read_up_to: u64, timeout: Duration) {
+        let _waiting = Waiting::new(&self.waiters);
         let mut visible_rx = self.visible.subscribe();
         let wait = async {
             let target = match user_rx.wait_for(|v| *v > read_up_to).await {
@@ -138,6 +160,11 @@ impl Stream {
             let _ = visible_rx.wait_for(|v| *v >= target).await;
         };
         let _ = tokio::time::timeout(timeout, wait).await;
+    }
+
+    /// Syncs waiting for a change now.
+    pub fn waiters(&self) -> usize {
+        self.waiters.load(Ordering::Relaxed)
     }
 
     fn lock_in_flight(&self) -> ServiceResult<std::sync::MutexGuard<'_, BTreeSet<u64>>> {
