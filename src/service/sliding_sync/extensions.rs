@@ -2,7 +2,7 @@
 //! (device lists, one-time and fallback keys), account data, receipts and
 //! typing, each for the rooms its config names.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ruma::api::client::sync::sync_events::v5::{request, response};
 use ruma::serde::Raw;
@@ -18,8 +18,9 @@ pub(super) struct Scope<'a> {
     pub list_rooms: &'a BTreeMap<String, Vec<OwnedRoomId>>,
     /// Subscribed rooms the user may see.
     pub subscribed: &'a [OwnedRoomId],
-    /// Rooms this response sends whole: their extension data is sent whole too.
-    pub sent_whole: &'a HashSet<OwnedRoomId>,
+    /// Rooms this response sends whole, with their timeline's event IDs:
+    /// their extension data is sent whole too.
+    pub sent_whole: &'a HashMap<OwnedRoomId, HashSet<String>>,
 }
 
 impl Scope<'_> {
@@ -54,7 +55,7 @@ impl Scope<'_> {
     /// Where the client holds a room's extension data from: nothing for a
     /// room sent whole now.
     fn since_for(&self, room_id: &OwnedRoomId, since: Option<u64>) -> Option<u64> {
-        since.filter(|_| !self.sent_whole.contains(room_id))
+        since.filter(|_| !self.sent_whole.contains_key(room_id))
     }
 }
 
@@ -83,7 +84,15 @@ pub(super) fn compute(
         let ext = &config.receipts;
         for room_id in joined(s, user, scope.rooms(ext.lists.as_deref(), ext.rooms.as_deref()))? {
             let from = scope.since_for(&room_id, since).unwrap_or(0);
-            if let (Some(event), _) = s.receipts.receipt_event(&room_id, from, user)? {
+            let Some(mut event) = s.receipts.receipt_event(&room_id, from, user)?.0 else {
+                continue;
+            };
+            if let Some(timeline) = scope.sent_whole.get(&room_id) {
+                // A room sent whole gets the receipts of the events it shows
+                // and the user's own, not every member's (thousands in a big room).
+                keep_receipts(&mut event, timeline, user);
+            }
+            if event["content"].as_object().is_some_and(|c| !c.is_empty()) {
                 out.receipts.rooms.insert(room_id, raw(&event)?);
             }
         }
@@ -173,7 +182,7 @@ fn account_data(
     up_to: u64,
 ) -> ServiceResult<response::AccountData> {
     let mut out = response::AccountData::default();
-    let whole_rooms_too = since.is_some() && rooms.iter().any(|r| scope.sent_whole.contains(r));
+    let whole_rooms_too = since.is_some() && rooms.iter().any(|r| scope.sent_whole.contains_key(r));
     let entries = s
         .account_data
         .changed_since(user, if whole_rooms_too { 0 } else { since.unwrap_or(0) })?;
@@ -190,11 +199,33 @@ fn account_data(
         let Ok(room_id) = OwnedRoomId::try_from(entry.room_id.as_str()) else {
             continue;
         };
-        if rooms.contains(&room_id) && (is_new || scope.sent_whole.contains(&room_id)) {
+        if rooms.contains(&room_id) && (is_new || scope.sent_whole.contains_key(&room_id)) {
             out.rooms.entry(room_id).or_default().push(raw(&event)?);
         }
     }
     Ok(out)
+}
+
+/// Trims an `m.receipt` event to the receipts for `shown` events and those
+/// of `user`.
+fn keep_receipts(event: &mut JsonValue, shown: &HashSet<String>, user: &UserId) {
+    let Some(content) = event.get_mut("content").and_then(JsonValue::as_object_mut) else {
+        return;
+    };
+    content.retain(|event_id, by_type| {
+        if shown.contains(event_id) {
+            return true;
+        }
+        if let Some(by_type) = by_type.as_object_mut() {
+            by_type.retain(|_, users| {
+                if let Some(users) = users.as_object_mut() {
+                    users.retain(|u, _| u == user.as_str());
+                }
+                users.as_object().is_some_and(|u| !u.is_empty())
+            });
+        }
+        by_type.as_object().is_some_and(|t| !t.is_empty())
+    });
 }
 
 /// The rooms of `rooms` the user is joined to (receipts and typing are
@@ -213,4 +244,28 @@ fn raw<T>(value: &JsonValue) -> ServiceResult<Raw<T>> {
     serde_json::value::to_raw_value(value)
         .map(Raw::from_json)
         .map_err(|e| ServiceError::Internal(format!("extension event: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_room_gets_the_receipts_it_shows_and_the_users_own() {
+        let alice: OwnedUserId = "@alice:x".try_into().unwrap();
+        let mut event = serde_json::json!({"type": "m.receipt", "content": {
+            "$shown": {"m.read": {"@bob:x": {"ts": 1}, "@carol:x": {"ts": 2}}},
+            "$old": {"m.read": {"@alice:x": {"ts": 3}, "@dave:x": {"ts": 4}}},
+            "$older": {"m.read": {"@erin:x": {"ts": 5}}},
+        }});
+        let shown: HashSet<String> = ["$shown".to_owned()].into();
+        keep_receipts(&mut event, &shown, &alice);
+        assert_eq!(
+            event["content"],
+            serde_json::json!({
+                "$shown": {"m.read": {"@bob:x": {"ts": 1}, "@carol:x": {"ts": 2}}},
+                "$old": {"m.read": {"@alice:x": {"ts": 3}}},
+            })
+        );
+    }
 }

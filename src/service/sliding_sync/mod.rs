@@ -381,7 +381,7 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
 
     let ignored = s.account_data.ignored_users(user)?;
     let mut rooms = BTreeMap::new();
-    let mut sent_whole = HashSet::new();
+    let mut sent_whole = HashMap::new();
     for (room_id, config) in &picked {
         let Some(candidate) = by_id.get(room_id.as_str()) else {
             continue;
@@ -408,7 +408,13 @@ pub fn compute(s: &Services, user: &UserId, device: &str, request: &SyncRequest,
             continue;
         };
         if built.whole {
-            sent_whole.insert(room_id.clone());
+            let timeline_ids = built
+                .room
+                .timeline
+                .iter()
+                .filter_map(|e| e.get_field::<String>("event_id").ok().flatten())
+                .collect();
+            sent_whole.insert(room_id.clone(), timeline_ids);
         }
         let config = intern_config(&mut state.configs, config.record());
         state.rooms.insert(
