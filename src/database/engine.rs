@@ -95,6 +95,13 @@ pub trait KvStore: Send + Sync + 'static {
     /// turned synchronous writes off.
     fn write(&self, batch: Batch) -> DbResult<()>;
 
+    /// Applies the batch atomically without waiting for the disk: it
+    /// survives the process, not a power cut. For what is cheap to lose
+    /// and written often (a sync connection's state).
+    fn write_unsynced(&self, batch: Batch) -> DbResult<()> {
+        self.write(batch)
+    }
+
     /// Iterates from `from` (inclusive) in `direction`; `None` starts at the
     /// table's first (forward) or last (backward) key.
     fn iter(&self, table: Table, from: Option<&[u8]>, direction: Direction) -> KvIter<'_>;

@@ -117,6 +117,17 @@ impl RocksDb {
             .expect("every catalogue table is opened at start")
     }
 
+    fn write_batch(&self, batch: Batch) -> WriteBatch {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                BatchOp::Put(t, k, v) => wb.put_cf(self.cf(t), k, v),
+                BatchOp::Delete(t, k) => wb.delete_cf(self.cf(t), k),
+            }
+        }
+        wb
+    }
+
     fn write_options(&self) -> WriteOptions {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);
@@ -137,14 +148,15 @@ impl KvStore for RocksDb {
     }
 
     fn write(&self, batch: Batch) -> DbResult<()> {
-        let mut wb = WriteBatch::default();
-        for op in batch.ops {
-            match op {
-                BatchOp::Put(t, k, v) => wb.put_cf(self.cf(t), k, v),
-                BatchOp::Delete(t, k) => wb.delete_cf(self.cf(t), k),
-            }
-        }
-        self.db.write_opt(wb, &self.write_options()).map_err(engine_err)
+        self.db
+            .write_opt(self.write_batch(batch), &self.write_options())
+            .map_err(engine_err)
+    }
+
+    fn write_unsynced(&self, batch: Batch) -> DbResult<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        self.db.write_opt(self.write_batch(batch), &options).map_err(engine_err)
     }
 
     fn iter(&self, table: Table, from: Option<&[u8]>, direction: Direction) -> KvIter<'_> {

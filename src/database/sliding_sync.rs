@@ -80,12 +80,17 @@ impl SlidingSyncTables {
             .transpose()
     }
 
+    /// Stores a connection's record without waiting for the disk: written
+    /// at every response, and a record lost to a power cut costs the
+    /// client a fresh start (`M_UNKNOWN_POS`), not data.
     pub fn put(&self, user_id: &str, device_id: &str, conn_id: &str, record: &ConnectionRecord) -> DbResult<()> {
-        self.db.put(
+        let mut batch = Batch::new();
+        batch.put(
             Table::SlidingSyncConnections,
             keys::encode(&(user_id, device_id, conn_id)),
             to_record(record),
-        )
+        );
+        self.db.write_unsynced(batch)
     }
 
     /// The connection IDs of one device.
