@@ -2070,3 +2070,36 @@ async fn presence_set_on_one_server_is_seen_by_room_mates_on_the_other() {
     let refused = p.b.call("GET", &status_path(&p.alice), Some(&carol_token), None).await;
     assert_error(&refused, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn purge_media_cache_forgets_remote_media_and_keeps_local_media() {
+    let (a, b) = two_servers().await;
+    let (_, alice_token, _) = a.register("alice", "password-a").await;
+    // Bob is B's first account: its admin.
+    let (_, bob_token, _) = b.register("bob", "password-b").await;
+    let remote_id = upload_media(&a, &alice_token, b"from A".to_vec(), "text/plain", "a.txt").await;
+    let local_id = upload_media(&b, &bob_token, b"from B".to_vec(), "text/plain", "b.txt").await;
+    let remote_path = format!("/_matrix/client/v1/media/download/conduit-a.test/{remote_id}");
+    let (status, _, _, bytes) = get_media(&b, &remote_path, Some(&bob_token)).await;
+    assert_eq!((status, bytes.as_slice()), (200, b"from A".as_slice()));
+
+    let purge = |before_ts: u64| format!("/_synapse/admin/v1/purge_media_cache?before_ts={before_ts}");
+    // Fetched after this time: kept.
+    let (status, purged) = b.call("POST", &purge(1), Some(&bob_token), None).await;
+    assert_eq!((status, purged), (200, json!({"deleted": 0})));
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    let (status, purged) = b.call("POST", &purge(later), Some(&bob_token), None).await;
+    assert_eq!((status, purged), (200, json!({"deleted": 1})));
+    let local_path = format!("/_matrix/client/v1/media/download/conduit-b.test/{local_id}");
+    assert_eq!(get_media(&b, &local_path, Some(&bob_token)).await.0, 200);
+
+    // Asked for again, B fetches it from A anew.
+    let mark = b.log_mark();
+    let (status, _, _, bytes) = get_media(&b, &remote_path, Some(&bob_token)).await;
+    assert_eq!((status, bytes.as_slice()), (200, b"from A".as_slice()));
+    b.wait_for_log(mark, &["remote media fetched", &remote_id]).await;
+}

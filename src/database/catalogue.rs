@@ -98,6 +98,11 @@ pub enum Table {
     /// Rooms published in the room directory (`directory.rs`). Key: `(room_id:
     /// str)`. Value: empty.
     PublicRooms,
+    /// Rooms an admin blocked or purged: local users may not join them, and
+    /// a purged room is gone from the admin API (`directory.rs`). Key:
+    /// `(room_id: str)`. Value: bincode `ClosedRoomRecord` (the blocking
+    /// admin, purged flag, time).
+    ClosedRooms,
     /// Read receipts (`receipts.rs`). Key: `(room_id: str, receipt_type: str,
     /// user_id: str, thread_id: str)`, thread_id empty for an unthreaded
     /// receipt. Value: bincode `ReceiptRecord` (event ID, time, stream position).
@@ -312,7 +317,7 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 70] = [
+    pub const ALL: [Table; 71] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -338,6 +343,7 @@ impl Table {
         Table::RoomAliases,
         Table::AliasesByRoom,
         Table::PublicRooms,
+        Table::ClosedRooms,
         Table::Receipts,
         Table::Notifications,
         Table::UnreadCounts,
@@ -413,6 +419,7 @@ impl Table {
             Table::RoomAliases => "room_aliases",
             Table::AliasesByRoom => "aliases_by_room",
             Table::PublicRooms => "public_rooms",
+            Table::ClosedRooms => "closed_rooms",
             Table::Receipts => "receipts",
             Table::Notifications => "notifications",
             Table::UnreadCounts => "unread_counts",

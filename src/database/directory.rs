@@ -13,6 +13,16 @@ pub struct AliasRecord {
     pub creator: String,
 }
 
+/// Why local users may no longer reach a room (see [`Table::ClosedRooms`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClosedRoomRecord {
+    /// The admin who blocked it; `None` if it is not blocked.
+    pub blocked_by: Option<String>,
+    /// Deleted with `purge`: gone for local users and from the admin API.
+    pub purged: bool,
+    pub closed_ms: u64,
+}
+
 pub struct DirectoryTables {
     db: Db,
     /// Held by every alias write from its read of the alias to its write,
@@ -112,5 +122,22 @@ impl DirectoryTables {
             .iter(Table::PublicRooms, None, Direction::Forward)
             .map(|r| decode_key(Table::PublicRooms, &r?.0))
             .collect()
+    }
+
+    /// Records a room as blocked or purged (or, with neither, open again).
+    pub fn set_closed(&self, room_id: &str, record: &ClosedRoomRecord) -> DbResult<()> {
+        if record.blocked_by.is_none() && !record.purged {
+            self.db.delete(Table::ClosedRooms, keys::encode(room_id))
+        } else {
+            self.db
+                .put(Table::ClosedRooms, keys::encode(room_id), to_record(record))
+        }
+    }
+
+    pub fn closed(&self, room_id: &str) -> DbResult<Option<ClosedRoomRecord>> {
+        self.db
+            .get(Table::ClosedRooms, &keys::encode(room_id))?
+            .map(|v| from_record(Table::ClosedRooms, &v))
+            .transpose()
     }
 }

@@ -91,6 +91,15 @@ impl MediaTables {
             .collect()
     }
 
+    /// Every record, local and remote: `(server_name, media_id, record)`.
+    pub fn all(&self) -> impl Iterator<Item = DbResult<(String, String, MediaRecord)>> + '_ {
+        self.db.iter(Table::Media, None, Direction::Forward).map(|entry| {
+            let (key, value) = entry?;
+            let (server_name, media_id): (String, String) = decode_key(Table::Media, &key)?;
+            Ok((server_name, media_id, from_record(Table::Media, &value)?))
+        })
+    }
+
     pub fn url_preview(&self, url: &str) -> DbResult<Option<UrlPreviewRecord>> {
         self.db
             .get(Table::UrlPreviews, &encode(url))?

@@ -194,6 +194,13 @@ impl RoomTables {
             .transpose()
     }
 
+    /// The ID of every room known to this server, in ID order.
+    pub fn room_ids(&self) -> impl Iterator<Item = DbResult<String>> + '_ {
+        self.db
+            .iter(Table::Rooms, None, Direction::Forward)
+            .map(|r| decode_key(Table::Rooms, &r?.0))
+    }
+
     pub fn put_room(&self, batch: &mut Batch, room_id: &str, record: &RoomRecord) {
         batch.put(Table::Rooms, keys::encode(room_id), to_record(record));
     }

@@ -25,6 +25,7 @@ pub mod receipts;
 pub mod registration_tokens;
 pub mod relations;
 pub mod reports;
+pub mod room_admin;
 pub mod rooms;
 pub mod search;
 pub mod server_keys;
@@ -154,6 +155,8 @@ pub struct Services {
     pub users: users::UsersService,
     /// The admin API's account management and shared-secret registration.
     pub admin: admin::AdminService,
+    /// The admin API's room listing and deletion.
+    pub room_admin: room_admin::RoomAdminService,
     pub devices: devices::DevicesService,
     pub uiaa: uiaa::UiaaService,
     pub registration_tokens: Arc<registration_tokens::RegistrationTokensService>,
@@ -294,6 +297,7 @@ impl Services {
             server_keys,
             users: users::UsersService::new(db.clone(), &config),
             admin: admin::AdminService::new(&config),
+            room_admin: room_admin::RoomAdminService::default(),
             devices: devices::DevicesService::new(db.clone()),
             uiaa: uiaa::UiaaService::new(db.clone(), registration_tokens.clone()),
             registration_tokens,

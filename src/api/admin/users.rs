@@ -1,17 +1,17 @@
 //! Synapse's user admin API (`v2/users`, `v1/deactivate`, `v1/whois`, ...)
 //! and shared-secret registration (`v1/register`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
-use percent_encoding::percent_decode_str;
 use ruma::{OwnedUserId, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{admin, json_body, json_body_or_empty};
+use super::{
+    admin, backwards_param, bool_param, count_param, json_body, json_body_or_empty, ok, path_param, query_params,
+};
 use crate::api::{ApiError, Router};
 use crate::service::admin::{SharedSecretRegistration, UserChanges, UserOrder, UserQuery, UserView};
 use crate::service::{ServiceError, Services};
@@ -39,22 +39,14 @@ pub fn register_routes(router: &mut Router) {
 }
 
 /// The `{user_id}` of the path (400 `M_INVALID_PARAM` if it is none).
-fn path_user(req: &HttpRequest) -> Result<OwnedUserId, ApiError> {
-    let raw = req.match_info().get("user_id").unwrap_or_default();
-    let decoded = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| ApiError::InvalidParam("Invalid user id".to_owned()))?;
-    UserId::parse(decoded.as_ref()).map_err(|_| ApiError::InvalidParam("Invalid user id".to_owned()))
+pub(super) fn path_user(req: &HttpRequest) -> Result<OwnedUserId, ApiError> {
+    UserId::parse(path_param(req, "user_id")?).map_err(|_| ApiError::InvalidParam("Invalid user id".to_owned()))
 }
 
 /// The admin making the request and the user the path names.
 async fn admin_and_user(services: &Arc<Services>, req: &HttpRequest) -> Result<(OwnedUserId, OwnedUserId), ApiError> {
     let by = admin(services, req).await?;
     Ok((by, path_user(req)?))
-}
-
-fn ok(body: Value) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(body))
 }
 
 /// An account in Synapse's fields; `detailed` adds those only the
@@ -92,37 +84,6 @@ fn user_json(user: &UserView, detailed: bool) -> Value {
     body
 }
 
-/// The query string's parameters (the last of repeated ones wins).
-fn query_params(req: &HttpRequest) -> HashMap<String, String> {
-    url::form_urlencoded::parse(req.query_string().as_bytes())
-        .into_owned()
-        .collect()
-}
-
-/// A `true`/`false` query parameter, as Synapse's `parse_boolean`.
-fn bool_param(params: &HashMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
-    match params.get(name).map(String::as_str) {
-        None => Ok(None),
-        Some("true") => Ok(Some(true)),
-        Some("false") => Ok(Some(false)),
-        Some(_) => Err(ApiError::InvalidParam(format!(
-            "Boolean query parameter '{name}' must be one of ['true', 'false']"
-        ))),
-    }
-}
-
-/// A non-negative integer query parameter, as Synapse's `parse_integer`.
-fn count_param(params: &HashMap<String, String>, name: &str) -> Result<Option<usize>, ApiError> {
-    params
-        .get(name)
-        .map(|value| {
-            value
-                .parse::<usize>()
-                .map_err(|_| ApiError::InvalidParam(format!("Query parameter '{name}' must be a positive integer")))
-        })
-        .transpose()
-}
-
 /// `GET /_synapse/admin/v2/users`.
 async fn list_users(services: Arc<Services>, req: HttpRequest, _: web::Payload) -> Result<HttpResponse, ApiError> {
     admin(&services, &req).await?;
@@ -133,15 +94,7 @@ async fn list_users(services: Arc<Services>, req: HttpRequest, _: web::Payload) 
             ApiError::InvalidParam(format!("Query parameter 'order_by' has an unknown value {value:?}"))
         })?,
     };
-    let backwards = match params.get("dir").map(String::as_str) {
-        None | Some("f") => false,
-        Some("b") => true,
-        Some(_) => {
-            return Err(ApiError::InvalidParam(
-                "Query parameter 'dir' must be 'f' or 'b'".to_owned(),
-            ))
-        }
-    };
+    let backwards = backwards_param(&params)?;
     let query = UserQuery {
         from: count_param(&params, "from")?.unwrap_or(0),
         limit: count_param(&params, "limit")?.unwrap_or(100),

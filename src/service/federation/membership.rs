@@ -54,6 +54,8 @@ impl FederationService {
             via,
             remote_record,
         } = self.locate(services, &user, &room, via).await?;
+        let closed = room_id.clone();
+        services.run(move |s| s.rooms.check_joinable(&closed)).await?;
         if local || !services.config.allow_federation {
             let user = user.clone();
             let room = room_id.to_string();
@@ -109,6 +111,8 @@ impl FederationService {
         let Located {
             room_id, local, via, ..
         } = self.locate(services, &user, &room, via).await?;
+        let closed = room_id.clone();
+        services.run(move |s| s.rooms.check_joinable(&closed)).await?;
         if local || !services.config.allow_federation {
             return services
                 .run(move |s| {

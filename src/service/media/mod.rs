@@ -12,6 +12,7 @@
 //! Media of other servers is fetched on first use ([`remote`]) and kept
 //! like an upload, under its own `mxc://` URI.
 
+mod admin;
 mod blocks;
 mod multipart;
 pub(crate) mod preview;
@@ -27,6 +28,7 @@ use ruma::{OwnedMxcUri, OwnedServerName, ServerName, UserId};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
+pub use admin::UploadView;
 pub use multipart::Framing;
 pub use preview::{is_public, PreviewConfig};
 pub use reader::FileStream;

@@ -6,6 +6,7 @@ use ruma::events::StateEventType;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value as JsonValue};
 
+mod closing;
 mod directory;
 mod hierarchy;
 pub mod naming;

@@ -607,6 +607,14 @@ impl TimelineService {
             .remove(room_id);
     }
 
+    /// Every room this server knows, in ID order.
+    pub fn room_ids(&self) -> ServiceResult<Vec<OwnedRoomId>> {
+        self.tables
+            .room_ids()
+            .map(|id| OwnedRoomId::try_from(id?).map_err(|e| internal("stored room ID", e)))
+            .collect()
+    }
+
     pub fn room_or_404(&self, room_id: &RoomId) -> ServiceResult<RoomRecord> {
         self.room(room_id)?
             .ok_or_else(|| ServiceError::NotFound("this room is not known to this server".to_owned()))
