@@ -31,6 +31,11 @@ enum Command {
     /// running server takes them itself, see `backup_interval_hours`).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Salvages a database that will not open after a crash or a power
+    /// cut (run it with the server stopped, after copying the data
+    /// directory): what reads is kept. See README, "When the database is
+    /// damaged".
+    Repair,
     /// Manages registration tokens (run it with the server stopped; a
     /// running server has the admin API for them).
     #[command(subcommand)]
@@ -254,6 +259,13 @@ fn main() -> ExitCode {
         Some(Command::Appservice(command)) => return print_outcome(appservice_command(&config, command)),
         Some(Command::Backup(command)) => return print_outcome(backup_command(&config, command)),
         Some(Command::Token(command)) => return print_outcome(token_command(&config, command)),
+        Some(Command::Repair) => {
+            return print_outcome(
+                conduit::service::Services::repair_database(&config)
+                    .map(|()| format!("{} repaired; it opens\n", config.database_path.display()))
+                    .map_err(|e| e.to_string()),
+            )
+        }
         _ => {}
     }
 

@@ -131,3 +131,33 @@ async fn backups_are_for_admins_and_need_a_directory() {
     assert_error(&server.call("POST", path, Some(&user), None).await, 403, "M_FORBIDDEN");
     assert_error(&server.call("POST", path, Some(&admin), None).await, 400, "M_UNKNOWN");
 }
+
+#[tokio::test]
+async fn repair_keeps_a_sound_database_whole() {
+    let mut server = TestServer::start().await;
+    let (_, token, _) = server.register("alice", "pw").await;
+    let room_id = server.create_room(&token, serde_json::json!({})).await;
+    let sent = server.send_text(&token, &room_id, "still here after the repair").await;
+    server.stop();
+    let (ok, out, err) = conduit(server.config_path(), &["repair"]);
+    assert!(ok && out.contains("repaired"), "{out}{err}");
+    server.start_again();
+    let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room_id), enc(&sent));
+    let (status, event) = server.call("GET", &path, Some(&token), None).await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["content"]["body"], "still here after the repair");
+
+    // A directory without a database is refused, not made into one.
+    let empty = tempfile::tempdir().unwrap();
+    let config = empty.path().join("conduit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[global]\nserver_name = \"localhost\"\ndatabase_path = \"{}\"\n",
+            empty.path().join("db").display()
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = conduit(&config, &["repair"]);
+    assert!(!ok && err.contains("holds no database"), "{err}");
+}

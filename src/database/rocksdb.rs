@@ -238,6 +238,20 @@ impl KvStore for RocksDb {
     }
 }
 
+/// Salvages what a damaged database at `path` holds (RocksDB's repair:
+/// every table file that reads is kept, the rest dropped, and a new
+/// manifest written). For a database that will not open; the server must
+/// be stopped.
+pub fn repair(path: &Path) -> DbResult<()> {
+    if !path.join("CURRENT").exists() && !path.join("IDENTITY").exists() {
+        return Err(DbError::Engine(format!("{} holds no database", path.display())));
+    }
+    let mut options = Options::default();
+    options.set_compression_type(DBCompressionType::Lz4);
+    options.set_bottommost_compression_type(DBCompressionType::Zstd);
+    DB::repair(&options, path).map_err(engine_err)
+}
+
 /// The backups in `dir`, oldest first (none when `dir` holds none).
 pub fn list_backups(dir: &Path) -> DbResult<Vec<BackupSummary>> {
     if !dir.exists() {

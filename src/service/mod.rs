@@ -226,6 +226,13 @@ impl Services {
         Ok(crate::database::meta::MetaTables::new(self.db.clone()).probe()?)
     }
 
+    /// Salvages a stopped server's damaged database (see
+    /// `database::rocksdb::repair`), then checks that it opens.
+    pub fn repair_database(config: &Config) -> ServiceResult<()> {
+        crate::database::rocksdb::repair(&config.database_path)?;
+        open_database(config).map(|_| ())
+    }
+
     /// Takes a backup of a stopped server's database and media.
     pub fn backup_offline(config: &Config) -> ServiceResult<backups::Taken> {
         let service = backups::BackupsService::new(open_database(config)?, config);
