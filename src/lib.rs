@@ -3,6 +3,7 @@
 //! Layers, top to bottom: [`api`] (HTTP) → [`service`] (Matrix logic) →
 //! [`database`] (key-value storage). Each layer only calls the one below.
 
+pub mod admin_cli;
 pub mod api;
 pub mod config;
 pub mod database;

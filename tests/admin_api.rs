@@ -558,3 +558,41 @@ async fn the_health_check_answers_without_a_token() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ok");
 }
+
+#[tokio::test]
+async fn the_admin_command_line_manages_users_and_lists_rooms() {
+    let mut server = TestServer::start().await;
+    let (_, admin, _) = server.register("admin", "pw").await;
+    let room_id = server.create_room(&admin, json!({"name": "Family"})).await;
+    server.stop();
+    let config = server.config_path().to_owned();
+    let admin_cli = |args: &[&str]| {
+        let args: Vec<&str> = std::iter::once("admin").chain(args.iter().copied()).collect();
+        common::run_conduit(&config, &args)
+    };
+    let (ok, out, err) = admin_cli(&["users", "create", "bob", "--password", "first"]);
+    assert!(ok && out.contains("@bob:localhost"), "{out}{err}");
+    let (ok, _, err) = admin_cli(&["users", "create", "bob"]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    let (ok, _, err) = admin_cli(&["users", "reset-password", "bob", "--password", "second"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = admin_cli(&["rooms", "list"]);
+    assert!(ok && out.contains(&room_id) && out.contains("Family"), "{out}");
+
+    server.start_again();
+    assert_eq!(server.login("bob", "second", None).await.0, 200);
+    assert_eq!(server.login("bob", "first", None).await.0, 403);
+    server.stop();
+
+    let (ok, _, err) = admin_cli(&["users", "deactivate", "bob"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = admin_cli(&["users", "list"]);
+    let bob = out
+        .lines()
+        .find(|l| l.starts_with("@bob:localhost"))
+        .unwrap_or_default();
+    assert!(ok && bob.contains("deactivated"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("@admin:localhost\tadmin")), "{out}");
+    server.start_again();
+    assert_ne!(server.login("bob", "second", None).await.0, 200);
+}
