@@ -301,17 +301,21 @@ impl OutboxService {
         }
     }
 
-    /// By destination kind: destinations with something waiting, the items
-    /// waiting (each destination counted up to `QUEUE_COUNT_LIMIT`), and
-    /// the deliveries that failed since start. For metrics.
-    pub fn depths(&self) -> ServiceResult<BTreeMap<&'static str, QueueDepth>> {
-        let pending: Vec<Destination> = self
-            .pending
+    /// The destinations with something waiting, as far as this process knows.
+    fn pending_destinations(&self) -> Vec<Destination> {
+        self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// By destination kind: destinations with something waiting, the items
+    /// waiting (each destination counted up to `QUEUE_COUNT_LIMIT`), and
+    /// the deliveries that failed since start. For metrics.
+    pub fn depths(&self) -> ServiceResult<BTreeMap<&'static str, QueueDepth>> {
+        let pending = self.pending_destinations();
         let mut out: BTreeMap<&'static str, QueueDepth> = ["server", "appservice", "pusher"]
             .into_iter()
             .map(|kind| (kind, QueueDepth::default()))
@@ -365,13 +369,7 @@ impl OutboxService {
     /// flight and no retry pending; returns the soonest retry time.
     fn start_due(self: &Arc<Self>, transport: &Arc<dyn Transport>, sending: &mut JoinSet<()>) -> Option<Instant> {
         let now = Instant::now();
-        let pending: Vec<Destination> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let pending = self.pending_destinations();
         let mut soonest: Option<Instant> = None;
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         for destination in pending {
