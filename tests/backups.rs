@@ -133,12 +133,21 @@ async fn backups_are_for_admins_and_need_a_directory() {
 }
 
 #[tokio::test]
-async fn repair_keeps_a_sound_database_whole() {
+async fn repair_salvages_a_database_whose_manifest_is_lost() {
     let mut server = TestServer::start().await;
     let (_, token, _) = server.register("alice", "pw").await;
     let room_id = server.create_room(&token, serde_json::json!({})).await;
     let sent = server.send_text(&token, &room_id, "still here after the repair").await;
     server.stop();
+    // The damage: the files saying which table files make the database.
+    let db = server.dir.path().join("db");
+    for entry in std::fs::read_dir(&db).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "CURRENT" || name.starts_with("MANIFEST-") {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
     let (ok, out, err) = conduit(server.config_path(), &["repair"]);
     assert!(ok && out.contains("repaired"), "{out}{err}");
     server.start_again();
