@@ -95,8 +95,14 @@ pub struct Config {
     pub log: String,
     #[serde(default)]
     pub well_known: WellKnown,
-    #[serde(default = "defaults::db_cache_capacity_mb")]
-    pub db_cache_capacity_mb: f64,
+    /// Memory the server aims to stay under, in MiB: the block cache,
+    /// memtables and in-memory caches are sized from it (see
+    /// `service::memory`).
+    #[serde(default = "defaults::memory_budget_mb")]
+    pub memory_budget_mb: u64,
+    /// Overrides the block cache's share of `memory_budget_mb`.
+    #[serde(default)]
+    pub db_cache_capacity_mb: Option<f64>,
     #[serde(default = "defaults::rocksdb_max_open_files")]
     pub rocksdb_max_open_files: i32,
     /// fsync every acknowledged write (turning it off trades durability of the
@@ -476,8 +482,9 @@ mod defaults {
     pub fn log() -> String {
         "warn,conduit=info".to_owned()
     }
-    pub fn db_cache_capacity_mb() -> f64 {
-        16.0
+    /// Sized for a Raspberry Pi shared with other services.
+    pub fn memory_budget_mb() -> u64 {
+        256
     }
     pub fn rocksdb_max_open_files() -> i32 {
         256
@@ -614,8 +621,14 @@ impl Config {
         if self.database_backend != "rocksdb" {
             return Err(key_error("database_backend", "only \"rocksdb\" is supported"));
         }
-        if self.db_cache_capacity_mb.is_nan() || self.db_cache_capacity_mb <= 0.0 {
+        if self.db_cache_capacity_mb.is_some_and(|mb| mb.is_nan() || mb <= 0.0) {
             return Err(key_error("db_cache_capacity_mb", "must be greater than 0"));
+        }
+        if self.memory_budget_mb < MIN_MEMORY_BUDGET_MB {
+            return Err(key_error(
+                "memory_budget_mb",
+                &format!("must be at least {MIN_MEMORY_BUDGET_MB}"),
+            ));
         }
         if self.password_checks_waiting == 0 {
             return Err(key_error("password_checks_waiting", "must be greater than 0"));
@@ -779,6 +792,10 @@ fn datetime_ms(value: &toml::value::Datetime) -> Option<u64> {
     let millis = seconds * 1000 + value.time.map_or(0, |t| i64::from(t.nanosecond / 1_000_000));
     u64::try_from(millis).ok()
 }
+
+/// Smallest `memory_budget_mb` accepted: below it the engine's own floor
+/// (tables, threads, the binary) leaves nothing to divide.
+pub const MIN_MEMORY_BUDGET_MB: u64 = 32;
 
 fn key_error(key: &str, message: &str) -> ConfigError {
     ConfigError::Key {

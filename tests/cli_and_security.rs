@@ -36,12 +36,14 @@ fn check_config_prints_effective_settings_or_names_the_bad_key() {
         text.contains("database_path = \"./conduit-data\""),
         "defaults are shown: {text}"
     );
+    assert!(text.contains("memory_budget_mb = 256"), "{text}");
 
     let bad = dir.path().join("bad.toml");
     for (content, key) in [
         ("[global]\nallow_registraton = true\n", "allow_registraton"),
         ("[global]\nport = \"high\"\n", "port"),
         ("[global]\nserver_name = \"bad name\"\n", "server_name"),
+        ("[global]\nmemory_budget_mb = 8\n", "memory_budget_mb"),
     ] {
         std::fs::write(&bad, content).unwrap();
         for args in [&["check-config", "-c"][..], &["-c"][..]] {

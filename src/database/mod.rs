@@ -75,6 +75,7 @@ pub(crate) fn utf8(table: Table, bytes: Vec<u8>) -> DbResult<String> {
 pub(crate) fn open_test_db(dir: &std::path::Path) -> Db {
     let opts = rocksdb::EngineOptions {
         cache_bytes: 1 << 20,
+        memtable_bytes: 8 << 20,
         max_open_files: 64,
         sync_writes: false,
     };

@@ -16,6 +16,8 @@ use super::engine::{BackupSummary, Batch, BatchOp, DbError, DbResult, Direction,
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub cache_bytes: usize,
+    /// All memtables together (see `service::memory`).
+    pub memtable_bytes: usize,
     pub max_open_files: i32,
     /// fsync the write-ahead log before acknowledging a write.
     pub sync_writes: bool,
@@ -59,8 +61,9 @@ impl RocksDb {
         cf_opts.set_block_based_table_factory(&table_opts);
         cf_opts.set_compression_type(DBCompressionType::Lz4);
         cf_opts.set_bottommost_compression_type(DBCompressionType::Zstd);
-        // Bounded memtables: at most 2 × 4 MiB per table.
-        cf_opts.set_write_buffer_size(4 << 20);
+        // Bounded memtables: at most 2 × 4 MiB per table, less when the
+        // whole budget is smaller.
+        cf_opts.set_write_buffer_size((4 << 20).min(opts.memtable_bytes / 2).max(1 << 20));
         cf_opts.set_max_write_buffer_number(2);
         cf_opts.set_level_compaction_dynamic_level_bytes(true);
 
@@ -71,11 +74,12 @@ impl RocksDb {
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(2);
         db_opts.set_max_total_wal_size(64 << 20);
-        // One memtable budget for all tables together: with ~45 tables the
-        // per-table bound alone would allow hundreds of MiB. 8 MiB rather
-        // than 16 lowered peak RSS by ~2 MiB in the medium benchmark, with
-        // no send slowdown that stood out of the noise.
-        db_opts.set_db_write_buffer_size(8 << 20);
+        // One memtable budget for all tables together: with ~70 tables the
+        // per-table bound alone would allow hundreds of MiB. 8 MiB (the
+        // share of the default budget) rather than 16 lowered peak RSS by
+        // ~2 MiB in the medium benchmark, with no send slowdown that stood
+        // out of the noise.
+        db_opts.set_db_write_buffer_size(opts.memtable_bytes);
 
         // RocksDB must open every family the database has, including ones a
         // newer build created; the schema check below then refuses the open.
@@ -308,6 +312,7 @@ mod tests {
             dir,
             &EngineOptions {
                 cache_bytes: 1 << 20,
+                memtable_bytes: 8 << 20,
                 max_open_files: 64,
                 sync_writes: true,
             },

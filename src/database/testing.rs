@@ -20,6 +20,7 @@ impl FaultyStore {
     pub fn open(dir: &std::path::Path) -> Arc<Self> {
         let opts = EngineOptions {
             cache_bytes: 1 << 20,
+            memtable_bytes: 8 << 20,
             max_open_files: 64,
             sync_writes: false,
         };

@@ -12,6 +12,7 @@ pub mod federation;
 pub mod filters;
 pub mod key_backups;
 pub mod media;
+pub mod memory;
 pub mod metrics;
 pub mod openid;
 pub mod outbox;
@@ -283,7 +284,11 @@ impl Services {
         let outbox = Arc::new(outbox::OutboxService::open(db.clone())?);
         let registration_tokens = Arc::new(registration_tokens::RegistrationTokensService::new(db.clone(), &config));
         let federation = federation::FederationService::new(&config, db.clone(), server_keys.clone(), outbox.clone())?;
-        let timeline = timeline::TimelineService::new(db.clone(), stream.clone());
+        let timeline = timeline::TimelineService::new(
+            db.clone(),
+            stream.clone(),
+            memory::MemoryPlan::from_config(&config).caches,
+        );
         timeline.subscribe(Arc::new(federation::sender::FederationSender::new(
             config.server_name.clone(),
             outbox.clone(),
@@ -406,8 +411,14 @@ impl Services {
                 std::time::Duration::from_secs(self.config.push_notification_max_age),
             )),
         });
+        let budget = memory::MemoryPlan::from_config(&self.config).budget_bytes;
         vec![
             tokio::spawn(self.backups.clone().run(stop.clone())),
+            tokio::spawn(memory::watch(
+                budget,
+                Arc::new(ServiceCaches(Arc::clone(self))),
+                stop.clone(),
+            )),
             tokio::spawn(self.outbox.clone().run(transport, stop)),
         ]
     }
@@ -418,13 +429,25 @@ impl Services {
     }
 }
 
+/// Every cache the memory watch may empty.
+struct ServiceCaches(Arc<Services>);
+
+impl memory::SheddableCache for ServiceCaches {
+    fn shed(&self) -> usize {
+        let s = &self.0;
+        s.timeline.shed_caches() + s.push.shed_caches() + s.sliding_sync.shed_cache()
+    }
+}
+
 fn open_database(config: &Config) -> ServiceResult<Db> {
     std::fs::create_dir_all(&config.database_path)
         .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", config.database_path.display())))?;
+    let plan = memory::MemoryPlan::from_config(config);
     let engine = RocksDb::open(
         &config.database_path,
         &EngineOptions {
-            cache_bytes: (config.db_cache_capacity_mb * 1024.0 * 1024.0) as usize,
+            cache_bytes: plan.block_cache_bytes,
+            memtable_bytes: plan.memtable_bytes,
             max_open_files: config.rocksdb_max_open_files,
             sync_writes: config.sync_writes,
         },

@@ -272,6 +272,14 @@ impl PushService {
         self.contexts.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
+    /// Empties the parsed rules and room contexts (the memory budget's
+    /// backstop); returns the entries dropped. Both refill from storage.
+    pub fn shed_caches(&self) -> usize {
+        let mut dropped = std::mem::take(&mut *self.rulesets.lock().unwrap_or_else(|e| e.into_inner())).len();
+        dropped += std::mem::take(&mut *self.contexts.lock().unwrap_or_else(|e| e.into_inner())).len();
+        dropped
+    }
+
     fn build_room_context(&self, s: &Services, rules: &RoomVersionRules, state: &[StoredEvent]) -> RoomContext {
         let member_events: Vec<&StoredEvent> = state.iter().filter(|e| e.event_type() == "m.room.member").collect();
         let mut recipients = Vec::new();

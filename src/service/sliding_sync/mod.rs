@@ -151,6 +151,12 @@ pub(crate) struct Candidate {
 }
 
 impl SlidingSyncService {
+    /// Empties the decoded connections (the memory budget's backstop);
+    /// returns how many. Each is read again from storage when next used.
+    pub fn shed_cache(&self) -> usize {
+        std::mem::take(&mut *self.cache.lock().unwrap_or_else(|e| e.into_inner())).len()
+    }
+
     pub fn new(db: Db) -> Self {
         Self {
             tables: SlidingSyncTables::new(db),

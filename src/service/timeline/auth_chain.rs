@@ -19,8 +19,6 @@ use crate::service::{ServiceResult, Services};
 /// Longest auth chain served or resolved (a room with more auth events
 /// than this is refused rather than walked).
 pub(super) const MAX_AUTH_CHAIN: usize = 100_000;
-/// Chains kept in memory before the cache starts over.
-const CACHED_CHAINS: usize = 20_000;
 
 /// A step of computing a chain, depth first.
 enum Step {
@@ -31,10 +29,44 @@ enum Step {
     Combine { short: u64, auth: Vec<u64>, stored: bool },
 }
 
-/// Recently used chains by short event ID.
-#[derive(Default)]
+/// Recently used chains by short event ID, at most `capacity` event
+/// numbers in all (8 bytes each): a big room's chains are long, so a count
+/// of chains would not bound the memory. Full, it starts over.
 pub(super) struct AuthChainCache {
     chains: HashMap<u64, Arc<Vec<u64>>>,
+    events: usize,
+    capacity: usize,
+}
+
+impl AuthChainCache {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            chains: HashMap::new(),
+            events: 0,
+            capacity,
+        }
+    }
+
+    fn insert(&mut self, short: u64, chain: Arc<Vec<u64>>) {
+        if chain.len() > self.capacity {
+            return;
+        }
+        if self.events + chain.len() > self.capacity {
+            self.clear();
+        }
+        self.events += chain.len();
+        if let Some(replaced) = self.chains.insert(short, chain) {
+            self.events -= replaced.len();
+        }
+    }
+
+    /// Empties the cache; returns the chains dropped.
+    pub(super) fn clear(&mut self) -> usize {
+        let dropped = self.chains.len();
+        self.chains = HashMap::new();
+        self.events = 0;
+        dropped
+    }
 }
 
 impl TimelineService {
@@ -152,14 +184,10 @@ impl TimelineService {
     }
 
     fn remember_chain(&self, short: u64, chain: Arc<Vec<u64>>) {
-        let mut cache = self.auth_chain_cache();
-        if cache.chains.len() >= CACHED_CHAINS {
-            cache.chains.clear();
-        }
-        cache.chains.insert(short, chain);
+        self.auth_chain_cache().insert(short, chain);
     }
 
-    fn auth_chain_cache(&self) -> std::sync::MutexGuard<'_, AuthChainCache> {
+    pub(super) fn auth_chain_cache(&self) -> std::sync::MutexGuard<'_, AuthChainCache> {
         self.auth_chain_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 

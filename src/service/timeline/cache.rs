@@ -16,21 +16,19 @@ use ruma::{EventId, OwnedEventId};
 use crate::database::rooms::EventMeta;
 use crate::service::pdu::Pdu;
 
-/// Parsed PDUs kept at most. A send reads its room's create, power levels
-/// and sender's member events and references the room's last event; the
-/// events every send of a room reads stay (second chance), the rest come
-/// and go. About 1-2 KiB each in memory: peak RSS has little room, and
-/// 1,024 measured no faster than 512.
-pub(super) const PDU_CACHE_EVENTS: usize = 512;
-
 /// Recently read or written PDUs by event ID. Eviction is "second chance":
 /// the oldest entry goes unless it was read since it was queued, in which
 /// case it is queued again. So a room's create, power levels and member
 /// events, read by every send, stay while a stream of new messages passes
 /// through. Stored events change only when redacted (see the module's rule).
-#[derive(Default)]
+///
+/// Its size comes from the memory budget (512 at the default): a send reads
+/// its room's create, power levels and sender's member events and
+/// references the room's last event; about 1-2 KiB each in memory, and
+/// 1,024 measured no faster than 512.
 pub(super) struct PduCache {
     pub generation: u64,
+    capacity: usize,
     pdus: HashMap<OwnedEventId, CachedPdu>,
     order: VecDeque<OwnedEventId>,
 }
@@ -41,6 +39,24 @@ struct CachedPdu {
 }
 
 impl PduCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            generation: 0,
+            capacity,
+            pdus: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Empties the cache; returns the entries dropped.
+    pub fn clear(&mut self) -> usize {
+        let dropped = self.pdus.len();
+        self.generation += 1;
+        self.pdus = HashMap::new();
+        self.order = VecDeque::new();
+        dropped
+    }
+
     pub fn get(&mut self, event_id: &EventId) -> Option<Arc<Pdu>> {
         let entry = self.pdus.get_mut(event_id)?;
         entry.read_since_queued = true;
@@ -52,7 +68,7 @@ impl PduCache {
             return;
         }
         // Each pass clears a flag, so this ends within two rounds of the queue.
-        while self.pdus.len() >= PDU_CACHE_EVENTS {
+        while self.pdus.len() >= self.capacity {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
@@ -85,21 +101,34 @@ impl PduCache {
     }
 }
 
-/// Event metadata entries kept at most (a few hundred bytes each in
-/// memory): the recent events that syncs and scrollback read.
-pub(super) const META_CACHE_EVENTS: usize = 2048;
-
 /// Where recent events are stored and the state snapshots around them, by
 /// event ID, first in, first out. An event's metadata never changes once
 /// written (a redaction rewrites the event, not where it sits), so entries
-/// need no invalidation; only what storage holds is put in.
-#[derive(Default)]
+/// need no invalidation; only what storage holds is put in. Entries are a
+/// few hundred bytes each: the recent events that syncs and scrollback read.
 pub(super) struct MetaCache {
+    capacity: usize,
     metas: HashMap<OwnedEventId, EventMeta>,
     order: VecDeque<OwnedEventId>,
 }
 
 impl MetaCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            metas: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Empties the cache; returns the entries dropped.
+    pub fn clear(&mut self) -> usize {
+        let dropped = self.metas.len();
+        self.metas = HashMap::new();
+        self.order = VecDeque::new();
+        dropped
+    }
+
     pub fn get(&self, event_id: &EventId) -> Option<EventMeta> {
         self.metas.get(event_id).copied()
     }
@@ -108,7 +137,7 @@ impl MetaCache {
         if self.metas.contains_key(event_id) {
             return;
         }
-        while self.metas.len() >= META_CACHE_EVENTS {
+        while self.metas.len() >= self.capacity {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
@@ -119,33 +148,51 @@ impl MetaCache {
     }
 }
 
-/// Members kept at most, over all cached rooms; a bigger room is read from
-/// storage each time.
-pub(super) const MEMBERS_CACHE_ENTRIES: usize = 16_384;
-
 /// A room's `(user_id, membership)` list.
 pub type Members = Arc<Vec<(String, String)>>;
 
 /// Member lists by room ID, oldest room dropped first. A list changes only
-/// with a member event of its room (see the module's rule).
-#[derive(Default)]
+/// with a member event of its room (see the module's rule). At most
+/// `capacity` members over all cached rooms; a bigger room is read from
+/// storage each time.
 pub(super) struct MembersCache {
     pub generation: u64,
+    capacity: usize,
     rooms: HashMap<String, Members>,
     order: VecDeque<String>,
     entries: usize,
 }
 
 impl MembersCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            generation: 0,
+            capacity,
+            rooms: HashMap::new(),
+            order: VecDeque::new(),
+            entries: 0,
+        }
+    }
+
+    /// Empties the cache; returns the members dropped.
+    pub fn clear(&mut self) -> usize {
+        let dropped = self.entries;
+        self.generation += 1;
+        self.rooms = HashMap::new();
+        self.order = VecDeque::new();
+        self.entries = 0;
+        dropped
+    }
+
     pub fn get(&self, room_id: &str) -> Option<Members> {
         self.rooms.get(room_id).cloned()
     }
 
     pub fn insert(&mut self, room_id: &str, members: Members) {
-        if members.len() > MEMBERS_CACHE_ENTRIES || self.rooms.contains_key(room_id) {
+        if members.len() > self.capacity || self.rooms.contains_key(room_id) {
             return;
         }
-        while self.entries + members.len() > MEMBERS_CACHE_ENTRIES {
+        while self.entries + members.len() > self.capacity {
             let Some(oldest) = self.order.pop_front() else {
                 break;
             };
@@ -172,6 +219,10 @@ impl MembersCache {
 mod tests {
     use super::*;
 
+    const PDU_CACHE_EVENTS: usize = 512;
+    const META_CACHE_EVENTS: usize = 2048;
+    const MEMBERS_CACHE_ENTRIES: usize = 16_384;
+
     fn pdu(n: usize) -> Arc<Pdu> {
         let json = format!(
             r#"{{"room_id":"!r:x","sender":"@s:x","origin_server_ts":1,"type":"m.room.message",
@@ -182,7 +233,7 @@ mod tests {
 
     #[test]
     fn pdu_cache_keeps_what_is_read_while_new_events_pass_through() {
-        let mut cache = PduCache::default();
+        let mut cache = PduCache::new(PDU_CACHE_EVENTS);
         let hot = pdu(0);
         cache.insert(hot.clone());
         for n in 1..PDU_CACHE_EVENTS * 3 {
@@ -207,7 +258,7 @@ mod tests {
 
     #[test]
     fn meta_cache_keeps_the_most_recent_events() {
-        let mut cache = MetaCache::default();
+        let mut cache = MetaCache::new(META_CACHE_EVENTS);
         let meta = |count| EventMeta {
             short_room_id: 1,
             count,
@@ -228,7 +279,7 @@ mod tests {
 
     #[test]
     fn members_cache_stays_within_its_entry_budget_and_forgets_on_change() {
-        let mut cache = MembersCache::default();
+        let mut cache = MembersCache::new(MEMBERS_CACHE_ENTRIES);
         cache.insert("!a:x", members(MEMBERS_CACHE_ENTRIES / 2));
         cache.insert("!b:x", members(MEMBERS_CACHE_ENTRIES / 2));
         assert!(cache.get("!a:x").is_some() && cache.get("!b:x").is_some());

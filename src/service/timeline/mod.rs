@@ -44,6 +44,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
 
+use super::memory::CacheSizes;
 use super::pdu::Pdu;
 use super::stream::Stream;
 use super::{now_ms, PruneSchedule, ServiceError, ServiceResult, Services};
@@ -399,6 +400,9 @@ pub struct TimelineService {
     /// it never holds what storage does not; readers (every send and every
     /// sync, once per room) read it or storage alike.
     room_cache: Mutex<HashMap<OwnedRoomId, RoomRecord>>,
+    /// Room records kept at most (a few hundred bytes each); the cache
+    /// starts over when full.
+    room_cache_rooms: usize,
 }
 
 /// Each room's write lock, for rooms written to lately.
@@ -410,20 +414,17 @@ struct RoomLocks {
 /// Room locks kept before idle ones are dropped.
 const ROOM_LOCKS_KEPT: usize = 256;
 
-/// Room records kept at most (a few hundred bytes each); the cache starts
-/// over when full.
-const ROOM_CACHE_ROOMS: usize = 4096;
-
 /// Parsed room states by snapshot ID: for each room only the snapshot read
 /// last (mostly its current state, which sends and syncs ask for), and at
-/// most [`STATE_CACHE_EVENTS`] events in all, so a huge room is not held.
+/// most `capacity` events in all (parsed state events, a few KiB each), so
+/// a huge room is not held.
 /// Snapshots never change, so entries stay valid, except that redacting a
 /// state event rewrites it in storage: that clears the cache and bumps
 /// `generation`, and a reader that began before the bump does not put what
 /// it read back.
-#[derive(Default)]
 struct StateCache {
     generation: u64,
+    capacity: usize,
     states: HashMap<u64, CachedState>,
     /// Each room's cached snapshot.
     by_room: HashMap<String, u64>,
@@ -438,14 +439,25 @@ struct CachedState {
 }
 
 impl StateCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            generation: 0,
+            capacity,
+            states: HashMap::new(),
+            by_room: HashMap::new(),
+            order: Default::default(),
+            events: 0,
+        }
+    }
+
     fn insert(&mut self, snapshot: u64, room_id: String, events: Arc<Vec<StoredEvent>>) {
-        if events.len() > STATE_CACHE_EVENTS || self.states.contains_key(&snapshot) {
+        if events.len() > self.capacity || self.states.contains_key(&snapshot) {
             return;
         }
         if let Some(older) = self.by_room.get(&room_id).copied() {
             self.remove(older);
         }
-        while self.events + events.len() > STATE_CACHE_EVENTS {
+        while self.events + events.len() > self.capacity {
             let Some(oldest) = self.order.front().copied() else {
                 break;
             };
@@ -465,12 +477,15 @@ impl StateCache {
         }
     }
 
-    fn clear(&mut self) {
+    /// Empties the cache; returns the events dropped.
+    fn clear(&mut self) -> usize {
+        let dropped = self.events;
         self.generation += 1;
-        self.states.clear();
-        self.by_room.clear();
-        self.order.clear();
+        self.states = HashMap::new();
+        self.by_room = HashMap::new();
+        self.order = Default::default();
         self.events = 0;
+        dropped
     }
 }
 
@@ -503,9 +518,6 @@ pub(super) fn state_order(event: &StoredEvent) -> (&str, Option<&str>) {
     (event.event_type(), event.state_key())
 }
 
-/// Parsed state events kept at most (a few KiB each).
-const STATE_CACHE_EVENTS: usize = 4096;
-
 pub(crate) fn to_object(value: JsonValue) -> ServiceResult<CanonicalJsonObject> {
     match CanonicalJsonValue::try_from(value) {
         Ok(CanonicalJsonValue::Object(o)) => Ok(o),
@@ -521,7 +533,8 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ServiceError {
 }
 
 impl TimelineService {
-    pub fn new(db: Db, stream: Arc<Stream>) -> Self {
+    /// `caches` sizes the in-memory caches (see `service::memory`).
+    pub fn new(db: Db, stream: Arc<Stream>, caches: CacheSizes) -> Self {
         Self {
             tables: RoomTables::new(db),
             subscribers: Default::default(),
@@ -530,13 +543,29 @@ impl TimelineService {
                 locks: HashMap::new(),
                 schedule: PruneSchedule::new(ROOM_LOCKS_KEPT),
             }),
-            state_cache: Mutex::new(StateCache::default()),
-            pdu_cache: Mutex::default(),
-            members_cache: Mutex::default(),
-            meta_cache: Mutex::default(),
-            auth_chain_cache: Mutex::default(),
+            state_cache: Mutex::new(StateCache::new(caches.state_events)),
+            pdu_cache: Mutex::new(cache::PduCache::new(caches.pdu_events)),
+            members_cache: Mutex::new(cache::MembersCache::new(caches.members)),
+            meta_cache: Mutex::new(cache::MetaCache::new(caches.event_metas)),
+            auth_chain_cache: Mutex::new(auth_chain::AuthChainCache::new(caches.auth_chain_events)),
             room_cache: Mutex::default(),
+            room_cache_rooms: caches.rooms,
         }
+    }
+
+    /// Empties every in-memory cache (the memory budget's backstop);
+    /// returns the entries dropped. Readers then go to storage, and the
+    /// caches fill again as they are used.
+    pub fn shed_caches(&self) -> usize {
+        // One lock at a time: a guard in a longer expression would live to
+        // its end, holding several at once.
+        let mut dropped = std::mem::take(&mut *self.room_cache.lock().unwrap_or_else(|e| e.into_inner())).len();
+        dropped += self.state_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        dropped += self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        dropped += self.members_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        dropped += self.meta_cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        dropped += self.auth_chain_cache().clear();
+        dropped
     }
 
     /// Adds a subscriber to every new timeline event.
@@ -592,7 +621,7 @@ impl TimelineService {
     /// Keeps the record an append has just written (see `room_cache`).
     fn remember_room(&self, room_id: &RoomId, record: &RoomRecord) {
         let mut cache = self.room_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= ROOM_CACHE_ROOMS && !cache.contains_key(room_id) {
+        if cache.len() >= self.room_cache_rooms && !cache.contains_key(room_id) {
             cache.clear();
         }
         cache.insert(room_id.to_owned(), record.clone());
@@ -893,7 +922,7 @@ mod tests {
     fn locks_of_rooms_no_longer_written_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::database::open_test_db(dir.path());
-        let timeline = TimelineService::new(db.clone(), Arc::new(Stream::new(db)));
+        let timeline = TimelineService::new(db.clone(), Arc::new(Stream::new(db)), CacheSizes::default());
         let busy: OwnedRoomId = "!busy:x".try_into().unwrap();
         let held = timeline.room_lock(&busy);
         let guard = held.lock().unwrap();
@@ -910,7 +939,8 @@ mod tests {
 
     #[test]
     fn state_cache_keeps_one_snapshot_per_room_within_its_event_budget() {
-        let mut cache = StateCache::default();
+        const STATE_CACHE_EVENTS: usize = 4096;
+        let mut cache = StateCache::new(STATE_CACHE_EVENTS);
         cache.insert(1, "!a:x".to_owned(), state_of(10));
         cache.insert(2, "!a:x".to_owned(), state_of(11));
         assert!(!cache.states.contains_key(&1), "a room's older snapshot goes");
