@@ -91,9 +91,14 @@ impl UsersTables {
 
     /// Every guest account.
     pub fn guests(&self) -> DbResult<Vec<String>> {
+        self.user_ids_in(Table::Guests)
+    }
+
+    /// The user IDs keying a table of `(user_id: str)` keys.
+    fn user_ids_in(&self, table: Table) -> DbResult<Vec<String>> {
         self.db
-            .iter(Table::Guests, None, Direction::Forward)
-            .map(|entry| decode_key::<String>(Table::Guests, &entry?.0))
+            .iter(table, None, Direction::Forward)
+            .map(|entry| decode_key::<String>(table, &entry?.0))
             .collect()
     }
 
@@ -113,10 +118,7 @@ impl UsersTables {
 
     /// Every server admin.
     pub fn admins(&self) -> DbResult<Vec<String>> {
-        self.db
-            .iter(Table::Admins, None, Direction::Forward)
-            .map(|entry| decode_key::<String>(Table::Admins, &entry?.0))
-            .collect()
+        self.user_ids_in(Table::Admins)
     }
 
     /// Marks an account as one the server runs itself.
