@@ -164,16 +164,10 @@ fn appservice_command(config: &Config, command: AppserviceCommand) -> Result<Str
 
 /// Runs `conduit token ...` on the database of a stopped server.
 fn token_command(config: &Config, command: TokenCommand) -> Result<String, String> {
-    use conduit::service::registration_tokens::{NewToken, DEFAULT_TOKEN_LENGTH};
     let tokens = conduit::service::Services::registration_tokens_offline(config).map_err(|e| e.to_string())?;
     match command {
         TokenCommand::Create { uses, expires_in_days } => {
-            let now_ms = now_ms();
-            let expiry_time = expires_in_days.map(|days| now_ms + u64::from(days) * 24 * 60 * 60 * 1000);
-            let new = NewToken::Random {
-                length: DEFAULT_TOKEN_LENGTH,
-            };
-            let token = tokens.create(new, uses, expiry_time).map_err(|e| e.to_string())?;
+            let token = tokens.create_random(uses, expires_in_days).map_err(|e| e.to_string())?;
             Ok(format!("{}\n", token.token))
         }
         TokenCommand::List => {

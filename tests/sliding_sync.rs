@@ -107,6 +107,8 @@ fn sorted(ids: &[&String]) -> Vec<String> {
 #[tokio::test]
 async fn lists_show_rooms_by_recency_and_ranges_grow() {
     let server = TestServer::start().await;
+    // The first account is invited to the admin room; Alice's lists hold only her rooms.
+    server.register("admin", "pw").await;
     let (_, alice, _) = server.register("alice", "pw").await;
     let mut rooms = Vec::new();
     for i in 0..4 {
@@ -367,6 +369,8 @@ async fn long_poll_wakes_on_a_message_and_times_out_otherwise() {
 #[tokio::test]
 async fn unread_counts_drop_after_a_read_receipt_and_invites_are_listed() {
     let server = TestServer::start().await;
+    // The first account is invited to the admin room; Alice's one invite is Bob's.
+    server.register("admin", "pw").await;
     let (alice_id, alice, _) = server.register("alice", "pw").await;
     let (_, bob, _) = server.register("bob", "pw").await;
     let room_id = server.create_room(&bob, json!({"name": "Invite"})).await;

@@ -233,7 +233,7 @@ pub enum Table {
     /// Guest accounts (`users.rs`), until they upgrade. Key: `(user_id:
     /// str)`. Value: empty.
     Guests,
-    /// Server admins (`users.rs`): the first account registered, and whom
+    /// Server admins (`users.rs`): the first person registered, and whom
     /// an admin makes one. Key: `(user_id: str)`. Value: empty.
     Admins,
     /// Events known outside a room's timeline (`rooms.rs`): state and auth
@@ -314,10 +314,17 @@ pub enum Table {
     /// or the session expires (`registration_tokens.rs`). Key: `(session_id:
     /// str)`. Value: bincode `HoldRecord` (the token, the session's start).
     RegistrationTokenHolds,
+    /// Accounts the server runs itself (`users.rs`): the admin room's bot
+    /// and appservices' users. They are not people: the first person to
+    /// register is still made an admin. Key: `(user_id: str)`. Value: empty.
+    ServerAccounts,
+    /// The admin room (`admin_room.rs`). Key: `(name: str)`; `room_id`:
+    /// the room's ID, UTF-8, written once the room is made.
+    AdminRoom,
 }
 
 impl Table {
-    pub const ALL: [Table; 71] = [
+    pub const ALL: [Table; 73] = [
         Table::Global,
         Table::Users,
         Table::Profiles,
@@ -389,6 +396,8 @@ impl Table {
         Table::MissedCalls,
         Table::RegistrationTokens,
         Table::RegistrationTokenHolds,
+        Table::ServerAccounts,
+        Table::AdminRoom,
     ];
 
     /// The column family name; never change one, data lives under it.
@@ -465,6 +474,8 @@ impl Table {
             Table::MissedCalls => "missed_calls",
             Table::RegistrationTokens => "registration_tokens",
             Table::RegistrationTokenHolds => "registration_token_holds",
+            Table::ServerAccounts => "server_accounts",
+            Table::AdminRoom => "admin_room",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! catalogue, typed key codecs, and the typed tables each service owns.
 
 pub mod account_data;
+pub mod admin_room;
 pub mod appservices;
 pub mod catalogue;
 pub mod dehydrated_devices;

@@ -1,6 +1,6 @@
 //! Typed access to [`Table::Users`], [`Table::Profiles`],
-//! [`Table::ErasedUsers`], [`Table::Guests`] and [`Table::Admins`] (owned
-//! by `service::users`).
+//! [`Table::ErasedUsers`], [`Table::Guests`], [`Table::Admins`] and
+//! [`Table::ServerAccounts`] (owned by `service::users`).
 
 use serde::{Deserialize, Serialize};
 
@@ -91,9 +91,14 @@ impl UsersTables {
 
     /// Every guest account.
     pub fn guests(&self) -> DbResult<Vec<String>> {
+        self.user_ids_in(Table::Guests)
+    }
+
+    /// The user IDs keying a table of `(user_id: str)` keys.
+    fn user_ids_in(&self, table: Table) -> DbResult<Vec<String>> {
         self.db
-            .iter(Table::Guests, None, Direction::Forward)
-            .map(|entry| decode_key::<String>(Table::Guests, &entry?.0))
+            .iter(table, None, Direction::Forward)
+            .map(|entry| decode_key::<String>(table, &entry?.0))
             .collect()
     }
 
@@ -111,14 +116,31 @@ impl UsersTables {
         Ok(self.db.get(Table::Admins, &encode(user_id))?.is_some())
     }
 
-    /// Whether any account exists yet.
-    pub fn any_user(&self) -> DbResult<bool> {
-        Ok(self
-            .db
-            .iter(Table::Users, None, Direction::Forward)
-            .next()
-            .transpose()?
-            .is_some())
+    /// Every server admin.
+    pub fn admins(&self) -> DbResult<Vec<String>> {
+        self.user_ids_in(Table::Admins)
+    }
+
+    /// Marks an account as one the server runs itself.
+    pub fn put_server_account(&self, batch: &mut Batch, user_id: &str) {
+        batch.put(Table::ServerAccounts, encode(user_id), Vec::new());
+    }
+
+    pub fn is_server_account(&self, user_id: &str) -> DbResult<bool> {
+        Ok(self.db.get(Table::ServerAccounts, &encode(user_id))?.is_some())
+    }
+
+    /// Whether any account of a person (neither a guest nor one the server
+    /// runs) exists yet. Stops at the first one found.
+    pub fn any_person(&self) -> DbResult<bool> {
+        for entry in self.db.iter(Table::Users, None, Direction::Forward) {
+            let user_id = decode_key::<String>(Table::Users, &entry?.0)?;
+            let guest = self.db.get(Table::Guests, &encode(user_id.as_str()))?.is_some();
+            if !guest && !self.is_server_account(&user_id)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub fn write(&self, batch: Batch) -> DbResult<()> {

@@ -159,7 +159,13 @@ impl AdminService {
         let user_id_filter = query.user_id.as_deref().map(str::to_lowercase);
         let name_filter = query.name.as_deref().map(str::to_lowercase);
         let mut users = Vec::new();
-        for (user_id, _) in s.users.all_accounts()? {
+        // The server's bot is no account to manage (`v2/users/{id}` shows it).
+        for (user_id, _) in s
+            .users
+            .all_accounts()?
+            .into_iter()
+            .filter(|(u, _)| !s.admin_room.is_bot(u))
+        {
             if let Some(view) = self.view(s, &user_id)? {
                 let contains = |value: &str, term: &str| value.to_lowercase().contains(term);
                 let wanted = match (&name_filter, &user_id_filter) {
@@ -287,6 +293,7 @@ impl AdminService {
         if let Some(admin) = changes.admin {
             s.users.set_admin(user_id, admin)?;
         }
+        s.admin_room.invite_if_admin(s, user_id);
         let active = s.users.is_active(user_id)?;
         for (field, value) in [(DISPLAYNAME, &changes.displayname), (AVATAR_URL, &changes.avatar_url)] {
             if let (Some(value), true) = (value, active) {
@@ -314,6 +321,7 @@ impl AdminService {
         existing(s, user_id)?;
         s.users.set_admin(user_id, admin)?;
         tracing::info!(%user_id, by = %by, admin, "admin flag set");
+        s.admin_room.invite_if_admin(s, user_id);
         Ok(())
     }
 
@@ -420,6 +428,7 @@ impl AdminService {
         if request.admin {
             s.users.set_admin(&user_id, true)?;
         }
+        s.admin_room.invite_if_admin(s, &user_id);
         if let Some(name) = request.displayname.as_deref() {
             s.users.set_profile_field(&user_id, DISPLAYNAME, Some(name))?;
         }

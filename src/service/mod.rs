@@ -3,6 +3,8 @@
 
 pub mod account_data;
 pub mod admin;
+pub mod admin_commands;
+pub mod admin_room;
 pub mod appservices;
 pub mod backups;
 pub mod dehydrated_devices;
@@ -158,6 +160,8 @@ pub struct Services {
     pub admin: admin::AdminService,
     /// The admin API's room listing and deletion.
     pub room_admin: room_admin::RoomAdminService,
+    /// The admin room and its bot.
+    pub admin_room: admin_room::AdminRoomService,
     pub devices: devices::DevicesService,
     pub uiaa: uiaa::UiaaService,
     pub registration_tokens: Arc<registration_tokens::RegistrationTokensService>,
@@ -210,6 +214,7 @@ impl Services {
             tracing::info!(purged, "expired authentication sessions removed");
         }
         services.create_appservice_users()?;
+        services.admin_room.ensure(&services)?;
         let indexed = services.timeline.backfill_txn_index()? + services.to_device.backfill_txn_index()?;
         if indexed > 0 {
             tracing::info!(indexed, "transaction IDs from an older database set to expire in a day");
@@ -268,7 +273,8 @@ impl Services {
     fn create_appservice_users(&self) -> ServiceResult<()> {
         for appservice in self.appservices.all().iter() {
             if !self.users.exists(&appservice.sender)? {
-                self.users.register(&self.devices, &appservice.sender, None, None)?;
+                self.users
+                    .register_server_account(&self.devices, &appservice.sender, None)?;
                 tracing::info!(user_id = %appservice.sender, "appservice user created");
             }
         }
@@ -305,7 +311,10 @@ impl Services {
             appservices.clone(),
             outbox.clone(),
         )));
+        let admin_room = admin_room::AdminRoomService::new(db.clone(), &config.server_name)?;
+        timeline.subscribe(admin_room.watcher());
         Ok(Services {
+            admin_room,
             server_keys,
             users: users::UsersService::new(db.clone(), &config),
             admin: admin::AdminService::new(&config),
@@ -390,7 +399,7 @@ impl Services {
         }
     }
 
-    /// Starts the background workers (deliveries to other servers, appservices and push gateways); they
+    /// Starts the background workers (deliveries to other servers, appservices and push gateways, the admin room's bot); they
     /// stop when `stop` turns true, and the returned handles finish once
     /// they have.
     pub fn start_workers(
@@ -419,6 +428,7 @@ impl Services {
                 Arc::new(ServiceCaches(Arc::clone(self))),
                 stop.clone(),
             )),
+            tokio::spawn(admin_room::run_bot(self.clone(), stop.clone())),
             tokio::spawn(self.outbox.clone().run(transport, stop)),
         ]
     }

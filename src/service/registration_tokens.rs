@@ -106,6 +106,21 @@ impl RegistrationTokensService {
         Ok(Some(shown(token.to_owned(), record, held)))
     }
 
+    /// A random token of the default length, expiring in `expires_in_days`
+    /// if given (the command line's and the admin room's way to make one).
+    pub fn create_random(
+        &self,
+        uses_allowed: Option<u64>,
+        expires_in_days: Option<u32>,
+    ) -> ServiceResult<RegistrationToken> {
+        const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+        let expiry_time = expires_in_days.map(|days| now_ms() + u64::from(days) * DAY_MS);
+        let new = NewToken::Random {
+            length: DEFAULT_TOKEN_LENGTH,
+        };
+        self.create(new, uses_allowed, expiry_time)
+    }
+
     pub fn create(
         &self,
         new: NewToken,

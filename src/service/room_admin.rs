@@ -147,7 +147,15 @@ impl RoomAdminService {
     pub fn list_rooms(&self, s: &Services, query: &RoomQuery) -> ServiceResult<RoomPage> {
         let term = query.search_term.as_deref().map(str::to_lowercase);
         let mut rooms = Vec::new();
-        for room_id in s.timeline.room_ids()? {
+        // The server's own admin room is no room to manage (`v1/rooms/{id}`
+        // shows it), as its bot is no account to manage.
+        let admin_room = s.admin_room.room_id();
+        for room_id in s
+            .timeline
+            .room_ids()?
+            .into_iter()
+            .filter(|r| Some(r) != admin_room.as_ref())
+        {
             let Some(view) = self.view(s, &room_id)? else {
                 continue;
             };

@@ -32,6 +32,15 @@ pub struct UsersService {
     guests: std::sync::RwLock<Option<std::collections::HashSet<String>>>,
 }
 
+/// Who an account is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AccountKind {
+    Person,
+    Guest,
+    /// Run by the server itself: its bot, appservices' users.
+    Server,
+}
+
 /// A new account's session, when one was asked for.
 pub struct NewLogin {
     pub device_id: String,
@@ -130,7 +139,18 @@ impl UsersService {
         password: Option<&str>,
         login: Option<(Option<String>, Option<String>)>,
     ) -> ServiceResult<Option<NewLogin>> {
-        self.create_account(devices, user_id, password, login, false)
+        self.create_account(devices, user_id, password, login, AccountKind::Person)
+    }
+
+    /// Creates an account the server runs itself (its bot, an appservice's
+    /// users): no password, and it is never taken for the first person.
+    pub fn register_server_account(
+        &self,
+        devices: &DevicesService,
+        user_id: &UserId,
+        login: Option<(Option<String>, Option<String>)>,
+    ) -> ServiceResult<Option<NewLogin>> {
+        self.create_account(devices, user_id, None, login, AccountKind::Server)
     }
 
     /// A guest account under a generated ID, with its first device.
@@ -141,14 +161,30 @@ impl UsersService {
     ) -> ServiceResult<(OwnedUserId, NewLogin)> {
         let user_id = self.generate_user_id()?;
         let login = self
-            .create_account(devices, &user_id, None, Some(device), true)?
+            .create_account(devices, &user_id, None, Some(device), AccountKind::Guest)?
             .ok_or_else(|| ServiceError::Internal("a guest account without a login".to_owned()))?;
         Ok((user_id, login))
     }
 
-    /// Whether `user_id` is a server admin (the first account registered).
+    /// Whether `user_id` is a server admin (the first person registered).
     pub fn is_admin(&self, user_id: &UserId) -> ServiceResult<bool> {
         Ok(self.tables.is_admin(user_id.as_str())?)
+    }
+
+    /// Every server admin.
+    pub fn admins(&self) -> ServiceResult<Vec<OwnedUserId>> {
+        Ok(self
+            .tables
+            .admins()?
+            .into_iter()
+            .filter_map(|id| OwnedUserId::try_from(id).ok())
+            .collect())
+    }
+
+    /// Whether the server runs this account itself (see
+    /// [`Self::register_server_account`]).
+    pub fn is_server_account(&self, user_id: &UserId) -> ServiceResult<bool> {
+        Ok(self.tables.is_server_account(user_id.as_str())?)
     }
 
     /// Gives (`true`) or takes the admin flag.
@@ -239,8 +275,9 @@ impl UsersService {
         user_id: &UserId,
         password: Option<&str>,
         login: Option<(Option<String>, Option<String>)>,
-        guest: bool,
+        kind: AccountKind,
     ) -> ServiceResult<Option<NewLogin>> {
+        let guest = kind == AccountKind::Guest;
         let password_hash = password.map(|p| self.hash_password(p)).transpose()?;
         let _guard = self
             .registration
@@ -250,9 +287,11 @@ impl UsersService {
             return Err(ServiceError::UserInUse);
         }
         let mut batch = Batch::new();
-        // The server's first account runs it: it is made an admin.
-        if !guest && !self.tables.any_user()? {
-            self.tables.put_admin(&mut batch, user_id.as_str());
+        // The server's first person runs it: they are made an admin.
+        match kind {
+            AccountKind::Person if !self.tables.any_person()? => self.tables.put_admin(&mut batch, user_id.as_str()),
+            AccountKind::Server => self.tables.put_server_account(&mut batch, user_id.as_str()),
+            _ => {}
         }
         let record = UserRecord {
             password_hash,

@@ -106,6 +106,7 @@ async fn register(
                 .register(&s.devices, &user_id, body.password.as_deref(), login)?;
             s.uiaa.record_registration(body.auth.as_ref(), &user_id)?;
             tracing::info!(%user_id, ip = client_ip.as_deref().unwrap_or("-"), "new account");
+            s.admin_room.invite_if_admin(s, &user_id);
             Ok(registered(user_id, new_login))
         })
         .await
@@ -171,7 +172,7 @@ async fn register_for_appservice(
             s.appservices.check_user_free(&user_id, Some(&appservice))?;
             let login = (!body.inhibit_login)
                 .then(|| (body.device_id.map(|d| d.to_string()), body.initial_device_display_name));
-            let new_login = s.users.register(&s.devices, &user_id, None, login)?;
+            let new_login = s.users.register_server_account(&s.devices, &user_id, login)?;
             tracing::info!(%user_id, appservice = appservice.id(), ip = client_ip.as_deref().unwrap_or("-"), "new appservice user");
             Ok(registered(user_id, new_login))
         })

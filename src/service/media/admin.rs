@@ -19,7 +19,40 @@ pub struct UploadView {
     pub created_ms: u64,
 }
 
+/// What the stored media come to (`server stats`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MediaUsage {
+    pub local_files: u64,
+    pub local_bytes: u64,
+    /// Other servers' media fetched for our users.
+    pub remote_files: u64,
+    pub remote_bytes: u64,
+}
+
 impl MediaService {
+    /// Counts the media with content and their sizes, ours and other
+    /// servers' (identical content shared by IDs counted for each).
+    pub async fn usage(&self) -> ServiceResult<MediaUsage> {
+        self.blocking(move |store| {
+            let mut usage = MediaUsage::default();
+            for entry in store.tables.all() {
+                let (server_name, _, record) = entry?;
+                let Some(content) = record.content else {
+                    continue;
+                };
+                let (files, bytes) = if server_name == store.server_name.as_str() {
+                    (&mut usage.local_files, &mut usage.local_bytes)
+                } else {
+                    (&mut usage.remote_files, &mut usage.remote_bytes)
+                };
+                *files += 1;
+                *bytes += content.size;
+            }
+            Ok(usage)
+        })
+        .await
+    }
+
     /// Deletes a local media: its record, and its file and thumbnails when
     /// no other record names the same content. The IDs deleted.
     pub async fn delete_local(&self, server_name: String, media_id: String) -> ServiceResult<Vec<String>> {

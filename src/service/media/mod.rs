@@ -28,7 +28,7 @@ use ruma::{OwnedMxcUri, OwnedServerName, ServerName, UserId};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
-pub use admin::UploadView;
+pub use admin::{MediaUsage, UploadView};
 pub use multipart::Framing;
 pub use preview::{is_public, PreviewConfig};
 pub use reader::FileStream;

@@ -89,6 +89,12 @@ impl RoomsService {
                 "room creation is disabled on this server".to_owned(),
             ));
         }
+        self.create_server_room(s, sender, req)
+    }
+
+    /// Creates a room the server needs for itself (the admin room), which
+    /// `allow_room_creation` does not forbid.
+    pub fn create_server_room(&self, s: &Services, sender: &UserId, req: CreateRoom) -> ServiceResult<OwnedRoomId> {
         for (event_type, _, _) in &req.initial_state {
             if matches!(event_type.as_str(), "m.room.create" | "m.room.member") {
                 return Err(ServiceError::BadJson(format!(
