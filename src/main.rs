@@ -31,10 +31,9 @@ enum Command {
     /// running server takes them itself, see `backup_interval_hours`).
     #[command(subcommand)]
     Backup(BackupCommand),
-    /// Accounts and rooms, as the admin API manages them (run it with the
-    /// server stopped; a running server has the admin API).
-    #[command(subcommand)]
-    Admin(conduit::admin_cli::AdminCommand),
+    /// The admin commands of the admin room: on the database of a stopped
+    /// server, or with --token through a running server's admin API.
+    Admin(conduit::admin_cli::AdminArgs),
     /// Salvages a database that will not open after a crash or a power
     /// cut (run it with the server stopped, after copying the data
     /// directory): what reads is kept. See README, "When the database is
@@ -257,7 +256,7 @@ fn main() -> ExitCode {
         Some(Command::Appservice(command)) => return print_outcome(appservice_command(&config, command)),
         Some(Command::Backup(command)) => return print_outcome(backup_command(&config, command)),
         Some(Command::Token(command)) => return print_outcome(token_command(&config, command)),
-        Some(Command::Admin(command)) => return print_outcome(conduit::admin_cli::run(&config, command)),
+        Some(Command::Admin(args)) => return print_outcome(conduit::admin_cli::run(&config, args)),
         Some(Command::Repair) => {
             return print_outcome(
                 conduit::service::Services::repair_database(&config)

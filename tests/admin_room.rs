@@ -249,3 +249,59 @@ async fn admins_made_later_are_invited_and_the_command_line_shares_the_commands(
     let sync = server.sync(frank, None, 0, None).await;
     assert!(sync["rooms"]["invite"][&room_id].is_object(), "{sync}");
 }
+
+/// `conduit admin --token …` manages a running server through its admin
+/// API; without a token it says so, and a non-admin's token is refused.
+#[tokio::test]
+async fn command_line_reaches_a_running_server_with_a_token() {
+    let server = TestServer::start().await;
+    let (alice_id, alice, _) = server.register("alice", "pw").await;
+    let (bob_id, bob, _) = server.register("bob", "pw").await;
+    let config = server.config_path().to_owned();
+    let base = server.url("");
+    let with_token = |token: &str, words: &[&str]| {
+        let mut args = vec!["admin", "--token", token, "--server", &base];
+        args.extend_from_slice(words);
+        common::run_conduit(&config, &args)
+    };
+
+    let (ok, _, err) = common::run_conduit(&config, &["admin", "users", "list"]);
+    assert!(!ok, "the running server holds the database");
+    assert!(err.contains("--token"), "{err}");
+
+    let (ok, out, err) = with_token(&alice, &["users", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&alice_id) && out.contains(&bob_id), "{out}");
+    let (ok, out, err) = with_token(&alice, &["users", "create", "carol", "--password", "carol-pw"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("@carol:localhost"), "{out}");
+    assert_eq!(server.login("carol", "carol-pw", None).await.0, 200);
+    let (ok, out, err) = with_token(&alice, &["server", "stats"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("accounts\t4 (0 deactivated, 1 admins)"),
+        "the bot, alice, bob, carol: {out}"
+    );
+
+    // A token from a file, of someone who is not an admin.
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{bob}\n")).unwrap();
+    let (ok, _, err) = common::run_conduit(
+        &config,
+        &[
+            "admin",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--server",
+            &base,
+            "rooms",
+            "list",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("M_FORBIDDEN"), "{err}");
+    let (ok, _, err) = with_token("not-a-token", &["rooms", "list"]);
+    assert!(!ok);
+    assert!(err.contains("M_UNKNOWN_TOKEN"), "{err}");
+}

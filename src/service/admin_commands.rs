@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ruma::{OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
 
 use super::admin::{UserChanges, UserOrder, UserQuery};
 use super::admin_room::COMMAND_PREFIX;
@@ -17,7 +18,11 @@ const PASSWORD_LENGTH: usize = 20;
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
-#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+/// Serialized (as JSON), a command is the body of
+/// `POST /_conduit/admin/v1/command`, how `conduit admin` reaches a running
+/// server.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AdminCommand {
     /// Accounts.
     #[command(subcommand)]
@@ -36,7 +41,8 @@ pub enum AdminCommand {
     Server(ServerCommand),
 }
 
-#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UsersCommand {
     /// Lists the local accounts: user ID, admin, deactivated, display name.
     List,
@@ -62,13 +68,15 @@ pub enum UsersCommand {
     },
 }
 
-#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RoomsCommand {
     /// Lists the rooms: room ID, joined members, name.
     List,
 }
 
-#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TokensCommand {
     /// Makes a new random registration token and prints it.
     Create {
@@ -81,7 +89,8 @@ pub enum TokensCommand {
     },
 }
 
-#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MediaCommand {
     /// Forgets other servers' media fetched more than the given days ago
     /// (default: all of it); it is fetched again when asked for.
@@ -91,7 +100,8 @@ pub enum MediaCommand {
     },
 }
 
-#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ServerCommand {
     /// Accounts, rooms, media and database sizes, uptime, version.
     Stats,

@@ -19,6 +19,7 @@ use crate::api::{ApiError, Router};
 use crate::service::Services;
 
 mod backups;
+mod commands;
 mod media;
 mod registration_tokens;
 mod rooms;
@@ -27,6 +28,7 @@ mod users;
 pub fn register_routes(router: &mut Router) {
     router.add_raw(Method::GET, &["/_synapse/admin/v1/server_version"], server_version);
     backups::register_routes(router);
+    commands::register_routes(router);
     media::register_routes(router);
     registration_tokens::register_routes(router);
     rooms::register_routes(router);
