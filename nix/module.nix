@@ -142,8 +142,8 @@ in
         ProtectKernelLogs = true;
         ProtectControlGroups = true;
         ProtectProc = "invisible";
-        CapabilityBoundingSet = [ "" ];
-        AmbientCapabilities = [ "" ];
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
         RestrictAddressFamilies = [
           "AF_INET"
           "AF_INET6"

@@ -139,13 +139,19 @@ mod tests {
         String::from_utf8(buf[..n].to_vec()).unwrap()
     }
 
+    /// A service manager's socket in `dir` (reads wait at most 5 s), and a
+    /// notifier sending to it by path.
+    fn manager_and_notifier(dir: &std::path::Path) -> (UnixDatagram, Notifier) {
+        let path = dir.join("notify");
+        let manager = UnixDatagram::bind(&path).unwrap();
+        manager.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (manager, Notifier::for_socket(path.as_os_str()).unwrap())
+    }
+
     #[test]
     fn messages_reach_a_socket_named_by_path() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let manager = UnixDatagram::bind(&path).unwrap();
-        manager.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let notifier = Notifier::for_socket(path.as_os_str()).unwrap();
+        let (manager, notifier) = manager_and_notifier(dir.path());
         notifier.notify("READY=1").unwrap();
         notifier.notify("STOPPING=1").unwrap();
         assert_eq!(received(&manager), "READY=1");
@@ -186,10 +192,8 @@ mod tests {
     #[test]
     fn the_watchdog_worker_pings_until_stopped() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify");
-        let manager = UnixDatagram::bind(&path).unwrap();
-        manager.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let notifier = Arc::new(Notifier::for_socket(path.as_os_str()).unwrap());
+        let (manager, notifier) = manager_and_notifier(dir.path());
+        let notifier = Arc::new(notifier);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()

@@ -104,6 +104,10 @@ wait "$server_pid" || fail "the server exited with status $? after SIGTERM"
 server_pid=""
 grep -q "database flushed" "$log" || fail "no clean shutdown in the log"
 
+# The first admin account, as postinst says to make it (server stopped).
+created="$(as_root runuser -u matrix-conduit -- /usr/bin/conduit -c "$config" admin users create admin --admin)"
+echo "$created" | grep -q '^created @admin:localhost with password ' || fail "admin users create: $created"
+
 # systemd-analyze verify reads the unit without a running systemd (it
 # checks the syntax, that the binary exists, the sandboxing directives);
 # it cannot run the sandbox itself, so the hardening is only checked as
