@@ -18,7 +18,11 @@ unit=/lib/systemd/system/matrix-conduit.service
 # installed by this test, and may be purged and deleted by the next run.
 marker="$data/.installed-by-packaging-test"
 
-fail() { echo "packaging test: $*" >&2; exit 1; }
+fail() {
+    echo "packaging test: $*" >&2
+    if [ -s "${log:-}" ]; then tail -n 20 "$log" >&2; fi
+    exit 1
+}
 installed() { dpkg-query -W -f '${Status}' matrix-conduit 2>/dev/null | grep -q 'ok installed'; }
 
 # What a previous run left (it stopped half-way), or nothing; never
