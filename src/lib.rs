@@ -9,3 +9,4 @@ pub mod config;
 pub mod database;
 pub mod server;
 pub mod service;
+pub mod systemd;

@@ -10,6 +10,7 @@ use actix_web::{web, App, HttpServer};
 use crate::api;
 use crate::config::Config;
 use crate::service::{ServiceError, Services};
+use crate::systemd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -81,9 +82,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
 
     let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
-    let workers = services.start_workers(workers_stop);
+    let mut workers = services.start_workers(workers_stop.clone());
     let server = server.run();
     let handle = server.handle();
+    // The listeners are bound: systemd (Type=notify) may count us as started.
+    let notifier = systemd::Notifier::from_env().map(Arc::new);
+    if let Some(notifier) = &notifier {
+        notifier.notify_or_log("READY=1");
+        if let Some(interval) = systemd::watchdog_interval_from_env() {
+            workers.push(tokio::spawn(systemd::watchdog(
+                Arc::clone(notifier),
+                interval,
+                workers_stop,
+            )));
+        }
+    }
     tokio::spawn(async {
         // Once the HTTP workers are up, start-up is over.
         tokio::time::sleep(START_UP_SETTLES).await;
@@ -92,6 +105,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
+        if let Some(notifier) = &notifier {
+            notifier.notify_or_log("STOPPING=1");
+        }
         handle.stop(true).await;
     });
     let served = server.await.map_err(StartError::Serve);
