@@ -12,9 +12,11 @@ use serde_json::Value;
 #[tokio::test]
 async fn a_backup_taken_under_write_load_restores_every_acknowledged_event() {
     let backups = tempfile::tempdir().unwrap();
+    // Not made yet: the first backup makes it.
+    let backup_dir = backups.path().join("nightly");
     let extra = format!(
         "backup_directory = \"{}\"\nbackup_interval_hours = 0",
-        backups.path().display()
+        backup_dir.display()
     );
     let mut server = TestServer::start_with(&extra).await;
     let (_, admin, _) = server.register("admin", "pw").await;

@@ -78,6 +78,8 @@ impl BackupsService {
 
     fn take_blocking(&self, dir: &Path) -> ServiceResult<Taken> {
         let started = std::time::Instant::now();
+        // The engine makes only the last component of its directory.
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let database = self.db.backup(&dir.join(DATABASE_SUBDIR), self.keep)?;
         let media_files_copied = copy_new_files(&self.media_files, &dir.join(MEDIA_SUBDIR))?;
         tracing::info!(
