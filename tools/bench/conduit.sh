@@ -12,6 +12,11 @@
 #                         after start-up, so each round records it
 #   bench_python          the harness's Python (../shared/bench), its venv
 #                         made on first use; sets $python
+#
+# BENCH_CONFIG (TOML lines, @DIR@ standing for the data directory) is
+# appended to the config's [global] table;
+# BENCH_RATE_LIMITS=on keeps rate limiting on, with limits no benchmark
+# reaches, so its bookkeeping is measured and nothing is refused.
 
 conduit_binary() {
     local target="${CARGO_TARGET_DIR:-$HOME/.cache/conduit-target}"
@@ -25,6 +30,8 @@ start_conduit() {
     base="http://127.0.0.1:$port"
     dir=$(mktemp -d)
     trap 'kill ${pid:-} 2>/dev/null || true; wait ${pid:-} 2>/dev/null || true; rm -rf "$dir"' EXIT
+    local extra="${BENCH_CONFIG:-}"
+    extra="${extra//@DIR@/$dir}"
     cat > "$dir/conduit.toml" <<TOML
 [global]
 server_name = "localhost"
@@ -34,9 +41,8 @@ log = "warn"
 # The harness registers 32 users at once; like synapse.sh lifting Synapse's
 # rate limits, let them all wait for the hashing thread.
 password_checks_waiting = 64
-# A benchmark is a runaway script by design: measure the server, not its
-# rate limits (synapse.sh lifts Synapse's too).
-rate_limits.enabled = false
+$(bench_rate_limits)
+$extra
 TOML
     "$bin" -c "$dir/conduit.toml" & pid=$!
     # At most 5 s, in 1 ms steps so start-up time can be read off it.
@@ -46,6 +52,17 @@ TOML
     done
     echo "conduit did not answer on $base" >&2
     return 1
+}
+
+bench_rate_limits() {
+    if [ "${BENCH_RATE_LIMITS:-off}" = on ]; then
+        local high="{ per_second = 1000000.0, burst = 1000000 }"
+        echo "rate_limits = { enabled = true, message = $high, join = $high, login = $high, register = $high, media_upload = $high }"
+    else
+        # A benchmark is a runaway script by design: measure the server, not
+        # its rate limits (synapse.sh lifts Synapse's too).
+        echo "rate_limits.enabled = false"
+    fi
 }
 
 idle_rss() {
