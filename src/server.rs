@@ -185,11 +185,7 @@ const START_UP_SETTLES: std::time::Duration = std::time::Duration::from_secs(1);
 /// memory. glibc's freed start-up heap goes back as well.
 #[cfg(target_os = "linux")]
 fn release_start_up_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap memory to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::service::memory::release_free_heap();
     let (Ok(exe), Ok(smaps)) = (
         std::fs::read_link("/proc/self/exe"),
         std::fs::read_to_string("/proc/self/smaps"),

@@ -153,10 +153,9 @@ impl Metrics {
 /// Resident bytes and CPU seconds of this process, from /proc.
 #[cfg(target_os = "linux")]
 fn process_figures() -> Option<(u64, f64)> {
-    // SAFETY: sysconf only reads system constants.
-    let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let resident = super::memory::resident_bytes()?;
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which may hold spaces, in parentheses).
     let after_name = &stat[stat.rfind(')')? + 2..];
@@ -164,10 +163,7 @@ fn process_figures() -> Option<(u64, f64)> {
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((
-        resident_pages * u64::try_from(page).ok()?,
-        (utime + stime) as f64 / ticks as f64,
-    ))
+    Some((resident, (utime + stime) as f64 / ticks as f64))
 }
 
 #[cfg(not(target_os = "linux"))]
