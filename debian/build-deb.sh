@@ -90,17 +90,17 @@ install -m 0644 debian/conffiles "$root/DEBIAN/conffiles"
 
 # Depends from the libraries the binary links (libc6, libgcc-s1,
 # libstdc++6); without dpkg-dev, or for another architecture, what it found
-# for the amd64 build on Debian 12. glibc 2.36 for the release binary's
-# packed relocations (build.rs).
+# for the amd64 build on Debian 12.
 depends=""
 if command -v dpkg-shlibdeps >/dev/null 2>&1 && [ "$arch" = "$(dpkg --print-architecture)" ]; then
     printf 'Source: matrix-conduit\n\nPackage: matrix-conduit\nArchitecture: any\n' > "$work/debian/control"
     depends="$(cd "$work" && dpkg-shlibdeps -O debian/matrix-conduit/usr/bin/conduit 2>/dev/null |
         sed -n 's/^shlibs:Depends=//p')"
 fi
-depends="${depends:-libc6 (>= 2.36), libgcc-s1 (>= 4.2), libstdc++6 (>= 12)}"
+depends="${depends:-libc6 (>= 2.34), libgcc-s1 (>= 4.2), libstdc++6 (>= 12)}"
 # dpkg-shlibdeps does not count the GLIBC_ABI_DT_RELR version that packed
-# relocations require; glibc has it from 2.36.
+# relocations (build.rs, release builds) require; glibc has it from 2.36.
+# This also covers the fallback above.
 if readelf -V "$root/usr/bin/conduit" 2>/dev/null | grep -q GLIBC_ABI_DT_RELR; then
     depends="$(printf '%s' "$depends" | sed -E 's/libc6 \(>= [0-9.]+\)/libc6 (>= 2.36)/')"
 fi
