@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
 done
 
 if [ -z "$binary" ]; then
-    cargo build --locked --release --bin conduit >&2
+    cargo build --locked --release -p conduit-release --bin conduit >&2
     binary="${CARGO_TARGET_DIR:-target}/release/conduit"
 fi
 [ -x "$binary" ] || { echo "$0: no executable at $binary" >&2; exit 1; }

@@ -31,6 +31,8 @@ rustPlatform.buildRustPackage {
     fileset = lib.fileset.unions [
       ../Cargo.toml
       ../Cargo.lock
+      ../build.rs
+      ../release
       ../src
       ../tests
       ../conduit.toml.example
@@ -38,7 +40,11 @@ rustPlatform.buildRustPackage {
   };
 
   cargoLock.lockFile = ../Cargo.lock;
+  # release/ links the binary at opt-level 3 over the server's code at "s"
+  # (release/Cargo.toml says why).
   cargoBuildFlags = [
+    "-p"
+    "conduit-release"
     "--bin"
     "conduit"
   ];

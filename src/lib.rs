@@ -5,6 +5,7 @@
 
 pub mod admin_cli;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod database;
 pub mod server;

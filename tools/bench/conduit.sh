@@ -21,7 +21,7 @@
 conduit_binary() {
     local target="${CARGO_TARGET_DIR:-$HOME/.cache/conduit-target}"
     bin="${BENCH_BINARY:-$target/release/conduit}"
-    [ -x "$bin" ] || CARGO_TARGET_DIR="$target" cargo build --release --bin conduit
+    [ -x "$bin" ] || CARGO_TARGET_DIR="$target" cargo build --release -p conduit-release --bin conduit
 }
 
 start_conduit() {

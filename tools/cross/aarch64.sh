@@ -42,5 +42,5 @@ export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch6
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu"
 export CARGO_TARGET_DIR="${CONDUIT_AARCH64_TARGET_DIR:-$HOME/.cache/conduit-target-aarch64}"
 
-cargo build --locked --release --target "$target" --bin conduit "$@" >&2
+cargo build --locked --release --target "$target" -p conduit-release --bin conduit "$@" >&2
 echo "$CARGO_TARGET_DIR/$target/release/conduit"
