@@ -247,16 +247,11 @@ pub fn main() -> ExitCode {
     }
 
     if let Some(Command::RotateSigningKey) = cli.command {
-        return match crate::service::Services::rotate_signing_key(&config) {
-            Ok(key_id) => {
-                let _ = writeln!(std::io::stdout(), "new signing key: {key_id}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                let _ = writeln!(std::io::stderr(), "conduit: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return print_outcome(
+            crate::service::Services::rotate_signing_key(&config)
+                .map(|key_id| format!("new signing key: {key_id}\n"))
+                .map_err(|e| e.to_string()),
+        );
     }
 
     match cli.command {
