@@ -65,7 +65,12 @@ enum TokenCommand {
     /// time (ms since the epoch), validity.
     List,
     /// Deletes a token.
-    Delete { token: String },
+    Delete {
+        /// Taken as it is even when it starts with `-` (the spec allows
+        /// that in a token).
+        #[arg(allow_hyphen_values = true)]
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -559,7 +559,11 @@ async fn the_command_line_manages_tokens_of_a_stopped_server() {
     assert_eq!(out.lines().count(), 2, "{out}");
     let (ok, _, err) = cli(&server, &["delete", "no-such-token"]);
     assert!(!ok);
-    assert!(err.contains("no-such-token"), "{err}");
+    assert!(err.contains("no registration token no-such-token"), "{err}");
+    // A token may start with `-`; it is not taken for an option.
+    let (ok, _, err) = cli(&server, &["delete", "-A-token"]);
+    assert!(!ok);
+    assert!(err.contains("no registration token -A-token"), "{err}");
 
     server.start_again();
     assert!(is_valid(&server, &limited).await);

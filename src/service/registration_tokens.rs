@@ -23,6 +23,10 @@ use crate::database::Db;
 pub const TOKEN_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-";
 /// The spec's longest token.
 pub const MAX_TOKEN_LENGTH: usize = 64;
+/// The characters of a generated token: letters and digits only, so a
+/// token is never taken for an option on a command line (a leading `-`)
+/// and keeps its last character when a chat client links or quotes it.
+const GENERATED_TOKEN_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 /// The length of a generated token when none is asked for.
 pub const DEFAULT_TOKEN_LENGTH: usize = 16;
 
@@ -264,13 +268,13 @@ impl RegistrationTokensService {
 
     fn unused_random_token(&self, length: usize) -> ServiceResult<String> {
         use rand::Rng;
-        // Short tokens may be taken; a few tries, as a 64-character
+        // Short tokens may be taken; a few tries, as a 62-character
         // alphabet makes repeated collisions unlikely unless nearly all
         // tokens of that length are.
         for _ in 0..8 {
             let mut rng = rand::thread_rng();
             let token: String = (0..length)
-                .map(|_| char::from(TOKEN_ALPHABET[rng.gen_range(0..TOKEN_ALPHABET.len())]))
+                .map(|_| char::from(GENERATED_TOKEN_ALPHABET[rng.gen_range(0..GENERATED_TOKEN_ALPHABET.len())]))
                 .collect();
             if self.tables.get(&token)?.is_none() {
                 return Ok(token);
@@ -394,7 +398,7 @@ mod tests {
         }
         let made = tokens.create(NewToken::Random { length: 64 }, None, None).unwrap();
         assert_eq!(made.token.len(), 64);
-        assert!(made.token.bytes().all(|b| TOKEN_ALPHABET.contains(&b)));
+        assert!(made.token.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert!(tokens.create(NewToken::Named(made.token.clone()), None, None).is_err());
         assert!(tokens
             .create(NewToken::Named("late".to_owned()), None, Some(1))
