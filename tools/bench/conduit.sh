@@ -1,7 +1,8 @@
 # Sourced by the benchmark scripts (run from the repo root): a Conduit on a
 # fresh data directory and a loopback port, killed and removed on exit.
 #
-#   conduit_binary        builds the release binary if missing; sets $bin
+#   conduit_binary        builds the release binary of this tree (a no-op
+#                         when it is up to date); sets $bin
 #                         (BENCH_BINARY=path/to/conduit runs that binary
 #                         instead, for an A/B of two builds; not CONDUIT_*:
 #                         the server reads those as config keys)
@@ -20,8 +21,14 @@
 
 conduit_binary() {
     local target="${CARGO_TARGET_DIR:-$HOME/.cache/conduit-target}"
-    bin="${BENCH_BINARY:-$target/release/conduit}"
-    [ -x "$bin" ] || CARGO_TARGET_DIR="$target" cargo build --release -p conduit-release --bin conduit
+    if [ -n "${BENCH_BINARY:-}" ]; then
+        bin="$BENCH_BINARY"
+        return 0
+    fi
+    # Always through cargo, so a binary left from an older tree is never
+    # what gets measured.
+    bin="$target/release/conduit"
+    CARGO_TARGET_DIR="$target" cargo build --locked --release -p conduit-release --bin conduit
 }
 
 start_conduit() {
