@@ -230,6 +230,25 @@ async fn admins_made_later_are_invited_and_the_command_line_shares_the_commands(
     let listed = ask_text(&server, &erin, &room_id, "!admin users list").await;
     assert!(listed.contains("@alice:localhost\tadmin"), "{listed}");
 
+    // The admin API will not delete it: the bot would leave and later
+    // admins could not be invited. It still answers.
+    let delete = format!("/_synapse/admin/v2/rooms/{}", enc(&room_id));
+    for body in [json!({}), json!({"block": true, "purge": true})] {
+        let refused = server.call("DELETE", &delete, Some(&alice), Some(body)).await;
+        common::assert_error(&refused, 403, "M_FORBIDDEN");
+        assert!(
+            refused.1["error"].as_str().unwrap().contains("admin room"),
+            "{}",
+            refused.1
+        );
+    }
+    let (_, joined) = server
+        .call("GET", "/_matrix/client/v3/joined_rooms", Some(&erin), None)
+        .await;
+    assert!(joined["joined_rooms"].to_string().contains(&room_id), "{joined}");
+    let listed = ask_text(&server, &erin, &room_id, "!admin users list").await;
+    assert!(listed.contains("@erin:localhost\tadmin"), "{listed}");
+
     // The same commands from a shell, on the stopped server's database.
     server.stop();
     let config = server.config_path().to_owned();

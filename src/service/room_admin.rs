@@ -266,6 +266,13 @@ impl RoomAdminService {
         room_id: &RoomId,
         request: DeleteRoom,
     ) -> ServiceResult<Deletion> {
+        // The bot would leave it and new admins could not be invited: the
+        // server would lose its admin room for good.
+        if s.admin_room.room_id().as_deref() == Some(room_id) {
+            return Err(ServiceError::Forbidden(
+                "this is the server's admin room; it cannot be deleted (its members may leave it)".to_owned(),
+            ));
+        }
         let known = s.timeline.room(room_id)?.is_some();
         if !known && !request.block {
             return Err(room_not_found());
