@@ -144,20 +144,29 @@ async fn the_first_user_runs_the_server_from_the_admin_room() {
     let again = ask_text(&server, &alice, &room_id, "!admin users create carol").await;
     assert!(again.contains("exists"), "{again}");
 
+    // Quoted, a password may hold spaces (and start with `-`).
     let reset = ask_text(
         &server,
         &alice,
         &room_id,
-        "!admin users reset-password carol --password second",
+        r#"!admin users reset-password carol --password "-second try""#,
     )
     .await;
     assert!(reset.contains("@carol:localhost"), "{reset}");
-    assert_eq!(server.login("carol", "second", None).await.0, 200);
+    assert_eq!(server.login("carol", "-second try", None).await.0, 200);
     assert_eq!(server.login("carol", "first", None).await.0, 403);
+    let unclosed = ask_text(
+        &server,
+        &alice,
+        &room_id,
+        "!admin users reset-password carol --password 'x",
+    )
+    .await;
+    assert!(unclosed.contains("not closed"), "{unclosed}");
 
     let deactivated = ask_text(&server, &alice, &room_id, "!admin users deactivate carol").await;
     assert!(deactivated.contains("deactivated @carol:localhost"), "{deactivated}");
-    assert_ne!(server.login("carol", "second", None).await.0, 200);
+    assert_ne!(server.login("carol", "-second try", None).await.0, 200);
 
     let family = server.create_room(&bob, json!({"name": "Family"})).await;
     let rooms = ask_text(&server, &alice, &room_id, "!admin rooms list").await;

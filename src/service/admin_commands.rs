@@ -49,7 +49,7 @@ pub enum UsersCommand {
     /// Creates an account; prints its password (a random one unless given).
     Create {
         name: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         password: Option<String>,
         #[arg(long)]
         admin: bool,
@@ -57,7 +57,7 @@ pub enum UsersCommand {
     /// Sets a new password (a random one unless given) and logs every device out.
     ResetPassword {
         name: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         password: Option<String>,
     },
     /// Deactivates an account; with --erase, also forgets its profile and messages' content.
@@ -117,11 +117,61 @@ struct RoomCommandLine {
 
 /// Reads an admin room message (`!admin users list`); the error is clap's
 /// text to show instead: the help asked for, or what is wrong and the usage.
-/// Words are separated by white space; there is no quoting.
+/// Words are split as `split_words` does.
 pub fn parse_room_command(body: &str) -> Result<AdminCommand, String> {
-    RoomCommandLine::try_parse_from(body.split_whitespace())
+    RoomCommandLine::try_parse_from(split_words(body)?)
         .map(|line| line.command)
         .map_err(|e| e.render().to_string())
+}
+
+/// Splits a message into words as a shell would, so a password may hold a
+/// space: white space separates words; `'…'` keeps what is inside as it
+/// is; `"…"` (or a phone keyboard's `“…”`) too, but for `\"` and `\\`;
+/// elsewhere `\` keeps the next character as it is.
+fn split_words(body: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let word = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("a quote ' is not closed".to_owned()),
+                    }
+                }
+            }
+            '"' | '“' => {
+                let word = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"' | '”') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => word.push(c),
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => return Err("a quote \" is not closed".to_owned()),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err("a quote \" is not closed".to_owned()),
+                    }
+                }
+            }
+            '\\' => {
+                let word = word.get_or_insert_with(String::new);
+                word.push(chars.next().unwrap_or('\\'));
+            }
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
 }
 
 /// Runs one command as `actor` (the admin who gave it, or the server's bot
@@ -311,6 +361,30 @@ mod tests {
         assert_eq!(
             parse_room_command("!admin media purge"),
             Ok(AdminCommand::Media(MediaCommand::Purge { older_than_days: 0 }))
+        );
+    }
+
+    #[test]
+    fn words_are_split_as_a_shell_would() {
+        let words = |body: &str| split_words(body).unwrap();
+        assert_eq!(words("  !admin   users\tlist "), ["!admin", "users", "list"]);
+        assert_eq!(words(r#"a "two words" 'it''s' x"#), ["a", "two words", "its", "x"]);
+        assert_eq!(words(r#"--password="a b" c"#), ["--password=a b", "c"]);
+        assert_eq!(
+            words(r#""say \"hi\" \n" 'no \escape'"#),
+            [r#"say "hi" \n"#, r"no \escape"]
+        );
+        assert_eq!(words(r"one\ word \'"), ["one word", "'"]);
+        assert_eq!(words("“phone quotes” ''"), ["phone quotes", ""]);
+        assert_eq!(words("don’t"), ["don’t"]);
+        assert!(split_words("a 'open").unwrap_err().contains('\''));
+        assert!(split_words(r#"a "open\"#).unwrap_err().contains('"'));
+        assert_eq!(
+            parse_room_command(r#"!admin users reset-password bob --password "-horse battery""#),
+            Ok(AdminCommand::Users(UsersCommand::ResetPassword {
+                name: "bob".to_owned(),
+                password: Some("-horse battery".to_owned()),
+            }))
         );
     }
 
