@@ -194,6 +194,12 @@ pub struct Config {
     /// register, upload and ask for validation tokens.
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` header names
+    /// the client (addresses or CIDR ranges); any other peer's header is
+    /// ignored, so a client reaching the server directly cannot choose its
+    /// own address for the per-address limits. Default: loopback.
+    #[serde(default = "defaults::trusted_proxies")]
+    pub trusted_proxies: Vec<IpRange>,
 
     /// Appservice registration files (YAML), loaded at every start
     /// (Synapse's key); `conduit appservice register` adds more.
@@ -460,6 +466,13 @@ mod defaults {
     }
     pub fn address() -> IpAddr {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+    /// A reverse proxy on the same machine, as `docs/deploying.md` sets up.
+    pub fn trusted_proxies() -> Vec<IpRange> {
+        ["127.0.0.0/8", "::1"]
+            .into_iter()
+            .map(|range| IpRange::try_from(range.to_owned()).expect("valid range"))
+            .collect()
     }
     pub fn port() -> u16 {
         6167
@@ -952,6 +965,27 @@ mod tests {
             "allow_registration"
         );
         assert_eq!(key_of(load_str("", &[("CONDUIT_PORT", "99999")]).unwrap_err()), "port");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let loopback = |c: &Config, address: &str| {
+            c.trusted_proxies
+                .iter()
+                .any(|range| range.contains(address.parse().unwrap()))
+        };
+        let defaults = Config::load(None, Vec::new()).unwrap();
+        assert!(loopback(&defaults, "127.0.0.1") && loopback(&defaults, "127.1.2.3") && loopback(&defaults, "::1"));
+        assert!(!loopback(&defaults, "10.0.0.1"));
+        let c = load_str("[global]\ntrusted_proxies = [\"10.1.2.3/16\", \"fd00::7\"]\n", &[]).unwrap();
+        assert!(loopback(&c, "10.1.200.1") && loopback(&c, "fd00::7"));
+        assert!(!loopback(&c, "10.2.0.1") && !loopback(&c, "fd00::8") && !loopback(&c, "127.0.0.1"));
+        let none = load_str("[global]\ntrusted_proxies = []\n", &[]).unwrap();
+        assert!(none.trusted_proxies.is_empty());
+        for bad in ["\"localhost\"", "\"10.0.0.0/33\"", "\"\""] {
+            let text = format!("[global]\ntrusted_proxies = [{bad}]\n");
+            assert_eq!(key_of(load_str(&text, &[]).unwrap_err()), "trusted_proxies[0]", "{bad}");
+        }
     }
 
     #[test]

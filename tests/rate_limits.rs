@@ -169,6 +169,42 @@ async fn logins_are_limited_per_address() {
 }
 
 #[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    // The test client connects from loopback, here no trusted proxy: its
+    // X-Forwarded-For is ignored and every login is from 127.0.0.1.
+    let server =
+        limited_server("rate_limits.login = { per_second = 0.1, burst = 2 }\ntrusted_proxies = [\"10.0.0.0/8\"]").await;
+    let (_, alice, _) = server.register("alice", "pw").await;
+    for address in ["10.0.0.1", "10.0.0.2"] {
+        let answer = login_from(&server, "alice", "pw", address).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    login_from(&server, "alice", "pw", "10.0.0.3").await.refused_for(20_000);
+    // Devices' last-seen addresses are the connection's too.
+    let devices = request(
+        &server,
+        "GET",
+        "/_matrix/client/v3/devices",
+        Some(&alice),
+        Some("10.0.0.4"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(devices.status, 200, "{}", devices.body);
+    let seen: Vec<&str> = devices.body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["last_seen_ip"].as_str())
+        .collect();
+    assert!(
+        !seen.is_empty() && seen.iter().all(|ip| *ip == "127.0.0.1"),
+        "{}",
+        devices.body
+    );
+}
+
+#[tokio::test]
 async fn registrations_and_validation_tokens_are_limited_per_address() {
     let server = limited_server(
         "rate_limits.register = { per_second = 0.1, burst = 2 }\nrate_limits.threepid = { per_second = 0.01, burst = 1 }",

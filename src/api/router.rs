@@ -519,7 +519,7 @@ where
     // A route without its state key stands for an empty one.
     path_args.resize(endpoint.arg_count, String::new());
 
-    let client_ip = req.connection_info().realip_remote_addr().map(strip_port);
+    let client_ip = client_address(&services.config, &req);
     let (identity, origin) = if <R::Authentication as AuthKind>::REQUIREMENT == AuthRequirement::Server {
         if !services.config.allow_federation {
             return Err(ApiError::Forbidden("federation is disabled on this server".to_owned()));
@@ -691,6 +691,17 @@ fn path_arguments(pattern: &str, raw_path: &str) -> Result<Vec<String>, ApiError
                 .map_err(|_| ApiError::InvalidParam("path parameter is not UTF-8".to_owned()))
         })
         .collect()
+}
+
+/// The client's address: the connection's own, or, when that is one of
+/// `trusted_proxies`, the one its `Forwarded` / `X-Forwarded-For` header
+/// names (the first).
+fn client_address(config: &crate::config::Config, req: &HttpRequest) -> Option<String> {
+    // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d.
+    match req.peer_addr().map(|peer| peer.ip().to_canonical()) {
+        Some(peer) if !config.trusted_proxies.iter().any(|proxy| proxy.contains(peer)) => Some(peer.to_string()),
+        _ => req.connection_info().realip_remote_addr().map(strip_port),
+    }
 }
 
 fn strip_port(addr: &str) -> String {
@@ -905,7 +916,7 @@ pub async fn authenticate_raw(
             .and_then(|q| q.into_inner().access_token)
             .ok_or(ApiError::MissingToken)?,
     };
-    let client_ip = req.connection_info().realip_remote_addr().map(strip_port);
+    let client_ip = client_address(&services.config, req);
     let (user, device) = token_owner(services, &token, client_ip).await?;
     guest_may_call(services, &user, || {
         req.match_pattern()
@@ -922,7 +933,7 @@ pub async fn authenticate_raw_limited(
     class: RateClass,
 ) -> Result<(OwnedUserId, OwnedDeviceId), ApiError> {
     let (user, device) = authenticate_raw(services, req).await?;
-    let address = req.connection_info().realip_remote_addr().map(strip_port);
+    let address = client_address(&services.config, req);
     let requester = Requester {
         user: Some(&user),
         appservice: None,
