@@ -2,6 +2,7 @@
 //! tables and reaches storage only through them.
 
 pub mod account_data;
+pub mod address_guard;
 pub mod admin;
 pub mod admin_commands;
 pub mod admin_room;

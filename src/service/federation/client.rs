@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, HOST};
 use http::StatusCode;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::dns::{Name, Resolve, Resolving};
 use ruma::api::auth_scheme::{AuthScheme, NoAuthentication};
 use ruma::api::federation::authentication::{ServerSignatures, XMatrixSigningInput};
 use ruma::api::path_builder::SinglePath;
@@ -29,7 +29,7 @@ use ruma::{OwnedServerName, ServerName};
 use super::discovery::{Destination, Host, NetworkLookups, ServerResolver};
 use super::FederationError;
 use crate::config::{Config, DestinationOverride, IpRange};
-use crate::service::media::is_public;
+use crate::service::address_guard::{AddressGuard, Refused};
 use crate::service::PruneSchedule;
 
 /// The largest answer read from another server; state and backfill
@@ -113,7 +113,7 @@ pub struct FederationClient {
     resolver: ServerResolver<NetworkLookups>,
     /// What the client's DNS resolver connects to for each URL host.
     routes: Arc<Routes>,
-    policy: AddressPolicy,
+    guard: AddressGuard,
     backoff: Mutex<Backoffs>,
     request_timeout: Duration,
     max_response_bytes: usize,
@@ -141,9 +141,7 @@ impl FederationClient {
                  never use it outside tests"
             );
         }
-        let policy = AddressPolicy {
-            allowed: config.allowed_ranges.clone().into(),
-        };
+        let guard = AddressGuard::new(config.allowed_ranges.clone());
         let builder = |dns: GuardedDns| {
             let mut builder = reqwest::Client::builder()
                 .dns_resolver(Arc::new(dns))
@@ -163,16 +161,16 @@ impl FederationClient {
         let routes = Arc::new(Routes::default());
         let http = builder(GuardedDns {
             routes: Some(Arc::clone(&routes)),
-            policy: policy.clone(),
+            guard: guard.clone(),
         })
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(build_error)?;
 
-        let redirect_policy = policy.clone();
+        let redirect_guard = guard.clone();
         let well_known_http = builder(GuardedDns {
             routes: None,
-            policy: policy.clone(),
+            guard: guard.clone(),
         })
         .https_only(true)
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
@@ -180,10 +178,10 @@ impl FederationClient {
                 return attempt.error("too many redirects");
             }
             match attempt.url().host() {
-                Some(url::Host::Ipv4(ip)) if !redirect_policy.allows(IpAddr::V4(ip)) => {
+                Some(url::Host::Ipv4(ip)) if !redirect_guard.allows(IpAddr::V4(ip)) => {
                     attempt.error(Refused(format!("{ip} is not a public address")))
                 }
-                Some(url::Host::Ipv6(ip)) if !redirect_policy.allows(IpAddr::V6(ip)) => {
+                Some(url::Host::Ipv6(ip)) if !redirect_guard.allows(IpAddr::V6(ip)) => {
                     attempt.error(Refused(format!("{ip} is not a public address")))
                 }
                 _ => attempt.follow(),
@@ -203,7 +201,7 @@ impl FederationClient {
                 config.destination_overrides.clone(),
             ),
             routes,
-            policy,
+            guard,
             backoff: Mutex::new(Backoffs::default()),
             request_timeout: config.request_timeout,
             max_response_bytes: config.max_response_bytes,
@@ -288,7 +286,7 @@ impl FederationClient {
     }
 
     /// An unsigned `GET` of a URL another server sent us to (a media
-    /// redirect): HTTPS only, and only to addresses the policy allows,
+    /// redirect): HTTPS only, and only to addresses the guard allows,
     /// redirects included. Failures here say nothing of the server that
     /// sent us, so they start no backoff.
     pub async fn get_redirected(
@@ -317,7 +315,7 @@ impl FederationClient {
             Some(url::Host::Domain(_)) => None,
             None => return Err(refused("redirect URL without a host".to_owned())),
         };
-        if let Some(ip) = literal.filter(|ip| !self.policy.allows(*ip)) {
+        if let Some(ip) = literal.filter(|ip| !self.guard.allows(*ip)) {
             return Err(refused(format!("{ip} is not a public address")));
         }
         let fetch = async {
@@ -437,7 +435,7 @@ impl FederationClient {
         match &target.tls_name {
             // Not looked up, so not checked by the resolver: check here.
             Host::Ip(ip) => {
-                if !target.overridden && !self.policy.allows(*ip) {
+                if !target.overridden && !self.guard.allows(*ip) {
                     return Err(FederationError::Forbidden {
                         destination: server.to_owned(),
                         reason: format!("{ip} is not a public address"),
@@ -584,18 +582,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Which addresses may be connected to without an override.
-#[derive(Clone)]
-struct AddressPolicy {
-    allowed: Arc<[IpRange]>,
-}
-
-impl AddressPolicy {
-    fn allows(&self, ip: IpAddr) -> bool {
-        is_public(ip) || self.allowed.iter().any(|range| range.contains(ip))
-    }
-}
-
 /// Where to connect for a URL host, when that is not the host itself.
 #[derive(Debug, Clone)]
 struct Route {
@@ -633,16 +619,16 @@ impl Routes {
 }
 
 /// The DNS resolver of the clients: follows the routes, then refuses
-/// addresses the policy does not allow (unless the route is trusted).
+/// addresses the guard does not allow (unless the route is trusted).
 struct GuardedDns {
     routes: Option<Arc<Routes>>,
-    policy: AddressPolicy,
+    guard: AddressGuard,
 }
 
 impl Resolve for GuardedDns {
     fn resolve(&self, name: Name) -> Resolving {
         let route = self.routes.as_ref().and_then(|routes| routes.get(name.as_str()));
-        let policy = self.policy.clone();
+        let guard = self.guard.clone();
         let name = name.as_str().to_owned();
         Box::pin(async move {
             let (host, trusted) = match route {
@@ -653,32 +639,10 @@ impl Resolve for GuardedDns {
                 Host::Ip(ip) => vec![SocketAddr::new(*ip, 0)],
                 Host::Name(lookup) => tokio::net::lookup_host((lookup.as_str(), 0)).await?.collect(),
             };
-            let usable: Vec<SocketAddr> = found
-                .into_iter()
-                .filter(|addr| trusted || policy.allows(addr.ip()))
-                .collect();
-            if usable.is_empty() {
-                return Err(
-                    Box::new(Refused(format!("{host} does not resolve to a public address")))
-                        as Box<dyn std::error::Error + Send + Sync>,
-                );
-            }
-            Ok(Box::new(usable.into_iter()) as Addrs)
+            guard.usable(&host.to_string(), found, trusted)
         })
     }
 }
-
-/// An address the policy refused, carried through reqwest's errors.
-#[derive(Debug)]
-struct Refused(String);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Refused {}
 
 /// Failures per destination, while they last.
 struct Backoffs {

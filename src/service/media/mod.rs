@@ -30,7 +30,7 @@ use std::io::Write;
 
 pub use admin::{MediaUsage, UploadView};
 pub use multipart::Framing;
-pub use preview::{is_public, PreviewConfig};
+pub use preview::PreviewConfig;
 pub use reader::FileStream;
 pub use thumbnail::{Method, ThumbnailRequest};
 

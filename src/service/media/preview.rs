@@ -4,17 +4,16 @@
 //! before connecting, names after DNS resolution, and both again on every
 //! redirect.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::redirect::Policy;
 use reqwest::Url;
 use serde_json::{Map, Value};
 
 use crate::config::{Config, IpRange};
 use crate::database::media::{MediaTables, UrlPreviewRecord};
+use crate::service::address_guard::{AddressGuard, Refused};
 use crate::service::{now_ms, ServiceError, ServiceResult};
 
 /// Pages beyond this are cut (the `<head>` comes first).
@@ -57,9 +56,7 @@ pub struct Previewer {
 
 impl Previewer {
     pub fn new(config: PreviewConfig, tables: MediaTables) -> ServiceResult<Self> {
-        let guard = Arc::new(AddressGuard {
-            allowed: config.allowed_ranges,
-        });
+        let guard = Arc::new(AddressGuard::new(config.allowed_ranges));
         let client = if config.enabled {
             let redirect_guard = Arc::clone(&guard);
             let client = reqwest::Client::builder()
@@ -219,113 +216,6 @@ fn image_of(bytes: Vec<u8>, content_type: String) -> Option<FetchedImage> {
     })
 }
 
-#[derive(Debug)]
-struct Refused(String);
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Refused {}
-
-/// Decides which addresses previews (and push gateways) may connect to:
-/// public ones, and the operator's `allowed` ranges; also the client's DNS
-/// resolver, so a name is checked on what it resolves to.
-pub(crate) struct AddressGuard {
-    allowed: Vec<IpRange>,
-}
-
-impl AddressGuard {
-    pub(crate) fn new(allowed: Vec<IpRange>) -> Self {
-        Self { allowed }
-    }
-
-    fn allows(&self, ip: IpAddr) -> bool {
-        is_public(ip) || self.allowed.iter().any(|r| r.contains(ip))
-    }
-
-    /// Scheme and, for a literal address, the address (a literal never
-    /// reaches the DNS resolver).
-    pub(crate) fn check_url(&self, url: &Url) -> Result<(), String> {
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err("only http and https URLs are fetched".to_owned());
-        }
-        let ip = match url.host() {
-            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
-            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
-            Some(url::Host::Domain(_)) => return Ok(()),
-            None => return Err("the URL has no host".to_owned()),
-        };
-        if self.allows(ip) {
-            Ok(())
-        } else {
-            Err(format!("{ip} is not a public address"))
-        }
-    }
-}
-
-impl Resolve for AddressGuard {
-    fn resolve(&self, name: Name) -> Resolving {
-        let allowed = self.allowed.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let guard = AddressGuard { allowed };
-            let usable: Vec<SocketAddr> = found.iter().copied().filter(|a| guard.allows(a.ip())).collect();
-            if usable.is_empty() {
-                return Err(
-                    Box::new(Refused(format!("{host} does not resolve to a public address")))
-                        as Box<dyn std::error::Error + Send + Sync>,
-                );
-            }
-            Ok(Box::new(usable.into_iter()) as Addrs)
-        })
-    }
-}
-
-/// Whether `ip` is on the public internet: not loopback, private,
-/// link-local, shared, documentation, benchmarking, multicast, reserved or
-/// unspecified (IPv4-mapped and NAT64 IPv6 judged by their IPv4 address).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            !(a == 0
-                || a == 10
-                || a == 127
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 169 && b == 254)
-                || (a == 172 && (16..32).contains(&b))
-                || (a == 192 && b == 168)
-                || (a == 192 && b == 0 && (c == 0 || c == 2))
-                || (a == 198 && (b == 18 || b == 19))
-                || (a == 198 && b == 51 && c == 100)
-                || (a == 203 && b == 0 && c == 113)
-                || a >= 224)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-                let o = v6.octets();
-                return is_public(IpAddr::V4([o[12], o[13], o[14], o[15]].into()));
-            }
-            !(v6.is_unspecified()
-                || v6.is_loopback()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-                || (s[0] & 0xff00) == 0xff00 // multicast
-                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard
-                || s[0..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible, deprecated
-        }
-    }
-}
-
 /// OpenGraph `og:*` properties of an HTML page, with the `<title>` and
 /// `description` meta tag as fallbacks for `og:title` and `og:description`.
 pub fn parse_html(html: &str) -> Map<String, Value> {
@@ -452,49 +342,6 @@ fn decode_entities(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn public_and_non_public_addresses() {
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "172.32.0.1", "100.128.0.1"] {
-            assert!(is_public(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "64:ff9b::a00:1",
-            "::127.0.0.1",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
-    fn literal_hosts_are_checked_before_connecting() {
-        let guard = AddressGuard { allowed: Vec::new() };
-        let check = |u: &str| guard.check_url(&Url::parse(u).unwrap());
-        assert!(check("http://127.0.0.1:8080/").is_err());
-        assert!(check("http://[::1]/").is_err());
-        assert!(check("http://2130706433/").is_err(), "decimal 127.0.0.1");
-        assert!(check("file:///etc/passwd").is_err());
-        assert!(check("https://example.org/").is_ok());
-        let allowed = AddressGuard {
-            allowed: vec![IpRange::try_from("127.0.0.0/8".to_owned()).unwrap()],
-        };
-        assert!(allowed.check_url(&Url::parse("http://127.0.0.1/").unwrap()).is_ok());
-    }
 
     #[test]
     fn opengraph_and_fallbacks_are_read() {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as JsonValue};
 
 use super::{PusherId, PushersService, StoredPusher};
-use crate::service::media::preview::AddressGuard;
+use crate::service::address_guard::AddressGuard;
 use crate::service::now_ms;
 use crate::service::outbox::{DeliveryFailed, Destination, Transaction, Transport};
 use crate::service::push::RoomContext;
