@@ -127,11 +127,13 @@ pub fn parse_room_command(body: &str) -> Result<AdminCommand, String> {
 /// Splits a message into words as a shell would, so a password may hold a
 /// space: white space separates words; `'…'` keeps what is inside as it
 /// is; `"…"` (or a phone keyboard's `“…”`) too, but for `\"` and `\\`;
-/// elsewhere `\` keeps the next character as it is.
+/// elsewhere `\` before a space, a quote or `\` keeps that character as
+/// it is. Any other `\` is itself, so a password typed unquoted with one
+/// is kept whole.
 fn split_words(body: &str) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut word: Option<String> = None;
-    let mut chars = body.chars();
+    let mut chars = body.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             c if c.is_whitespace() => words.extend(word.take()),
@@ -165,7 +167,10 @@ fn split_words(body: &str) -> Result<Vec<String>, String> {
             }
             '\\' => {
                 let word = word.get_or_insert_with(String::new);
-                word.push(chars.next().unwrap_or('\\'));
+                match chars.next_if(|c| c.is_whitespace() || matches!(c, '\'' | '"' | '“' | '\\')) {
+                    Some(escaped) => word.push(escaped),
+                    None => word.push('\\'),
+                }
             }
             c => word.get_or_insert_with(String::new).push(c),
         }
@@ -374,7 +379,8 @@ mod tests {
             words(r#""say \"hi\" \n" 'no \escape'"#),
             [r#"say "hi" \n"#, r"no \escape"]
         );
-        assert_eq!(words(r"one\ word \'"), ["one word", "'"]);
+        assert_eq!(words(r"one\ word \' \\"), ["one word", "'", "\\"]);
+        assert_eq!(words(r"pa\ss\w0rd trailing\"), [r"pa\ss\w0rd", r"trailing\"]);
         assert_eq!(words("“phone quotes” ''"), ["phone quotes", ""]);
         assert_eq!(words("don’t"), ["don’t"]);
         assert!(split_words("a 'open").unwrap_err().contains('\''));
