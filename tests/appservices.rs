@@ -1510,3 +1510,72 @@ async fn registrations_claiming_the_same_exclusive_namespace_are_refused() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `(notification_count, highlight_count)` of a room in a /sync.
+fn unread_counts(sync: &Value, room: &str) -> (u64, u64) {
+    let unread = &sync["rooms"]["join"][room]["unread_notifications"];
+    let count = |key: &str| unread[key].as_u64().unwrap_or(0);
+    (count("notification_count"), count("highlight_count"))
+}
+
+/// A bridge's users are not people: as in Synapse, no event is evaluated
+/// against their push rules, so a message that notifies a person beside
+/// them, even one naming them, leaves them no count and no notification.
+/// A person with rules of their own is counted as before.
+#[tokio::test]
+async fn a_bridges_users_get_no_notifications_and_people_beside_them_do() {
+    let (server, _fake) = server_and_appservice().await;
+    let (_, alice, _) = server.register("alice", "pw-alice-1").await;
+    let (_, bob, _) = server.register("bob", "pw-bob-1").await;
+    let (_, carol, _) = server.register("carol", "pw-carol-1").await;
+    let room = server.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let (puppet_token, _) = puppet(&server, AS_TOKEN, "bridge_pat").await;
+    for token in [&bob, &carol, &puppet_token] {
+        server.join(token, &room).await;
+    }
+    // Carol changed her rules: a keyword of her own.
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/_matrix/client/v3/pushrules/global/content/lunch",
+            Some(&carol),
+            Some(json!({"pattern": "lunch", "actions": ["notify", {"set_tweak": "highlight"}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let mentions = json!({"user_ids": ["@bob:localhost", "@bridge_pat:localhost"]});
+    server
+        .send_event(
+            &alice,
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "bob, bridge_pat: lunch?", "m.mentions": mentions}),
+        )
+        .await;
+    server.send_text(&alice, &room, "or later").await;
+
+    let bob_sync = server.sync(&bob, None, 0, None).await;
+    assert_eq!(unread_counts(&bob_sync, &room), (2, 1), "{bob_sync}");
+    let carol_sync = server.sync(&carol, None, 0, None).await;
+    assert_eq!(unread_counts(&carol_sync, &room), (2, 1), "{carol_sync}");
+    let puppet_sync = server.sync(&puppet_token, None, 0, None).await;
+    assert!(
+        puppet_sync["rooms"]["join"][room.as_str()]["timeline"].is_object(),
+        "the puppet is in the room: {puppet_sync}"
+    );
+    assert_eq!(unread_counts(&puppet_sync, &room), (0, 0), "{puppet_sync}");
+
+    let notifications = |token: String| {
+        let server = &server;
+        async move {
+            let (status, body) = server
+                .call("GET", "/_matrix/client/v3/notifications", Some(&token), None)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["notifications"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(notifications(bob.clone()).await, 2);
+    assert_eq!(notifications(puppet_token.clone()).await, 0);
+}

@@ -292,7 +292,7 @@ impl TimelineService {
                     state = Arc::new(changed);
                     state_after_parsed = Some(state.clone());
                 }
-                let context = s.push.room_context(s, rules, after_id, &state);
+                let context = s.push.room_context(s, &room_id, rules, after_id, &state);
                 if context.recipients.iter().any(|(user, _)| user != pdu.sender()) {
                     let event = stored_event.to_client(true, None);
                     unread_changes = Some(s.push.notify(s, &mut batch, &room_id, &event, count, &context)?);

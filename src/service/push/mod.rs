@@ -1,9 +1,10 @@
 //! Push rules and unread notification counts.
 //!
 //! Each user's rules live in their `m.push_rules` account data (the spec's
-//! defaults until they change one). Every event is evaluated for every
-//! local member but its sender when it is stored; an event that notifies
-//! leaves an entry in the notifications table, in the event's own batch. A
+//! defaults until they change one; `rules.rs` keeps them in memory). Every
+//! event is evaluated, when it is stored, for every local member but its
+//! sender and the users appservices claim; an event that notifies leaves
+//! an entry in the notifications table, in the event's own batch. A
 //! read receipt removes the entries it covers, so the counts /sync reports
 //! are the entries left. Those counts are also kept per user and room,
 //! written with the entries under the room's write lock, so that a /sync
@@ -23,6 +24,11 @@ use ruma::serde::Raw;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 use serde_json::value::RawValue;
 use serde_json::Value as JsonValue;
+
+mod rules;
+
+pub use rules::server_default_rules;
+use rules::{is_legacy_mention_rule, Cached, OwnRules, RecipientRules, RulesCache, SharedDefaults};
 
 use super::outbox::Destination;
 use super::pushers::{gateway, PusherId};
@@ -53,31 +59,32 @@ pub enum ReceiptScope {
     Thread(String),
 }
 
-/// Rulesets kept in memory at most; a family server's users all fit, and a
-/// default ruleset is a few KiB.
-const CACHED_RULESETS: usize = 256;
-
 pub struct PushService {
     tables: PushTables,
-    /// Each recent recipient's parsed rules. Every event is evaluated for
-    /// every local member, so reading and parsing (or, for most users,
-    /// building the defaults) once per member per event was the biggest
-    /// per-recipient cost. The lock is also held across a fill from storage
-    /// and across a change, so a stale read can never be cached over a newer
-    /// write, and two changes to one user's rules cannot lose each other.
-    rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Which recent recipients have the default rules, and the others'
+    /// parsed rules (`rules.rs`). Every event is evaluated for every local
+    /// member, so reading and parsing (or building the defaults) once per
+    /// member per event was the biggest per-recipient cost. The lock is
+    /// also held across a fill from storage and across a change, so a
+    /// stale read can never be cached over a newer write, and two changes
+    /// to one user's rules cannot lose each other.
+    rules: Mutex<RulesCache>,
+    /// The default rules, shared by every user who has them.
+    defaults: SharedDefaults,
     /// Stored unread counts by `(user, room)`, so each message does not
     /// read every recipient's record. Only their writers fill it: `notify`
     /// and `clear`, which hold the room's write lock, and only once their
     /// write has landed (`remember_unread`). So it never holds what storage
     /// does not, and a reader may read it or storage alike.
     unread: Mutex<UnreadCache>,
-    /// Room contexts by the state snapshot they were built from: a run of
-    /// messages shares one snapshot. Snapshots never change, except that
-    /// redacting a state event rewrites it; the append doing that (under
-    /// its room's lock, the only place contexts of that room are built)
-    /// clears this with `forget_contexts`.
-    contexts: Mutex<HashMap<u64, Arc<RoomContext>>>,
+    /// Each room's context, with the state snapshot it was built from: a
+    /// run of messages shares one snapshot. One per room: a context holds
+    /// every member, and a room gaining members makes a snapshot per join.
+    /// Snapshots never change, except that redacting a state event
+    /// rewrites it; the append doing that (under its room's lock, the only
+    /// place contexts of that room are built) clears this with
+    /// `forget_contexts`.
+    contexts: Mutex<HashMap<OwnedRoomId, (u64, Arc<RoomContext>)>>,
     /// Notifications each user got since their history was last trimmed. A
     /// user missing here (after a start, or once the map started over) is
     /// trimmed on their next one, so no history outgrows its bound.
@@ -118,8 +125,8 @@ pub struct NotificationPage {
     pub next_token: Option<String>,
 }
 
-/// Room contexts kept at most (one per busy room; the cache starts over
-/// when full).
+/// Room contexts kept at most (one per room; the cache starts over when
+/// full).
 const CACHED_CONTEXTS: usize = 256;
 
 /// Unread records kept in memory at most (about a hundred bytes each); the
@@ -152,7 +159,8 @@ pub struct RoomContext {
     pub member_count: u64,
     pub power_levels: Option<PushConditionPowerLevelsCtx>,
     /// Joined local members, with their display names (`notify` skips
-    /// the sender).
+    /// the sender); not the users an appservice claims exclusively, whose
+    /// rules are not evaluated (as in Synapse).
     pub recipients: Vec<(OwnedUserId, String)>,
     /// Members' display names by user ID (those who set one), told apart
     /// where two share one, for push gateways.
@@ -187,7 +195,8 @@ impl PushService {
     pub fn new(db: Db) -> Self {
         Self {
             tables: PushTables::new(db),
-            rulesets: Mutex::new(HashMap::new()),
+            rules: Mutex::default(),
+            defaults: SharedDefaults::new(),
             unread: Mutex::default(),
             contexts: Mutex::new(HashMap::new()),
             history_since_trim: Mutex::new(HashMap::new()),
@@ -196,12 +205,30 @@ impl PushService {
 
     /// The user's rules: stored, or the spec's defaults.
     pub fn ruleset(&self, s: &Services, user: &UserId) -> ServiceResult<Arc<Ruleset>> {
-        let mut cache = self.rulesets.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rules) = cache.get(user) {
-            return Ok(Arc::clone(rules));
+        Ok(self
+            .changed_rules(s, user)?
+            .unwrap_or_else(|| Arc::new(server_default_rules(user))))
+    }
+
+    /// The rules `notify` evaluates for `user`.
+    fn recipient_rules(&self, s: &Services, user: &UserId) -> ServiceResult<RecipientRules> {
+        Ok(match self.changed_rules(s, user)? {
+            Some(rules) => RecipientRules::Changed(rules),
+            None => RecipientRules::Defaults(Box::new(OwnRules::new(user, &self.defaults))),
+        })
+    }
+
+    /// The user's rules if they changed them, `None` if they have the
+    /// defaults: from the cache, filled from storage.
+    fn changed_rules(&self, s: &Services, user: &UserId) -> ServiceResult<Option<Arc<Ruleset>>> {
+        let mut cache = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        match cache.get(user) {
+            Cached::Changed(rules) => return Ok(Some(rules)),
+            Cached::Defaults => return Ok(None),
+            Cached::Unknown => {}
         }
-        let rules = Arc::new(self.stored_ruleset(s, user)?);
-        remember(&mut cache, user, Arc::clone(&rules));
+        let rules = self.stored_ruleset(s, user)?.map(Arc::new);
+        cache.remember(user, rules.clone());
         Ok(rules)
     }
 
@@ -213,25 +240,28 @@ impl PushService {
         user: &UserId,
         change: impl FnOnce(&mut Ruleset) -> ServiceResult<T>,
     ) -> ServiceResult<T> {
-        let mut cache = self.rulesets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let mut rules = match cache.get(user) {
-            Some(rules) => Ruleset::clone(rules),
-            None => self.stored_ruleset(s, user)?,
+            Cached::Changed(rules) => Ruleset::clone(&rules),
+            Cached::Defaults => server_default_rules(user),
+            Cached::Unknown => self
+                .stored_ruleset(s, user)?
+                .unwrap_or_else(|| server_default_rules(user)),
         };
         let answer = change(&mut rules)?;
         let json = serde_json::to_string(&serde_json::json!({ "global": &rules }))
             .map_err(|e| ServiceError::Internal(format!("push rules: {e}")))?;
         // Forget the old rules first, so a failed write leaves nothing stale.
-        cache.remove(user);
+        cache.forget(user);
         s.account_data.put(user, None, PUSH_RULES, &json)?;
-        remember(&mut cache, user, Arc::new(rules));
+        cache.remember(user, Some(Arc::new(rules)));
         Ok(answer)
     }
 
     /// The stored rules, with today's server-default rules (a rule stored
     /// when it was a default keeps its `enabled` and `actions`, a default
-    /// added since is there), or the defaults alone.
-    fn stored_ruleset(&self, s: &Services, user: &UserId) -> ServiceResult<Ruleset> {
+    /// added since is there); `None` if the user has never changed theirs.
+    fn stored_ruleset(&self, s: &Services, user: &UserId) -> ServiceResult<Option<Ruleset>> {
         match s.account_data.get(user, None, PUSH_RULES) {
             Ok(raw) => {
                 let value: JsonValue = serde_json::from_str(raw.get())
@@ -239,31 +269,34 @@ impl PushService {
                 let mut rules: Ruleset = serde_json::from_value(value.get("global").cloned().unwrap_or_default())
                     .map_err(|e| ServiceError::Internal(format!("stored push rules: {e}")))?;
                 rules.update_with_server_default(server_default_rules(user));
-                Ok(rules)
+                Ok(Some(rules))
             }
-            Err(ServiceError::NotFound(_)) => Ok(server_default_rules(user)),
+            Err(ServiceError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// The room context for evaluating an event, from the state `state`
-    /// of snapshot `snapshot`.
+    /// The room context for evaluating an event in `room_id`, from the
+    /// state `state` of snapshot `snapshot`.
     pub fn room_context(
         &self,
         s: &Services,
+        room_id: &RoomId,
         rules: &RoomVersionRules,
         snapshot: u64,
         state: &[StoredEvent],
     ) -> Arc<RoomContext> {
-        if let Some(hit) = self.contexts.lock().unwrap_or_else(|e| e.into_inner()).get(&snapshot) {
-            return hit.clone();
+        if let Some((built_from, hit)) = self.contexts.lock().unwrap_or_else(|e| e.into_inner()).get(room_id) {
+            if *built_from == snapshot {
+                return hit.clone();
+            }
         }
         let context = Arc::new(self.build_room_context(s, rules, state));
         let mut contexts = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
-        if contexts.len() >= CACHED_CONTEXTS {
+        if contexts.len() >= CACHED_CONTEXTS && !contexts.contains_key(room_id) {
             contexts.clear();
         }
-        contexts.insert(snapshot, context.clone());
+        contexts.insert(room_id.to_owned(), (snapshot, context.clone()));
         context
     }
 
@@ -275,7 +308,7 @@ impl PushService {
     /// Empties the parsed rules and room contexts (the memory budget's
     /// backstop); returns the entries dropped. Both refill from storage.
     pub fn shed_caches(&self) -> usize {
-        let mut dropped = std::mem::take(&mut *self.rulesets.lock().unwrap_or_else(|e| e.into_inner())).len();
+        let mut dropped = self.rules.lock().unwrap_or_else(|e| e.into_inner()).clear();
         dropped += std::mem::take(&mut *self.contexts.lock().unwrap_or_else(|e| e.into_inner())).len();
         dropped
     }
@@ -283,6 +316,7 @@ impl PushService {
     fn build_room_context(&self, s: &Services, rules: &RoomVersionRules, state: &[StoredEvent]) -> RoomContext {
         let member_events: Vec<&StoredEvent> = state.iter().filter(|e| e.event_type() == "m.room.member").collect();
         let mut recipients = Vec::new();
+        let appservices = s.appservices.all();
         for event in member_events
             .iter()
             .filter(|e| e.content_str("membership") == Some("join"))
@@ -291,6 +325,10 @@ impl PushService {
                 continue;
             };
             if user.server_name() != s.config.server_name {
+                continue;
+            }
+            // A bridge's users are not people: nobody reads their counts.
+            if appservices.iter().any(|a| a.claims_user(user.as_str())) {
                 continue;
             }
             let name = event
@@ -373,7 +411,7 @@ impl PushService {
             if sender == Some(user.as_str()) {
                 continue;
             }
-            let rules = self.ruleset(s, user)?;
+            let rules = self.recipient_rules(s, user)?;
             let mut ctx = PushConditionRoomCtx::new(
                 room_id.to_owned(),
                 UInt::new(context.member_count).unwrap_or_default(),
@@ -385,7 +423,7 @@ impl PushService {
             // more questions (thread subscriptions); ours answer from memory,
             // so the future is ready on its first poll.
             let mut actions: &[_] = &[];
-            for rule in rules.iter() {
+            for rule in rules.iter(&self.defaults) {
                 if intentional_mentions && rule.is_server_default() && is_legacy_mention_rule(rule.rule_id()) {
                     continue;
                 }
@@ -747,72 +785,6 @@ const SHARED_DEFAULT_RULES: [&str; 14] = [
     ".m.rule.message",
     ".m.rule.encrypted",
 ];
-
-/// The server-default rules: ruma's, which follow the newest spec, and the
-/// three that matched mentions in an event's `body` before `m.mentions`.
-/// Spec versions up to 1.16 list them (deprecated); older clients, and
-/// matrix-js-sdk's checks, expect them. As the spec asked while it listed
-/// them, they do not apply to an event with `m.mentions` (see `notify`).
-pub fn server_default_rules(user: &UserId) -> Ruleset {
-    use ruma::push::{ConditionalPushRule, PatternedPushRule};
-    let mut rules = Ruleset::server_default(user);
-    let rule = |json: JsonValue| -> ConditionalPushRule {
-        serde_json::from_value(json).expect("the spec's legacy rules are valid push rules")
-    };
-    let highlight_with_sound =
-        serde_json::json!(["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]);
-    let display_name = rule(serde_json::json!({
-        "rule_id": LEGACY_DISPLAY_NAME, "default": true, "enabled": true,
-        "conditions": [{"kind": "contains_display_name"}],
-        "actions": highlight_with_sound,
-    }));
-    let room_notif = rule(serde_json::json!({
-        "rule_id": LEGACY_ROOM_NOTIF, "default": true, "enabled": true,
-        "conditions": [
-            {"kind": "event_match", "key": "content.body", "pattern": "@room"},
-            {"kind": "sender_notification_permission", "key": "room"},
-        ],
-        "actions": ["notify", {"set_tweak": "highlight"}],
-    }));
-    // In the spec's order: each right after the rule that replaced it.
-    let after = |rules: &Ruleset, id: &str| {
-        rules
-            .override_
-            .iter()
-            .position(|r| r.rule_id == id)
-            .map_or(rules.override_.len(), |i| i + 1)
-    };
-    let at = after(&rules, ".m.rule.is_user_mention");
-    rules.override_.shift_insert(at, display_name);
-    let at = after(&rules, ".m.rule.is_room_mention");
-    rules.override_.shift_insert(at, room_notif);
-    let user_name: PatternedPushRule = serde_json::from_value(serde_json::json!({
-        "rule_id": LEGACY_USER_NAME, "default": true, "enabled": true,
-        "pattern": user.localpart(),
-        "actions": highlight_with_sound,
-    }))
-    .expect("the spec's legacy rules are valid push rules");
-    rules.content.insert(user_name);
-    rules
-}
-
-const LEGACY_DISPLAY_NAME: &str = ".m.rule.contains_display_name";
-const LEGACY_USER_NAME: &str = ".m.rule.contains_user_name";
-const LEGACY_ROOM_NOTIF: &str = ".m.rule.roomnotif";
-
-/// Whether a server-default rule is one of the legacy mention rules.
-fn is_legacy_mention_rule(rule_id: &str) -> bool {
-    matches!(rule_id, LEGACY_DISPLAY_NAME | LEGACY_USER_NAME | LEGACY_ROOM_NOTIF)
-}
-
-/// Caches `rules`, starting over when the cache is full (cheaper than
-/// tracking use, and refilled within one message per member).
-fn remember(cache: &mut HashMap<OwnedUserId, Arc<Ruleset>>, user: &UserId, rules: Arc<Ruleset>) {
-    if cache.len() >= CACHED_RULESETS {
-        cache.clear();
-    }
-    cache.insert(user.to_owned(), rules);
-}
 
 /// Counts one more notification.
 fn add(unread: &mut UnreadRecord, record: &NotificationRecord) {
