@@ -7,7 +7,7 @@
 //! Such users are remembered by ID alone and evaluated against one shared
 //! copy of the defaults with their own three rules in place, so a room of
 //! thousands costs no ruleset per member per event. Rules a user changed
-//! are parsed once and kept, up to [`CACHED_CUSTOM`] users' worth.
+//! are parsed once and kept, up to [`CACHED_CHANGED`] users' worth.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use serde_json::Value as JsonValue;
 
 /// Changed rulesets kept in memory at most (a parsed ruleset is a few KiB);
 /// the map starts over when full.
-const CACHED_CUSTOM: usize = 256;
+const CACHED_CHANGED: usize = 256;
 
 /// Users known to have the defaults, kept at most (a user ID each); the
 /// set starts over when full.
@@ -187,7 +187,7 @@ impl RulesCache {
         self.forget(user);
         match rules {
             Some(rules) => {
-                if self.changed.len() >= CACHED_CUSTOM {
+                if self.changed.len() >= CACHED_CHANGED {
                     self.changed.clear();
                 }
                 self.changed.insert(user.to_owned(), rules);
