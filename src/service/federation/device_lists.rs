@@ -269,27 +269,40 @@ impl FederationService {
     /// `/keys/query` for other servers' users: from the kept lists where
     /// there are some, fetching the lists of users who share a room with
     /// ours and have none yet; the others asked of their servers (each
-    /// server once, in parallel). An unreachable server is named in the
+    /// server once, in parallel). A user whose kept list cannot be read is
+    /// asked of their server too. An unreachable server is named in the
     /// failures.
     pub async fn query_keys(
         &self,
         s: &Arc<Services>,
         wanted: BTreeMap<OwnedServerName, KeyQuery>,
     ) -> (Vec<get_keys::v1::Response>, BTreeMap<String, serde_json::Value>) {
+        let all = wanted.clone();
         let sorted = s
             .run(move |s| {
                 let mut known = get_keys::v1::Response::new(BTreeMap::new());
                 let mut to_fetch = Vec::new();
                 let mut to_ask: BTreeMap<OwnedServerName, KeyQuery> = BTreeMap::new();
+                let lists = &s.federation.device_lists;
                 for (server, users) in wanted {
                     for (user, devices) in users {
-                        let lists = &s.federation.device_lists;
-                        if let Some(record) = lists.kept(&user)? {
-                            answer_from(&mut known, &user, &devices, &record);
-                        } else if lists.shares_a_room_with_us(s, &user, None)? {
-                            to_fetch.push((user, devices));
-                        } else {
-                            to_ask.entry(server.clone()).or_default().insert(user, devices);
+                        // Storage that fails for one user costs that
+                        // user a round trip, not the whole answer.
+                        let kept = lists.kept(&user);
+                        let shares = match &kept {
+                            Ok(None) => lists.shares_a_room_with_us(s, &user, None),
+                            _ => Ok(false),
+                        };
+                        match (kept, shares) {
+                            (Ok(Some(record)), _) => answer_from(&mut known, &user, &devices, &record),
+                            (Ok(None), Ok(true)) => to_fetch.push((user, devices)),
+                            (Ok(None), Ok(false)) => {
+                                to_ask.entry(server.clone()).or_default().insert(user, devices);
+                            }
+                            (Err(e), _) | (_, Err(e)) => {
+                                tracing::warn!(%user, error = %e, "kept device list or rooms unreadable; asking its server");
+                                to_ask.entry(server.clone()).or_default().insert(user, devices);
+                            }
                         }
                     }
                 }
@@ -299,8 +312,8 @@ impl FederationService {
         let (mut known, to_fetch, mut to_ask) = match sorted {
             Ok(sorted) => sorted,
             Err(e) => {
-                tracing::warn!(error = %e, "kept device lists unreadable");
-                return (Vec::new(), BTreeMap::new());
+                tracing::warn!(error = %e, "query not sorted; asking every server");
+                (get_keys::v1::Response::new(BTreeMap::new()), Vec::new(), all)
             }
         };
         let fetches = to_fetch.into_iter().map(|(user, devices)| async move {
@@ -456,6 +469,9 @@ impl EventSubscriber for DeviceListTracking {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::database::remote_device_lists::RemoteDeviceRecord;
+    use crate::database::{keys, Table};
+    use crate::service::testing::{two_in_a_room, TwoInARoom};
 
     fn update(stream_id: u32, prev_id: &[u32], device: &str) -> DeviceListUpdateContent {
         let mut update =
@@ -505,6 +521,60 @@ mod tests {
         assert_eq!(lists.apply(&deleted).unwrap(), UpdateOutcome::Applied);
         let kept = lists.kept(&bob).unwrap().unwrap();
         assert_eq!((kept.stream_id, kept.devices.len()), (7, 0));
+    }
+
+    /// A kept list that cannot be read costs its user a round trip to
+    /// their server, not the whole answer: the others' keys still come
+    /// from their kept lists, and that server is asked (and named in the
+    /// failures here, where it cannot be reached).
+    #[tokio::test]
+    async fn an_unreadable_kept_list_is_asked_of_its_server() {
+        let TwoInARoom {
+            dir: _dir, store, s, ..
+        } = two_in_a_room();
+        let s = Arc::new(s);
+        let carol: OwnedUserId = "@carol:b.test".try_into().unwrap();
+        let dave: OwnedUserId = "@dave:127.0.0.1:9".try_into().unwrap();
+        let lists = &s.federation.device_lists;
+        let mut batch = Batch::new();
+        for user in [&carol, &dave] {
+            let keys = format!(r#"{{"user_id":"{user}","device_id":"PHONE","keys":{{}}}}"#);
+            let phone = RemoteDeviceRecord {
+                keys: Some(keys),
+                display_name: None,
+            };
+            let record = RemoteDeviceListRecord {
+                stream_id: 1,
+                devices: BTreeMap::from([("PHONE".to_owned(), phone)]),
+                ..RemoteDeviceListRecord::default()
+            };
+            lists.tables.put(&mut batch, user.as_str(), &record);
+        }
+        lists.tables.write(batch).unwrap();
+        store.fail_reads_of(Table::RemoteDeviceLists, keys::encode(dave.as_str()));
+
+        let wanted = BTreeMap::from([
+            (
+                carol.server_name().to_owned(),
+                KeyQuery::from([(carol.clone(), Vec::new())]),
+            ),
+            (
+                dave.server_name().to_owned(),
+                KeyQuery::from([(dave.clone(), Vec::new())]),
+            ),
+        ]);
+        let (answers, failures) = s.federation.query_keys(&s, wanted).await;
+        let phone = OwnedDeviceId::from("PHONE");
+        let devices_of = |user: &OwnedUserId| answers.iter().find_map(|a| a.device_keys.get(user));
+        assert!(
+            devices_of(&carol).is_some_and(|d| d.contains_key(&phone)),
+            "carol's kept keys"
+        );
+        assert!(devices_of(&dave).is_none(), "nothing made up for dave");
+        assert!(
+            failures.contains_key("127.0.0.1:9"),
+            "dave's server was asked: {failures:?}"
+        );
     }
 
     #[test]
