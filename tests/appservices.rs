@@ -897,6 +897,15 @@ async fn its_users_to_device_messages_device_lists_and_key_counts_reach_an_msc32
         .call("POST", "/_matrix/client/v3/keys/upload", Some(&erin), Some(upload))
         .await;
     assert_eq!(status, 200, "{body}");
+    // The bridge hears of the upload's count before Alice claims: counts
+    // that meet in one transaction keep only the newest, and the sender
+    // may or may not have sent one in between.
+    fake.wait_until("the key count after the upload", |f| {
+        f.seen.lock().unwrap().transactions.iter().any(|(_, b)| {
+            b["org.matrix.msc3202.device_one_time_keys_count"][erin_id][&device]["signed_curve25519"] == json!(1)
+        })
+    })
+    .await;
     let (status, body) = server
         .call(
             "POST",
