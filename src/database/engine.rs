@@ -123,6 +123,11 @@ pub trait KvStore: Send + Sync + 'static {
     /// The engine's figures, for metrics.
     fn stats(&self) -> EngineStats;
 
+    /// About how many keys `table` holds, without reading them: for figures
+    /// an admin reads (an overwritten or deleted key may count until
+    /// compaction).
+    fn estimated_keys(&self, table: Table) -> u64;
+
     fn put(&self, table: Table, key: Vec<u8>, value: Vec<u8>) -> DbResult<()> {
         let mut batch = Batch::new();
         batch.put(table, key, value);

@@ -234,6 +234,14 @@ impl KvStore for RocksDb {
         }
     }
 
+    fn estimated_keys(&self, table: Table) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(table), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     fn backup(&self, dir: &Path, keep: usize) -> DbResult<BackupSummary> {
         let mut engine = backup_engine(dir)?;
         // Flushed first, so the backup needs no write-ahead log replay and

@@ -187,6 +187,12 @@ impl RoomTables {
         self.db.next_count()
     }
 
+    /// About how many events the rooms' timelines hold (the engine's
+    /// estimate: no scan).
+    pub fn estimated_events(&self) -> u64 {
+        self.db.estimated_keys(Table::Timeline)
+    }
+
     pub fn room(&self, room_id: &str) -> DbResult<Option<RoomRecord>> {
         self.db
             .get(Table::Rooms, &keys::encode(room_id))?

@@ -92,4 +92,8 @@ impl KvStore for FaultyStore {
     fn stats(&self) -> super::engine::EngineStats {
         self.inner.stats()
     }
+
+    fn estimated_keys(&self, table: Table) -> u64 {
+        self.inner.estimated_keys(table)
+    }
 }

@@ -314,6 +314,7 @@ fn server_stats(s: &Services, media: super::media::MediaUsage) -> ServiceResult<
     let deactivated = accounts.iter().filter(|(_, record)| record.deactivated).count();
     let admins = s.users.admins()?.len();
     let rooms = s.timeline.room_ids()?.len();
+    let events = s.timeline.estimated_event_count();
     let engine = s.engine_stats();
     let uptime = s.admin_room.uptime_secs();
     Ok(format!(
@@ -321,6 +322,7 @@ fn server_stats(s: &Services, media: super::media::MediaUsage) -> ServiceResult<
          uptime\t{}d {}h {}m {}s\n\
          accounts\t{} ({} deactivated, {} admins)\n\
          rooms\t{}\n\
+         events\tabout {} (rooms' timelines)\n\
          local media\t{} files, {} bytes\n\
          other servers' media\t{} files, {} bytes\n\
          database\t{} bytes on disk, {} bytes in memtables\n",
@@ -333,6 +335,7 @@ fn server_stats(s: &Services, media: super::media::MediaUsage) -> ServiceResult<
         deactivated,
         admins,
         rooms,
+        events,
         media.local_files,
         media.local_bytes,
         media.remote_files,

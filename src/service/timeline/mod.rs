@@ -636,6 +636,12 @@ impl TimelineService {
             .remove(room_id);
     }
 
+    /// About how many events the rooms' timelines hold, without counting
+    /// them (for `server stats`).
+    pub fn estimated_event_count(&self) -> u64 {
+        self.tables.estimated_events()
+    }
+
     /// Every room this server knows, in ID order.
     pub fn room_ids(&self) -> ServiceResult<Vec<OwnedRoomId>> {
         self.tables
