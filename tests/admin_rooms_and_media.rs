@@ -357,8 +357,13 @@ async fn admins_list_a_users_uploads_and_delete_media() {
     let server = TestServer::start().await;
     let (_, admin, _) = server.register("admin", "pw").await;
     let (_, alice, _) = server.register("alice", "pw").await;
+    // A millisecond apart at least: the list is oldest first by upload
+    // time, and uploads within one millisecond are ordered by ID.
+    let tick = || tokio::time::sleep(std::time::Duration::from_millis(2));
     let first = upload(&server, &alice, b"first", "one.txt").await;
+    tick().await;
     let second = upload(&server, &alice, b"second", "two.txt").await;
+    tick().await;
     let third = upload(&server, &alice, b"shared", "three.txt").await;
     // The same bytes from the admin: one file under two IDs.
     let admins_copy = upload(&server, &admin, b"shared", "copy.txt").await;
